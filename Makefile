@@ -1,0 +1,73 @@
+# Permafrost — developer entry points. `make test` and `make demo` work on a fresh machine:
+# they create .venv, build the local control plane from Go modules (cached outside the repo),
+# and run what they promise.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+include hack/versions.env
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE_ROOT := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/permafrost
+K8S_BIN := $(CACHE_ROOT)/kubernetes-$(K8S_VERSION)/bin
+KWOK_BIN := $(CACHE_ROOT)/kwok-$(KWOK_VERSION)/bin
+# NB: the machine's own kubectl may be out of version skew; the built one comes first.
+export PATH := $(K8S_BIN):$(KWOK_BIN):$(CURDIR)/$(BIN):$(PATH)
+export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+.PHONY: venv
+venv: $(BIN)/.installed ## create .venv with the project and its dev tools
+
+.PHONY: binaries
+binaries: ## build the control-plane binaries (cached in ~/.cache/permafrost)
+	hack/build-binaries.sh
+
+.PHONY: lint
+lint: venv ## ruff (lint and format check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: typecheck
+typecheck: venv ## mypy --strict
+	$(BIN)/mypy
+
+.PHONY: contracts
+contracts: venv ## import-linter layering contracts
+	$(BIN)/lint-imports
+
+.PHONY: unit
+unit: venv ## the pure unit tests only (seconds)
+	$(BIN)/pytest -m unit
+
+.PHONY: test
+test: venv binaries lint typecheck contracts ## everything: lint, types, contracts, unit and integration tests
+	$(BIN)/pytest
+
+.PHONY: cluster-up
+cluster-up: binaries ## start (or reuse) the local cluster; kubeconfig in .cluster/kubeconfig
+	hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local cluster and delete its state
+	hack/cluster.sh down
+
+.PHONY: demo
+demo: venv cluster-up ## show the operator at work on the local cluster
+	hack/demo.sh
+
+.PHONY: fmt
+fmt: venv ## format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .

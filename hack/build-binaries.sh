@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Builds the local control plane from Go modules, with pinned versions:
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
+#   etcd                                                              (go.etcd.io/etcd/server/v3)
+#   kwok, kwokctl                                                     (sigs.k8s.io/kwok)
+# into ${XDG_CACHE_HOME:-$HOME/.cache}/permafrost/<component>-<version>/bin, outside the repository,
+# so fresh clones and CI reuse them. Idempotent: a component whose binaries exist is skipped.
+#
+# Prints the cache directory of each component on stdout when done (last line: "bin dirs: ...").
+set -euo pipefail
+
+# shellcheck source=hack/versions.env
+. "$(dirname "$0")/versions.env"
+
+CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/permafrost"
+export CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:--mod=mod}"
+
+log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[build-binaries] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null 2>&1 || die "Go is not installed. Install Go >= 1.26 (https://go.dev/doc/install or your distribution's golang package) and retry."
+go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
+[ "${go_minor:-0}" -ge 26 ] || die "Go $(go env GOVERSION) is too old: k8s.io/kubernetes ${K8S_VERSION} needs Go >= 1.26."
+
+check_proxy() {
+  # NB: one cheap request tells "no network / no proxy" apart from a real build failure later.
+  local probe
+  probe=$(mktemp -d)
+  if ! (cd "$probe" && timeout 120 go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" >/dev/null 2>"$probe/err"); then
+    cat "$probe/err" >&2
+    rm -rf "$probe"
+    die "cannot fetch k8s.io/kubernetes@${K8S_VERSION} from the Go module proxy ($(go env GOPROXY)). Check network access to the proxy, or set GOPROXY."
+  fi
+  rm -rf "$probe"
+}
+
+have_all() { local dir=$1; shift; for b in "$@"; do [ -x "$dir/$b" ] || return 1; done; }
+
+build_kubernetes() {
+  local dest="$CACHE_ROOT/kubernetes-${K8S_VERSION}/bin"
+  if have_all "$dest" kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+    log "kubernetes ${K8S_VERSION}: cached in $dest"; return
+  fi
+  local work; work=$(mktemp -d "${TMPDIR:-/tmp}/permafrost-k8s.XXXXXX")
+  log "kubernetes ${K8S_VERSION}: preparing module in $work"
+  local gomod; gomod=$(cd "$work" && go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | sed -nE 's/^\s*"GoMod": "(.*)",?$/\1/p')
+  [ -f "$gomod" ] || die "could not read the go.mod of k8s.io/kubernetes@${K8S_VERSION}"
+  local staging_version="v0.${K8S_VERSION#v1.}"
+  # NB: k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with local
+  # paths (./staging/src/...), which do not exist outside its repository. Every such replace is
+  # mapped to the published release of that module; the list comes from the served go.mod.
+  local staging
+  staging=$(sed -nE 's#^\s*(k8s\.io/[A-Za-z0-9._-]+) => \./staging/src/.*$#\1#p' "$gomod")
+  [ -n "$staging" ] || die "found no staging replaces in $gomod"
+  {
+    echo "module permafrost.dev/hack/kubernetes-build"
+    echo
+    echo "go $(sed -nE 's/^go (.*)$/\1/p' "$gomod")"
+    echo
+    echo "require k8s.io/kubernetes ${K8S_VERSION}"
+    echo
+    echo "replace ("
+    for m in $staging; do echo "	$m => $m ${staging_version}"; done
+    echo ")"
+  } >"$work/go.mod"
+  log "kubernetes ${K8S_VERSION}: $(echo "$staging" | wc -l) staging modules replaced by ${staging_version}"
+  local pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  # NB: every package is pinned; a bare "go get PKG" would upgrade k8s.io/kubernetes to @latest.
+  local pinned=""; for p in $pkgs; do pinned+=" $p@${K8S_VERSION}"; done
+  (cd "$work" && log "kubernetes ${K8S_VERSION}: resolving dependencies" && go get $pinned 2>&1 | grep -v '^go: \(downloading\|added\)' >&2 || true)
+  grep -q "k8s.io/kubernetes ${K8S_VERSION}\$" "$work/go.mod" || die "dependency resolution did not keep k8s.io/kubernetes ${K8S_VERSION}; see the messages above"
+  local major minor; major=$(echo "${K8S_VERSION#v}" | cut -d. -f1); minor=$(echo "${K8S_VERSION#v}" | cut -d. -f2)
+  local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  local ld=""
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=${K8S_VERSION} -X $p.gitMajor=${major} -X $p.gitMinor=${minor}"
+    ld+=" -X $p.gitTreeState=clean -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.buildDate=${date}"
+  done
+  mkdir -p "$dest.partial"
+  for p in $pkgs; do
+    local name=${p##*/}
+    log "kubernetes ${K8S_VERSION}: building $name (the first build takes several minutes)"
+    (cd "$work" && go build -trimpath -ldflags "-s -w $ld" -o "$dest.partial/$name" "$p")
+  done
+  rm -rf "$dest"; mv "$dest.partial" "$dest"; rm -rf "$work"
+  log "kubernetes ${K8S_VERSION}: done -> $dest"
+}
+
+build_module_tool() {
+  # build_module_tool NAME VERSION MODULE PKG:BIN [PKG:BIN...]
+  local name=$1 version=$2 module=$3; shift 3
+  local dest="$CACHE_ROOT/${name}-${version}/bin" bins=()
+  for pb in "$@"; do bins+=("${pb##*:}"); done
+  if have_all "$dest" "${bins[@]}"; then log "$name ${version}: cached in $dest"; return; fi
+  local work; work=$(mktemp -d "${TMPDIR:-/tmp}/permafrost-$name.XXXXXX")
+  (cd "$work" && go mod init "permafrost.dev/hack/${name}-build" >/dev/null 2>&1 && log "$name ${version}: resolving" && go get "${module}@${version}" 2>&1 | grep -v '^go: \(downloading\|added\)' >&2 || true)
+  mkdir -p "$dest.partial"
+  for pb in "$@"; do
+    log "$name ${version}: building ${pb##*:}"
+    (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$dest.partial/${pb##*:}" "${pb%%:*}")
+  done
+  rm -rf "$dest"; mv "$dest.partial" "$dest"; rm -rf "$work"
+  log "$name ${version}: done -> $dest"
+}
+
+main() {
+  mkdir -p "$CACHE_ROOT"
+  local start=$SECONDS
+  if ! have_all "$CACHE_ROOT/kubernetes-${K8S_VERSION}/bin" kube-apiserver kube-controller-manager kube-scheduler kubectl \
+     || ! have_all "$CACHE_ROOT/etcd-${ETCD_VERSION}/bin" etcd \
+     || ! have_all "$CACHE_ROOT/kwok-${KWOK_VERSION}/bin" kwok kwokctl; then
+    check_proxy
+  fi
+  build_module_tool etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "go.etcd.io/etcd/server/v3:etcd"
+  build_module_tool kwok "$KWOK_VERSION" sigs.k8s.io/kwok "sigs.k8s.io/kwok/cmd/kwok:kwok" "sigs.k8s.io/kwok/cmd/kwokctl:kwokctl"
+  build_kubernetes
+  log "all binaries ready in $((SECONDS - start))s under $CACHE_ROOT"
+}
+
+main "$@"

@@ -1,0 +1,3 @@
+"""Permafrost: immutable, guarded workload rollouts for Kubernetes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Allow ``python -m permafrost``."""
+
+from permafrost import cli
+
+raise SystemExit(cli.main())

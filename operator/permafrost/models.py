@@ -1,0 +1,167 @@
+"""Typed models at the edges: the GuardedRelease resource and the values the core exchanges.
+
+The spec models mirror ``crds/guardedrelease.yaml`` (a test keeps the two in agreement). They are
+parsed once, at the edge, with ``extra="forbid"`` so a typo is an error, not a silently ignored
+field, and serialised back with the camelCase names Kubernetes users see.
+
+The pod template is kept as raw JSON (``dict``): the apiserver validates it against the real
+PodTemplateSpec schema in the CRD, and Permafrost only reads the few fields it needs.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+import pydantic
+from pydantic.alias_generators import to_camel
+
+GROUP = "permafrost.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "GuardedRelease"
+PLURAL = "guardedreleases"
+
+# Labels and annotations Permafrost puts on what it creates, or reads from the release.
+LABEL_RELEASE = "permafrost.dev/release"
+LABEL_REVISION = "permafrost.dev/revision"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_SNAPSHOT_OF = "permafrost.dev/snapshot-of"
+ANNOTATION_TEMPLATE_HASH = "permafrost.dev/template-hash"
+ANNOTATION_RETRY = "permafrost.dev/retry"
+ANNOTATION_ROLLBACK_TO = "permafrost.dev/rollback-to"
+ANNOTATION_ROLLBACK_FROM = "permafrost.dev/rollback-from"
+MANAGER = "permafrost"
+
+
+class Model(pydantic.BaseModel):
+    """Base of the resource models: camelCase on the wire, unknown fields refused, immutable."""
+
+    model_config = pydantic.ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """The object as Kubernetes JSON: camelCase, no ``None`` fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- spec --------------------------------------------------------------------------------------
+
+
+class ConfigRef(Model):
+    """A ConfigMap or Secret in the release's namespace, snapshotted into every revision."""
+
+    kind: Literal["ConfigMap", "Secret"]
+    name: str = pydantic.Field(min_length=1, max_length=253)
+
+
+class ServicePort(Model):
+    name: str | None = None
+    port: int = pydantic.Field(ge=1, le=65535)
+    target_port: int | str | None = None
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class ServiceSpec(Model):
+    """The Service whose selector Permafrost switches to the stable revision.
+
+    If it does not exist, Permafrost creates it with ``ports`` (default: port 80 to 8080).
+    """
+
+    name: str = pydantic.Field(min_length=1, max_length=63)
+    ports: list[ServicePort] | None = None
+
+
+class RolloutSpec(Model):
+    progress_deadline_seconds: int = pydantic.Field(default=120, ge=1)
+    min_ready_seconds: int = pydantic.Field(default=10, ge=0)
+    scale_down_delay_seconds: int = pydantic.Field(default=30, ge=0)
+
+
+class RollbackSpec(Model):
+    automatic: bool = True
+
+
+class GuardedReleaseSpec(Model):
+    replicas: int = pydantic.Field(default=1, ge=0)
+    template: dict[str, Any]
+    config_refs: list[ConfigRef] = pydantic.Field(default_factory=list)
+    service: ServiceSpec | None = None
+    rollout: RolloutSpec = pydantic.Field(default_factory=RolloutSpec)
+    rollback: RollbackSpec = pydantic.Field(default_factory=RollbackSpec)
+    revision_history_limit: int = pydantic.Field(default=3, ge=0)
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(Model):
+    """A Kubernetes API condition (type, status, reason, message, generation, transition)."""
+
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str
+
+
+class Outcome(enum.StrEnum):
+    """What became of a revision. ``Progressing`` is the only non-final outcome."""
+
+    PROGRESSING = "Progressing"  # created, being verified
+    STABLE = "Stable"  # serving traffic
+    RETIRED = "Retired"  # served traffic, replaced by a newer stable revision
+    FAILED = "Failed"  # failed verification; never served traffic
+    SUPERSEDED = "Superseded"  # replaced by a newer spec before it was verified
+
+
+class RevisionRecord(Model):
+    """The history of one revision, kept in ``status.revisions`` (newest first)."""
+
+    name: str
+    hash: str
+    images: list[str] = pydantic.Field(default_factory=list)
+    outcome: Outcome
+    reason: str | None = None
+    message: str | None = None
+    created_at: str
+    # The current verification attempt: when it began, and the retry token it answers.
+    attempt_started_at: str | None = None
+    attempt: str | None = None
+    # When every pod was first seen Ready in this attempt (for "became unready" detection).
+    ready_since: str | None = None
+    promoted_at: str | None = None
+    retired_at: str | None = None
+    failed_at: str | None = None
+
+
+class GuardedReleaseStatus(Model):
+    observed_generation: int | None = None
+    desired_revision: str | None = None
+    stable_revision: str | None = None
+    phase: str | None = None
+    ready_replicas: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = pydantic.Field(default_factory=list)
+    revisions: list[RevisionRecord] = pydantic.Field(default_factory=list)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _ignore_foreign_fields(cls, data: Any) -> Any:
+        # NB: Kopf keeps its own bookkeeping in status (e.g. handler results); the status model
+        # reads only Permafrost's fields and leaves the rest alone instead of refusing them.
+        if isinstance(data, dict):
+            known = {f.alias or n for n, f in cls.model_fields.items()} | set(cls.model_fields)
+            return {k: v for k, v in data.items() if k in known}
+        return data

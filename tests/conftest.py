@@ -1,0 +1,63 @@
+"""Shared fixtures: tier markers by folder, the real local cluster, a namespace per test."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from k8s_harness import Cluster, start_cluster, stop_cluster, wait_for
+
+HERE = pathlib.Path(__file__).parent
+LOG_TAIL_LINES = 60
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by folder: tests/unit -> unit, tests/integration -> integration."""
+    for item in items:
+        parts = pathlib.Path(str(item.fspath)).relative_to(HERE).parts
+        if parts and parts[0] in ("unit", "integration"):
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The real local control plane, started for the session or reused if already healthy.
+
+    A cluster started here is stopped at the end unless PERMAFROST_KEEP_CLUSTER=1.
+    """
+    started_cluster, started_here = start_cluster()
+    yield started_cluster
+    if started_here and os.environ.get("PERMAFROST_KEEP_CLUSTER") != "1":
+        stop_cluster()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting)."""
+    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    # NB: pods cannot be created until the ServiceAccount controller made "default".
+    wait_for(
+        lambda: cluster.get("serviceaccount", "default", namespace=name),
+        timeout=30,
+        what=f"the default ServiceAccount in {name}",
+    )
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """On an integration failure, attach the tails of the control-plane component logs."""
+    report = yield
+    if report.failed and call.when == "call" and "cluster" in getattr(item, "fixturenames", ()):
+        logs_dir = pathlib.Path(item.funcargs["cluster"].logs_dir)  # type: ignore[attr-defined]
+        for log in sorted(logs_dir.glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            report.sections.append((f"component log: {log.name}", "\n".join(lines)))
+    return report
