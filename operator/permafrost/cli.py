@@ -7,10 +7,16 @@ outcome into an exit code. Exit codes: 0 success, 1 the action failed, 2 usage e
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime
+import logging
 import sys
 from collections.abc import Sequence
 
+import kopf
+
 import permafrost
+from permafrost import kube, models
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -24,15 +30,124 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"permafrost {permafrost.__version__}"
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable); default: all namespaces",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)"
+    )
+    run.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="coordinate with other replicas through this KopfPeering object; default: standalone",
+    )
+    run.add_argument(
+        "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+    rollback = commands.add_parser(
+        "rollback", help="promote a retained revision again (it is verified first)"
+    )
+    rollback.add_argument("name", help="the GuardedRelease")
+    rollback.add_argument(
+        "--to",
+        required=True,
+        metavar="REVISION",
+        help="a retained revision: its hash or its Deployment name",
+    )
+    rollback.add_argument("-n", "--namespace", default="default")
+
+    retry = commands.add_parser("retry", help="try a failed revision again")
+    retry.add_argument("name", help="the GuardedRelease")
+    retry.add_argument("-n", "--namespace", default="default")
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    kopf.configure(verbose=args.verbose)
+    logging.getLogger("permafrost").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from permafrost import handlers  # noqa: F401  (registers the handlers with Kopf)
+
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0
+
+
+async def _rollback(namespace: str, name: str, to: str) -> str:
+    body = await kube.read_release(namespace, name)
+    if body is None:
+        raise LookupError(f"GuardedRelease {namespace}/{name} not found")
+    status = models.GuardedReleaseStatus.model_validate(body.get("status") or {})
+    record = next((r for r in status.revisions if to in (r.hash, r.name)), None)
+    if record is None:
+        known = ", ".join(f"{r.hash} ({r.outcome})" for r in status.revisions) or "none"
+        raise LookupError(f"revision {to!r} is not retained by {name}; retained: {known}")
+    annotations = body["metadata"].get("annotations") or {}
+    # NB: rollback-from pins the rollback to the spec's current revision: when the spec changes,
+    # the rollback ends by itself and the new spec rolls out. While a rollback is in effect the
+    # status shows its target, so the pinned spec revision is the one already recorded.
+    active = models.ANNOTATION_ROLLBACK_TO in annotations and (
+        status.desired_revision == annotations.get(models.ANNOTATION_ROLLBACK_TO)
+    )
+    origin = (
+        annotations.get(models.ANNOTATION_ROLLBACK_FROM) if active else (status.desired_revision)
+    )
+    if origin is None:
+        raise LookupError(f"{name} has no desired revision yet; wait for its first reconcile")
+    await kube.patch_release_annotations(
+        namespace,
+        name,
+        {
+            models.ANNOTATION_ROLLBACK_TO: record.hash,
+            models.ANNOTATION_ROLLBACK_FROM: origin,
+        },
+    )
+    return record.hash
+
+
+async def _retry(namespace: str, name: str) -> None:
+    if await kube.read_release(namespace, name) is None:
+        raise LookupError(f"GuardedRelease {namespace}/{name} not found")
+    token = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    await kube.patch_release_annotations(namespace, name, {models.ANNOTATION_RETRY: token})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    return 0
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "rollback":
+            revision = asyncio.run(_rollback(args.namespace, args.name, args.to))
+            print(
+                f"{args.namespace}/{args.name}: rolling back to revision {revision}; it is "
+                f"verified before it takes traffic (kubectl get grel {args.name} -w)"
+            )
+            return 0
+        if args.command == "retry":
+            asyncio.run(_retry(args.namespace, args.name))
+            print(f"{args.namespace}/{args.name}: a new attempt starts")
+            return 0
+    except LookupError as exc:
+        print(f"permafrost: {exc}", file=sys.stderr)
+        return 1
+    parser.print_help(sys.stderr)
+    return 2

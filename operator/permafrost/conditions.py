@@ -1,0 +1,81 @@
+"""Status conditions of a GuardedRelease: types, reasons, and how they are updated.
+
+Follows the Kubernetes API conventions: every condition is set on every visit (``Unknown`` if need
+be), ``reason`` is one CamelCase word from the constants below, and ``lastTransitionTime`` only
+moves when ``status`` flips (a new reason or message alone does not move it).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+
+from permafrost.models import Condition, ConditionStatus
+
+# Condition types.
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+ROLLED_BACK = "RolledBack"
+TYPES = (READY, PROGRESSING, DEGRADED, ROLLED_BACK)
+
+# Reasons.
+ALL_REPLICAS_READY = "AllReplicasReady"
+REPLICAS_NOT_READY = "ReplicasNotReady"
+NO_STABLE_REVISION = "NoStableRevision"
+ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+ROLLOUT_COMPLETE = "RolloutComplete"
+CONFIG_NOT_FOUND = "ConfigNotFound"
+ROLLBACK_TARGET_NOT_FOUND = "RollbackTargetNotFound"
+REVISION_FAILED = "RevisionFailed"
+AS_EXPECTED = "AsExpected"
+NO_ROLLBACK = "NoRollback"
+MANUAL_ROLLBACK = "ManualRollback"
+AUTOMATIC_ROLLBACK_DISABLED = "AutomaticRollbackDisabled"
+# Why a revision failed verification (also used as reasons of Degraded/RolledBack and Events).
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+CRASH_LOOP = "CrashLoop"
+BECAME_UNREADY = "BecameUnready"
+
+
+def timestamp(moment: datetime.datetime) -> str:
+    """RFC 3339 in UTC with second precision, as Kubernetes writes ``metav1.Time``."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def make(
+    *,
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: Sequence[Condition],
+    now: datetime.datetime,
+) -> Condition:
+    """A condition; keeps the previous ``lastTransitionTime`` unless ``status`` flipped."""
+    before = next((c for c in previous if c.type == type_), None)
+    moved = before is None or before.status != status
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=timestamp(now)
+        if moved or before is None
+        else before.last_transition_time,
+    )
+
+
+def find(conditions: Iterable[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(conditions: Iterable[Condition], type_: str) -> bool:
+    cond = find(conditions, type_)
+    return cond is not None and cond.status == ConditionStatus.TRUE

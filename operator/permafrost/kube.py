@@ -1,0 +1,287 @@
+"""The Kubernetes adapter: the only module that talks to the API server.
+
+It uses the official synchronous client, always through :func:`asyncio.to_thread`, so the
+operator's event loop never blocks on the network. Reads return raw JSON (``dict``) exactly as
+the apiserver sent it; writes take manifests built by the pure core. Every write is idempotent:
+"already exists" on create and "not found" on delete are success, so a plan can be re-applied
+after a crash at any point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import functools
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from permafrost import manifests, models, planner
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Clients:
+    """The API groups Permafrost uses, sharing one connection pool."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+
+@functools.cache
+def clients() -> Clients:
+    """Clients for the in-cluster service account, or else the local kubeconfig."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    # NB: the client's default pool (4) throttles parallel reads of many releases.
+    configuration.connection_pool_maxsize = 32
+    return Clients(kubernetes.client.ApiClient(configuration))
+
+
+async def _call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def _raw(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call a client method and return the response body as raw JSON."""
+    response = await _call(fn, *args, _preload_content=False, **kwargs)
+    return json.loads(response.data)
+
+
+async def _get_or_none(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await _raw(fn, *args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+
+async def read_release(namespace: str, name: str) -> dict[str, Any] | None:
+    c = clients()
+    result: dict[str, Any] | None = await _get_or_none(
+        c.custom.get_namespaced_custom_object,
+        models.GROUP,
+        models.VERSION,
+        namespace,
+        models.PLURAL,
+        name,
+    )
+    return result
+
+
+async def list_revision_deployments(namespace: str, release: str) -> list[dict[str, Any]]:
+    c = clients()
+    selector = f"{models.LABEL_RELEASE}={manifests.release_label(release)}"
+    body = await _raw(c.apps.list_namespaced_deployment, namespace, label_selector=selector)
+    return [d for d in body.get("items", []) if _owned_by(d, release)]
+
+
+async def list_revision_pods(namespace: str, release: str) -> list[dict[str, Any]]:
+    c = clients()
+    selector = f"{models.LABEL_RELEASE}={manifests.release_label(release)}"
+    body = await _raw(c.core.list_namespaced_pod, namespace, label_selector=selector)
+    items: list[dict[str, Any]] = body.get("items", [])
+    return items
+
+
+def _owned_by(obj: Mapping[str, Any], release: str) -> bool:
+    # NB: the label value is bounded (63 chars), so two long release names could share it;
+    # the ownerReference says which release a revision Deployment really belongs to.
+    return any(
+        ref.get("kind") == models.KIND and ref.get("name") == release
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
+async def read_config(namespace: str, ref: models.ConfigRef) -> dict[str, Any] | None:
+    c = clients()
+    read = (
+        c.core.read_namespaced_config_map
+        if ref.kind == "ConfigMap"
+        else (c.core.read_namespaced_secret)
+    )
+    result: dict[str, Any] | None = await _get_or_none(read, ref.name, namespace)
+    return result
+
+
+async def read_service(namespace: str, name: str) -> dict[str, Any] | None:
+    result: dict[str, Any] | None = await _get_or_none(
+        clients().core.read_namespaced_service, name, namespace
+    )
+    return result
+
+
+# --- writes ------------------------------------------------------------------------------------
+
+
+async def _create(fn: Callable[..., Any], namespace: str, body: Mapping[str, Any]) -> Any:
+    try:
+        return await _raw(fn, namespace, dict(body))
+    except ApiException as exc:
+        if exc.status == 409:
+            return None
+        raise
+
+
+async def create_revision(namespace: str, action: planner.CreateRevision) -> None:
+    """Create the Deployment, then its snapshots owned by it (so they go when it goes)."""
+    c = clients()
+    name = action.deployment["metadata"]["name"]
+    created = await _create(c.apps.create_namespaced_deployment, namespace, action.deployment)
+    deployment = created or await _raw(c.apps.read_namespaced_deployment, name, namespace)
+    owner = manifests.owner_reference(
+        api_version="apps/v1", kind="Deployment", name=name, uid=deployment["metadata"]["uid"]
+    )
+    for snapshot in action.snapshots:
+        body = {**snapshot, "metadata": {**snapshot["metadata"], "ownerReferences": [owner]}}
+        create = (
+            c.core.create_namespaced_config_map
+            if snapshot["kind"] == "ConfigMap"
+            else (c.core.create_namespaced_secret)
+        )
+        await _create(create, namespace, body)
+
+
+async def scale(namespace: str, name: str, replicas: int) -> None:
+    """Change only the replica count, through the scale subresource."""
+    await _call(
+        clients().apps.patch_namespaced_deployment_scale,
+        name,
+        namespace,
+        {"spec": {"replicas": replicas}},
+    )
+
+
+async def route_service(namespace: str, action: planner.RouteService) -> None:
+    c = clients()
+    if action.create is not None:
+        created = await _create(c.core.create_namespaced_service, namespace, action.create)
+        if created is not None:
+            return
+    # NB: a merge patch would merge the old selector's keys into the new one; replace it whole.
+    patch = [{"op": "replace", "path": "/spec/selector", "value": dict(action.selector)}]
+    try:
+        await _call(c.core.patch_namespaced_service, action.name, namespace, patch)
+    except ApiException as exc:
+        if exc.status != 422:
+            raise
+        # The Service has no selector at all: "replace" needs a path that exists.
+        patch = [{"op": "add", "path": "/spec/selector", "value": dict(action.selector)}]
+        await _call(c.core.patch_namespaced_service, action.name, namespace, patch)
+
+
+async def delete_revision(namespace: str, name: str) -> None:
+    try:
+        await _call(
+            clients().apps.delete_namespaced_deployment,
+            name,
+            namespace,
+            propagation_policy="Background",
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+async def apply(namespace: str, action: planner.Action) -> None:
+    """Carry out one planned action."""
+    match action:
+        case planner.CreateRevision():
+            await create_revision(namespace, action)
+        case planner.Scale(name=name, replicas=replicas):
+            await scale(namespace, name, replicas)
+        case planner.RouteService():
+            await route_service(namespace, action)
+        case planner.DeleteRevision(name=name):
+            await delete_revision(namespace, name)
+
+
+async def patch_status(namespace: str, name: str, status: models.GuardedReleaseStatus) -> None:
+    """Write the whole status with one merge patch (top-level fields set to null are cleared)."""
+    body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for field in models.GuardedReleaseStatus.model_fields.values():
+        body.setdefault(field.alias or "", None)
+    body.pop("", None)
+    await _call(
+        clients().custom.patch_namespaced_custom_object_status,
+        models.GROUP,
+        models.VERSION,
+        namespace,
+        models.PLURAL,
+        name,
+        {"status": body},
+    )
+
+
+async def patch_release_annotations(
+    namespace: str, name: str, annotations: Mapping[str, str | None]
+) -> None:
+    await _call(
+        clients().custom.patch_namespaced_custom_object,
+        models.GROUP,
+        models.VERSION,
+        namespace,
+        models.PLURAL,
+        name,
+        {"metadata": {"annotations": dict(annotations)}},
+    )
+
+
+async def post_event(
+    *,
+    release: manifests.ReleaseRef,
+    type_: str,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+) -> None:
+    """Record an Event on the GuardedRelease (``kubectl describe grel`` shows it)."""
+    stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {
+        "metadata": {"generateName": f"{release.name[:200]}.", "namespace": release.namespace},
+        "involvedObject": {
+            "apiVersion": models.API_VERSION,
+            "kind": models.KIND,
+            "name": release.name,
+            "namespace": release.namespace,
+            "uid": release.uid,
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": type_,
+        "source": {"component": models.MANAGER},
+        "reportingComponent": models.MANAGER,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    try:
+        await _call(clients().core.create_namespaced_event, release.namespace, body)
+    except ApiException as exc:
+        # NB: an Event is a report, not state: failing to post one must not fail a rollout.
+        logger.warning(
+            "could not post event %s on %s/%s: %s",
+            reason,
+            release.namespace,
+            release.name,
+            exc.reason,
+        )

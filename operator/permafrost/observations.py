@@ -1,0 +1,133 @@
+"""Parsing raw Kubernetes JSON into the planner's views. Pure: no I/O, time injected.
+
+Everything here treats absent or malformed data as *unknown*, never as healthy: a pod without a
+Ready condition has ``ready=None``, a Deployment without status has ``observed_generation=0``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from permafrost import conditions, hashing, manifests, models, planner
+
+# What of a ConfigMap/Secret makes up a revision (metadata does not).
+CONFIG_FIELDS = ("data", "binaryData", "type")
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return conditions.parse_timestamp(value)
+    except ValueError:
+        return None
+
+
+def pod_view(pod: Mapping[str, Any]) -> planner.PodView:
+    metadata = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    ready: bool | None = None
+    ready_since: datetime.datetime | None = None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            ready = {"True": True, "False": False}.get(cond.get("status"))
+            ready_since = _time(cond.get("lastTransitionTime"))
+    restarts = 0
+    waiting: str | None = None
+    for cs in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
+        restarts += int(cs.get("restartCount") or 0)
+        reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
+        if reason and waiting is None:
+            waiting = str(reason)
+    return planner.PodView(
+        name=str(metadata.get("name", "")),
+        ready=ready,
+        ready_since=ready_since,
+        restarts=restarts,
+        waiting_reason=waiting,
+        terminating=bool(metadata.get("deletionTimestamp")),
+    )
+
+
+def revision_views(
+    *,
+    deployments: Iterable[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
+    now: datetime.datetime,
+) -> dict[str, planner.RevisionView]:
+    """Revision views by revision hash, each with the pods labelled with its revision."""
+    pods_by_revision: dict[str, list[planner.PodView]] = {}
+    for pod in pods:
+        revision = ((pod.get("metadata") or {}).get("labels") or {}).get(models.LABEL_REVISION)
+        if revision:
+            pods_by_revision.setdefault(revision, []).append(pod_view(pod))
+    views: dict[str, planner.RevisionView] = {}
+    for deployment in deployments:
+        metadata = deployment.get("metadata") or {}
+        revision = (metadata.get("labels") or {}).get(models.LABEL_REVISION)
+        if not revision or metadata.get("deletionTimestamp"):
+            continue
+        spec = deployment.get("spec") or {}
+        status = deployment.get("status") or {}
+        views[revision] = planner.RevisionView(
+            name=str(metadata.get("name", "")),
+            revision=revision,
+            replicas=int(spec.get("replicas", 1)),
+            created_at=_time(metadata.get("creationTimestamp")) or now,
+            generation=int(metadata.get("generation") or 0),
+            observed_generation=int(status.get("observedGeneration") or 0),
+            ready_replicas=int(status.get("readyReplicas") or 0),
+            images=tuple(manifests.images(spec.get("template") or {})),
+            pods=tuple(pods_by_revision.get(revision, ())),
+        )
+    return views
+
+
+def service_view(service: Mapping[str, Any] | None) -> planner.ServiceView | None:
+    if service is None:
+        return None
+    return planner.ServiceView(
+        name=str((service.get("metadata") or {}).get("name", "")),
+        selector=dict((service.get("spec") or {}).get("selector") or {}),
+    )
+
+
+def config_key(ref: models.ConfigRef) -> str:
+    return f"{ref.kind}/{ref.name}"
+
+
+def desired(
+    *,
+    release: manifests.ReleaseRef,
+    spec: models.GuardedReleaseSpec,
+    sources: Mapping[str, Mapping[str, Any] | None],
+) -> planner.Desired | planner.ConfigMissing:
+    """The spec's revision, given the referenced ConfigMaps/Secrets (``None`` if absent)."""
+    missing = tuple(config_key(r) for r in spec.config_refs if sources.get(config_key(r)) is None)
+    if missing:
+        return planner.ConfigMissing(missing)
+    contents = {
+        config_key(r): {
+            k: (sources[config_key(r)] or {}).get(k) for k in ("data", "binaryData", "type")
+        }
+        for r in spec.config_refs
+    }
+    revision = hashing.revision_hash(template=spec.template, config=contents)
+    return planner.Desired(
+        revision=revision,
+        deployment=manifests.revision_deployment(
+            release=release, spec=spec, revision=revision, replicas=spec.replicas
+        ),
+        snapshots=tuple(
+            manifests.snapshot(
+                release=release, revision=revision, ref=r, source=sources[config_key(r)] or {}
+            )
+            for r in spec.config_refs
+        ),
+        images=tuple(manifests.images(spec.template)),
+    )

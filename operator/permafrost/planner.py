@@ -1,0 +1,672 @@
+"""The rollout state machine: ``plan(situation) -> Plan``, pure and synchronous.
+
+The shell observes the cluster into a :class:`Situation` (the release, its desired revision, the
+revision Deployments with their pods, the Service, and ``now``), calls :func:`plan`, applies the
+returned actions in order, posts the events, and writes the returned status with one patch.
+All state lives in the cluster, so an operator killed at any instant resumes from what it sees.
+
+Per desired revision, the states are::
+
+    (no record) --create--> Progressing --verified--> Stable --replaced--> Retired
+                                 |   \\--newer spec--> Superseded
+                                 \\--deadline / crash loop / became unready--> Failed
+
+A Failed revision never took traffic: the stable revision keeps (or regains) all of it and the
+failed one is scaled to 0 and kept for inspection. A new spec, the ``permafrost.dev/retry``
+annotation (a new value), or a manual rollback starts a new attempt.
+
+Health is never assumed: a pod without a Ready condition, a Deployment whose status lags its
+generation, or fewer pods than replicas all count as "not verified yet".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from permafrost import conditions, manifests, models
+from permafrost.conditions import parse_timestamp, timestamp
+from permafrost.models import ConditionStatus, Outcome, RevisionRecord
+
+CRASH_REASONS = frozenset(
+    {"CrashLoopBackOff", "Error", "RunContainerError", "CreateContainerError"}
+)
+MIN_REQUEUE_SECONDS = 0.5
+
+
+class PlanError(Exception):
+    """The situation admits no valid plan (a bug or a corrupted status, never user input)."""
+
+
+# --- what the shell observes -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PodView:
+    name: str
+    ready: bool | None  # None: the pod reports no Ready condition (unknown, never healthy)
+    ready_since: datetime.datetime | None
+    restarts: int
+    waiting_reason: str | None
+    terminating: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionView:
+    """A revision Deployment as observed, with its pods."""
+
+    name: str
+    revision: str
+    replicas: int
+    created_at: datetime.datetime
+    generation: int
+    observed_generation: int
+    ready_replicas: int
+    images: tuple[str, ...]
+    pods: tuple[PodView, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceView:
+    name: str
+    selector: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Desired:
+    """The revision the spec asks for, resolved (config read, hash computed, manifests built)."""
+
+    revision: str
+    deployment: Mapping[str, Any]
+    snapshots: tuple[Mapping[str, Any], ...]
+    images: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigMissing:
+    """The spec references ConfigMaps/Secrets that do not exist (``"Kind/name"`` each)."""
+
+    missing: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Situation:
+    release: manifests.ReleaseRef
+    generation: int
+    spec: models.GuardedReleaseSpec
+    status: models.GuardedReleaseStatus
+    annotations: Mapping[str, str]
+    desired: Desired | ConfigMissing
+    revisions: Mapping[str, RevisionView]  # by revision hash
+    service: ServiceView | None  # None: spec.service is unset, or the Service does not exist
+    now: datetime.datetime
+
+
+# --- what the shell does -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateRevision:
+    """Create the revision Deployment, then its config snapshots owned by it."""
+
+    deployment: Mapping[str, Any]
+    snapshots: tuple[Mapping[str, Any], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    name: str
+    replicas: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteService:
+    """Point the Service's selector at a revision; create the Service if ``create`` is given."""
+
+    name: str
+    selector: Mapping[str, str]
+    create: Mapping[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteRevision:
+    """Delete a revision Deployment; its ReplicaSets, pods and snapshots go with it."""
+
+    name: str
+
+
+Action = CreateRevision | Scale | RouteService | DeleteRevision
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    status: models.GuardedReleaseStatus
+    events: tuple[Event, ...]
+    requeue_after: float | None  # seconds until the plan may change with time alone
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Healthy:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Unhealthy:
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    ready_since: str | None
+    wake_at: datetime.datetime
+    ready: int
+
+
+Verdict = Healthy | Unhealthy | Pending
+
+
+def assess(
+    *,
+    view: RevisionView,
+    replicas: int,
+    rollout: models.RolloutSpec,
+    record: RevisionRecord,
+    now: datetime.datetime,
+) -> Verdict:
+    """Verify one attempt of a revision: healthy, failed (and why), or not decided yet.
+
+    Healthy: the Deployment's status is current, exactly ``replicas`` live pods, every one Ready
+    (a known, true Ready condition) since at least ``minReadySeconds``, none restarted.
+    Failed: any container restarted or is crash-looping; or every pod had been Ready in this
+    attempt and one is not any more; or not every pod was Ready within
+    ``progressDeadlineSeconds`` of the attempt's start.
+    """
+    started = parse_timestamp(record.attempt_started_at or record.created_at)
+    pods = [p for p in view.pods if not p.terminating]
+    for pod in pods:
+        if pod.restarts > 0 or pod.waiting_reason in CRASH_REASONS:
+            detail = pod.waiting_reason or "restarted"
+            return Unhealthy(
+                conditions.CRASH_LOOP,
+                f"pod {pod.name} is crash-looping ({detail}, {pod.restarts} restarts)",
+            )
+    current = view.observed_generation >= view.generation
+    ready = [p for p in pods if p.ready is True]
+    all_ready = current and len(pods) == replicas and len(ready) == replicas
+    if record.ready_since is not None and not all_ready:
+        return Unhealthy(
+            conditions.BECAME_UNREADY,
+            f"{len(ready)}/{replicas} pods Ready after all had been Ready during verification",
+        )
+    if all_ready:
+        first_seen = record.ready_since or timestamp(now)
+        known = [p.ready_since for p in ready]
+        # NB: a pod without a transition time is not known to have been Ready for any time.
+        if None in known:
+            since = now
+        else:
+            since = max((t for t in known if t is not None), default=parse_timestamp(first_seen))
+        healthy_at = since + datetime.timedelta(seconds=rollout.min_ready_seconds)
+        if now >= healthy_at:
+            return Healthy()
+        return Pending(ready_since=first_seen, wake_at=healthy_at, ready=len(ready))
+    deadline = started + datetime.timedelta(seconds=rollout.progress_deadline_seconds)
+    if now >= deadline:
+        return Unhealthy(
+            conditions.PROGRESS_DEADLINE_EXCEEDED,
+            f"{len(ready)}/{replicas} pods Ready after the progress deadline of "
+            f"{rollout.progress_deadline_seconds}s",
+        )
+    return Pending(ready_since=None, wake_at=deadline, ready=len(ready))
+
+
+# --- the state machine -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Work:
+    """The mutable scratchpad of one planning pass (never escapes :func:`plan`)."""
+
+    s: Situation
+    records: dict[str, RevisionRecord]
+    stable: str | None
+    actions: list[Action] = dataclasses.field(default_factory=list)
+    events: list[Event] = dataclasses.field(default_factory=list)
+    wake: list[datetime.datetime] = dataclasses.field(default_factory=list)
+    state: str = "Stable"
+    note: str = ""
+    failure: RevisionRecord | None = None
+
+    def record(self, revision: str, **changes: Any) -> RevisionRecord:
+        updated = self.records[revision].model_copy(update=changes)
+        self.records[revision] = updated
+        return updated
+
+    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def scale(self, revision: str, replicas: int) -> None:
+        view = self.s.revisions.get(revision)
+        if view is not None and view.replicas != replicas:
+            self.actions.append(Scale(view.name, replicas))
+
+
+def _target(s: Situation) -> tuple[str | None, str | None, str | None]:
+    """(target revision, attempt token, problem): what should run, and under which attempt.
+
+    A manual rollback (``rollback-to`` with ``rollback-from`` equal to the spec's revision)
+    overrides the spec until the spec changes; otherwise the spec's revision is the target.
+    """
+    spec_revision = s.desired.revision if isinstance(s.desired, Desired) else None
+    # NB: a failed revision is tried again when the spec changes (a new generation, even if the
+    # revision hash is the same, e.g. a longer deadline) or the retry annotation changes.
+    retry = f"{s.generation}:{s.annotations.get(models.ANNOTATION_RETRY, '')}"
+    to = s.annotations.get(models.ANNOTATION_ROLLBACK_TO)
+    origin = s.annotations.get(models.ANNOTATION_ROLLBACK_FROM)
+    if to and spec_revision is not None and origin == spec_revision:
+        for revision, view in s.revisions.items():
+            if to in (revision, view.name):
+                return revision, f"rollback:{to}", None
+        return spec_revision, retry, f"rollback target {to!r} is not a retained revision"
+    return spec_revision, retry, None
+
+
+def _adopt(w: _Work, target: str | None) -> None:
+    """Give every observed revision a record (after a crash, status may lag the cluster)."""
+    for revision, view in w.s.revisions.items():
+        if revision not in w.records:
+            created = timestamp(view.created_at)
+            w.records[revision] = RevisionRecord(
+                name=view.name,
+                hash=revision,
+                images=list(view.images),
+                outcome=Outcome.PROGRESSING if revision == target else Outcome.RETIRED,
+                reason="Adopted",
+                created_at=created,
+                attempt_started_at=created if revision == target else None,
+                attempt=None,
+            )
+    if w.stable is not None and w.stable not in w.s.revisions and w.stable != target:
+        w.record(
+            w.stable,
+            outcome=Outcome.RETIRED,
+            reason="DeploymentDeleted",
+            retired_at=timestamp(w.s.now),
+        )
+        w.event(
+            "Warning",
+            "StableRevisionDeleted",
+            f"the Deployment of stable revision {w.stable} was deleted",
+        )
+        w.stable = None
+
+
+def _supersede_others(w: _Work, target: str) -> None:
+    for revision, record in list(w.records.items()):
+        if record.outcome == Outcome.PROGRESSING and revision not in (target, w.stable):
+            w.record(
+                revision,
+                outcome=Outcome.SUPERSEDED,
+                reason="Superseded",
+                message=f"replaced by revision {target} before it was verified",
+                retired_at=timestamp(w.s.now),
+            )
+            w.event(
+                "Normal",
+                "Superseded",
+                f"revision {revision} was superseded by {target} before it took traffic",
+            )
+
+
+def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
+    s, now = w.s, timestamp(w.s.now)
+    record, view = w.records.get(target), s.revisions.get(target)
+    if view is None:
+        if not isinstance(s.desired, Desired) or s.desired.revision != target:
+            raise PlanError(f"revision {target} has no Deployment and is not the spec's revision")
+        w.actions.append(CreateRevision(s.desired.deployment, s.desired.snapshots))
+        w.event(
+            "Normal",
+            "RevisionCreated",
+            f"created revision {target} ({manifests.revision_name(s.release.name, target)})",
+        )
+    else:
+        w.scale(target, s.spec.replicas)
+        w.event("Normal", "AttemptStarted", f"verifying revision {target} again")
+    name = view.name if view else manifests.revision_name(s.release.name, target)
+    images = (
+        list(view.images)
+        if view
+        else list(s.desired.images if isinstance(s.desired, Desired) else ())
+    )
+    w.records[target] = RevisionRecord(
+        name=name,
+        hash=target,
+        images=images,
+        outcome=Outcome.PROGRESSING,
+        created_at=record.created_at if record else now,
+        attempt_started_at=now,
+        attempt=attempt,
+    )
+    w.wake.append(s.now + datetime.timedelta(seconds=s.spec.rollout.progress_deadline_seconds))
+    w.state = "Progressing"
+
+
+def _fail(w: _Work, target: str, reason: str, message: str) -> None:
+    s = w.s
+    record = w.record(
+        target, outcome=Outcome.FAILED, reason=reason, message=message, failed_at=timestamp(s.now)
+    )
+    if s.spec.rollback.automatic:
+        w.scale(target, 0)
+        serving = f"traffic stays on revision {w.stable}" if w.stable else "no revision serves"
+        w.event(
+            "Warning",
+            "RolledBack",
+            f"revision {target} failed ({reason}: {message}); "
+            f"{serving}; {record.name} scaled to 0 and kept for inspection",
+        )
+    else:
+        w.event(
+            "Warning",
+            "RevisionFailed",
+            f"revision {target} failed ({reason}: {message}); "
+            "automatic rollback is off, so it is left running for inspection",
+        )
+
+
+def _promote(w: _Work, target: str) -> None:
+    now = timestamp(w.s.now)
+    previous = w.stable
+    if previous is not None and previous in w.records:
+        w.record(
+            previous,
+            outcome=Outcome.RETIRED,
+            reason="Replaced",
+            message=f"replaced by revision {target}",
+            retired_at=now,
+        )
+    w.record(target, outcome=Outcome.STABLE, reason="Verified", message=None, promoted_at=now)
+    w.stable = target
+    w.event(
+        "Normal",
+        "Promoted",
+        f"revision {target} is verified and now serves traffic"
+        + (f" (was {previous})" if previous else ""),
+    )
+    w.state = "Stable"
+
+
+def _progress(w: _Work, target: str, attempt: str | None) -> None:
+    s = w.s
+    record = w.records.get(target)
+    if record is not None and record.outcome == Outcome.FAILED and attempt == record.attempt:
+        if s.spec.rollback.automatic:
+            w.scale(target, 0)
+        w.state, w.failure = "Failed", record
+        return
+    _supersede_others(w, target)
+    if record is None or record.outcome != Outcome.PROGRESSING:
+        _start_attempt(w, target, attempt)
+        return
+    view = s.revisions.get(target)
+    if view is None:
+        # The revision's Deployment was deleted under us: create it again, start over.
+        _start_attempt(w, target, attempt)
+        return
+    w.scale(target, s.spec.replicas)
+    verdict = assess(
+        view=view, replicas=s.spec.replicas, rollout=s.spec.rollout, record=record, now=s.now
+    )
+    if isinstance(verdict, Healthy):
+        _promote(w, target)
+    elif isinstance(verdict, Unhealthy):
+        _fail(w, target, verdict.reason, verdict.message)
+        w.state, w.failure = "Failed", w.records[target]
+    else:
+        w.record(target, ready_since=verdict.ready_since)
+        w.wake.append(verdict.wake_at)
+        w.state = "Progressing"
+        w.note = f"verifying revision {target}: {verdict.ready}/{s.spec.replicas} pods Ready"
+
+
+def _route(w: _Work) -> None:
+    s = w.s
+    if s.spec.service is None or w.stable is None:
+        return
+    wanted = manifests.selector(s.release.name, w.stable)
+    if s.service is None:
+        body = manifests.service(release=s.release, spec=s.spec.service, revision=w.stable)
+        w.actions.append(RouteService(s.spec.service.name, wanted, body))
+    elif dict(s.service.selector) != wanted:
+        w.actions.append(RouteService(s.spec.service.name, wanted, None))
+
+
+def _housekeeping(w: _Work, target: str | None) -> None:
+    """Scale down what no longer serves (after the delay), and prune old revisions."""
+    s = w.s
+    live = {w.stable, target if w.state == "Progressing" else None}
+    delay = datetime.timedelta(seconds=s.spec.rollout.scale_down_delay_seconds)
+    retained: list[RevisionRecord] = []
+    for revision, record in w.records.items():
+        if revision in live:
+            continue
+        if record.outcome == Outcome.RETIRED and record.retired_at is not None:
+            due = parse_timestamp(record.retired_at) + delay
+            if s.now >= due:
+                w.scale(revision, 0)
+            else:
+                w.wake.append(due)
+                continue
+        elif record.outcome == Outcome.SUPERSEDED or (
+            record.outcome == Outcome.FAILED and s.spec.rollback.automatic
+        ):
+            w.scale(revision, 0)
+        if record.outcome != Outcome.PROGRESSING:
+            retained.append(record)
+    retained.sort(key=lambda r: r.retired_at or r.failed_at or r.created_at, reverse=True)
+    for record in retained[s.spec.revision_history_limit :]:
+        if record.hash == target:
+            continue
+        view = s.revisions.get(record.hash)
+        if view is not None:
+            w.actions.append(DeleteRevision(view.name))
+        del w.records[record.hash]
+
+
+def _conditions(
+    w: _Work, target: str | None, problem: str | None, manual: bool
+) -> list[models.Condition]:
+    s = w.s
+    stable_view = s.revisions.get(w.stable) if w.stable else None
+    replicas = s.spec.replicas
+
+    def make(type_: str, status: ConditionStatus, reason: str, message: str) -> models.Condition:
+        return conditions.make(
+            type_=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            generation=s.generation,
+            previous=s.status.conditions,
+            now=s.now,
+        )
+
+    T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
+    if w.stable is None or stable_view is None:
+        ready = make(
+            conditions.READY, F, conditions.NO_STABLE_REVISION, "no revision has been verified yet"
+        )
+    elif stable_view.ready_replicas >= replicas:
+        ready = make(
+            conditions.READY,
+            T,
+            conditions.ALL_REPLICAS_READY,
+            f"revision {w.stable} serves with {stable_view.ready_replicas}/{replicas} "
+            "replicas Ready",
+        )
+    else:
+        ready = make(
+            conditions.READY,
+            F,
+            conditions.REPLICAS_NOT_READY,
+            f"revision {w.stable} has {stable_view.ready_replicas}/{replicas} replicas Ready",
+        )
+
+    if isinstance(s.desired, ConfigMissing) and target is None:
+        progressing = make(
+            conditions.PROGRESSING,
+            F,
+            conditions.CONFIG_NOT_FOUND,
+            f"waiting for {', '.join(s.desired.missing)}: the rollout starts by "
+            "itself when it exists",
+        )
+    elif problem is not None:
+        progressing = make(
+            conditions.PROGRESSING,
+            F,
+            conditions.ROLLBACK_TARGET_NOT_FOUND,
+            f"{problem}; the spec's revision is rolled out instead",
+        )
+    elif w.state == "Progressing":
+        progressing = make(
+            conditions.PROGRESSING,
+            T,
+            conditions.ROLLOUT_IN_PROGRESS,
+            w.note or f"verifying revision {target}",
+        )
+    elif w.state == "Failed" and w.failure is not None:
+        progressing = make(
+            conditions.PROGRESSING,
+            F,
+            conditions.REVISION_FAILED,
+            f"revision {w.failure.hash} failed: {w.failure.message}; change the "
+            f"spec or set the annotation {models.ANNOTATION_RETRY} to try again",
+        )
+    else:
+        progressing = make(
+            conditions.PROGRESSING,
+            F,
+            conditions.ROLLOUT_COMPLETE,
+            f"revision {w.stable} is stable" if w.stable else "nothing to roll out",
+        )
+
+    if w.state == "Failed" and w.failure is not None:
+        degraded = make(
+            conditions.DEGRADED,
+            T,
+            w.failure.reason or conditions.REVISION_FAILED,
+            f"revision {w.failure.hash} failed: {w.failure.message}",
+        )
+        if not s.spec.rollback.automatic:
+            rolled_back = make(
+                conditions.ROLLED_BACK,
+                F,
+                conditions.AUTOMATIC_ROLLBACK_DISABLED,
+                f"revision {w.failure.hash} failed and is left running; automatic rollback is off",
+            )
+        elif w.stable is None:
+            rolled_back = make(
+                conditions.ROLLED_BACK,
+                F,
+                conditions.NO_STABLE_REVISION,
+                f"revision {w.failure.hash} failed and there is no stable revision to keep serving",
+            )
+        else:
+            rolled_back = make(
+                conditions.ROLLED_BACK,
+                T,
+                w.failure.reason or conditions.REVISION_FAILED,
+                f"revision {w.failure.hash} failed ({w.failure.message}); "
+                f"traffic stays on revision {w.stable}",
+            )
+    else:
+        degraded = make(conditions.DEGRADED, F, conditions.AS_EXPECTED, "")
+        if manual and w.state == "Stable":
+            rolled_back = make(
+                conditions.ROLLED_BACK,
+                T,
+                conditions.MANUAL_ROLLBACK,
+                f"manually rolled back to revision {w.stable}; the spec's "
+                "revision runs again when the spec changes",
+            )
+        else:
+            rolled_back = make(conditions.ROLLED_BACK, F, conditions.NO_ROLLBACK, "")
+    return [ready, progressing, degraded, rolled_back]
+
+
+def _phase(conds: Sequence[models.Condition]) -> str:
+    """The one-word summary, derived last from the conditions (never an input)."""
+    rolled_back = conditions.find(conds, conditions.ROLLED_BACK)
+    if (
+        rolled_back is not None
+        and rolled_back.status == ConditionStatus.TRUE
+        and (rolled_back.reason != conditions.MANUAL_ROLLBACK)
+    ):
+        return "RolledBack"
+    if conditions.is_true(conds, conditions.DEGRADED):
+        return "Degraded"
+    if conditions.is_true(conds, conditions.PROGRESSING):
+        return "Progressing"
+    progressing = conditions.find(conds, conditions.PROGRESSING)
+    if progressing is not None and progressing.reason == conditions.CONFIG_NOT_FOUND:
+        return "Pending"
+    if conditions.is_true(conds, conditions.READY):
+        return "Stable"
+    return "Unavailable"
+
+
+def plan(s: Situation) -> Plan:
+    """Decide the next actions and the complete new status for one GuardedRelease."""
+    w = _Work(s=s, records={r.hash: r for r in s.status.revisions}, stable=s.status.stable_revision)
+    target, attempt, problem = _target(s)
+    manual = attempt is not None and attempt.startswith("rollback:") and problem is None
+    _adopt(w, target)
+    if target is None:
+        w.state = "Blocked"
+    elif target == w.stable:
+        _supersede_others(w, target)
+        w.scale(target, s.spec.replicas)
+        if s.revisions.get(target) is None and isinstance(s.desired, Desired):
+            # The stable Deployment was deleted (deletion is allowed): create it again.
+            w.actions.append(CreateRevision(s.desired.deployment, s.desired.snapshots))
+            w.event("Normal", "RevisionRecreated", f"re-created stable revision {target}")
+    else:
+        _progress(w, target, attempt)
+    _route(w)
+    _housekeeping(w, target)
+
+    conds = _conditions(w, target, problem, manual)
+    stable_view = s.revisions.get(w.stable) if w.stable else None
+    headline = next((c.message for c in conds if c.type == conditions.PROGRESSING), "")
+    status = models.GuardedReleaseStatus(
+        observed_generation=s.generation,
+        desired_revision=target or s.status.desired_revision,
+        stable_revision=w.stable,
+        phase=_phase(conds),
+        ready_replicas=f"{stable_view.ready_replicas if stable_view else 0}/{s.spec.replicas}",
+        message=headline,
+        conditions=conds,
+        revisions=sorted(w.records.values(), key=lambda r: r.created_at, reverse=True),
+    )
+    pending = [max((t - s.now).total_seconds(), MIN_REQUEUE_SECONDS) for t in w.wake]
+    return Plan(
+        actions=tuple(w.actions),
+        status=status,
+        events=tuple(w.events),
+        requeue_after=min(pending) if pending else None,
+    )
