@@ -12,7 +12,8 @@ import pytest
 from k8s_harness import Cluster, start_cluster, stop_cluster, wait_for
 
 HERE = pathlib.Path(__file__).parent
-LOG_TAIL_LINES = 60
+LOG_TAIL_LINES = 40
+OPERATOR_TAIL_LINES = 150
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -55,9 +56,17 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
     """On an integration failure, attach the tails of the control-plane component logs."""
     report = yield
-    if report.failed and call.when == "call" and "cluster" in getattr(item, "fixturenames", ()):
-        logs_dir = pathlib.Path(item.funcargs["cluster"].logs_dir)  # type: ignore[attr-defined]
-        for log in sorted(logs_dir.glob("*.log")):
+    if not (report.failed and call.when == "call"):
+        return report
+    operator_log = getattr(item, "operator_log", None)
+    if operator_log is not None and pathlib.Path(operator_log).exists():
+        lines = pathlib.Path(operator_log).read_text(errors="replace").splitlines()
+        report.sections.append(("operator log", "\n".join(lines[-OPERATOR_TAIL_LINES:])))
+    cluster = getattr(item, "funcargs", {}).get("cluster") or getattr(item, "funcargs", {}).get(
+        "crds"
+    )
+    if cluster is not None:
+        for log in sorted(pathlib.Path(cluster.logs_dir).glob("*.log")):
             lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
             report.sections.append((f"component log: {log.name}", "\n".join(lines)))
     return report

@@ -1,0 +1,188 @@
+"""Fixtures for tests that run the real operator against the real cluster."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from k8s_harness import ROOT, Cluster, wait_for
+
+CRD = ROOT / "crds" / "guardedrelease.yaml"
+DIGEST = "@sha256:" + "1" * 64
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> Cluster:
+    """The Permafrost CRDs, installed (server-side apply) and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/guardedreleases.permafrost.dev"
+    )
+    return cluster
+
+
+class Operator:
+    """``permafrost run`` as a real subprocess, watching one namespace."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log: pathlib.Path) -> None:
+        self.cluster, self.namespace, self.log = cluster, namespace, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**self.cluster.env, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "permafrost", "run", "-n", self.namespace, "--verbose"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye — as a crashed or evicted pod."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def operator(
+    crds: Cluster, namespace: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> Iterator[Operator]:
+    op = Operator(crds, namespace, tmp_path / "operator.log")
+    request.node.operator_log = op.log  # attached to the report if the test fails
+    op.start()
+    yield op
+    op.stop()
+
+
+def release(
+    name: str,
+    *,
+    image: str = "registry.example/shop/app",
+    replicas: int = 2,
+    annotations: dict[str, str] | None = None,
+    config: list[dict[str, str]] | None = None,
+    service: str | None = None,
+    deadline: int = 15,
+    min_ready: int = 1,
+    scale_down_delay: int = 2,
+    history: int = 3,
+    digest: str = DIGEST,
+) -> dict[str, Any]:
+    """A GuardedRelease manifest for tests."""
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "template": {
+            "metadata": {"labels": {"app": name}, "annotations": annotations or {}},
+            "spec": {"containers": [{"name": "app", "image": f"{image}{digest}"}]},
+        },
+        "rollout": {
+            "progressDeadlineSeconds": deadline,
+            "minReadySeconds": min_ready,
+            "scaleDownDelaySeconds": scale_down_delay,
+        },
+        "revisionHistoryLimit": history,
+    }
+    if config:
+        spec["configRefs"] = config
+    if service:
+        spec["service"] = {"name": service}
+    return {
+        "apiVersion": "permafrost.dev/v1alpha1",
+        "kind": "GuardedRelease",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    obj = cluster.get("guardedrelease", name, namespace=namespace)
+    return (obj or {}).get("status") or {}
+
+
+def wait_phase(
+    cluster: Cluster, namespace: str, name: str, phase: str, *, timeout: float = 60, **fields: str
+) -> dict[str, Any]:
+    """Wait until the release's status has ``phase`` (and the given status fields)."""
+
+    def probe() -> dict[str, Any] | None:
+        st = status(cluster, namespace, name)
+        ok = st.get("phase") == phase and all(st.get(k) == v for k, v in fields.items())
+        return st if ok else None
+
+    return wait_for(probe, timeout=timeout, interval=0.5, what=f"{name} phase={phase} {fields}")
+
+
+class SelectorSampler:
+    """Samples a Service's selector in the background and checks what it points at.
+
+    Every sample records the revision the selector names and whether, at that instant, that
+    revision had every one of its pods Ready. ``violations`` lists samples where it did not.
+    """
+
+    def __init__(self, cluster: Cluster, namespace: str, service: str) -> None:
+        self.cluster, self.namespace, self.service = cluster, namespace, service
+        self.samples: list[tuple[float, str, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SelectorSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            svc = self.cluster.get("service", self.service, namespace=self.namespace)
+            revision = ((svc or {}).get("spec", {}).get("selector") or {}).get(
+                "permafrost.dev/revision"
+            )
+            if revision:
+                pods = self.cluster.get(
+                    "pods", namespace=self.namespace, selector=f"permafrost.dev/revision={revision}"
+                )["items"]
+                live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+                ready = bool(live) and all(
+                    any(
+                        c["type"] == "Ready" and c["status"] == "True"
+                        for c in p.get("status", {}).get("conditions", [])
+                    )
+                    for p in live
+                )
+                self.samples.append((time.monotonic(), revision, ready))
+            self._stop.wait(0.2)
+
+    @property
+    def revisions(self) -> set[str]:
+        return {r for _, r, _ in self.samples}
+
+    @property
+    def violations(self) -> list[tuple[float, str, bool]]:
+        return [s for s in self.samples if not s[2]]
+
+
+@pytest.fixture
+def sampler_factory(crds: Cluster, namespace: str) -> Any:
+    return lambda service: SelectorSampler(crds, namespace, service)
