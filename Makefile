@@ -67,6 +67,10 @@ cluster-down: ## stop the local cluster and delete its state
 demo: venv cluster-up ## show the operator at work on the local cluster
 	hack/demo.sh
 
+.PHONY: crd
+crd: venv ## regenerate crds/guardedrelease.yaml from the models
+	$(BIN)/python hack/gen_crd.py
+
 .PHONY: fmt
 fmt: venv ## format the code
 	$(BIN)/ruff check --fix .
