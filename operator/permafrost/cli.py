@@ -75,6 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)
     logging.getLogger("permafrost").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # NB: Kopf logs every successful event handler; ours only enqueue, so that is noise.
+    logging.getLogger("kopf.objects").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     from permafrost import handlers  # noqa: F401  (registers the handlers with Kopf)
 
     asyncio.run(

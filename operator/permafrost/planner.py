@@ -114,11 +114,20 @@ class CreateRevision:
     deployment: Mapping[str, Any]
     snapshots: tuple[Mapping[str, Any], ...]
 
+    def __str__(self) -> str:
+        names = ", ".join(s["metadata"]["name"] for s in self.snapshots)
+        return f"create revision {self.deployment['metadata']['name']}" + (
+            f" with snapshots {names}" if names else ""
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
     name: str
     replicas: int
+
+    def __str__(self) -> str:
+        return f"scale {self.name} to {self.replicas}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +138,19 @@ class RouteService:
     selector: Mapping[str, str]
     create: Mapping[str, Any] | None
 
+    def __str__(self) -> str:
+        verb = "create Service" if self.create is not None else "route Service"
+        return f"{verb} {self.name} to {self.selector.get(models.LABEL_REVISION)}"
+
 
 @dataclasses.dataclass(frozen=True)
 class DeleteRevision:
     """Delete a revision Deployment; its ReplicaSets, pods and snapshots go with it."""
 
     name: str
+
+    def __str__(self) -> str:
+        return f"delete revision {self.name}"
 
 
 Action = CreateRevision | Scale | RouteService | DeleteRevision
