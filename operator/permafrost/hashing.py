@@ -31,7 +31,6 @@ _POD_SPEC_DEFAULTS: Mapping[str, Any] = {
 _CONTAINER_DEFAULTS: Mapping[str, Any] = {
     "terminationMessagePath": "/dev/termination-log",
     "terminationMessagePolicy": "File",
-    "imagePullPolicy": "IfNotPresent",  # the default for any image not tagged :latest
 }
 _PROBE_DEFAULTS: Mapping[str, Any] = {
     "timeoutSeconds": 1,
@@ -40,6 +39,10 @@ _PROBE_DEFAULTS: Mapping[str, Any] = {
     "failureThreshold": 3,
 }
 _PORT_DEFAULTS: Mapping[str, Any] = {"protocol": "TCP"}
+_HTTP_GET_DEFAULTS: Mapping[str, Any] = {"scheme": "HTTP"}
+_FIELD_REF_DEFAULTS: Mapping[str, Any] = {"apiVersion": "v1"}
+_VOLUME_MODE_DEFAULTS: Mapping[str, Any] = {"defaultMode": 420}  # 0644
+_VOLUME_SOURCES_WITH_MODE = ("configMap", "secret", "projected", "downwardAPI")
 _CONTAINER_LISTS = ("containers", "initContainers")
 _PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 
@@ -58,13 +61,51 @@ def _without_defaults(obj: Mapping[str, Any], defaults: Mapping[str, Any]) -> di
     return {k: v for k, v in obj.items() if not (k in defaults and defaults[k] == v)}
 
 
+def default_pull_policy(image: str) -> str:
+    """Kubernetes' default ``imagePullPolicy``: Always for ``:latest`` or no tag nor digest."""
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    tag = last.partition(":")[2] or None
+    return "Always" if tag == "latest" or (tag is None and not digest) else "IfNotPresent"
+
+
+def _normalize_probe(probe: Mapping[str, Any]) -> dict[str, Any]:
+    result = _without_defaults(probe, _PROBE_DEFAULTS)
+    if isinstance(result.get("httpGet"), Mapping):
+        result["httpGet"] = _without_defaults(result["httpGet"], _HTTP_GET_DEFAULTS)
+    return result
+
+
 def _normalize_container(container: Mapping[str, Any]) -> dict[str, Any]:
     result = _without_defaults(container, _CONTAINER_DEFAULTS)
+    if result.get("imagePullPolicy") == default_pull_policy(str(result.get("image", ""))):
+        del result["imagePullPolicy"]
     if "ports" in result:
         result["ports"] = [_without_defaults(p, _PORT_DEFAULTS) for p in result["ports"]]
     for probe in _PROBES:
-        if probe in result:
-            result[probe] = _without_defaults(result[probe], _PROBE_DEFAULTS)
+        if isinstance(result.get(probe), Mapping):
+            result[probe] = _normalize_probe(result[probe])
+    if "env" in result:
+        result["env"] = [_normalize_env(e) for e in result["env"]]
+    return result
+
+
+def _normalize_env(env: Mapping[str, Any]) -> dict[str, Any]:
+    result = dict(env)
+    source = result.get("valueFrom")
+    if isinstance(source, Mapping) and isinstance(source.get("fieldRef"), Mapping):
+        result["valueFrom"] = {
+            **source,
+            "fieldRef": _without_defaults(source["fieldRef"], _FIELD_REF_DEFAULTS),
+        }
+    return result
+
+
+def _normalize_volume(volume: Mapping[str, Any]) -> dict[str, Any]:
+    result = dict(volume)
+    for key in _VOLUME_SOURCES_WITH_MODE:
+        if isinstance(result.get(key), Mapping):
+            result[key] = _without_defaults(result[key], _VOLUME_MODE_DEFAULTS)
     return result
 
 
@@ -75,6 +116,8 @@ def normalize_template(template: Mapping[str, Any]) -> dict[str, Any]:
     for key in _CONTAINER_LISTS:
         if key in spec:
             spec[key] = [_normalize_container(c) for c in spec[key]]
+    if "volumes" in spec:
+        spec["volumes"] = [_normalize_volume(v) for v in spec["volumes"]]
     result["spec"] = spec
     pruned: dict[str, Any] = _prune(result)
     return pruned

@@ -223,7 +223,7 @@ def assess(
     current = view.observed_generation >= view.generation
     ready = [p for p in pods if p.ready is True]
     all_ready = current and len(pods) == replicas and len(ready) == replicas
-    if record.ready_since is not None and not all_ready:
+    if record.ready_since is not None and current and not all_ready:
         return Unhealthy(
             conditions.BECAME_UNREADY,
             f"{len(ready)}/{replicas} pods Ready after all had been Ready during verification",
@@ -276,8 +276,14 @@ class _Work:
         self.events.append(Event(type_, reason, message))
 
     def scale(self, revision: str, replicas: int) -> None:
+        """Plan a scale of a revision, replacing an earlier one of the same Deployment."""
         view = self.s.revisions.get(revision)
-        if view is not None and view.replicas != replicas:
+        if view is None:
+            return
+        self.actions = [
+            a for a in self.actions if not (isinstance(a, Scale) and a.name == view.name)
+        ]
+        if view.replicas != replicas:
             self.actions.append(Scale(view.name, replicas))
 
 
@@ -290,32 +296,56 @@ def _target(s: Situation) -> tuple[str | None, str | None, str | None]:
     spec_revision = s.desired.revision if isinstance(s.desired, Desired) else None
     # NB: a failed revision is tried again when the spec changes (a new generation, even if the
     # revision hash is the same, e.g. a longer deadline) or the retry annotation changes.
-    retry = f"{s.generation}:{s.annotations.get(models.ANNOTATION_RETRY, '')}"
+    retry_value = s.annotations.get(models.ANNOTATION_RETRY, "")
+    retry = f"{s.generation}:{retry_value}"
     to = s.annotations.get(models.ANNOTATION_ROLLBACK_TO)
     origin = s.annotations.get(models.ANNOTATION_ROLLBACK_FROM)
     if to and spec_revision is not None and origin == spec_revision:
         for revision, view in s.revisions.items():
             if to in (revision, view.name):
-                return revision, f"rollback:{to}", None
+                token = f"rollback:{to}" + (f":{retry_value}" if retry_value else "")
+                return revision, token, None
         return spec_revision, retry, f"rollback target {to!r} is not a retained revision"
     return spec_revision, retry, None
 
 
-def _adopt(w: _Work, target: str | None) -> None:
-    """Give every observed revision a record (after a crash, status may lag the cluster)."""
-    for revision, view in w.s.revisions.items():
-        if revision not in w.records:
-            created = timestamp(view.created_at)
-            w.records[revision] = RevisionRecord(
-                name=view.name,
-                hash=revision,
-                images=list(view.images),
-                outcome=Outcome.PROGRESSING if revision == target else Outcome.RETIRED,
-                reason="Adopted",
-                created_at=created,
-                attempt_started_at=created if revision == target else None,
-                attempt=None,
+def _adopt(w: _Work, target: str | None, attempt: str | None) -> None:
+    """Give every observed revision a record (after a crash, status may lag the cluster).
+
+    The target becomes Progressing, its deadline counting from the Deployment's creation. If
+    the status names no stable revision, the one the Service selects is the stable one. Any
+    other revision is Retired as of now, so it is scaled down after the usual delay.
+    """
+    s = w.s
+    selected = s.service.selector.get(models.LABEL_REVISION) if s.service else None
+    for revision, view in s.revisions.items():
+        if revision in w.records:
+            continue
+        created = timestamp(view.created_at)
+        record = RevisionRecord(
+            name=view.name,
+            hash=revision,
+            images=list(view.images),
+            outcome=Outcome.RETIRED,
+            reason="Adopted",
+            created_at=created,
+        )
+        if w.stable is None and revision == selected:
+            record = record.model_copy(update={"outcome": Outcome.STABLE, "promoted_at": created})
+            w.stable = revision
+        elif revision == target:
+            record = record.model_copy(
+                update={
+                    "outcome": Outcome.PROGRESSING,
+                    "attempt_started_at": created,
+                    "attempt": attempt,
+                }
             )
+        else:
+            record = record.model_copy(update={"retired_at": timestamp(s.now)})
+        w.records[revision] = record
+    if w.stable is not None and w.stable not in w.records:
+        raise PlanError(f"status names stable revision {w.stable} but has no record of it")
     if w.stable is not None and w.stable not in w.s.revisions and w.stable != target:
         w.record(
             w.stable,
@@ -444,7 +474,13 @@ def _progress(w: _Work, target: str, attempt: str | None) -> None:
         # The revision's Deployment was deleted under us: create it again, start over.
         _start_attempt(w, target, attempt)
         return
-    w.scale(target, s.spec.replicas)
+    # NB: the record answers the current attempt token, so a failure is remembered against the
+    # spec it failed under (a spec edit mid-verification must not make it retry by itself).
+    record = w.record(target, attempt=attempt)
+    if view.replicas != s.spec.replicas:
+        # Scaling during verification: the new pods are verified afresh, nobody became unready.
+        w.scale(target, s.spec.replicas)
+        record = w.record(target, ready_since=None)
     verdict = assess(
         view=view, replicas=s.spec.replicas, rollout=s.spec.rollout, record=record, now=s.now
     )
@@ -651,7 +687,7 @@ def plan(s: Situation) -> Plan:
     w = _Work(s=s, records={r.hash: r for r in s.status.revisions}, stable=s.status.stable_revision)
     target, attempt, problem = _target(s)
     manual = attempt is not None and attempt.startswith("rollback:") and problem is None
-    _adopt(w, target)
+    _adopt(w, target, attempt)
     if target is None:
         w.state = "Blocked"
     elif target == w.stable:
