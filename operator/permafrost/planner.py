@@ -306,6 +306,12 @@ def _target(s: Situation) -> tuple[str | None, str | None, str | None]:
                 token = f"rollback:{to}" + (f":{retry_value}" if retry_value else "")
                 return revision, token, None
         return spec_revision, retry, f"rollback target {to!r} is not a retained revision"
+    if spec_revision is None:
+        # NB: config went missing mid-rollout. The revision in verification is self-contained
+        # (its snapshots exist), so it is still verified, promoted or failed — never left hanging.
+        for record in s.status.revisions:
+            if record.outcome == Outcome.PROGRESSING and record.hash in s.revisions:
+                return record.hash, record.attempt, None
     return spec_revision, retry, None
 
 
@@ -579,7 +585,7 @@ def _conditions(
             f"revision {w.stable} has {stable_view.ready_replicas}/{replicas} replicas Ready",
         )
 
-    if isinstance(s.desired, ConfigMissing) and target is None:
+    if isinstance(s.desired, ConfigMissing) and w.state != "Progressing":
         progressing = make(
             conditions.PROGRESSING,
             F,

@@ -1676,3 +1676,33 @@ def test_a_plan_acts_on_each_deployment_at_most_once(step_id: str) -> None:
     _, result = plan_of(step_id)
     targets = [a.name for a in result.actions if isinstance(a, planner.Scale)]
     assert len(targets) == len(set(targets))
+
+
+def test_a_revision_in_verification_is_still_verified_when_its_config_goes_missing() -> None:
+    s = situation(
+        records=[stable(V1), progressing(V2, started=30)],
+        stable_revision=V1,
+        views=[view(V1), view(V2, pods=ready_pods(2, since=60))],
+        service=routed_to(V1),
+        desired_=planner.ConfigMissing(("ConfigMap/checkout-config",)),
+    )
+    plan = planner.plan(s)
+    assert plan.status.stable_revision == V2
+    assert outcome(plan, V2) == Outcome.STABLE
+    assert ("route", V2, "patch") in summary(plan)
+    assert condition(plan, "Progressing").reason == "ConfigNotFound"
+    assert not any(isinstance(a, planner.CreateRevision) for a in plan.actions)
+
+
+def test_a_revision_in_verification_still_fails_at_its_deadline_when_config_is_missing() -> None:
+    s = situation(
+        records=[stable(V1), progressing(V2, started=500)],
+        stable_revision=V1,
+        views=[view(V1), view(V2, pods=unready_pods(2))],
+        service=routed_to(V1),
+        desired_=planner.ConfigMissing(("ConfigMap/checkout-config",)),
+    )
+    plan = planner.plan(s)
+    assert outcome(plan, V2) == Outcome.FAILED
+    assert plan.status.stable_revision == V1
+    assert not any(isinstance(a, planner.RouteService) for a in plan.actions)
