@@ -53,6 +53,54 @@ def _build_parser() -> argparse.ArgumentParser:
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    guard = run.add_argument_group("admission guardrails")
+    guard.add_argument(
+        "--admission",
+        action="store_true",
+        help="serve the admission webhooks and install the fail-safe policy",
+    )
+    guard.add_argument(
+        "--webhook-listen",
+        default="0.0.0.0:9443",
+        metavar="HOST:PORT",
+        help="where the webhook server listens (default: %(default)s)",
+    )
+    where = guard.add_mutually_exclusive_group()
+    where.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="how the apiserver reaches the webhooks, e.g. https://127.0.0.1:9443",
+    )
+    where.add_argument(
+        "--webhook-service",
+        metavar="NAMESPACE/NAME[:PORT]",
+        help="the Service in front of the webhooks (in-cluster)",
+    )
+    guard.add_argument(
+        "--operator-namespace",
+        default="permafrost-system",
+        metavar="NS",
+        help="the operator's namespace: holds the TLS Secret, never frozen",
+    )
+    guard.add_argument(
+        "--tls-secret",
+        metavar="NAME",
+        help="use this Secret (tls.crt, tls.key, ca.crt; e.g. from cert-manager) "
+        "instead of Permafrost's own CA",
+    )
+    guard.add_argument(
+        "--break-glass-group",
+        action="append",
+        metavar="GROUP",
+        help="members may use break-glass (repeatable; default permafrost:break-glass)",
+    )
+    guard.add_argument(
+        "--exempt-user",
+        action="append",
+        metavar="USER",
+        help="never denied (repeatable; default: the operator's service account "
+        "system:serviceaccount:NS:permafrost)",
+    )
 
     rollback = commands.add_parser(
         "rollback", help="promote a retained revision again (it is verified first)"
@@ -77,8 +125,28 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("permafrost").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # NB: Kopf logs every successful event handler; ours only enqueue, so that is noise.
     logging.getLogger("kopf.objects").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    from permafrost import handlers  # noqa: F401  (registers the handlers with Kopf)
+    from permafrost import (
+        handlers,  # noqa: F401  (registers the handlers with Kopf)
+        webhooks,
+    )
 
+    memo = kopf.Memo()
+    if args.admission:
+        host, _, port = args.webhook_listen.rpartition(":")
+        memo["admission"] = webhooks.Options(
+            listen_host=host or "0.0.0.0",
+            listen_port=int(port),
+            url=args.webhook_url,
+            service=args.webhook_service,
+            namespace=args.operator_namespace,
+            tls_secret=args.tls_secret,
+            settings=webhooks.settings_from(
+                exempt_users=args.exempt_user
+                or [f"system:serviceaccount:{args.operator_namespace}:permafrost"],
+                break_glass_groups=args.break_glass_group or ["permafrost:break-glass"],
+                namespace=args.operator_namespace,
+            ),
+        )
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,
@@ -86,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
             standalone=args.peering is None,
             peering_name=args.peering,
             liveness_endpoint=args.liveness,
+            memo=memo,
         )
     )
     return 0

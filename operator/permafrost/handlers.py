@@ -15,20 +15,36 @@ from typing import Any
 
 import kopf
 
-from permafrost import manifests, models, reconciler, workqueue
+from permafrost import manifests, models, reconciler, webhooks, workqueue
 
 Key = tuple[str, str]  # (namespace, release name)
+WorkloadKey = tuple[str, str, str]  # (namespace, kind, name); kind "*" scans the namespace
 
 
 @dataclasses.dataclass
 class Runtime:
     queue: workqueue.WorkQueue[Key]
-    task: asyncio.Task[None]
+    workloads: workqueue.WorkQueue[WorkloadKey]
+    tasks: list[asyncio.Task[None]]
 
 
 async def _reconcile(key: Key) -> float | None:
     namespace, name = key
     return await reconciler.reconcile(namespace, name)
+
+
+async def _reconcile_workload(key: WorkloadKey) -> float | None:
+    namespace, kind, name = key
+    if kind == "*":
+        runtime = _RUNTIME
+        assert runtime is not None
+        for workload_kind, workload in await reconciler.scan_namespace(namespace):
+            runtime.workloads.add((namespace, workload_kind, workload))
+        return None
+    return await reconciler.reconcile_workload(namespace, kind, name)
+
+
+_RUNTIME: Runtime | None = None
 
 
 def _runtime(memo: kopf.Memo) -> Runtime:
@@ -37,18 +53,29 @@ def _runtime(memo: kopf.Memo) -> Runtime:
 
 
 @kopf.on.startup()
-async def start_queue(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
+async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Start the work queues; with admission enabled, TLS, the webhook server and policies."""
+    global _RUNTIME
     settings.posting.level = 30  # WARNING: Kopf's own per-object events only for problems
     settings.watching.server_timeout = 300
+    options: webhooks.Options | None = memo.get("admission")
+    if options is not None:
+        await webhooks.setup(options, settings)
     queue: workqueue.WorkQueue[Key] = workqueue.WorkQueue(worker=_reconcile)
-    memo["permafrost"] = Runtime(queue=queue, task=asyncio.create_task(queue.run()))
+    workloads: workqueue.WorkQueue[WorkloadKey] = workqueue.WorkQueue(
+        worker=_reconcile_workload, concurrency=2
+    )
+    tasks = [asyncio.create_task(queue.run()), asyncio.create_task(workloads.run())]
+    _RUNTIME = memo["permafrost"] = Runtime(queue=queue, workloads=workloads, tasks=tasks)
 
 
 @kopf.on.cleanup()
-async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
+async def stop(memo: kopf.Memo, **_: Any) -> None:
     runtime = _runtime(memo)
-    runtime.task.cancel()
-    await asyncio.gather(runtime.task, return_exceptions=True)
+    for task in runtime.tasks:
+        task.cancel()
+    await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    await webhooks.teardown()
 
 
 @kopf.index(models.GROUP, models.VERSION, models.PLURAL)
@@ -126,3 +153,33 @@ def secret_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: 
 @kopf.on.event("", "v1", "services")
 def service_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     _dependency_changed("Service", namespace, name, memo, kwargs)
+
+
+# --- workloads in enforced namespaces (drift of what Permafrost does not manage) -------------
+
+
+def _workload_changed(kind: str, namespace: str | None, name: str, memo: kopf.Memo) -> None:
+    if namespace:
+        _runtime(memo).workloads.add((namespace, kind, name))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={models.LABEL_RELEASE: kopf.ABSENT})
+def deployment_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    _workload_changed("Deployment", namespace, name, memo)
+
+
+@kopf.on.event("apps", "v1", "statefulsets")
+def statefulset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    _workload_changed("StatefulSet", namespace, name, memo)
+
+
+@kopf.on.event("apps", "v1", "daemonsets")
+def daemonset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    _workload_changed("DaemonSet", namespace, name, memo)
+
+
+@kopf.on.event("", "v1", "namespaces", labels={models.LABEL_ENFORCE: "true"})
+def enforced_namespace_changed(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A namespace opted in (or changed): check every workload in it."""
+    if type != "DELETED":
+        _runtime(memo).workloads.add((name, "*", ""))

@@ -211,6 +211,8 @@ async def apply(namespace: str, action: planner.Action) -> None:
             await scale(namespace, name, replicas)
         case planner.RouteService():
             await route_service(namespace, action)
+        case planner.Annotate(name=name, annotations=annotations):
+            await patch_workload_metadata(namespace, "Deployment", name, annotations=annotations)
         case planner.DeleteRevision(name=name):
             await delete_revision(namespace, name)
 
@@ -255,15 +257,168 @@ async def post_event(
     now: datetime.datetime,
 ) -> None:
     """Record an Event on the GuardedRelease (``kubectl describe grel`` shows it)."""
+    involved = {
+        "apiVersion": models.API_VERSION,
+        "kind": models.KIND,
+        "metadata": {"name": release.name, "namespace": release.namespace, "uid": release.uid},
+    }
+    await post_object_event(involved=involved, type_=type_, reason=reason, message=message, now=now)
+
+
+# --- admission and drift -----------------------------------------------------------------------
+
+
+async def read_secret(namespace: str, name: str) -> dict[str, Any] | None:
+    result: dict[str, Any] | None = await _get_or_none(
+        clients().core.read_namespaced_secret, name, namespace
+    )
+    return result
+
+
+async def create_secret(namespace: str, body: Mapping[str, Any]) -> bool:
+    """Create a Secret; ``False`` if one of that name already exists (someone was first)."""
+    return await _create(clients().core.create_namespaced_secret, namespace, body) is not None
+
+
+async def replace_secret(namespace: str, body: Mapping[str, Any]) -> bool:
+    """Replace a Secret at the resourceVersion in ``body``; ``False`` on a conflict."""
+    try:
+        await _raw(
+            clients().core.replace_namespaced_secret,
+            body["metadata"]["name"],
+            namespace,
+            dict(body),
+        )
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def _admission_methods(kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """(patch, delete) of an admissionregistration.k8s.io/v1 kind."""
+    api = kubernetes.client.AdmissionregistrationV1Api(clients().api)
+    suffix = {
+        "ValidatingWebhookConfiguration": "validating_webhook_configuration",
+        "ValidatingAdmissionPolicy": "validating_admission_policy",
+        "ValidatingAdmissionPolicyBinding": "validating_admission_policy_binding",
+    }[kind]
+    return getattr(api, f"patch_{suffix}"), getattr(api, f"delete_{suffix}")
+
+
+async def apply_cluster_object(body: Mapping[str, Any]) -> None:
+    """Server-side apply of an admissionregistration.k8s.io/v1 object Permafrost owns."""
+    patch, _ = _admission_methods(body["kind"])
+    await _call(
+        patch,
+        body["metadata"]["name"],
+        dict(body),
+        field_manager=models.MANAGER,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+        _preload_content=False,
+    )
+
+
+async def delete_cluster_object(kind: str, name: str) -> None:
+    _, delete = _admission_methods(kind)
+    try:
+        await _call(delete, name, _preload_content=False)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def _workload_methods(
+    kind: str,
+) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """(read, list, patch) of a namespaced apps/v1 workload kind."""
+    apps = clients().apps
+    suffix = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}[
+        kind
+    ]
+    return (
+        getattr(apps, f"read_namespaced_{suffix}"),
+        getattr(apps, f"list_namespaced_{suffix}"),
+        getattr(apps, f"patch_namespaced_{suffix}"),
+    )
+
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+async def read_workload(namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+    read, _, _ = _workload_methods(kind)
+    result: dict[str, Any] | None = await _get_or_none(read, name, namespace)
+    return result
+
+
+async def list_workloads(namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for kind in WORKLOAD_KINDS:
+        _, list_, _ = _workload_methods(kind)
+        body = await _raw(list_, namespace)
+        items += [{**item, "kind": kind} for item in body.get("items", [])]
+    return items
+
+
+async def patch_workload_metadata(
+    namespace: str,
+    kind: str,
+    name: str,
+    *,
+    annotations: Mapping[str, str | None] | None = None,
+    labels: Mapping[str, str | None] | None = None,
+) -> None:
+    """Merge-patch only ``metadata`` of a workload (never what runs)."""
+    metadata: dict[str, Any] = {}
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    if labels:
+        metadata["labels"] = dict(labels)
+    _, _, patch = _workload_methods(kind)
+    await _call(
+        patch,
+        name,
+        namespace,
+        {"metadata": metadata},
+        _content_type="application/merge-patch+json",
+        _preload_content=False,
+    )
+
+
+async def read_namespace_labels(name: str) -> dict[str, str] | None:
+    body = await _get_or_none(clients().core.read_namespace, name)
+    return None if body is None else dict((body.get("metadata") or {}).get("labels") or {})
+
+
+async def post_object_event(
+    *,
+    involved: Mapping[str, Any],
+    type_: str,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+) -> None:
+    """Record an Event on any namespaced object (``apiVersion``/``kind``/``metadata``).
+
+    NB: an Event is a report, not state: failing to post one must not fail the caller.
+    """
+    meta = involved.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "default")
     stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     body = {
-        "metadata": {"generateName": f"{release.name[:200]}.", "namespace": release.namespace},
+        "metadata": {
+            "generateName": f"{str(meta.get('name', 'object'))[:200]}.",
+            "namespace": namespace,
+        },
         "involvedObject": {
-            "apiVersion": models.API_VERSION,
-            "kind": models.KIND,
-            "name": release.name,
-            "namespace": release.namespace,
-            "uid": release.uid,
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": meta.get("name"),
+            "namespace": namespace,
+            "uid": meta.get("uid"),
         },
         "reason": reason,
         "message": message[:1024],
@@ -275,13 +430,13 @@ async def post_event(
         "count": 1,
     }
     try:
-        await _call(clients().core.create_namespaced_event, release.namespace, body)
+        await _call(clients().core.create_namespaced_event, namespace, body)
     except ApiException as exc:
-        # NB: an Event is a report, not state: failing to post one must not fail a rollout.
         logger.warning(
-            "could not post event %s on %s/%s: %s",
+            "could not post event %s on %s %s/%s: %s",
             reason,
-            release.namespace,
-            release.name,
+            involved.get("kind"),
+            namespace,
+            meta.get("name"),
             exc.reason,
         )

@@ -31,6 +31,13 @@ ANNOTATION_TEMPLATE_HASH = "permafrost.dev/template-hash"
 ANNOTATION_RETRY = "permafrost.dev/retry"
 ANNOTATION_ROLLBACK_TO = "permafrost.dev/rollback-to"
 ANNOTATION_ROLLBACK_FROM = "permafrost.dev/rollback-from"
+# Admission and drift.
+ANNOTATION_BREAK_GLASS = "permafrost.dev/break-glass"
+ANNOTATION_BREAK_GLASS_ACCEPTED = "permafrost.dev/break-glass-accepted"
+ANNOTATION_FINGERPRINT = "permafrost.dev/template-fingerprint"
+ANNOTATION_DRIFT = "permafrost.dev/drift-detected-at"
+LABEL_ENFORCE = "permafrost.dev/enforce"
+LABEL_DRIFT = "permafrost.dev/drift"
 MANAGER = "permafrost"
 
 

@@ -10,7 +10,7 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from permafrost import conditions, hashing, manifests, models, planner
+from permafrost import admission, conditions, hashing, manifests, models, planner
 
 # What of a ConfigMap/Secret makes up a revision (metadata does not).
 CONFIG_FIELDS = ("data", "binaryData", "type")
@@ -74,6 +74,7 @@ def revision_views(
             continue
         spec = deployment.get("spec") or {}
         status = deployment.get("status") or {}
+        annotations = metadata.get("annotations") or {}
         views[revision] = planner.RevisionView(
             name=str(metadata.get("name", "")),
             revision=revision,
@@ -84,6 +85,11 @@ def revision_views(
             ready_replicas=int(status.get("readyReplicas") or 0),
             images=tuple(manifests.images(spec.get("template") or {})),
             pods=tuple(pods_by_revision.get(revision, ())),
+            fingerprint=admission.fingerprint(deployment),
+            recorded_fingerprint=annotations.get(models.ANNOTATION_FINGERPRINT),
+            break_glass=annotations.get(models.ANNOTATION_BREAK_GLASS) or None,
+            break_glass_accepted=annotations.get(models.ANNOTATION_BREAK_GLASS_ACCEPTED),
+            drift_reported=models.ANNOTATION_DRIFT in annotations,
         )
     return views
 

@@ -66,6 +66,12 @@ class RevisionView:
     ready_replicas: int
     images: tuple[str, ...]
     pods: tuple[PodView, ...]
+    # Drift: the live template's fingerprint, and what the Deployment's annotations recorded.
+    fingerprint: str = ""
+    recorded_fingerprint: str | None = None
+    break_glass: str | None = None
+    break_glass_accepted: str | None = None
+    drift_reported: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +150,17 @@ class RouteService:
 
 
 @dataclasses.dataclass(frozen=True)
+class Annotate:
+    """Record metadata on a revision Deployment (never what runs)."""
+
+    name: str
+    annotations: Mapping[str, str]
+
+    def __str__(self) -> str:
+        return f"annotate {self.name} with {dict(self.annotations)}"
+
+
+@dataclasses.dataclass(frozen=True)
 class DeleteRevision:
     """Delete a revision Deployment; its ReplicaSets, pods and snapshots go with it."""
 
@@ -153,7 +170,7 @@ class DeleteRevision:
         return f"delete revision {self.name}"
 
 
-Action = CreateRevision | Scale | RouteService | DeleteRevision
+Action = CreateRevision | Scale | RouteService | Annotate | DeleteRevision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -688,9 +705,72 @@ def _phase(conds: Sequence[models.Condition]) -> str:
     return "Unavailable"
 
 
+def _drift(w: _Work) -> bool:
+    """Record fingerprints of new revisions and deal with drifted ones; True if any is deleted.
+
+    A revision Deployment whose live template no longer matches the fingerprint recorded when
+    it was first seen was changed in place (the guards were bypassed). A change made under
+    break-glass is accepted. Otherwise the drifted Deployment is deleted when Permafrost can
+    build it again (it is the spec's revision) or when it serves no traffic; the stable revision
+    of an older spec is only reported, since deleting it would leave nothing serving.
+    """
+    s = w.s
+    spec_revision = s.desired.revision if isinstance(s.desired, Desired) else None
+    deleted = False
+    for revision, view in s.revisions.items():
+        if view.recorded_fingerprint is None:
+            w.actions.append(Annotate(view.name, {models.ANNOTATION_FINGERPRINT: view.fingerprint}))
+            continue
+        if view.recorded_fingerprint == view.fingerprint:
+            continue
+        what = f"the Deployment {view.name} of revision {revision} was changed in place"
+        if view.break_glass and view.break_glass != view.break_glass_accepted:
+            w.actions.append(
+                Annotate(
+                    view.name,
+                    {
+                        models.ANNOTATION_FINGERPRINT: view.fingerprint,
+                        models.ANNOTATION_BREAK_GLASS_ACCEPTED: view.break_glass,
+                    },
+                )
+            )
+            w.event(
+                "Warning",
+                "BreakGlassAccepted",
+                f"{what} under break-glass ({view.break_glass}); the change is accepted",
+            )
+        elif revision == spec_revision or revision != w.stable:
+            w.actions.append(DeleteRevision(view.name))
+            w.event(
+                "Warning",
+                "DriftRepaired",
+                f"{what}: deleted, "
+                + (
+                    "to be re-created from the spec"
+                    if revision == spec_revision
+                    else "as it no longer matches its revision"
+                ),
+            )
+            deleted = True
+        elif not view.drift_reported:
+            w.actions.append(Annotate(view.name, {models.ANNOTATION_DRIFT: timestamp(s.now)}))
+            w.event(
+                "Warning",
+                "DriftDetected",
+                f"{what}; it keeps serving until the spec's revision replaces it",
+            )
+    return deleted
+
+
 def plan(s: Situation) -> Plan:
     """Decide the next actions and the complete new status for one GuardedRelease."""
     w = _Work(s=s, records={r.hash: r for r in s.status.revisions}, stable=s.status.stable_revision)
+    if _drift(w):
+        # NB: a deleted revision is re-created on the next pass, once its Deployment is gone;
+        # creating it in this pass would race the deletion of the old one of the same name.
+        return Plan(
+            actions=tuple(w.actions), status=s.status, events=tuple(w.events), requeue_after=1.0
+        )
     target, attempt, problem = _target(s)
     manual = attempt is not None and attempt.startswith("rollback:") and problem is None
     _adopt(w, target, attempt)

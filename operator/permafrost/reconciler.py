@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pydantic
 
-from permafrost import kube, manifests, models, observations, planner
+from permafrost import admission, conditions, kube, manifests, models, observations, planner
 
 logger = logging.getLogger(__name__)
 
@@ -85,3 +85,39 @@ async def reconcile(namespace: str, name: str, *, clock: Clock = utcnow) -> floa
 
 async def _none() -> None:
     return None
+
+
+async def reconcile_workload(
+    namespace: str, kind: str, name: str, *, clock: Clock = utcnow
+) -> float | None:
+    """Fingerprint, accept or report drift of one workload in an enforced namespace."""
+    labels = await kube.read_namespace_labels(namespace)
+    if labels is None or labels.get(models.LABEL_ENFORCE) != "true":
+        return None
+    obj = await kube.read_workload(namespace, kind, name)
+    if obj is None or models.LABEL_RELEASE in ((obj.get("metadata") or {}).get("labels") or {}):
+        return None
+    obj = {**obj, "kind": kind}
+    verdict = admission.workload_drift(obj, now=conditions.timestamp(clock()))
+    if verdict.annotations or verdict.labels:
+        await kube.patch_workload_metadata(
+            namespace, kind, name, annotations=verdict.annotations, labels=verdict.labels
+        )
+    if verdict.event is not None:
+        type_, reason, message = verdict.event
+        logger.warning("%s %s/%s: %s %s", kind, namespace, name, reason, message)
+        await kube.post_object_event(
+            involved={"apiVersion": "apps/v1", **obj},
+            type_=type_,
+            reason=reason,
+            message=message,
+            now=clock(),
+        )
+    return None
+
+
+async def scan_namespace(namespace: str) -> list[tuple[str, str]]:
+    """(kind, name) of every workload in a namespace, to be checked one by one."""
+    return [
+        (str(w["kind"]), str(w["metadata"]["name"])) for w in await kube.list_workloads(namespace)
+    ]

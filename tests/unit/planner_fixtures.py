@@ -158,6 +158,9 @@ def view(
         ready_replicas=ready if ready_replicas is None else ready_replicas,
         images=(image(VERSION_OF[revision]),),
         pods=pods,
+        # NB: by default the fingerprint was recorded and matches (no drift); drift tests vary it.
+        fingerprint=f"fp-{revision}",
+        recorded_fingerprint=f"fp-{revision}",
     )
 
 
@@ -312,6 +315,8 @@ def summary(plan: planner.Plan) -> list[tuple[Any, ...]]:
         elif isinstance(action, planner.RouteService):
             target = action.selector[models.LABEL_REVISION]
             result.append(("route", target, "create" if action.create else "patch"))
+        elif isinstance(action, planner.Annotate):
+            result.append(("annotate", revision_of_name(action.name)))
         else:
             result.append(("delete", revision_of_name(action.name)))
     return result
@@ -352,6 +357,18 @@ def applied(s: planner.Situation, plan: planner.Plan) -> planner.Situation:
             views[revision] = dataclasses.replace(views[revision], replicas=action.replicas)
         elif isinstance(action, planner.RouteService):
             service = planner.ServiceView(name=action.name, selector=dict(action.selector))
+        elif isinstance(action, planner.Annotate):
+            revision = revision_of_name(action.name)
+            notes = action.annotations
+            views[revision] = dataclasses.replace(
+                views[revision],
+                recorded_fingerprint=notes.get(
+                    models.ANNOTATION_FINGERPRINT, views[revision].recorded_fingerprint),
+                break_glass_accepted=notes.get(
+                    models.ANNOTATION_BREAK_GLASS_ACCEPTED, views[revision].break_glass_accepted),
+                drift_reported=views[revision].drift_reported
+                or models.ANNOTATION_DRIFT in notes,
+            )
         else:
             views.pop(revision_of_name(action.name), None)
     return dataclasses.replace(s, status=plan.status, revisions=views, service=service)

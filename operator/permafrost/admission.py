@@ -1,0 +1,524 @@
+"""Admission guardrails: which mutations of frozen workloads are denied, and why. Pure.
+
+A workload is *frozen* when Permafrost manages it (it carries ``permafrost.dev/release``: a
+revision Deployment, its ReplicaSets and Pods) or when its namespace opted in with the label
+``permafrost.dev/enforce=true`` (every Deployment, StatefulSet and DaemonSet, their ReplicaSets
+and Pods). What runs in a frozen workload never changes in place:
+
+- workloads and ReplicaSets: ``spec.template`` and ``spec.selector`` are frozen (this covers
+  ``kubectl set image/env/resources``, ``edit``, ``patch``, ``apply``, ``replace`` and
+  ``rollout restart``);
+- Pods: container and init-container images are frozen, and no ephemeral container may be
+  added (``kubectl debug``).
+
+Everything else is allowed: scaling, metadata that does not change what runs, deletion.
+Exempt users (the operator's own service account) are always allowed. A *break-glass*
+annotation, set in the same request by a member of a break-glass group, lets one mutation
+through; it is reported as an Event. The same rules, minus the Events, are enforced by a
+ValidatingAdmissionPolicy inside the apiserver (see :func:`policy_manifests`), so they hold
+even when the operator is down.
+
+Nothing here does I/O: the webhook shell parses the AdmissionReview into a :class:`Request`,
+calls :func:`review`, and answers with the :class:`Decision`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from permafrost import hashing, models
+
+ANNOTATION_BREAK_GLASS = models.ANNOTATION_BREAK_GLASS
+LABEL_ENFORCE = models.LABEL_ENFORCE
+
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
+TOP_LEVEL_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
+DIGEST = re.compile(r"@sha256:[a-f0-9]{64}$|@sha512:[a-f0-9]{128}$")
+
+# Reasons (Events, admission responses, metrics).
+TEMPLATE_FROZEN = "TemplateFrozen"
+SELECTOR_FROZEN = "SelectorFrozen"
+IMAGE_FROZEN = "ImageFrozen"
+EPHEMERAL_CONTAINERS_DENIED = "EphemeralContainersDenied"
+BREAK_GLASS_USED = "BreakGlassUsed"
+BREAK_GLASS_REFUSED = "BreakGlassRefused"
+UNPINNED_IMAGE = "UnpinnedImage"
+NOT_FROZEN = "NotFrozen"
+NO_CHANGE = "NoChange"
+EXEMPT = "Exempt"
+DRIFT_DETECTED = "DriftDetected"
+DRIFT_REPAIRED = "DriftRepaired"
+BREAK_GLASS_ACCEPTED = "BreakGlassAccepted"
+
+Scope = Literal["managed", "enforced"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Who may do what; the same values go into the ValidatingAdmissionPolicy."""
+
+    exempt_users: frozenset[str] = frozenset()
+    break_glass_groups: frozenset[str] = frozenset({"permafrost:break-glass"})
+    excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """An admission request, parsed from an AdmissionReview by the webhook shell."""
+
+    scope: Scope
+    kind: str
+    operation: str
+    subresource: str | None
+    namespace: str
+    name: str
+    username: str
+    groups: tuple[str, ...]
+    old: Mapping[str, Any] | None
+    new: Mapping[str, Any] | None
+    dry_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    message: str = ""
+    warnings: tuple[str, ...] = ()
+    # An Event to record on the object (None: nothing worth reporting).
+    event_type: Literal["Normal", "Warning"] | None = None
+
+
+def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return ((obj or {}).get("metadata") or {}).get("annotations") or {}
+
+
+def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return ((obj or {}).get("metadata") or {}).get("labels") or {}
+
+
+def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (obj or {}).get("spec") or {}
+
+
+def _images(pod_spec: Mapping[str, Any], key: str) -> list[str]:
+    return [str(c.get("image", "")) for c in pod_spec.get(key) or []]
+
+
+def frozen_changes(request: Request) -> list[tuple[str, str]]:
+    """What in the request would change what runs: ``[(reason, description)]``, empty if none."""
+    old, new = _spec(request.old), _spec(request.new)
+    changes: list[tuple[str, str]] = []
+    if request.kind == "Pod":
+        if request.subresource == "ephemeralcontainers":
+            if (old.get("ephemeralContainers") or []) != (new.get("ephemeralContainers") or []):
+                changes.append((EPHEMERAL_CONTAINERS_DENIED, "adds an ephemeral container"))
+        elif request.subresource is None:
+            for key in ("containers", "initContainers"):
+                if _images(old, key) != _images(new, key):
+                    changes.append((IMAGE_FROZEN, f"changes the images of spec.{key}"))
+    elif request.kind in WORKLOAD_KINDS and request.subresource is None:
+        if old.get("template") != new.get("template"):
+            changes.append((TEMPLATE_FROZEN, "changes spec.template"))
+        if old.get("selector") != new.get("selector"):
+            changes.append((SELECTOR_FROZEN, "changes spec.selector"))
+    return changes
+
+
+def _instead(request: Request) -> str:
+    release = _labels(request.new or request.old).get(models.LABEL_RELEASE)
+    if request.scope == "managed" and release:
+        return (
+            f"update the GuardedRelease {release!r} (its spec.template or config) instead: "
+            "Permafrost rolls out a new revision and verifies it before it takes traffic"
+        )
+    if request.kind == "Pod" and request.subresource == "ephemeralcontainers":
+        return (
+            "debug a copy instead (kubectl debug --copy-to=NAME), or use break-glass: "
+            f"annotate the pod {ANNOTATION_BREAK_GLASS}=<reason> (break-glass groups only)"
+        )
+    return (
+        "deploy the change as a new workload (or manage it with a GuardedRelease, which "
+        "does this for you); in an emergency, a member of a break-glass group may set the "
+        f"annotation {ANNOTATION_BREAK_GLASS}=<reason> in the same request"
+    )
+
+
+def _break_glass(request: Request) -> str | None:
+    """The break-glass reason, if the request carries one that may apply to it.
+
+    It must be set (or changed) in this very request, so that it lets one mutation through;
+    for ephemeral containers (whose subresource cannot carry annotations) the pod's annotation
+    counts as is.
+    """
+    reason = _annotations(request.new).get(ANNOTATION_BREAK_GLASS, "").strip()
+    if not reason:
+        return None
+    if request.subresource == "ephemeralcontainers":
+        return reason
+    before = _annotations(request.old).get(ANNOTATION_BREAK_GLASS, "").strip()
+    return reason if reason != before else None
+
+
+def unpinned_images(obj: Mapping[str, Any] | None) -> list[str]:
+    """Images of a workload's pod template (or a pod) not pinned by digest."""
+    spec = _spec(obj)
+    pod_spec = (spec.get("template") or {}).get("spec") or {} if "template" in spec else spec
+    return [
+        image
+        for key in ("initContainers", "containers", "ephemeralContainers")
+        for image in _images(pod_spec, key)
+        if not DIGEST.search(image)
+    ]
+
+
+def review(request: Request, settings: Settings) -> Decision:
+    """Decide one admission request against a frozen workload."""
+    if request.username in settings.exempt_users:
+        return Decision(True, EXEMPT)
+    what = f"{request.kind} {request.namespace}/{request.name}"
+    if request.operation == "CREATE":
+        if request.scope == "enforced" and request.kind in TOP_LEVEL_KINDS:
+            unpinned = unpinned_images(request.new)
+            if unpinned:
+                return Decision(
+                    False,
+                    UNPINNED_IMAGE,
+                    f"{what}: image {unpinned[0]!r} is not pinned by digest; namespace "
+                    f"{request.namespace!r} enforces immutable workloads "
+                    f"({LABEL_ENFORCE}=true): use name@sha256:<64 hex>",
+                    event_type="Warning",
+                )
+        return Decision(True, NOT_FROZEN)
+    if request.operation != "UPDATE":
+        return Decision(True, NOT_FROZEN)
+    managed = models.LABEL_RELEASE in _labels(request.old)
+    if request.scope == "managed" and not managed:
+        return Decision(True, NOT_FROZEN)
+    changes = frozen_changes(request)
+    if not changes:
+        return Decision(True, NO_CHANGE)
+    reason, _ = changes[0]
+    described = " and ".join(d for _, d in changes)
+    why = _break_glass(request)
+    if why is not None:
+        if set(request.groups) & settings.break_glass_groups:
+            return Decision(
+                True,
+                BREAK_GLASS_USED,
+                f"{request.username} {described} of frozen {what} under break-glass: {why}",
+                warnings=(f"break-glass: {what} {described}; this is recorded ({why})",),
+                event_type="Warning",
+            )
+        groups = ", ".join(sorted(settings.break_glass_groups)) or "(none configured)"
+        return Decision(
+            False,
+            BREAK_GLASS_REFUSED,
+            f"{what} is frozen and break-glass is refused: {request.username} is not in a "
+            f"break-glass group ({groups})",
+            event_type="Warning",
+        )
+    return Decision(
+        False,
+        reason,
+        f"{what} is frozen by Permafrost: this request {described}, and what runs is never "
+        f"changed in place. To change it, {_instead(request)}.",
+        event_type="Warning",
+    )
+
+
+# --- drift -------------------------------------------------------------------------------------
+
+
+def fingerprint(obj: Mapping[str, Any]) -> str:
+    """A digest of what runs in a live workload: its ``spec.template`` and ``spec.selector``.
+
+    Recorded in the annotation ``permafrost.dev/template-fingerprint`` when Permafrost first
+    sees a frozen workload; a later mismatch means it was changed in place (drift).
+    """
+    spec = _spec(obj)
+    canonical = json.dumps(
+        {"template": spec.get("template"), "selector": spec.get("selector")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashing.short_digest(canonical, length=16)
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftVerdict:
+    """What to do about one frozen workload Permafrost does not manage (enforced namespace)."""
+
+    annotations: Mapping[str, str]  # metadata to record on the workload (empty: nothing)
+    labels: Mapping[str, str]
+    event: tuple[Literal["Normal", "Warning"], str, str] | None  # (type, reason, message)
+
+
+def workload_drift(obj: Mapping[str, Any], *, now: str) -> DriftVerdict:
+    """Record a fresh workload's fingerprint, accept a break-glass change, or report drift.
+
+    Drift of an unmanaged workload is reported, not repaired (Permafrost cannot know what it
+    should run): a Warning Event ``DriftDetected`` and the label ``permafrost.dev/drift=detected``
+    so ``kubectl get deploy,sts,ds -A -l permafrost.dev/drift`` lists every drifted workload.
+    """
+    annotations = _annotations(obj)
+    live = fingerprint(obj)
+    recorded = annotations.get(models.ANNOTATION_FINGERPRINT)
+    kind = str(obj.get("kind") or "Workload")
+    meta = obj.get("metadata") or {}
+    what = f"{kind} {meta.get('namespace')}/{meta.get('name')}"
+    if recorded is None:
+        return DriftVerdict({models.ANNOTATION_FINGERPRINT: live}, {}, None)
+    if recorded == live:
+        return DriftVerdict({}, {}, None)
+    glass = annotations.get(models.ANNOTATION_BREAK_GLASS, "").strip()
+    if glass and glass != annotations.get(models.ANNOTATION_BREAK_GLASS_ACCEPTED):
+        return DriftVerdict(
+            {models.ANNOTATION_FINGERPRINT: live, models.ANNOTATION_BREAK_GLASS_ACCEPTED: glass},
+            {},
+            (
+                "Warning",
+                BREAK_GLASS_ACCEPTED,
+                f"{what} was changed under break-glass ({glass}); its new template is accepted",
+            ),
+        )
+    if _labels(obj).get(models.LABEL_DRIFT) == "detected":
+        return DriftVerdict({}, {}, None)
+    return DriftVerdict(
+        {models.ANNOTATION_DRIFT: now},
+        {models.LABEL_DRIFT: "detected"},
+        (
+            "Warning",
+            DRIFT_DETECTED,
+            f"{what} was changed in place (its template no longer matches the fingerprint recorded "
+            "when it was admitted): the guards were bypassed. Redeploy it, or accept the change "
+            f"with the annotation {models.ANNOTATION_BREAK_GLASS}=<reason>",
+        ),
+    )
+
+
+# --- configuration objects for the apiserver ----------------------------------------------------
+
+FROZEN_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": ["apps"],
+        "apiVersions": ["v1"],
+        "operations": ["UPDATE"],
+        "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"],
+    },
+    {
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "operations": ["UPDATE"],
+        "resources": ["pods", "pods/ephemeralcontainers"],
+    },
+)
+CREATE_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": ["apps"],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE"],
+        "resources": ["deployments", "statefulsets", "daemonsets"],
+    },
+)
+MANAGED_OBJECTS = {"matchExpressions": [{"key": models.LABEL_RELEASE, "operator": "Exists"}]}
+
+
+def _namespaces(settings: Settings, *, enforced: bool) -> dict[str, Any]:
+    selector: dict[str, Any] = {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": sorted(settings.excluded_namespaces),
+            }
+        ]
+    }
+    if enforced:
+        selector["matchLabels"] = {LABEL_ENFORCE: "true"}
+    return selector
+
+
+def webhook_configuration(
+    *,
+    name: str,
+    client_config: Mapping[str, Any],
+    settings: Settings,
+    timeout_seconds: int = 2,
+) -> dict[str, Any]:
+    """The ValidatingWebhookConfiguration of the operator's admission webhooks.
+
+    ``client_config`` is ``{"url": "https://host:port"}`` or ``{"service": {...}}`` plus
+    ``caBundle``; each webhook appends its own path (the Kopf handler id).
+
+    NB: ``failurePolicy: Ignore``: an unreachable operator must never stall the cluster
+    (kyverno/kyverno#4686). The core rule does not depend on it: the ValidatingAdmissionPolicy
+    enforces it inside the apiserver.
+    """
+
+    def client(path: str) -> dict[str, Any]:
+        config = dict(client_config)
+        if "url" in config:
+            config["url"] = f"{str(config['url']).rstrip('/')}/{path}"
+        else:
+            config["service"] = {**config["service"], "path": f"/{path}"}
+        return config
+
+    def webhook(
+        hook: str, path: str, rules: Sequence[Mapping[str, Any]], *, enforced: bool
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": f"{hook}.permafrost.dev",
+            "clientConfig": client(path),
+            "rules": [dict(r) for r in rules],
+            "namespaceSelector": _namespaces(settings, enforced=enforced),
+            "failurePolicy": "Ignore",
+            "matchPolicy": "Equivalent",
+            "sideEffects": "NoneOnDryRun",
+            "timeoutSeconds": timeout_seconds,
+            "admissionReviewVersions": ["v1"],
+        }
+        if not enforced:
+            body["objectSelector"] = MANAGED_OBJECTS
+        return body
+
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
+        "webhooks": [
+            webhook("managed.frozen", "frozen-managed", FROZEN_RULES, enforced=False),
+            webhook(
+                "enforced.frozen", "frozen-enforced", (*FROZEN_RULES, *CREATE_RULES), enforced=True
+            ),
+        ],
+    }
+
+
+def _cel_list(values: frozenset[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in sorted(values)) + "]"
+
+
+def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
+    """The fail-safe: a ValidatingAdmissionPolicy and its two bindings (managed, enforced).
+
+    The apiserver evaluates it itself, so frozen templates, selectors, pod images and
+    ephemeral containers stay frozen when the operator is down. It honours the same exempt
+    users and break-glass groups as the webhook.
+    """
+    bg = json.dumps(ANNOTATION_BREAK_GLASS)
+    new_bg = (
+        f"has(object.metadata.annotations) && {bg} in object.metadata.annotations && "
+        f"object.metadata.annotations[{bg}] != ''"
+    )
+    old_bg = (
+        f"has(oldObject.metadata.annotations) && {bg} in oldObject.metadata.annotations "
+        f"&& oldObject.metadata.annotations[{bg}] == object.metadata.annotations[{bg}]"
+    )
+    break_glass = (
+        f"({new_bg}) && (variables.subresource == 'ephemeralcontainers' || !({old_bg})) && "
+        f"request.userInfo.groups.exists(g, g in {_cel_list(settings.break_glass_groups)})"
+    )
+    images = "(has({o}.spec.{k}) ? {o}.spec.{k}.map(c, c.image) : [])"
+    pod_images_same = " && ".join(
+        f"{images.format(o='object', k=k)} == {images.format(o='oldObject', k=k)}"
+        for k in ("containers", "initContainers")
+    )
+    ephemeral = "(has({o}.spec.ephemeralContainers) ? size({o}.spec.ephemeralContainers) : 0)"
+    release = json.dumps(models.LABEL_RELEASE)
+    groups = ", ".join(sorted(settings.break_glass_groups)) or "none configured"
+    what = "request.kind.kind + ' ' + request.namespace + '/' + request.name"
+    instead = (
+        f"(has(object.metadata.labels) && {release} in object.metadata.labels ? "
+        f"'update the GuardedRelease ' + object.metadata.labels[{release}] + ' instead: "
+        "Permafrost rolls out a new revision and verifies it before it takes traffic' : "
+        "'deploy the change as a new workload instead (or manage it with a GuardedRelease)')"
+    )
+    tail = (
+        f"'. Break-glass: set the annotation {ANNOTATION_BREAK_GLASS}=<reason> in the same "
+        f"request (members of {groups} only).'"
+    )
+
+    def rule(expression: str, frozen: str) -> dict[str, Any]:
+        return {
+            "expression": f"variables.breakGlass || {expression}",
+            "messageExpression": f"{what} + ' is frozen by Permafrost: {frozen}; ' + "
+            f"{instead} + {tail}",
+            "reason": "Forbidden",
+        }
+
+    validations = [
+        rule(
+            "!has(object.spec.template) || object.spec.template == oldObject.spec.template",
+            "spec.template cannot change in place",
+        ),
+        rule(
+            "!has(object.spec.selector) || object.spec.selector == oldObject.spec.selector",
+            "spec.selector cannot change in place",
+        ),
+        rule(
+            f"request.kind.kind != 'Pod' || variables.subresource != '' || ({pod_images_same})",
+            "its container images cannot change in place",
+        ),
+        rule(
+            "variables.subresource != 'ephemeralcontainers' || "
+            f"{ephemeral.format(o='object')} == {ephemeral.format(o='oldObject')}",
+            "ephemeral containers cannot be added (kubectl debug --copy-to makes a copy)",
+        ),
+    ]
+    policy: dict[str, Any] = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [dict(r) for r in FROZEN_RULES]},
+            # NB: request.subResource is absent (not "") for the main resource.
+            "variables": [
+                {
+                    "name": "subresource",
+                    "expression": "has(request.subResource) ? request.subResource : ''",
+                },
+                {"name": "breakGlass", "expression": break_glass},
+            ],
+            "validations": validations,
+        },
+    }
+    if settings.exempt_users:
+        policy["spec"]["matchConditions"] = [
+            {
+                "name": "not-exempt",
+                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
+            }
+        ]
+
+    def binding(suffix: str, resources: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {
+                "name": f"{name}-{suffix}",
+                "labels": {models.LABEL_MANAGED_BY: models.MANAGER},
+            },
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": dict(resources),
+            },
+        }
+
+    return [
+        policy,
+        binding(
+            "managed",
+            {
+                "namespaceSelector": _namespaces(settings, enforced=False),
+                "objectSelector": MANAGED_OBJECTS,
+            },
+        ),
+        binding("enforced", {"namespaceSelector": _namespaces(settings, enforced=True)}),
+    ]

@@ -1,0 +1,329 @@
+"""The admission shell: Kopf validating handlers, their HTTPS server, TLS and registration.
+
+Each handler parses the AdmissionReview into an :class:`admission.Request`, asks the pure
+:func:`admission.review`, and answers. Nothing on this path waits on the network: Events are
+posted by a background task after the answer.
+
+At start-up (only with ``permafrost run --admission``) the operator loads or creates its TLS
+material in a Secret shared by all replicas, starts Kopf's webhook server with it, and applies
+the ValidatingWebhookConfiguration and the fail-safe ValidatingAdmissionPolicy. A background
+task renews the serving certificate before it expires and reloads it without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime
+import json
+import logging
+import pathlib
+import ssl
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp.web
+import kopf
+
+from permafrost import admission, certs, kube
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
+POLICY = "permafrost-frozen-workloads"
+TLS_SECRET = "permafrost-webhook-tls"
+RENEWAL_CHECK = datetime.timedelta(hours=6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How the operator serves admission; filled from ``permafrost run`` flags."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 9443
+    url: str | None = None  # e.g. https://127.0.0.1:9443 (local runs)
+    service: str | None = None  # NAMESPACE/NAME[:PORT] of the webhook Service (in-cluster)
+    namespace: str = "permafrost-system"  # where the TLS Secret lives; excluded from webhooks
+    tls_secret: str | None = None  # a user-supplied Secret (cert-manager): tls.crt, tls.key, ca.crt
+    settings: admission.Settings = dataclasses.field(default_factory=admission.Settings)
+
+    def hostnames(self) -> list[str]:
+        names: list[str] = []
+        if self.service:
+            namespace, _, rest = self.service.partition("/")
+            name = rest.partition(":")[0]
+            names += [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+        if self.url:
+            host = self.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+            names.append(host.strip("[]"))
+        return names or ["localhost"]
+
+    def client_config(self, ca: bytes) -> dict[str, Any]:
+        config: dict[str, Any] = {"caBundle": base64.b64encode(ca).decode()}
+        if self.service:
+            namespace, _, rest = self.service.partition("/")
+            name, _, port = rest.partition(":")
+            config["service"] = {"namespace": namespace, "name": name, "port": int(port or 443)}
+        else:
+            config["url"] = self.url or f"https://localhost:{self.listen_port}"
+        return config
+
+
+class Server(kopf.WebhookServer):
+    """Kopf's webhook server, hardened: malformed reviews get HTTP 400, certificates reload.
+
+    NB: overrides two internal methods of ``kopf.WebhookServer`` (``_build_ssl``, ``_serve``);
+    the Kopf version is pinned below 2 and the integration tests exercise both.
+    """
+
+    context: ssl.SSLContext | None = None
+
+    def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
+        cadata, context = super()._build_ssl()
+        self.context = context
+        return cadata, context
+
+    def reload(self, *, certfile: pathlib.Path, pkeyfile: pathlib.Path) -> None:
+        """Serve a renewed certificate to new connections (no restart, no dropped requests)."""
+        if self.context is not None:
+            self.context.load_cert_chain(str(certfile), str(pkeyfile))
+
+    @staticmethod
+    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        try:
+            review = json.loads(await request.text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise aiohttp.web.HTTPBadRequest(reason=f"not JSON: {exc}") from None
+        problem = malformed(review)
+        if problem is not None:
+            raise aiohttp.web.HTTPBadRequest(reason=problem)
+        try:
+            return await kopf.WebhookServer._serve(fn, request)
+        except aiohttp.web.HTTPException:
+            raise
+        except Exception as exc:  # NB: never crash or hang on hostile input; answer 400
+            logger.warning("unusable admission review: %r", exc)
+            raise aiohttp.web.HTTPBadRequest(reason="unusable admission review") from None
+
+
+def malformed(review: Any) -> str | None:
+    """Why an AdmissionReview body cannot be served, or ``None`` if it is well-formed."""
+    if not isinstance(review, dict):
+        return "the body is not a JSON object"
+    if review.get("kind") != "AdmissionReview":
+        return "the body is not an AdmissionReview"
+    request = review.get("request")
+    if not isinstance(request, dict):
+        return "the AdmissionReview has no request"
+    if not isinstance(request.get("uid"), str):
+        return "request.uid is missing"
+    resource = request.get("resource")
+    if not isinstance(resource, dict) or not all(
+        isinstance(resource.get(k), str) for k in ("group", "version", "resource")
+    ):
+        return "request.resource is missing or incomplete"
+    if not isinstance(request.get("userInfo"), dict):
+        return "request.userInfo is missing"
+    if not any(isinstance(request.get(k), dict) for k in ("object", "oldObject")):
+        return "request.object and request.oldObject are both missing"
+    return None
+
+
+# --- runtime -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Runtime:
+    options: Options
+    server: Server
+    directory: pathlib.Path
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+_RUNTIME: Runtime | None = None  # set at start-up when admission is enabled
+
+
+async def _load_bundle(options: Options, *, now: datetime.datetime) -> certs.Bundle:
+    """The TLS material: user-supplied, or Permafrost's own shared Secret (made or renewed)."""
+    if options.tls_secret:
+        secret = await kube.read_secret(options.namespace, options.tls_secret)
+        if secret is None:
+            raise kopf.PermanentError(
+                f"TLS Secret {options.namespace}/{options.tls_secret} does not exist"
+            )
+        # NB: cert-manager writes no ca.key; the CA is only needed to renew, which it does.
+        return certs.Bundle.from_secret_data(secret.get("data") or {}, require_ca_key=False)
+    hostnames = options.hostnames()
+    for _ in range(5):  # NB: replicas race to create or renew; the loser re-reads
+        secret = await kube.read_secret(options.namespace, TLS_SECRET)
+        if secret is None:
+            bundle = certs.issue(hostnames=hostnames, now=now)
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {"name": TLS_SECRET, "namespace": options.namespace},
+                "data": bundle.to_secret_data(),
+            }
+            if await kube.create_secret(options.namespace, body):
+                logger.info("created webhook TLS Secret %s/%s", options.namespace, TLS_SECRET)
+                return bundle
+            continue
+        bundle = certs.Bundle.from_secret_data(secret.get("data") or {})
+        why = certs.needs_renewal(bundle, hostnames=hostnames, now=now)
+        if why is None:
+            return bundle
+        renewed = certs.renew(bundle, hostnames=hostnames, now=now)
+        secret["data"] = renewed.to_secret_data()
+        if await kube.replace_secret(options.namespace, secret):
+            logger.info("renewed the webhook certificate: %s", why)
+            return renewed
+    raise kopf.TemporaryError("could not settle the webhook TLS Secret", delay=5)
+
+
+def _write(directory: pathlib.Path, bundle: certs.Bundle) -> tuple[pathlib.Path, pathlib.Path]:
+    certfile, pkeyfile = directory / "tls.crt", directory / "tls.key"
+    certfile.write_bytes(bundle.cert)
+    pkeyfile.touch(mode=0o600)
+    pkeyfile.write_bytes(bundle.key)
+    return certfile, pkeyfile
+
+
+async def _register(options: Options, bundle: certs.Bundle) -> None:
+    await kube.apply_cluster_object(
+        admission.webhook_configuration(
+            name=WEBHOOK_CONFIGURATION,
+            client_config=options.client_config(bundle.ca_cert),
+            settings=options.settings,
+        )
+    )
+    for body in admission.policy_manifests(name=POLICY, settings=options.settings):
+        await kube.apply_cluster_object(body)
+
+
+async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
+    """Prepare TLS, the server and the registrations; called from the start-up handler."""
+    global _RUNTIME
+    now = datetime.datetime.now(datetime.UTC)
+    bundle = await _load_bundle(options, now=now)
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="permafrost-webhook-"))
+    certfile, pkeyfile = _write(directory, bundle)
+    server = Server(
+        addr=options.listen_host,
+        port=options.listen_port,
+        certfile=certfile,
+        pkeyfile=pkeyfile,
+        cadata=bundle.ca_cert,
+    )
+    settings.admission.server = server
+    await _register(options, bundle)
+    _RUNTIME = Runtime(options=options, server=server, directory=directory)
+    _RUNTIME.spawn(_keep_renewed(_RUNTIME, bundle))
+    return _RUNTIME
+
+
+async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
+    while True:
+        await asyncio.sleep(RENEWAL_CHECK.total_seconds())
+        try:
+            now = datetime.datetime.now(datetime.UTC)
+            fresh = await _load_bundle(runtime.options, now=now)
+            if fresh != bundle:
+                certfile, pkeyfile = _write(runtime.directory, fresh)
+                runtime.server.reload(certfile=certfile, pkeyfile=pkeyfile)
+                await _register(runtime.options, fresh)
+                bundle = fresh
+        except Exception:
+            logger.exception("webhook certificate renewal failed; retrying later")
+
+
+async def teardown() -> None:
+    global _RUNTIME
+    if _RUNTIME is not None:
+        for task in list(_RUNTIME.tasks):
+            task.cancel()
+        await asyncio.gather(*_RUNTIME.tasks, return_exceptions=True)
+        _RUNTIME = None
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+async def frozen_workload(**kwargs: Any) -> None:
+    """Validate a request on a frozen workload (``param``: "managed" or "enforced")."""
+    runtime = _RUNTIME
+    if runtime is None:  # admission disabled: never deny
+        return
+    body: kopf.Body = kwargs["body"]
+    userinfo: Mapping[str, Any] = kwargs.get("userinfo") or {}
+    dryrun = bool(kwargs.get("dryrun"))
+    meta = body.get("metadata") or {}
+    request = admission.Request(
+        scope="enforced" if kwargs.get("param") == "enforced" else "managed",
+        kind=str(body.get("kind") or ""),
+        operation=str(kwargs.get("operation") or ""),
+        subresource=kwargs.get("subresource") or None,
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        username=str(userinfo.get("username") or ""),
+        groups=tuple(userinfo.get("groups") or ()),
+        old=kwargs.get("old"),
+        new=kwargs.get("new"),
+        dry_run=dryrun,
+    )
+    decision = admission.review(request, runtime.options.settings)
+    kwargs["warnings"].extend(decision.warnings)
+    if decision.event_type is not None:
+        logger.info(
+            "admission %s %s %s/%s by %s: %s",
+            decision.reason,
+            request.kind,
+            request.namespace,
+            request.name,
+            request.username,
+            "allowed" if decision.allowed else "denied",
+        )
+        if not dryrun:
+            runtime.spawn(
+                kube.post_object_event(
+                    involved=dict(body),
+                    type_=decision.event_type,
+                    reason=decision.reason,
+                    message=decision.message,
+                    now=datetime.datetime.now(datetime.UTC),
+                )
+            )
+    if not decision.allowed:
+        raise kopf.AdmissionError(decision.message, code=403)
+
+
+# NB: the webhook configuration routes each scope to the path /frozen-<scope>; Kopf dispatches a
+# request to the handlers whose id is that path, and passes the scope as ``param``.
+for _scope in ("managed", "enforced"):
+    for _group, _version, _plural in (
+        ("apps", "v1", "deployments"),
+        ("apps", "v1", "statefulsets"),
+        ("apps", "v1", "daemonsets"),
+        ("apps", "v1", "replicasets"),
+        ("", "v1", "pods"),
+    ):
+        kopf.on.validate(
+            _group, _version, _plural, id=f"frozen-{_scope}", param=_scope, subresource="*"
+        )(frozen_workload)
+
+
+def settings_from(
+    *, exempt_users: Sequence[str], break_glass_groups: Sequence[str], namespace: str
+) -> admission.Settings:
+    return admission.Settings(
+        exempt_users=frozenset(exempt_users),
+        break_glass_groups=frozenset(break_glass_groups),
+        excluded_namespaces=frozenset({"kube-system", namespace}),
+    )
