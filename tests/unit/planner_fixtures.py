@@ -363,11 +363,12 @@ def applied(s: planner.Situation, plan: planner.Plan) -> planner.Situation:
             views[revision] = dataclasses.replace(
                 views[revision],
                 recorded_fingerprint=notes.get(
-                    models.ANNOTATION_FINGERPRINT, views[revision].recorded_fingerprint),
+                    models.ANNOTATION_FINGERPRINT, views[revision].recorded_fingerprint
+                ),
                 break_glass_accepted=notes.get(
-                    models.ANNOTATION_BREAK_GLASS_ACCEPTED, views[revision].break_glass_accepted),
-                drift_reported=views[revision].drift_reported
-                or models.ANNOTATION_DRIFT in notes,
+                    models.ANNOTATION_BREAK_GLASS_ACCEPTED, views[revision].break_glass_accepted
+                ),
+                drift_reported=views[revision].drift_reported or models.ANNOTATION_DRIFT in notes,
             )
         else:
             views.pop(revision_of_name(action.name), None)

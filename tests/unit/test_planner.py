@@ -1717,17 +1717,28 @@ def _drifted(revision: str, **changes: Any) -> planner.RevisionView:
 
 def test_a_new_revision_deployment_gets_its_fingerprint_recorded() -> None:
     fresh = dataclasses.replace(view(V1), recorded_fingerprint=None)
-    s = situation(records=[stable(V1)], stable_revision=V1, views=[fresh],
-                  service=routed_to(V1), spec=make_spec("v1"))
+    s = situation(
+        records=[stable(V1)],
+        stable_revision=V1,
+        views=[fresh],
+        service=routed_to(V1),
+        spec=make_spec("v1"),
+    )
     plan = planner.plan(s)
     assert planner.Annotate(name_of(V1), {models.ANNOTATION_FINGERPRINT: f"fp-{V1}"}) in (
-        plan.actions)
+        plan.actions
+    )
     assert planner.plan(applied(s, plan)).actions == ()
 
 
 def test_a_drifted_stable_revision_of_the_current_spec_is_deleted_to_be_recreated() -> None:
-    s = situation(records=[stable(V1)], stable_revision=V1, views=[_drifted(V1)],
-                  service=routed_to(V1), spec=make_spec("v1"))
+    s = situation(
+        records=[stable(V1)],
+        stable_revision=V1,
+        views=[_drifted(V1)],
+        service=routed_to(V1),
+        spec=make_spec("v1"),
+    )
     plan = planner.plan(s)
     assert summary(plan) == [("delete", V1)]
     assert event_reasons(plan) == ["DriftRepaired"]
@@ -1739,8 +1750,12 @@ def test_a_drifted_stable_revision_of_the_current_spec_is_deleted_to_be_recreate
 
 
 def test_a_drifted_stable_revision_of_an_older_spec_is_reported_not_deleted() -> None:
-    s = situation(records=[stable(V1), progressing(V2, started=10)], stable_revision=V1,
-                  views=[_drifted(V1), view(V2, pods=unready_pods(2))], service=routed_to(V1))
+    s = situation(
+        records=[stable(V1), progressing(V2, started=10)],
+        stable_revision=V1,
+        views=[_drifted(V1), view(V2, pods=unready_pods(2))],
+        service=routed_to(V1),
+    )
     plan = planner.plan(s)
     assert ("delete", V1) not in summary(plan)
     assert "DriftDetected" in event_reasons(plan)
@@ -1749,20 +1764,35 @@ def test_a_drifted_stable_revision_of_an_older_spec_is_reported_not_deleted() ->
 
 
 def test_a_drifted_retired_revision_is_deleted() -> None:
-    s = situation(records=[stable(V2), retired(V1, retired_=600)], stable_revision=V2,
-                  views=[view(V2), _drifted(V1, replicas=0, pods=())], service=routed_to(V2))
+    s = situation(
+        records=[stable(V2), retired(V1, retired_=600)],
+        stable_revision=V2,
+        views=[view(V2), _drifted(V1, replicas=0, pods=())],
+        service=routed_to(V2),
+    )
     plan = planner.plan(s)
     assert summary(plan) == [("delete", V1)]
     assert event_reasons(plan) == ["DriftRepaired"]
 
 
 def test_a_change_under_break_glass_is_accepted_once() -> None:
-    s = situation(records=[stable(V1)], stable_revision=V1,
-                  views=[_drifted(V1, break_glass="INC-42 hotfix")], service=routed_to(V1),
-                  spec=make_spec("v1"))
+    s = situation(
+        records=[stable(V1)],
+        stable_revision=V1,
+        views=[_drifted(V1, break_glass="INC-42 hotfix")],
+        service=routed_to(V1),
+        spec=make_spec("v1"),
+    )
     plan = planner.plan(s)
-    assert planner.Annotate(name_of(V1), {
-        models.ANNOTATION_FINGERPRINT: "changed-in-place",
-        models.ANNOTATION_BREAK_GLASS_ACCEPTED: "INC-42 hotfix"}) in plan.actions
+    assert (
+        planner.Annotate(
+            name_of(V1),
+            {
+                models.ANNOTATION_FINGERPRINT: "changed-in-place",
+                models.ANNOTATION_BREAK_GLASS_ACCEPTED: "INC-42 hotfix",
+            },
+        )
+        in plan.actions
+    )
     assert event_reasons(plan) == ["BreakGlassAccepted"]
     assert ("delete", V1) not in summary(plan)
