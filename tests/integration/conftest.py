@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from k8s_harness import ROOT, Cluster, wait_for
+from k8s_harness import ROOT, Cluster, to_yaml, wait_for
 
 CRD = ROOT / "crds" / "guardedrelease.yaml"
 DIGEST = "@sha256:" + "1" * 64
@@ -32,15 +33,27 @@ def crds(cluster: Cluster) -> Cluster:
 class Operator:
     """``permafrost run`` as a real subprocess, watching one namespace."""
 
-    def __init__(self, cluster: Cluster, namespace: str, log: pathlib.Path) -> None:
+    def __init__(
+        self, cluster: Cluster, namespace: str, log: pathlib.Path, extra: Sequence[str] = ()
+    ) -> None:
         self.cluster, self.namespace, self.log = cluster, namespace, log
+        self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**self.cluster.env, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "permafrost", "run", "-n", self.namespace, "--verbose"],
+                [
+                    sys.executable,
+                    "-m",
+                    "permafrost",
+                    "run",
+                    "-n",
+                    self.namespace,
+                    "--verbose",
+                    *self.extra,
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -186,3 +199,92 @@ class SelectorSampler:
 @pytest.fixture
 def sampler_factory(crds: Cluster, namespace: str) -> Any:
     return lambda service: SelectorSampler(crds, namespace, service)
+
+
+OPERATOR_NAMESPACE = "permafrost-system"
+BREAK_GLASS_GROUP = "permafrost:break-glass"
+WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def operator_namespace(crds: Cluster) -> str:
+    """The operator's own namespace (holds the webhook TLS Secret; never frozen)."""
+    if crds.get("namespace", OPERATOR_NAMESPACE) is None:
+        crds.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    return OPERATOR_NAMESPACE
+
+
+@pytest.fixture
+def guarded_operator(
+    crds: Cluster,
+    namespace: str,
+    operator_namespace: str,
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Operator]:
+    """The operator with admission enabled: webhooks on 127.0.0.1, the fail-safe VAP applied.
+
+    The test's namespace is labelled ``permafrost.dev/enforce=true``. Ready when the apiserver
+    routes to this operator's webhook (an unpinned image is denied by the webhook itself).
+    """
+    crds.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true", "--overwrite")
+    port = free_port()
+    op = Operator(
+        crds,
+        namespace,
+        tmp_path / "operator.log",
+        extra=[
+            "--admission",
+            "--webhook-listen",
+            f"127.0.0.1:{port}",
+            "--webhook-url",
+            f"https://127.0.0.1:{port}",
+            "--operator-namespace",
+            operator_namespace,
+            "--break-glass-group",
+            BREAK_GLASS_GROUP,
+        ],
+    )
+    request.node.operator_log = op.log
+    op.start()
+
+    def webhook_answers() -> bool:
+        probe = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "readiness-probe"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "p"}},
+                "template": {
+                    "metadata": {"labels": {"app": "p"}},
+                    "spec": {"containers": [{"name": "p", "image": "unpinned:1"}]},
+                },
+            },
+        }
+        proc = crds.kubectl(
+            "create",
+            "--dry-run=server",
+            "-f",
+            "-",
+            namespace=namespace,
+            stdin=to_yaml(probe),
+            check=False,
+        )
+        return proc.returncode != 0 and "enforced.frozen.permafrost.dev" in proc.stderr
+
+    wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
+    yield op
+    op.stop()
+    crds.kubectl(
+        "delete",
+        "validatingwebhookconfiguration",
+        WEBHOOK_CONFIGURATION,
+        "--ignore-not-found",
+        check=False,
+    )
