@@ -172,3 +172,52 @@ class GuardedReleaseStatus(Model):
             known = {f.alias or n for n, f in cls.model_fields.items()} | set(cls.model_fields)
             return {k: v for k, v in data.items() if k in known}
         return data
+
+
+# --- GuardrailPolicy ---------------------------------------------------------------------------
+
+POLICY_KIND = "GuardrailPolicy"
+POLICY_PLURAL = "guardrailpolicies"
+CONDITION_POLICY_COMPLIANT = "PolicyCompliant"
+ANNOTATION_APPROVED_BY = "permafrost.dev/approved-by"
+ARTIFACT_KIND = "Artifact"
+
+Stage = Literal["build", "promote", "create"]
+Enforcement = Literal["Enforce", "Warn", "Audit"]
+
+
+class LabelSelectorRequirement(Model):
+    key: str = pydantic.Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+
+
+class LabelSelector(Model):
+    """A Kubernetes label selector (``matchLabels`` and ``matchExpressions`` are ANDed)."""
+
+    match_labels: dict[str, str] | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = None
+
+
+class PolicyMatch(Model):
+    """What a policy applies to; every field given must match (absent: matches everything)."""
+
+    namespace_selector: LabelSelector | None = None
+    object_selector: LabelSelector | None = None
+    kinds: list[str] | None = None
+
+
+class PolicyRule(Model):
+    name: str = pydantic.Field(
+        min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
+    expression: str = pydantic.Field(min_length=1, max_length=4096)
+    message: str | None = pydantic.Field(default=None, max_length=1024)
+    message_expression: str | None = pydantic.Field(default=None, max_length=4096)
+
+
+class GuardrailPolicySpec(Model):
+    stages: list[Stage] = pydantic.Field(min_length=1)
+    enforcement: Enforcement = "Enforce"
+    match: PolicyMatch = pydantic.Field(default_factory=PolicyMatch)
+    rules: list[PolicyRule] = pydantic.Field(min_length=1, max_length=64)

@@ -1,0 +1,363 @@
+"""The policy engine: GuardrailPolicies (CEL) evaluated at an action stage. Pure.
+
+One engine for every place a policy runs — ``permafrost check`` in CI (build, promote, create),
+the admission webhook (create), and the rollout planner (create before a revision's Deployment
+is made, promote before traffic moves) — so the same inputs always get the same verdict.
+
+``compile_policy`` turns a policy spec into programs once (cache them with :class:`Library`);
+``evaluate(policies, stage=..., subject=..., now=...)`` runs the matching ones and returns a
+:class:`Verdict` with one result per rule. Failing safe: a rule that errors counts as a
+violation, never as a pass (argoproj/argo-rollouts#4479).
+
+Budget: CEL evaluation in the underlying library cannot be interrupted, so a runaway expression
+is stopped *before* it runs. Its cost is bounded by the largest collection in its input raised
+to the nesting depth of its comprehension macros (``all``, ``exists``, ``map``…); above the
+budget, the rule is not run and is reported as an error ("exceeds the cost budget").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import cel
+
+from permafrost import models
+
+Outcome = Literal["Pass", "Fail", "Error"]
+
+MAX_EXPRESSION = 4096
+DEFAULT_BUDGET = 100_000
+MAX_COLLECTION = 10_000
+_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+_TOKEN = re.compile(
+    r"""(?P<string>[rRbB]*(?:'''(?:.|\n)*?'''|\"\"\"(?:.|\n)*?\"\"\"|'(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*"))"""
+    r"""|(?P<macro>\.\s*(?:exists_one|exists|all|map|filter)\s*\()"""
+    r"""|(?P<open>[(\[{])|(?P<close>[)\]}])"""
+)
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be compiled; the message names the policy, rule and problem."""
+
+
+def macro_depth(expression: str) -> int:
+    """The deepest nesting of comprehension macros in a CEL expression (0 if none)."""
+    stack: list[bool] = []
+    depth = 0
+    for match in _TOKEN.finditer(expression):
+        if match.group("macro"):
+            stack.append(True)
+            depth = max(depth, sum(stack))
+        elif match.group("open"):
+            stack.append(False)
+        elif match.group("close") and stack:
+            stack.pop()
+    return depth
+
+
+def largest_collection(value: Any, *, limit: int = 100_000) -> int:
+    """The size of the largest list or map anywhere in ``value`` (walks at most ``limit``)."""
+    largest, seen, todo = 0, 0, [value]
+    while todo and seen < limit:
+        item = todo.pop()
+        seen += 1
+        if isinstance(item, Mapping):
+            largest = max(largest, len(item))
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            largest = max(largest, len(item))
+            todo.extend(item)
+    return largest if seen < limit else max(largest, limit)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    name: str
+    expression: str
+    program: Any
+    message: str
+    message_program: Any | None
+    depth: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    name: str
+    stages: frozenset[str]
+    enforcement: str
+    match: models.PolicyMatch
+    rules: tuple[Rule, ...]
+
+
+def _compile(policy: str, rule: str, what: str, expression: str) -> Any:
+    if len(expression) > MAX_EXPRESSION:
+        raise PolicyError(
+            f"policy {policy!r}, rule {rule!r}: the {what} is longer than "
+            f"{MAX_EXPRESSION} characters"
+        )
+    try:
+        return cel.compile(expression)
+    except (ValueError, RuntimeError) as exc:
+        raise PolicyError(
+            f"policy {policy!r}, rule {rule!r}: the {what} does not compile: {exc}"
+        ) from None
+
+
+def compile_policy(name: str, spec: models.GuardrailPolicySpec) -> Policy:
+    """Compile every rule of a policy; raise :class:`PolicyError` naming the first bad one."""
+    names = [r.name for r in spec.rules]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise PolicyError(f"policy {name!r}: duplicate rule names {duplicated}")
+    rules = []
+    for rule in spec.rules:
+        program = _compile(name, rule.name, "expression", rule.expression)
+        message_program = (
+            _compile(name, rule.name, "messageExpression", rule.message_expression)
+            if rule.message_expression
+            else None
+        )
+        rules.append(
+            Rule(
+                name=rule.name,
+                expression=rule.expression,
+                program=program,
+                message=rule.message or f"rule {rule.name} of policy {name} is not satisfied",
+                message_program=message_program,
+                depth=max(macro_depth(rule.expression), macro_depth(rule.message_expression or "")),
+            )
+        )
+    return Policy(
+        name=name,
+        stages=frozenset(spec.stages),
+        enforcement=spec.enforcement,
+        match=spec.match,
+        rules=tuple(rules),
+    )
+
+
+class Library:
+    """Compiled policies, each compiled once per distinct spec (a cache, not state)."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, tuple[str, Policy]] = {}
+
+    @staticmethod
+    def _key(spec: models.GuardrailPolicySpec) -> str:
+        return hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True).encode()).hexdigest()
+
+    def get(self, name: str, spec: models.GuardrailPolicySpec) -> Policy:
+        key = self._key(spec)
+        cached = self._compiled.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, compile_policy(name, spec))
+            self._compiled[name] = cached
+        return cached[1]
+
+    def put(self, name: str, spec: models.GuardrailPolicySpec) -> Policy:
+        return self.get(name, spec)
+
+    def forget(self, name: str) -> None:
+        self._compiled.pop(name, None)
+
+    def policies(self) -> list[Policy]:
+        return [policy for _, policy in sorted(self._compiled.values(), key=lambda p: p[1].name)]
+
+
+# --- matching ----------------------------------------------------------------------------------
+
+
+def selects(selector: models.LabelSelector | None, labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics; ``None`` selects everything."""
+    if selector is None:
+        return True
+    for key, value in (selector.match_labels or {}).items():
+        if labels.get(key) != value:
+            return False
+    for req in selector.match_expressions or []:
+        present = req.key in labels
+        values = set(req.values or [])
+        if req.operator == "In" and not (present and labels[req.key] in values):
+            return False
+        if req.operator == "NotIn" and present and labels[req.key] in values:
+            return False
+        if req.operator == "Exists" and not present:
+            return False
+        if req.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """What an action acts on, as the rules see it.
+
+    ``object`` is the release, workload, pod or artifact; ``namespace`` is ``{"name", "labels"}``
+    (``None`` when unknown, e.g. offline without ``--namespace-label``).
+    """
+
+    object: Mapping[str, Any]
+    old_object: Mapping[str, Any] | None = None
+    stable: Mapping[str, Any] | None = None
+    namespace: Mapping[str, Any] | None = None
+    artifact: Mapping[str, Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        return str(self.object.get("kind") or "")
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return ((self.object.get("metadata") or {}).get("labels")) or {}
+
+
+def matches(policy: Policy, *, stage: str, subject: Subject) -> bool:
+    if stage not in policy.stages:
+        return False
+    match = policy.match
+    if match.kinds and subject.kind not in match.kinds:
+        return False
+    if not selects(match.object_selector, subject.labels):
+        return False
+    namespace_labels = (subject.namespace or {}).get("labels") or {}
+    return selects(match.namespace_selector, namespace_labels)
+
+
+def pod_spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod spec inside a release, workload or pod (``{}`` for an artifact)."""
+    spec = obj.get("spec") or {}
+    if isinstance(spec.get("template"), Mapping):
+        return spec["template"].get("spec") or {}
+    return spec if "containers" in spec else {}
+
+
+def context(subject: Subject, *, now: datetime.datetime) -> dict[str, Any]:
+    """The variables every rule sees (absent ones are ``null``)."""
+    return {
+        "object": dict(subject.object),
+        "oldObject": dict(subject.old_object) if subject.old_object is not None else None,
+        "stable": dict(subject.stable) if subject.stable is not None else None,
+        "namespace": dict(subject.namespace)
+        if subject.namespace is not None
+        else {"name": "", "labels": {}},
+        "artifact": dict(subject.artifact) if subject.artifact is not None else None,
+        "podSpec": dict(pod_spec(subject.object)),
+        "now": now.astimezone(datetime.UTC),
+    }
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleResult:
+    policy: str
+    rule: str
+    enforcement: str
+    outcome: Outcome
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    stage: str
+    results: tuple[RuleResult, ...]
+
+    @property
+    def violations(self) -> tuple[RuleResult, ...]:
+        """Failed or errored rules of Enforce policies: the action must not happen."""
+        return tuple(r for r in self.results if r.outcome != "Pass" and r.enforcement == "Enforce")
+
+    @property
+    def warnings(self) -> tuple[RuleResult, ...]:
+        return tuple(r for r in self.results if r.outcome != "Pass" and r.enforcement == "Warn")
+
+    @property
+    def audits(self) -> tuple[RuleResult, ...]:
+        return tuple(r for r in self.results if r.outcome != "Pass" and r.enforcement == "Audit")
+
+    @property
+    def allowed(self) -> bool:
+        return not self.violations
+
+    def summary(self) -> str:
+        """One line: the violated rules and their messages (empty when allowed)."""
+        return "; ".join(f"{r.policy}/{r.rule}: {r.message}" for r in self.violations)
+
+
+def _run(rule: Rule, policy: Policy, variables: Mapping[str, Any], budget: int) -> RuleResult:
+    def result(outcome: Outcome, message: str) -> RuleResult:
+        return RuleResult(policy.name, rule.name, policy.enforcement, outcome, message)
+
+    largest = largest_collection(variables)
+    if largest > MAX_COLLECTION or (rule.depth and largest**rule.depth > budget):
+        return result(
+            "Error",
+            f"not evaluated: it exceeds the cost budget ({largest} items "
+            f"at nesting depth {rule.depth} > {budget})",
+        )
+    try:
+        value = rule.program.execute(dict(variables))
+    except Exception as exc:  # NB: any CEL runtime error fails safe: it is never a pass
+        return result("Error", f"evaluation error: {exc}")
+    if value is True:
+        return result("Pass", "")
+    if value is not False:
+        return result("Error", f"the expression returned {value!r}, not a boolean")
+    message = rule.message
+    if rule.message_program is not None:
+        try:
+            produced = rule.message_program.execute(dict(variables))
+            if isinstance(produced, str) and produced:
+                message = produced
+        except Exception:  # NB: a broken message must not hide the violation itself
+            message = rule.message
+    return result("Fail", message)
+
+
+def evaluate(
+    policies: Iterable[Policy],
+    *,
+    stage: models.Stage,
+    subject: Subject,
+    now: datetime.datetime,
+    budget: int = DEFAULT_BUDGET,
+) -> Verdict:
+    """Evaluate every rule of every policy that matches ``stage`` and ``subject``."""
+    variables = context(subject, now=now)
+    results = [
+        _run(rule, policy, variables, budget)
+        for policy in sorted(policies, key=lambda p: p.name)
+        if matches(policy, stage=stage, subject=subject)
+        for rule in policy.rules
+    ]
+    return Verdict(stage=stage, results=tuple(results))
+
+
+def parse_policies(
+    documents: Sequence[Mapping[str, Any]],
+) -> list[tuple[str, models.GuardrailPolicySpec]]:
+    """(name, spec) of the GuardrailPolicy documents among ``documents``.
+
+    Raises :class:`PolicyError` naming the document for a malformed one.
+    """
+    parsed = []
+    for index, doc in enumerate(documents):
+        if doc.get("kind") != models.POLICY_KIND:
+            continue
+        name = str((doc.get("metadata") or {}).get("name") or f"document {index + 1}")
+        try:
+            spec = models.GuardrailPolicySpec.model_validate(doc.get("spec") or {})
+        except ValueError as exc:
+            raise PolicyError(f"policy {name!r} is malformed: {exc}") from None
+        parsed.append((name, spec))
+    return parsed
