@@ -10,13 +10,14 @@ import argparse
 import asyncio
 import datetime
 import logging
+import pathlib
 import sys
 from collections.abc import Sequence
 
 import kopf
 
 import permafrost
-from permafrost import kube, models
+from permafrost import checking, documents, kube, models
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -114,6 +115,40 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("-n", "--namespace", default="default")
 
+    check = commands.add_parser(
+        "check",
+        help="evaluate GuardrailPolicies offline (CI): exit 0 ok, 1 violation, 2 unusable input",
+        description="Evaluate GuardrailPolicies on manifests without a cluster. Inputs are "
+        "YAML/JSON files (multi-document) of GuardedReleases, Deployments, StatefulSets, "
+        "DaemonSets, Pods or, at build, Artifacts. Exit 0 when nothing enforced is violated, "
+        "1 when something is, 2 on unusable input.",
+    )
+    check.add_argument("--stage", required=True, choices=["build", "promote", "create"])
+    check.add_argument(
+        "-p",
+        "--policy",
+        action="append",
+        default=[],
+        metavar="FILE_OR_DIR",
+        help="policy files or directories (repeatable); default: the built-in library",
+    )
+    check.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    check.add_argument("--namespace", metavar="NAME", help="the target namespace's name")
+    check.add_argument(
+        "--namespace-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the target namespace (repeatable)",
+    )
+    check.add_argument(
+        "--stable",
+        metavar="FILE",
+        help="at promote: YAML of the serving revision {hash, name, images, version}",
+    )
+    check.add_argument("--now", metavar="RFC3339", help="the time rules see (default: now)")
+    check.add_argument("inputs", nargs="+", metavar="INPUT")
+
     retry = commands.add_parser("retry", help="try a failed revision again")
     retry.add_argument("name", help="the GuardedRelease")
     retry.add_argument("-n", "--namespace", default="default")
@@ -199,6 +234,73 @@ async def _retry(namespace: str, name: str) -> None:
     await kube.patch_release_annotations(namespace, name, {models.ANNOTATION_RETRY: token})
 
 
+LIBRARY = pathlib.Path(__file__).parent / "library"
+
+
+def _policy_files(paths: Sequence[str]) -> list[pathlib.Path]:
+    found: list[pathlib.Path] = []
+    for raw in paths or [str(LIBRARY)]:
+        path = pathlib.Path(raw)
+        if path.is_dir():
+            found += sorted(
+                p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json") and p.is_file()
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise documents.InputError(f"{raw}: no such policy file or directory")
+    return found
+
+
+def _read(path: pathlib.Path) -> tuple[str, str]:
+    try:
+        data = path.read_bytes()
+        if len(data) > documents.MAX_BYTES:
+            raise documents.InputError(
+                f"{path}: larger than {documents.MAX_BYTES // (1024 * 1024)} MiB"
+            )
+        return str(path), data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise documents.InputError(f"{path}: cannot be read: {exc}") from None
+
+
+def _check(args: argparse.Namespace) -> int:
+    policies = checking.load_policies([_read(p) for p in _policy_files(args.policy)])
+    labels = {}
+    for item in args.namespace_label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise documents.InputError(f"--namespace-label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    namespace = (
+        {"name": args.namespace or "", "labels": labels} if args.namespace or labels else None
+    )
+    stable = None
+    if args.stable:
+        docs = documents.load_all(_read(pathlib.Path(args.stable))[1], source=args.stable)
+        stable = dict(docs[0].body) if docs else None
+    try:
+        now = (
+            datetime.datetime.fromisoformat(args.now.replace("Z", "+00:00"))
+            if args.now
+            else datetime.datetime.now(datetime.UTC)
+        )
+    except ValueError:
+        raise documents.InputError(f"--now {args.now!r}: not an RFC 3339 time") from None
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=datetime.UTC)
+    report = checking.check(
+        inputs=[_read(pathlib.Path(p)) for p in args.inputs],
+        policies=policies,
+        stage=args.stage,
+        now=now,
+        namespace=namespace,
+        stable=stable,
+    )
+    print(checking.render_json(report) if args.output == "json" else checking.render_table(report))
+    return report.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     parser = _build_parser()
@@ -213,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"verified before it takes traffic (kubectl get grel {args.name} -w)"
             )
             return 0
+        if args.command == "check":
+            try:
+                return _check(args)
+            except documents.InputError as exc:
+                print(f"permafrost check: {exc}", file=sys.stderr)
+                return checking.EXIT_UNUSABLE
         if args.command == "retry":
             asyncio.run(_retry(args.namespace, args.name))
             print(f"{args.namespace}/{args.name}: a new attempt starts")

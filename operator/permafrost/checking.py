@@ -1,0 +1,160 @@
+"""``permafrost check``: policies evaluated offline over manifests, for CI pipelines. Pure.
+
+The caller reads the files; this module parses them, evaluates the policies with the same
+engine and the same subjects as the cluster does, and renders the report as a table for
+people or as JSON for machines (the JSON shape is documented in ``docs/policies.md`` and kept
+stable: fields are only ever added).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from permafrost import documents, models, policy
+
+CHECKABLE_KINDS = (
+    "GuardedRelease",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Pod",
+    models.ARTIFACT_KIND,
+)
+EXIT_OK, EXIT_VIOLATION, EXIT_UNUSABLE = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    document: documents.Document
+    verdict: policy.Verdict
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    stage: str
+    checked: tuple[Checked, ...]
+    policies: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_VIOLATION if any(c.verdict.violations for c in self.checked) else EXIT_OK
+
+
+def load_policies(sources: Sequence[tuple[str, str]]) -> list[policy.Policy]:
+    """Compile the GuardrailPolicies in ``(source, text)`` files; :class:`InputError` if bad."""
+    compiled: dict[str, policy.Policy] = {}
+    for source, text in sources:
+        docs = documents.load_all(text, source=source)
+        try:
+            for name, spec in policy.parse_policies([d.body for d in docs]):
+                if name in compiled:
+                    raise documents.InputError(f"{source}: policy {name!r} is defined twice")
+                compiled[name] = policy.compile_policy(name, spec)
+        except policy.PolicyError as exc:
+            raise documents.InputError(f"{source}: {exc}") from None
+    return list(compiled.values())
+
+
+def subject_of(
+    body: Mapping[str, Any],
+    *,
+    namespace: Mapping[str, Any] | None = None,
+    stable: Mapping[str, Any] | None = None,
+    old: Mapping[str, Any] | None = None,
+) -> policy.Subject:
+    """The subject a rule sees for a manifest, the same offline and in the cluster."""
+    artifact = body if body.get("kind") == models.ARTIFACT_KIND else None
+    return policy.Subject(
+        object=body, old_object=old, stable=stable, namespace=namespace, artifact=artifact
+    )
+
+
+def check(
+    *,
+    inputs: Sequence[tuple[str, str]],
+    policies: Sequence[policy.Policy],
+    stage: models.Stage,
+    now: datetime.datetime,
+    namespace: Mapping[str, Any] | None = None,
+    stable: Mapping[str, Any] | None = None,
+) -> Report:
+    """Evaluate ``policies`` at ``stage`` on every document of every ``(source, text)`` input.
+
+    Raises :class:`documents.InputError` for unusable input (bad YAML, an unsupported kind).
+    """
+    checked = []
+    for source, text in inputs:
+        for doc in documents.load_all(text, source=source):
+            if doc.kind not in CHECKABLE_KINDS:
+                raise documents.InputError(
+                    f"{doc.where}: kind {doc.kind or '(none)'!r} cannot be checked; expected "
+                    f"one of {', '.join(CHECKABLE_KINDS)}"
+                )
+            ns = namespace
+            if ns is None:
+                name = str((doc.body.get("metadata") or {}).get("namespace") or "")
+                ns = {"name": name, "labels": {}}
+            verdict = policy.evaluate(
+                policies,
+                stage=stage,
+                now=now,
+                subject=subject_of(doc.body, namespace=ns, stable=stable),
+            )
+            checked.append(Checked(doc, verdict))
+    return Report(
+        stage=stage, checked=tuple(checked), policies=tuple(sorted(p.name for p in policies))
+    )
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    return {
+        "stage": report.stage,
+        "policies": list(report.policies),
+        "inputs": [
+            {
+                "source": c.document.source,
+                "document": c.document.index,
+                "kind": c.document.kind,
+                "name": c.document.name,
+                "allowed": c.verdict.allowed,
+                "results": [r.to_json() for r in c.verdict.results],
+            }
+            for c in report.checked
+        ],
+        "violations": sum(len(c.verdict.violations) for c in report.checked),
+        "warnings": sum(len(c.verdict.warnings) for c in report.checked),
+        "audits": sum(len(c.verdict.audits) for c in report.checked),
+    }
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(to_json(report), indent=2, sort_keys=False)
+
+
+def render_table(report: Report) -> str:
+    """A human report: one block per input, failing rules first, then a summary line."""
+    lines: list[str] = []
+    for c in report.checked:
+        title = f"{c.document.where}  {c.document.kind}/{c.document.name or '(unnamed)'}"
+        status = "DENIED" if c.verdict.violations else "ok"
+        lines.append(f"{title}  [{status}]")
+        failing = [r for r in c.verdict.results if r.outcome != "Pass"]
+        if not c.verdict.results:
+            lines.append("  (no policy applies at this stage)")
+        for r in failing:
+            lines.append(
+                f"  {r.outcome.upper():5} {r.enforcement:7} {r.policy}/{r.rule}: {r.message}"
+            )
+        passed = len(c.verdict.results) - len(failing)
+        if passed:
+            lines.append(f"  {passed} rule(s) passed")
+    data = to_json(report)
+    lines.append(
+        f"{len(report.checked)} input(s), stage {report.stage}: {data['violations']} "
+        f"violation(s), {data['warnings']} warning(s), {data['audits']} audit(s)"
+    )
+    return "\n".join(lines)
