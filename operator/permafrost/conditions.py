@@ -17,7 +17,8 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 ROLLED_BACK = "RolledBack"
-TYPES = (READY, PROGRESSING, DEGRADED, ROLLED_BACK)
+POLICY_COMPLIANT = "PolicyCompliant"
+TYPES = (READY, PROGRESSING, DEGRADED, ROLLED_BACK, POLICY_COMPLIANT)
 
 # Reasons.
 ALL_REPLICAS_READY = "AllReplicasReady"
@@ -32,6 +33,13 @@ AS_EXPECTED = "AsExpected"
 NO_ROLLBACK = "NoRollback"
 MANUAL_ROLLBACK = "ManualRollback"
 AUTOMATIC_ROLLBACK_DISABLED = "AutomaticRollbackDisabled"
+# Policies.
+POLICY_VIOLATION = "PolicyViolation"
+PROMOTION_HELD = "PromotionHeld"
+POLICY_WARNINGS = "PolicyWarnings"
+ALL_POLICIES_PASS = "AllPoliciesPass"
+NO_POLICY_APPLIES = "NoPolicyApplies"
+NO_POLICY_ENGINE = "NoPolicyEngine"
 # Why a revision failed verification (also used as reasons of Degraded/RolledBack and Events).
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 CRASH_LOOP = "CrashLoop"

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from permafrost import conditions, manifests, models
+from permafrost import conditions, manifests, models, policy
 from permafrost.conditions import parse_timestamp, timestamp
 from permafrost.models import ConditionStatus, Outcome, RevisionRecord
 
@@ -34,6 +34,7 @@ CRASH_REASONS = frozenset(
     {"CrashLoopBackOff", "Error", "RunContainerError", "CreateContainerError"}
 )
 MIN_REQUEUE_SECONDS = 0.5
+POLICY_RECHECK_SECONDS = 30.0
 
 
 class PlanError(Exception):
@@ -108,6 +109,10 @@ class Situation:
     revisions: Mapping[str, RevisionView]  # by revision hash
     service: ServiceView | None  # None: spec.service is unset, or the Service does not exist
     now: datetime.datetime
+    # The GuardrailPolicies at the create and promote stages, evaluated by the shell with the
+    # same engine as admission and `permafrost check` (None: no policy engine in use).
+    create_verdict: policy.Verdict | None = None
+    promote_verdict: policy.Verdict | None = None
 
 
 # --- what the shell does -----------------------------------------------------------------------
@@ -283,6 +288,7 @@ class _Work:
     state: str = "Stable"
     note: str = ""
     failure: RevisionRecord | None = None
+    hold: tuple[str, str] | None = None  # (reason, message): a policy holds the rollout
 
     def record(self, revision: str, **changes: Any) -> RevisionRecord:
         updated = self.records[revision].model_copy(update=changes)
@@ -407,6 +413,12 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
     if view is None:
         if not isinstance(s.desired, Desired) or s.desired.revision != target:
             raise PlanError(f"revision {target} has no Deployment and is not the spec's revision")
+        if s.create_verdict is not None and s.create_verdict.violations:
+            # NB: policies are checked again right before creation: they may have changed since
+            # the release was admitted. Nothing is created while they are violated.
+            w.hold = (conditions.POLICY_VIOLATION, s.create_verdict.summary())
+            w.state = "Held"
+            return
         w.actions.append(CreateRevision(s.desired.deployment, s.desired.snapshots))
         w.event(
             "Normal",
@@ -507,7 +519,18 @@ def _progress(w: _Work, target: str, attempt: str | None) -> None:
     verdict = assess(
         view=view, replicas=s.spec.replicas, rollout=s.spec.rollout, record=record, now=s.now
     )
-    if isinstance(verdict, Healthy):
+    if (
+        isinstance(verdict, Healthy)
+        and s.promote_verdict is not None
+        and (s.promote_verdict.violations)
+    ):
+        # Verified, but a promote-stage policy forbids moving traffic now (a change freeze, a
+        # missing approval…): hold, and look again later, as time alone may lift it.
+        w.hold = (conditions.PROMOTION_HELD, s.promote_verdict.summary())
+        w.state = "Held"
+        w.note = f"revision {target} is verified; promotion is held by policy"
+        w.wake.append(s.now + datetime.timedelta(seconds=POLICY_RECHECK_SECONDS))
+    elif isinstance(verdict, Healthy):
         _promote(w, target)
     elif isinstance(verdict, Unhealthy):
         _fail(w, target, verdict.reason, verdict.message)
@@ -681,7 +704,57 @@ def _conditions(
             )
         else:
             rolled_back = make(conditions.ROLLED_BACK, F, conditions.NO_ROLLBACK, "")
-    return [ready, progressing, degraded, rolled_back]
+    return [ready, progressing, degraded, rolled_back, _policy_condition(w, make)]
+
+
+def _policy_condition(
+    w: _Work, make: Callable[[str, ConditionStatus, str, str], models.Condition]
+) -> models.Condition:
+    s = w.s
+    verdicts = [v for v in (s.create_verdict, s.promote_verdict) if v is not None]
+    if w.hold is not None:
+        reason, message = w.hold
+        return make(conditions.POLICY_COMPLIANT, ConditionStatus.FALSE, reason, message)
+    if not verdicts:
+        return make(
+            conditions.POLICY_COMPLIANT,
+            ConditionStatus.UNKNOWN,
+            conditions.NO_POLICY_ENGINE,
+            "no policies are evaluated for this release",
+        )
+    reported = [r for v in verdicts for r in (*v.warnings, *v.audits)]
+    if reported:
+        return make(
+            conditions.POLICY_COMPLIANT,
+            ConditionStatus.TRUE,
+            conditions.POLICY_WARNINGS,
+            "; ".join(f"{r.enforcement} {r.policy}/{r.rule}: {r.message}" for r in reported),
+        )
+    if any(v.results for v in verdicts):
+        return make(
+            conditions.POLICY_COMPLIANT,
+            ConditionStatus.TRUE,
+            conditions.ALL_POLICIES_PASS,
+            "every applicable policy passes",
+        )
+    return make(
+        conditions.POLICY_COMPLIANT,
+        ConditionStatus.TRUE,
+        conditions.NO_POLICY_APPLIES,
+        "no policy applies to this release",
+    )
+
+
+def _policy_events(w: _Work, conds: Sequence[models.Condition]) -> None:
+    """An Event when the policy verdict changes (not on every pass: no Event storms)."""
+    new = conditions.find(conds, conditions.POLICY_COMPLIANT)
+    old = conditions.find(w.s.status.conditions, conditions.POLICY_COMPLIANT)
+    if new is None or (old is not None and (old.status, old.message) == (new.status, new.message)):
+        return
+    if new.status == ConditionStatus.FALSE:
+        w.event("Warning", new.reason, new.message)
+    elif new.reason == conditions.POLICY_WARNINGS:
+        w.event("Warning", "PolicyWarning", new.message)
 
 
 def _phase(conds: Sequence[models.Condition]) -> str:
@@ -695,6 +768,9 @@ def _phase(conds: Sequence[models.Condition]) -> str:
         return "RolledBack"
     if conditions.is_true(conds, conditions.DEGRADED):
         return "Degraded"
+    compliant = conditions.find(conds, conditions.POLICY_COMPLIANT)
+    if compliant is not None and compliant.status == ConditionStatus.FALSE:
+        return "Held"
     if conditions.is_true(conds, conditions.PROGRESSING):
         return "Progressing"
     progressing = conditions.find(conds, conditions.PROGRESSING)
@@ -789,6 +865,7 @@ def plan(s: Situation) -> Plan:
     _housekeeping(w, target)
 
     conds = _conditions(w, target, problem, manual)
+    _policy_events(w, conds)
     stable_view = s.revisions.get(w.stable) if w.stable else None
     headline = next((c.message for c in conds if c.type == conditions.PROGRESSING), "")
     status = models.GuardedReleaseStatus(

@@ -21,7 +21,9 @@ NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
 RELEASE = manifests.ReleaseRef(name="checkout", namespace="shop", uid="5d1f3c2e-uid")
 SERVICE = "checkout"
 VERSIONS = ("v1", "v2", "v3", "v4", "v5")
-PHASES = frozenset({"Stable", "Progressing", "RolledBack", "Degraded", "Pending", "Unavailable"})
+PHASES = frozenset(
+    {"Stable", "Progressing", "RolledBack", "Degraded", "Pending", "Held", "Unavailable"}
+)
 
 
 def image(version: str) -> str:

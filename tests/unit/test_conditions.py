@@ -96,8 +96,8 @@ def test_a_condition_has_its_type_status_reason_and_message() -> None:
     )
 
 
-def test_the_condition_types_are_the_four_permafrost_sets() -> None:
-    assert conditions.TYPES == ("Ready", "Progressing", "Degraded", "RolledBack")
+def test_the_condition_types_are_the_five_permafrost_sets() -> None:
+    assert conditions.TYPES == ("Ready", "Progressing", "Degraded", "RolledBack", "PolicyCompliant")
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ from planner_fixtures import (
     view,
 )
 
-from permafrost import conditions, manifests, models, planner
+from permafrost import conditions, manifests, models, planner, policy
 from permafrost.models import ConditionStatus, Outcome
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -852,7 +852,7 @@ def test_no_plan_routes_the_service_to_a_failed_or_unverified_revision(step: Ste
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_every_plan_sets_all_four_conditions_for_the_observed_generation(step: Step) -> None:
+def test_every_plan_sets_every_condition_for_the_observed_generation(step: Step) -> None:
     result = planner.plan(step.situation)
     generation = step.situation.generation
     assert [c.type for c in result.status.conditions] == list(conditions.TYPES)
@@ -1796,3 +1796,73 @@ def test_a_change_under_break_glass_is_accepted_once() -> None:
     )
     assert event_reasons(plan) == ["BreakGlassAccepted"]
     assert ("delete", V1) not in summary(plan)
+
+
+# --- policies at create and promote -----------------------------------------------------------
+
+
+def _verdict(stage: str, outcome: str = "Fail", enforcement: str = "Enforce") -> policy.Verdict:
+    return policy.Verdict(
+        stage=stage,
+        results=(
+            policy.RuleResult("permafrost-test", "a-rule", enforcement, outcome, "not allowed"),
+        ),
+    )
+
+
+def test_a_create_stage_violation_holds_the_rollout_before_anything_is_created() -> None:
+    s = situation(
+        records=[stable(V1)],
+        stable_revision=V1,
+        views=[view(V1)],
+        service=routed_to(V1),
+        desired_revision=V1,
+    )
+    s = dataclasses.replace(s, create_verdict=_verdict("create"))
+    plan = planner.plan(s)
+    assert not any(isinstance(a, planner.CreateRevision) for a in plan.actions)
+    assert plan.status.phase == "Held"
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("False", "PolicyViolation")
+    assert "permafrost-test/a-rule: not allowed" in compliant.message
+    assert plan.status.stable_revision == V1
+    assert "PolicyViolation" in event_reasons(plan)
+    # The same verdict on the next pass: no new Event (no Event storms).
+    assert "PolicyViolation" not in event_reasons(planner.plan(applied(s, plan)))
+
+
+def test_a_warn_violation_at_create_only_reports() -> None:
+    s = situation()
+    s = dataclasses.replace(s, create_verdict=_verdict("create", enforcement="Warn"))
+    plan = planner.plan(s)
+    assert any(isinstance(a, planner.CreateRevision) for a in plan.actions)
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("True", "PolicyWarnings")
+    assert "PolicyWarning" in event_reasons(plan)
+
+
+def test_a_promote_stage_violation_holds_a_verified_revision_without_switching_traffic() -> None:
+    s = situation(
+        records=[stable(V1), progressing(V2, started=60, ready_since=50)],
+        stable_revision=V1,
+        views=[view(V1), view(V2)],
+        service=routed_to(V1),
+    )
+    s = dataclasses.replace(s, promote_verdict=_verdict("promote"))
+    plan = planner.plan(s)
+    assert not any(isinstance(a, planner.RouteService) for a in plan.actions)
+    assert plan.status.stable_revision == V1
+    assert outcome(plan, V2) == Outcome.PROGRESSING
+    assert plan.status.phase == "Held"
+    assert condition(plan, "PolicyCompliant").reason == "PromotionHeld"
+    assert plan.requeue_after == planner.POLICY_RECHECK_SECONDS
+    # Once the policy passes (e.g. the freeze window ended), the revision is promoted.
+    lifted = dataclasses.replace(applied(s, plan), promote_verdict=_verdict("promote", "Pass"))
+    after = planner.plan(lifted)
+    assert after.status.stable_revision == V2
+    assert condition(after, "PolicyCompliant").status == "True"
+
+
+def test_without_a_policy_engine_compliance_is_unknown() -> None:
+    plan = planner.plan(situation())
+    assert condition(plan, "PolicyCompliant").status == "Unknown"
