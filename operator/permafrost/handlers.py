@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from typing import Any
 
 import kopf
 
-from permafrost import manifests, models, reconciler, webhooks, workqueue
+from permafrost import kube, manifests, models, reconciler, store, webhooks, workqueue
 
+logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, release name)
 WorkloadKey = tuple[str, str, str]  # (namespace, kind, name); kind "*" scans the namespace
 
@@ -26,11 +28,13 @@ class Runtime:
     queue: workqueue.WorkQueue[Key]
     workloads: workqueue.WorkQueue[WorkloadKey]
     tasks: list[asyncio.Task[None]]
+    # Releases seen and not deleted: re-queued when a policy changes (their verdicts may).
+    known_releases: set[Key] = dataclasses.field(default_factory=set)
 
 
 async def _reconcile(key: Key) -> float | None:
     namespace, name = key
-    return await reconciler.reconcile(namespace, name)
+    return await reconciler.reconcile(namespace, name, policies=store.STORE)
 
 
 async def _reconcile_workload(key: WorkloadKey) -> float | None:
@@ -58,6 +62,11 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     global _RUNTIME
     settings.posting.level = 30  # WARNING: Kopf's own per-object events only for problems
     settings.watching.server_timeout = 300
+    # NB: policies and namespace labels are known before the first reconcile or admission
+    # review, so nothing is ever evaluated against an empty library at start-up.
+    for body in await kube.list_policies():
+        _put_policy(body["metadata"]["name"], body.get("spec") or {})
+    store.STORE.namespaces.update(await kube.list_namespace_labels())
     options: webhooks.Options | None = memo.get("admission")
     if options is not None:
         await webhooks.setup(options, settings)
@@ -102,8 +111,14 @@ def releases_by_dependency(
 
 @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
 def release_changed(type: str, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    if type != "DELETED" and namespace:
-        _runtime(memo).queue.add((namespace, name))
+    if not namespace:
+        return
+    runtime = _runtime(memo)
+    if type == "DELETED":
+        runtime.known_releases.discard((namespace, name))
+    else:
+        runtime.known_releases.add((namespace, name))
+        runtime.queue.add((namespace, name))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={models.LABEL_RELEASE: kopf.PRESENT})
@@ -178,8 +193,33 @@ def daemonset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: An
     _workload_changed("DaemonSet", namespace, name, memo)
 
 
-@kopf.on.event("", "v1", "namespaces", labels={models.LABEL_ENFORCE: "true"})
-def enforced_namespace_changed(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """A namespace opted in (or changed): check every workload in it."""
-    if type != "DELETED":
+# --- what the operator keeps in memory: policies and namespace labels --------------------------
+
+
+def _put_policy(name: str, spec: Any) -> None:
+    error = store.STORE.put_policy(name, spec)
+    if error is not None:
+        logger.error("GuardrailPolicy %s does not compile; its rules fail closed: %s", name, error)
+
+
+@kopf.on.event(models.GROUP, models.VERSION, models.POLICY_PLURAL)
+def policy_changed(type: str, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the compiled library current, and look at every release again (verdicts change)."""
+    if type == "DELETED":
+        store.STORE.forget_policy(name)
+    else:
+        _put_policy(name, dict(spec))
+    runtime = _RUNTIME
+    if runtime is not None and type is not None:
+        for key in runtime.known_releases:
+            runtime.queue.add(key)
+
+
+@kopf.on.event("", "v1", "namespaces")
+def namespace_changed(type: str, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        store.STORE.namespaces.pop(name, None)
+        return
+    store.STORE.namespaces[name] = dict(labels)
+    if labels.get(models.LABEL_ENFORCE) == "true":
         _runtime(memo).workloads.add((name, "*", ""))

@@ -388,6 +388,25 @@ async def patch_workload_metadata(
     )
 
 
+async def list_policies() -> list[dict[str, Any]]:
+    body = await _raw(
+        clients().custom.list_cluster_custom_object,
+        models.GROUP,
+        models.VERSION,
+        models.POLICY_PLURAL,
+    )
+    items: list[dict[str, Any]] = body.get("items", [])
+    return items
+
+
+async def list_namespace_labels() -> dict[str, dict[str, str]]:
+    body = await _raw(clients().core.list_namespace)
+    return {
+        item["metadata"]["name"]: dict(item["metadata"].get("labels") or {})
+        for item in body.get("items", [])
+    }
+
+
 async def read_namespace_labels(name: str) -> dict[str, str] | None:
     body = await _get_or_none(clients().core.read_namespace, name)
     return None if body is None else dict((body.get("metadata") or {}).get("labels") or {})

@@ -12,6 +12,7 @@ from typing import Any
 
 from permafrost import admission, conditions, hashing, manifests, models, planner
 
+VERSION_LABEL = "app.kubernetes.io/version"
 # What of a ConfigMap/Secret makes up a revision (metadata does not).
 CONFIG_FIELDS = ("data", "binaryData", "type")
 
@@ -90,6 +91,9 @@ def revision_views(
             break_glass=annotations.get(models.ANNOTATION_BREAK_GLASS) or None,
             break_glass_accepted=annotations.get(models.ANNOTATION_BREAK_GLASS_ACCEPTED),
             drift_reported=models.ANNOTATION_DRIFT in annotations,
+            version=(((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}).get(
+                VERSION_LABEL
+            ),
         )
     return views
 

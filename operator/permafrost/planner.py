@@ -73,6 +73,19 @@ class RevisionView:
     break_glass: str | None = None
     break_glass_accepted: str | None = None
     drift_reported: bool = False
+    version: str | None = None  # the template's app.kubernetes.io/version label
+
+
+def stable_summary(view: RevisionView | None) -> dict[str, Any] | None:
+    """The serving revision as promote-stage policies see it (``stable``)."""
+    if view is None:
+        return None
+    return {
+        "hash": view.revision,
+        "name": view.name,
+        "images": list(view.images),
+        "version": view.version,
+    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -298,6 +298,8 @@ def _run(rule: Rule, policy: Policy, variables: Mapping[str, Any], budget: int) 
     def result(outcome: Outcome, message: str) -> RuleResult:
         return RuleResult(policy.name, rule.name, policy.enforcement, outcome, message)
 
+    if rule.program is None:  # a placeholder for a policy that does not compile
+        return result("Error", rule.message)
     largest = largest_collection(variables)
     if largest > MAX_COLLECTION or (rule.depth and largest**rule.depth > budget):
         return result(

@@ -15,7 +15,18 @@ from collections.abc import Callable
 
 import pydantic
 
-from permafrost import admission, conditions, kube, manifests, models, observations, planner
+from permafrost import (
+    admission,
+    checking,
+    conditions,
+    kube,
+    manifests,
+    models,
+    observations,
+    planner,
+    policy,
+    store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +37,13 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-async def reconcile(namespace: str, name: str, *, clock: Clock = utcnow) -> float | None:
+async def reconcile(
+    namespace: str,
+    name: str,
+    *,
+    clock: Clock = utcnow,
+    policies: store.Store | None = None,
+) -> float | None:
     """Bring one release one step closer to its spec; return seconds until it needs a new look."""
     body = await kube.read_release(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
@@ -55,6 +72,14 @@ async def reconcile(namespace: str, name: str, *, clock: Clock = utcnow) -> floa
     sources = {
         observations.config_key(r): s for r, s in zip(spec.config_refs, sources_list, strict=True)
     }
+    revisions = observations.revision_views(deployments=deployments, pods=pods, now=now)
+    create_verdict = promote_verdict = None
+    if policies is not None:
+        stable = planner.stable_summary(revisions.get(status.stable_revision or ""))
+        subject = checking.subject_of(body, namespace=policies.namespace(namespace), stable=stable)
+        known = policies.policies()
+        create_verdict = policy.evaluate(known, stage="create", subject=subject, now=now)
+        promote_verdict = policy.evaluate(known, stage="promote", subject=subject, now=now)
     situation = planner.Situation(
         release=release,
         generation=generation,
@@ -62,9 +87,11 @@ async def reconcile(namespace: str, name: str, *, clock: Clock = utcnow) -> floa
         status=status,
         annotations=metadata.get("annotations") or {},
         desired=observations.desired(release=release, spec=spec, sources=sources),
-        revisions=observations.revision_views(deployments=deployments, pods=pods, now=now),
+        revisions=revisions,
         service=observations.service_view(service),
         now=now,
+        create_verdict=create_verdict,
+        promote_verdict=promote_verdict,
     )
     result = planner.plan(situation)
 

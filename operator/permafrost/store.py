@@ -1,0 +1,70 @@
+"""What the operator knows between events: compiled policies and namespace labels.
+
+A cache fed by watch events (and one listing at start-up), read by the admission webhooks — which
+must not make network calls — and by reconciles. Losing it loses nothing: it is rebuilt from the
+cluster on every start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+
+from permafrost import models, policy
+
+
+def _broken(name: str, spec: Mapping[str, Any], error: str) -> policy.Policy:
+    """A policy that cannot be compiled still counts: every rule of it errors (fail safe)."""
+    stages = frozenset(s for s in spec.get("stages") or () if s in ("build", "promote", "create"))
+    enforcement = str(spec.get("enforcement"))
+    if enforcement not in ("Enforce", "Warn", "Audit"):
+        enforcement = "Enforce"
+    failing = policy.Rule(
+        name="compile",
+        expression="false",
+        program=None,
+        message=f"the policy does not compile: {error}",
+        message_program=None,
+        depth=0,
+    )
+    return policy.Policy(
+        name=name,
+        stages=stages or frozenset({"build", "promote", "create"}),
+        enforcement=enforcement,
+        match=models.PolicyMatch(),
+        rules=(failing,),
+    )
+
+
+@dataclasses.dataclass
+class Store:
+    library: policy.Library = dataclasses.field(default_factory=policy.Library)
+    broken: dict[str, policy.Policy] = dataclasses.field(default_factory=dict)
+    namespaces: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+
+    def put_policy(self, name: str, spec: Mapping[str, Any]) -> str | None:
+        """Compile and keep a policy; returns the compile error, if any (kept as broken)."""
+        try:
+            self.library.put(name, models.GuardrailPolicySpec.model_validate(dict(spec)))
+        except (pydantic.ValidationError, policy.PolicyError) as exc:
+            self.library.forget(name)
+            self.broken[name] = _broken(name, spec, str(exc))
+            return str(exc)
+        self.broken.pop(name, None)
+        return None
+
+    def forget_policy(self, name: str) -> None:
+        self.library.forget(name)
+        self.broken.pop(name, None)
+
+    def policies(self) -> list[policy.Policy]:
+        return [*self.library.policies(), *self.broken.values()]
+
+    def namespace(self, name: str) -> dict[str, Any]:
+        return {"name": name, "labels": dict(self.namespaces.get(name, {}))}
+
+
+STORE = Store()
