@@ -325,6 +325,23 @@ CREATE_RULES: tuple[dict[str, Any], ...] = (
         "resources": ["deployments", "statefulsets", "daemonsets"],
     },
 )
+RELEASE_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": [models.GROUP],
+        "apiVersions": [models.VERSION],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": [models.PLURAL],
+    },
+)
+POLICY_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": [models.GROUP],
+        "apiVersions": [models.VERSION],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": [models.POLICY_PLURAL],
+        "scope": "Cluster",
+    },
+)
 MANAGED_OBJECTS = {"matchExpressions": [{"key": models.LABEL_RELEASE, "operator": "Exists"}]}
 
 
@@ -395,6 +412,19 @@ def webhook_configuration(
             webhook(
                 "enforced.frozen", "frozen-enforced", (*FROZEN_RULES, *CREATE_RULES), enforced=True
             ),
+            {
+                **webhook("releases", "releases", RELEASE_RULES, enforced=False),
+                "objectSelector": {},
+            },
+            # NB: a broken policy must never be admitted (and then silently ignored), so this
+            # one fails closed; it only ever concerns GuardrailPolicy objects.
+            {
+                **webhook("policies", "policies", POLICY_RULES, enforced=False),
+                "objectSelector": {},
+                "namespaceSelector": {},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+            },
         ],
     }
 

@@ -389,13 +389,14 @@ async def patch_workload_metadata(
 
 
 async def list_policies() -> list[dict[str, Any]]:
-    body = await _raw(
+    """Every GuardrailPolicy; none if their CRD is not installed (policies are optional)."""
+    body = await _get_or_none(
         clients().custom.list_cluster_custom_object,
         models.GROUP,
         models.VERSION,
         models.POLICY_PLURAL,
     )
-    items: list[dict[str, Any]] = body.get("items", [])
+    items: list[dict[str, Any]] = (body or {}).get("items", [])
     return items
 
 

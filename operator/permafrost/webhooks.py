@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from permafrost import admission, certs, kube
+from permafrost import admission, certs, checking, conditions, kube, models, policy, store
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +279,8 @@ async def frozen_workload(**kwargs: Any) -> None:
         dry_run=dryrun,
     )
     decision = admission.review(request, runtime.options.settings)
+    if decision.allowed and request.operation == "CREATE" and request.scope == "enforced":
+        decision = _policies_at_create(dict(body), request.namespace, kwargs["warnings"])
     kwargs["warnings"].extend(decision.warnings)
     if decision.event_type is not None:
         logger.info(
@@ -327,3 +329,82 @@ def settings_from(
         break_glass_groups=frozenset(break_glass_groups),
         excluded_namespaces=frozenset({"kube-system", namespace}),
     )
+
+
+# --- policies at admission ----------------------------------------------------------------------
+
+
+def _policies_at_create(
+    body: Mapping[str, Any], namespace: str, warnings: list[str]
+) -> admission.Decision:
+    """The create-stage GuardrailPolicies on an object being admitted (no network calls)."""
+    subject = checking.subject_of(body, namespace=store.STORE.namespace(namespace))
+    verdict = policy.evaluate(
+        store.STORE.policies(),
+        stage="create",
+        subject=subject,
+        now=datetime.datetime.now(datetime.UTC),
+    )
+    warnings.extend(f"{r.policy}/{r.rule}: {r.message}" for r in verdict.warnings)
+    for r in verdict.audits:
+        logger.info(
+            "audit: %s %s/%s: %s/%s: %s",
+            body.get("kind"),
+            namespace,
+            (body.get("metadata") or {}).get("name"),
+            r.policy,
+            r.rule,
+            r.message,
+        )
+    if verdict.allowed:
+        return admission.Decision(True, admission.NOT_FROZEN)
+    kind = body.get("kind")
+    name = (body.get("metadata") or {}).get("name")
+    return admission.Decision(
+        False,
+        conditions.POLICY_VIOLATION,
+        f"{kind} {namespace}/{name} violates policy: {verdict.summary()}",
+        event_type="Warning",
+    )
+
+
+async def guarded_release(**kwargs: Any) -> None:
+    """Create-stage policies on GuardedReleases as they are created or changed."""
+    runtime = _RUNTIME
+    if runtime is None:
+        return
+    body: kopf.Body = kwargs["body"]
+    meta = body.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "")
+    if namespace in runtime.options.settings.excluded_namespaces:
+        return
+    decision = _policies_at_create(dict(body), namespace, kwargs["warnings"])
+    if not decision.allowed:
+        if not kwargs.get("dryrun") and kwargs.get("operation") == "UPDATE":
+            runtime.spawn(
+                kube.post_object_event(
+                    involved=dict(body),
+                    type_="Warning",
+                    reason=decision.reason,
+                    message=decision.message,
+                    now=datetime.datetime.now(datetime.UTC),
+                )
+            )
+        raise kopf.AdmissionError(decision.message, code=403)
+
+
+async def guardrail_policy(**kwargs: Any) -> None:
+    """Refuse a GuardrailPolicy that does not compile, with the compiler's message."""
+    body: kopf.Body = kwargs["body"]
+    name = str((body.get("metadata") or {}).get("name") or "")
+    try:
+        spec = models.GuardrailPolicySpec.model_validate(dict(body.get("spec") or {}))
+        policy.compile_policy(name, spec)
+    except (ValueError, policy.PolicyError) as exc:
+        raise kopf.AdmissionError(f"GuardrailPolicy {name} is refused: {exc}", code=422) from None
+
+
+kopf.on.validate(models.GROUP, models.VERSION, models.PLURAL, id="releases")(guarded_release)
+kopf.on.validate(models.GROUP, models.VERSION, models.POLICY_PLURAL, id="policies")(
+    guardrail_policy
+)

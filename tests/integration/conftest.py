@@ -16,16 +16,21 @@ import pytest
 
 from k8s_harness import ROOT, Cluster, to_yaml, wait_for
 
-CRD = ROOT / "crds" / "guardedrelease.yaml"
+CRDS = (ROOT / "crds" / "guardedrelease.yaml", ROOT / "crds" / "guardrailpolicy.yaml")
 DIGEST = "@sha256:" + "1" * 64
 
 
 @pytest.fixture(scope="session")
 def crds(cluster: Cluster) -> Cluster:
     """The Permafrost CRDs, installed (server-side apply) and Established."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    for crd in CRDS:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/guardedreleases.permafrost.dev"
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/guardedreleases.permafrost.dev",
+        "crd/guardrailpolicies.permafrost.dev",
     )
     return cluster
 
