@@ -155,11 +155,19 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_an_admission_denial(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Webhook ") and "failed permanently" in message)
+
+
 def _run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)
     logging.getLogger("permafrost").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    # NB: Kopf logs every successful event handler; ours only enqueue, so that is noise.
-    logging.getLogger("kopf.objects").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # NB: Kopf logs every successful event handler; ours only enqueue, so that is noise. It also
+    # logs every admission denial as a handler failure at ERROR; Permafrost logs decisions itself.
+    kopf_objects = logging.getLogger("kopf.objects")
+    kopf_objects.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    kopf_objects.addFilter(_not_an_admission_denial)
     from permafrost import (
         handlers,  # noqa: F401  (registers the handlers with Kopf)
         webhooks,
