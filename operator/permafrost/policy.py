@@ -294,13 +294,12 @@ class Verdict:
         return "; ".join(f"{r.policy}/{r.rule}: {r.message}" for r in self.violations)
 
 
-def _run(rule: Rule, policy: Policy, variables: Mapping[str, Any], budget: int) -> RuleResult:
+def _run(rule: Rule, policy: Policy, variables: Any, largest: int, budget: int) -> RuleResult:
     def result(outcome: Outcome, message: str) -> RuleResult:
         return RuleResult(policy.name, rule.name, policy.enforcement, outcome, message)
 
     if rule.program is None:  # a placeholder for a policy that does not compile
         return result("Error", rule.message)
-    largest = largest_collection(variables)
     if largest > MAX_COLLECTION or (rule.depth and largest**rule.depth > budget):
         return result(
             "Error",
@@ -308,7 +307,7 @@ def _run(rule: Rule, policy: Policy, variables: Mapping[str, Any], budget: int) 
             f"at nesting depth {rule.depth} > {budget})",
         )
     try:
-        value = rule.program.execute(dict(variables))
+        value = rule.program.execute(variables)
     except Exception as exc:  # NB: any CEL runtime error fails safe: it is never a pass
         return result("Error", f"evaluation error: {exc}")
     if value is True:
@@ -318,12 +317,20 @@ def _run(rule: Rule, policy: Policy, variables: Mapping[str, Any], budget: int) 
     message = rule.message
     if rule.message_program is not None:
         try:
-            produced = rule.message_program.execute(dict(variables))
+            produced = rule.message_program.execute(variables)
             if isinstance(produced, str) and produced:
                 message = produced
         except Exception:  # NB: a broken message must not hide the violation itself
             message = rule.message
     return result("Fail", message)
+
+
+def _prepared(variables: Mapping[str, Any]) -> Any:
+    """The variables converted for the CEL engine once, shared by every rule of a verdict."""
+    prepared = cel.Context()
+    for name, value in variables.items():
+        prepared.add_variable(name, value)
+    return prepared
 
 
 def evaluate(
@@ -335,11 +342,19 @@ def evaluate(
     budget: int = DEFAULT_BUDGET,
 ) -> Verdict:
     """Evaluate every rule of every policy that matches ``stage`` and ``subject``."""
+    applicable = [
+        p
+        for p in sorted(policies, key=lambda p: p.name)
+        if matches(p, stage=stage, subject=subject)
+    ]
+    if not applicable:
+        return Verdict(stage=stage, results=())
     variables = context(subject, now=now)
+    largest = largest_collection(variables)
+    prepared = _prepared(variables)
     results = [
-        _run(rule, policy, variables, budget)
-        for policy in sorted(policies, key=lambda p: p.name)
-        if matches(policy, stage=stage, subject=subject)
+        _run(rule, policy, prepared, largest, budget)
+        for policy in applicable
         for rule in policy.rules
     ]
     return Verdict(stage=stage, results=tuple(results))
