@@ -24,6 +24,7 @@ calls :func:`review`, and answers with the :class:`Decision`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -42,6 +43,7 @@ DIGEST = re.compile(r"@sha256:[a-f0-9]{64}$|@sha512:[a-f0-9]{128}$")
 # Reasons (Events, admission responses, metrics).
 TEMPLATE_FROZEN = "TemplateFrozen"
 SELECTOR_FROZEN = "SelectorFrozen"
+LABELS_FROZEN = "LabelsFrozen"
 IMAGE_FROZEN = "ImageFrozen"
 EPHEMERAL_CONTAINERS_DENIED = "EphemeralContainersDenied"
 BREAK_GLASS_USED = "BreakGlassUsed"
@@ -113,6 +115,11 @@ def frozen_changes(request: Request) -> list[tuple[str, str]]:
     """What in the request would change what runs: ``[(reason, description)]``, empty if none."""
     old, new = _spec(request.old), _spec(request.new)
     changes: list[tuple[str, str]] = []
+    if request.subresource is None:
+        old_labels, new_labels = _labels(request.old), _labels(request.new)
+        for label in (models.LABEL_RELEASE, models.LABEL_REVISION):
+            if label in old_labels and new_labels.get(label) != old_labels[label]:
+                changes.append((LABELS_FROZEN, f"changes its {label} label"))
     if request.kind == "Pod":
         if request.subresource == "ephemeralcontainers":
             if (old.get("ephemeralContainers") or []) != (new.get("ephemeralContainers") or []):
@@ -253,8 +260,9 @@ def fingerprint(obj: Mapping[str, Any]) -> str:
 class DriftVerdict:
     """What to do about one frozen workload Permafrost does not manage (enforced namespace)."""
 
-    annotations: Mapping[str, str]  # metadata to record on the workload (empty: nothing)
-    labels: Mapping[str, str]
+    # Metadata to record on the workload (empty: nothing; a None value removes the key).
+    annotations: Mapping[str, str | None]
+    labels: Mapping[str, str | None]
     event: tuple[Literal["Normal", "Warning"], str, str] | None  # (type, reason, message)
 
 
@@ -271,22 +279,31 @@ def workload_drift(obj: Mapping[str, Any], *, now: str) -> DriftVerdict:
     kind = str(obj.get("kind") or "Workload")
     meta = obj.get("metadata") or {}
     what = f"{kind} {meta.get('namespace')}/{meta.get('name')}"
+    reported = _labels(obj).get(models.LABEL_DRIFT) == "detected"
+    # NB: once resolved (undone, or accepted below), the drift mark goes, so a later drift is
+    # reported again and the workload is no longer listed as drifted.
+    resolved_annotations = {models.ANNOTATION_DRIFT: None} if reported else {}
+    resolved_labels = {models.LABEL_DRIFT: None} if reported else {}
     if recorded is None:
         return DriftVerdict({models.ANNOTATION_FINGERPRINT: live}, {}, None)
     if recorded == live:
-        return DriftVerdict({}, {}, None)
+        return DriftVerdict(resolved_annotations, resolved_labels, None)
     glass = annotations.get(models.ANNOTATION_BREAK_GLASS, "").strip()
     if glass and glass != annotations.get(models.ANNOTATION_BREAK_GLASS_ACCEPTED):
         return DriftVerdict(
-            {models.ANNOTATION_FINGERPRINT: live, models.ANNOTATION_BREAK_GLASS_ACCEPTED: glass},
-            {},
+            {
+                models.ANNOTATION_FINGERPRINT: live,
+                models.ANNOTATION_BREAK_GLASS_ACCEPTED: glass,
+                **resolved_annotations,
+            },
+            resolved_labels,
             (
                 "Warning",
                 BREAK_GLASS_ACCEPTED,
                 f"{what} was changed under break-glass ({glass}); its new template is accepted",
             ),
         )
-    if _labels(obj).get(models.LABEL_DRIFT) == "detected":
+    if reported:
         return DriftVerdict({}, {}, None)
     return DriftVerdict(
         {models.ANNOTATION_DRIFT: now},
@@ -391,7 +408,7 @@ def webhook_configuration(
         body: dict[str, Any] = {
             "name": f"{hook}.permafrost.dev",
             "clientConfig": client(path),
-            "rules": [dict(r) for r in rules],
+            "rules": [copy.deepcopy(dict(r)) for r in rules],
             "namespaceSelector": _namespaces(settings, enforced=enforced),
             "failurePolicy": "Ignore",
             "matchPolicy": "Equivalent",
@@ -400,7 +417,7 @@ def webhook_configuration(
             "admissionReviewVersions": ["v1"],
         }
         if not enforced:
-            body["objectSelector"] = MANAGED_OBJECTS
+            body["objectSelector"] = copy.deepcopy(MANAGED_OBJECTS)
         return body
 
     return {
@@ -441,13 +458,16 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
     users and break-glass groups as the webhook.
     """
     bg = json.dumps(ANNOTATION_BREAK_GLASS)
+    # NB: like the webhook, a reason is trimmed: a blank one is none, and re-setting the same
+    # reason with blanks around it is not a new one.
     new_bg = (
         f"has(object.metadata.annotations) && {bg} in object.metadata.annotations && "
-        f"object.metadata.annotations[{bg}] != ''"
+        f"object.metadata.annotations[{bg}].trim() != ''"
     )
     old_bg = (
-        f"has(oldObject.metadata.annotations) && {bg} in oldObject.metadata.annotations "
-        f"&& oldObject.metadata.annotations[{bg}] == object.metadata.annotations[{bg}]"
+        f"oldObject != null && has(oldObject.metadata.annotations) && "
+        f"{bg} in oldObject.metadata.annotations && "
+        f"oldObject.metadata.annotations[{bg}].trim() == object.metadata.annotations[{bg}].trim()"
     )
     break_glass = (
         f"({new_bg}) && (variables.subresource == 'ephemeralcontainers' || !({old_bg})) && "
@@ -468,16 +488,18 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
         "Permafrost rolls out a new revision and verifies it before it takes traffic' : "
         "'deploy the change as a new workload instead (or manage it with a GuardedRelease)')"
     )
-    tail = (
-        f"'. Break-glass: set the annotation {ANNOTATION_BREAK_GLASS}=<reason> in the same "
-        f"request (members of {groups} only).'"
+    # NB: user-provided text (group names) enters CEL only as JSON-escaped string literals.
+    tail = json.dumps(
+        f". Break-glass: set the annotation {ANNOTATION_BREAK_GLASS}=<reason> in the same "
+        f"request (members of {groups} only)."
     )
 
-    def rule(expression: str, frozen: str) -> dict[str, Any]:
+    def rule(expression: str, frozen: str, *, operation: str = "UPDATE") -> dict[str, Any]:
         return {
-            "expression": f"variables.breakGlass || {expression}",
-            "messageExpression": f"{what} + ' is frozen by Permafrost: {frozen}; ' + "
-            f"{instead} + {tail}",
+            "expression": f"request.operation != '{operation}' || variables.breakGlass || "
+            f"{expression}",
+            "messageExpression": f"{what} + {json.dumps(' is frozen by Permafrost: ' + frozen)}"
+            f" + '; ' + {instead} + {tail}",
             "reason": "Forbidden",
         }
 
@@ -499,6 +521,26 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
             f"{ephemeral.format(o='object')} == {ephemeral.format(o='oldObject')}",
             "ephemeral containers cannot be added (kubectl debug --copy-to makes a copy)",
         ),
+        rule(
+            " && ".join(
+                f"(!has(oldObject.metadata.labels) || !({label} in oldObject.metadata.labels) || "
+                f"(has(object.metadata.labels) && {label} in object.metadata.labels && "
+                f"object.metadata.labels[{label}] == oldObject.metadata.labels[{label}]))"
+                for label in (release, json.dumps(models.LABEL_REVISION))
+            ),
+            "its permafrost.dev/release and permafrost.dev/revision labels cannot change",
+        ),
+        {
+            "expression": "request.operation != 'CREATE' || !has(object.spec.template) || "
+            + " && ".join(
+                f"(!has(object.spec.template.spec.{k}) || object.spec.template.spec.{k}.all(c, "
+                f"c.image.matches({json.dumps(DIGEST.pattern)})))"
+                for k in ("containers", "initContainers")
+            ),
+            "messageExpression": f"{what} + ' is refused: every image must be pinned by "
+            "digest (name@sha256:<64 hex>) in a namespace that enforces immutable workloads'",
+            "reason": "Forbidden",
+        },
     ]
     policy: dict[str, Any] = {
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -506,7 +548,9 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
         "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
         "spec": {
             "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [dict(r) for r in FROZEN_RULES]},
+            "matchConstraints": {
+                "resourceRules": [copy.deepcopy(r) for r in (*FROZEN_RULES, *CREATE_RULES)]
+            },
             # NB: request.subResource is absent (not "") for the main resource.
             "variables": [
                 {
@@ -547,7 +591,7 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
             "managed",
             {
                 "namespaceSelector": _namespaces(settings, enforced=False),
-                "objectSelector": MANAGED_OBJECTS,
+                "objectSelector": copy.deepcopy(MANAGED_OBJECTS),
             },
         ),
         binding("enforced", {"namespaceSelector": _namespaces(settings, enforced=True)}),

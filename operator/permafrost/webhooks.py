@@ -21,6 +21,7 @@ import logging
 import pathlib
 import ssl
 import tempfile
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,8 +57,9 @@ class Options:
             name = rest.partition(":")[0]
             names += [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
         if self.url:
-            host = self.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
-            names.append(host.strip("[]"))
+            host = urllib.parse.urlsplit(self.url).hostname
+            if host:
+                names.append(host)
         return names or ["localhost"]
 
     def client_config(self, ca: bytes) -> dict[str, Any]:
