@@ -19,7 +19,6 @@ import datetime
 import json
 import logging
 import pathlib
-import ssl
 import tempfile
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -74,40 +73,47 @@ class Options:
 
 
 class Server(kopf.WebhookServer):
-    """Kopf's webhook server, hardened: malformed reviews get HTTP 400, certificates reload.
+    """Kopf's webhook server, hardened against malformed and oversized reviews.
 
-    NB: overrides two internal methods of ``kopf.WebhookServer`` (``_build_ssl``, ``_serve``);
-    the Kopf version is pinned below 2 and the integration tests exercise both.
+    An AdmissionReview carries the old and the new object (each up to 1.5 MiB in etcd), more
+    than aiohttp's 1 MiB default body limit: a refused body would make the apiserver fail open.
+    Bodies up to ``MAX_REVIEW_BYTES`` are read; malformed ones get HTTP 400 with a reason.
+    Renewed certificate files are picked up by Kopf itself (it restarts the listener when they
+    change).
+
+    NB: overrides ``kopf.WebhookServer._serve`` (a static method); the Kopf version is pinned
+    below 2 and the integration tests exercise it.
     """
-
-    context: ssl.SSLContext | None = None
-
-    def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
-        cadata, context = super()._build_ssl()
-        self.context = context
-        return cadata, context
-
-    def reload(self, *, certfile: pathlib.Path, pkeyfile: pathlib.Path) -> None:
-        """Serve a renewed certificate to new connections (no restart, no dropped requests)."""
-        if self.context is not None:
-            self.context.load_cert_chain(str(certfile), str(pkeyfile))
 
     @staticmethod
     async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        body = await request.content.read(MAX_REVIEW_BYTES + 1)
+        if len(body) > MAX_REVIEW_BYTES:
+            raise aiohttp.web.HTTPRequestEntityTooLarge(
+                max_size=MAX_REVIEW_BYTES, actual_size=len(body)
+            )
         try:
-            review = json.loads(await request.text())
+            review = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise aiohttp.web.HTTPBadRequest(reason=f"not JSON: {exc}") from None
         problem = malformed(review)
         if problem is not None:
             raise aiohttp.web.HTTPBadRequest(reason=problem)
+        sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
         try:
-            return await kopf.WebhookServer._serve(fn, request)
-        except aiohttp.web.HTTPException:
-            raise
+            response = await fn(
+                review,
+                webhook=request.match_info.get("id"),
+                sslpeer=sslpeer,
+                headers=dict(request.headers),
+            )
         except Exception as exc:  # NB: never crash or hang on hostile input; answer 400
             logger.warning("unusable admission review: %r", exc)
             raise aiohttp.web.HTTPBadRequest(reason="unusable admission review") from None
+        return aiohttp.web.json_response(response)
+
+
+MAX_REVIEW_BYTES = 8 * 1024 * 1024
 
 
 def malformed(review: Any) -> str | None:
@@ -238,8 +244,8 @@ async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
             now = datetime.datetime.now(datetime.UTC)
             fresh = await _load_bundle(runtime.options, now=now)
             if fresh != bundle:
-                certfile, pkeyfile = _write(runtime.directory, fresh)
-                runtime.server.reload(certfile=certfile, pkeyfile=pkeyfile)
+                # NB: Kopf's server notices the changed files and restarts its listener.
+                _write(runtime.directory, fresh)
                 await _register(runtime.options, fresh)
                 bundle = fresh
         except Exception:
