@@ -137,7 +137,8 @@ def frozen_changes(request: Request) -> list[tuple[str, str]]:
 
 
 def _instead(request: Request) -> str:
-    release = _labels(request.new or request.old).get(models.LABEL_RELEASE)
+    # NB: the old object says which release this is (a request may be changing the label).
+    release = _labels(request.old or request.new).get(models.LABEL_RELEASE)
     if request.scope == "managed" and release:
         return (
             f"update the GuardedRelease {release!r} (its spec.template or config) instead: "
@@ -483,8 +484,9 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
     groups = ", ".join(sorted(settings.break_glass_groups)) or "none configured"
     what = "request.kind.kind + ' ' + request.namespace + '/' + request.name"
     instead = (
-        f"(has(object.metadata.labels) && {release} in object.metadata.labels ? "
-        f"'update the GuardedRelease ' + object.metadata.labels[{release}] + ' instead: "
+        f"(oldObject != null && has(oldObject.metadata.labels) && "
+        f"{release} in oldObject.metadata.labels ? "
+        f"'update the GuardedRelease ' + oldObject.metadata.labels[{release}] + ' instead: "
         "Permafrost rolls out a new revision and verifies it before it takes traffic' : "
         "'deploy the change as a new workload instead (or manage it with a GuardedRelease)')"
     )
@@ -532,6 +534,9 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
         ),
         {
             "expression": "request.operation != 'CREATE' || !has(object.spec.template) || "
+            f"!has(namespaceObject.metadata.labels) || !({json.dumps(LABEL_ENFORCE)} in "
+            f"namespaceObject.metadata.labels) || "
+            f"namespaceObject.metadata.labels[{json.dumps(LABEL_ENFORCE)}] != 'true' || "
             + " && ".join(
                 f"(!has(object.spec.template.spec.{k}) || object.spec.template.spec.{k}.all(c, "
                 f"c.image.matches({json.dumps(DIGEST.pattern)})))"

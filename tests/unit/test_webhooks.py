@@ -1,0 +1,574 @@
+"""The admission shell, without a server: which review bodies are refused before Kopf sees them,
+where the apiserver is told to call, who is spared, and how the frozen-workload handler answers.
+
+No network: the handler tests install a runtime whose Event poster is a recorder.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+import pytest
+
+from permafrost import admission, certs, kube, models, store, webhooks
+
+UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
+NS = "shop"
+CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+CA_BUNDLE = base64.b64encode(CA).decode()
+SERVICE = "permafrost-system/permafrost-webhook"
+NOW = datetime.datetime(2025, 3, 1, tzinfo=datetime.UTC)
+
+
+def deployment(image: str = "registry.example/web@sha256:" + "a" * 64) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": NS, "labels": {models.LABEL_RELEASE: "web"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": image}]},
+            },
+        },
+    }
+
+
+GOOD: dict[str, Any] = {
+    "apiVersion": "admission.k8s.io/v1",
+    "kind": "AdmissionReview",
+    "request": {
+        "uid": UID,
+        "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+        "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+        "requestKind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+        "requestResource": {"group": "apps", "version": "v1", "resource": "deployments"},
+        "name": "web",
+        "namespace": NS,
+        "operation": "UPDATE",
+        "userInfo": {"username": "bob", "groups": ["system:authenticated"]},
+        "object": deployment("registry.example/web@sha256:" + "b" * 64),
+        "oldObject": deployment(),
+        "dryRun": False,
+        "options": {"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1"},
+    },
+}
+
+
+def review(*edits: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    body = copy.deepcopy(GOOD)
+    for edit in edits:
+        edit(body)
+    return body
+
+
+def without(*path: str) -> Callable[[dict[str, Any]], None]:
+    def edit(body: dict[str, Any]) -> None:
+        for key in path[:-1]:
+            body = body[key]
+        del body[path[-1]]
+
+    return edit
+
+
+def put(*path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(body: dict[str, Any]) -> None:
+        for key in path[:-1]:
+            body = body[key]
+        body[path[-1]] = value
+
+    return edit
+
+
+NOT_AN_OBJECT = "the body is not a JSON object"
+NOT_A_REVIEW = "the body is not an AdmissionReview"
+NO_REQUEST = "the AdmissionReview has no request"
+NO_UID = "request.uid is missing"
+NO_RESOURCE = "request.resource is missing or incomplete"
+NO_USER = "request.userInfo is missing"
+NO_OBJECT = "request.object and request.oldObject are both missing"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        pytest.param(None, NOT_AN_OBJECT, id="null"),
+        pytest.param([GOOD], NOT_AN_OBJECT, id="a-list"),
+        pytest.param("AdmissionReview", NOT_AN_OBJECT, id="a-string"),
+        pytest.param(42, NOT_AN_OBJECT, id="a-number"),
+        pytest.param(True, NOT_AN_OBJECT, id="a-boolean"),
+        pytest.param({}, NOT_A_REVIEW, id="an-empty-object"),
+        pytest.param(review(without("kind")), NOT_A_REVIEW, id="no-kind"),
+        pytest.param(review(put("kind", value="ConversionReview")), NOT_A_REVIEW, id="wrong-kind"),
+        pytest.param(
+            review(put("kind", value="admissionreview")), NOT_A_REVIEW, id="a-kind-in-lower-case"
+        ),
+        pytest.param(review(put("kind", value=None)), NOT_A_REVIEW, id="a-null-kind"),
+        pytest.param(review(without("request")), NO_REQUEST, id="no-request"),
+        pytest.param(review(put("request", value=None)), NO_REQUEST, id="a-null-request"),
+        pytest.param(review(put("request", value=[GOOD["request"]])), NO_REQUEST, id="a-list"),
+        pytest.param(review(put("request", value="x")), NO_REQUEST, id="a-string-request"),
+        pytest.param(review(without("request", "uid")), NO_UID, id="no-uid"),
+        pytest.param(review(put("request", "uid", value=None)), NO_UID, id="a-null-uid"),
+        pytest.param(review(put("request", "uid", value=42)), NO_UID, id="a-numeric-uid"),
+        pytest.param(review(without("request", "resource")), NO_RESOURCE, id="no-resource"),
+        pytest.param(
+            review(put("request", "resource", value="deployments")),
+            NO_RESOURCE,
+            id="a-string-resource",
+        ),
+        *[
+            pytest.param(
+                review(without("request", "resource", field)),
+                NO_RESOURCE,
+                id=f"a-resource-without-{field}",
+            )
+            for field in ("group", "version", "resource")
+        ],
+        pytest.param(
+            review(put("request", "resource", "version", value=1)),
+            NO_RESOURCE,
+            id="a-numeric-resource-version",
+        ),
+        pytest.param(
+            review(put("request", "resource", "group", value=None)),
+            NO_RESOURCE,
+            id="a-null-resource-group",
+        ),
+        pytest.param(review(without("request", "userInfo")), NO_USER, id="no-user-info"),
+        pytest.param(review(put("request", "userInfo", value=None)), NO_USER, id="null-user-info"),
+        pytest.param(review(put("request", "userInfo", value="bob")), NO_USER, id="a-user-name"),
+        pytest.param(
+            review(without("request", "object"), without("request", "oldObject")),
+            NO_OBJECT,
+            id="neither-object-nor-old-object",
+        ),
+        pytest.param(
+            review(put("request", "object", value=None), put("request", "oldObject", value=None)),
+            NO_OBJECT,
+            id="both-objects-null",
+        ),
+        pytest.param(
+            review(put("request", "object", value=[]), put("request", "oldObject", value="x")),
+            NO_OBJECT,
+            id="neither-object-is-an-object",
+        ),
+        pytest.param(
+            review(without("request", "uid"), without("request", "userInfo")),
+            NO_UID,
+            id="the-first-problem-is-named",
+        ),
+        # --- well-formed ---
+        pytest.param(GOOD, None, id="an-update"),
+        pytest.param(
+            review(without("request", "oldObject"), put("request", "operation", value="CREATE")),
+            None,
+            id="a-create-has-no-old-object",
+        ),
+        pytest.param(
+            review(
+                put("request", "object", value=None), put("request", "operation", value="DELETE")
+            ),
+            None,
+            id="a-delete-has-a-null-object",
+        ),
+        pytest.param(
+            review(
+                put("request", "resource", value={"group": "", "version": "v1", "resource": "pods"})
+            ),
+            None,
+            id="the-core-group-is-the-empty-string",
+        ),
+        pytest.param(
+            review(put("request", "userInfo", value={})),
+            None,
+            id="an-anonymous-user-info-is-still-user-info",
+        ),
+        pytest.param(
+            review(put("apiVersion", value="admission.k8s.io/v1beta1")),
+            None,
+            id="the-api-version-is-not-checked",
+        ),
+    ],
+)
+def test_each_malformed_review_is_refused_with_its_first_problem(
+    body: Any, problem: str | None
+) -> None:
+    before = copy.deepcopy(body)
+    assert webhooks.malformed(body) == problem
+    assert body == before
+
+
+# --- Options: hostnames and client config -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "hostnames"),
+    [
+        pytest.param(webhooks.Options(), ["localhost"], id="nothing-given-is-localhost"),
+        pytest.param(webhooks.Options(url="https://127.0.0.1:9443"), ["127.0.0.1"], id="ipv4-port"),
+        pytest.param(webhooks.Options(url="https://127.0.0.1"), ["127.0.0.1"], id="ipv4"),
+        pytest.param(
+            webhooks.Options(url="https://127.0.0.1:9443/admission/"),
+            ["127.0.0.1"],
+            id="ipv4-port-and-path",
+        ),
+        pytest.param(
+            webhooks.Options(url="https://127.0.0.1/admission"), ["127.0.0.1"], id="ipv4-and-path"
+        ),
+        pytest.param(webhooks.Options(url="https://[::1]:9443"), ["::1"], id="ipv6-port"),
+        pytest.param(
+            webhooks.Options(url="https://[fd00:10::20]:9443/admission"),
+            ["fd00:10::20"],
+            id="ipv6-port-and-path",
+        ),
+        pytest.param(webhooks.Options(url="https://[::1]"), ["::1"], id="ipv6-alone"),
+        pytest.param(
+            webhooks.Options(url="https://[fd00:10::20]/admission"),
+            ["fd00:10::20"],
+            id="ipv6-and-path",
+        ),
+        pytest.param(
+            webhooks.Options(url="https://webhook.example.com"),
+            ["webhook.example.com"],
+            id="a-hostname",
+        ),
+        pytest.param(
+            webhooks.Options(url="https://webhook.example.com:8443/hooks"),
+            ["webhook.example.com"],
+            id="a-hostname-port-and-path",
+        ),
+        pytest.param(
+            webhooks.Options(service=SERVICE),
+            [
+                "permafrost-webhook.permafrost-system.svc",
+                "permafrost-webhook.permafrost-system.svc.cluster.local",
+            ],
+            id="a-service",
+        ),
+        pytest.param(
+            webhooks.Options(service=SERVICE + ":8443"),
+            [
+                "permafrost-webhook.permafrost-system.svc",
+                "permafrost-webhook.permafrost-system.svc.cluster.local",
+            ],
+            id="a-service-and-port",
+        ),
+        pytest.param(
+            webhooks.Options(service=SERVICE, url="https://10.0.0.7:9443"),
+            [
+                "permafrost-webhook.permafrost-system.svc",
+                "permafrost-webhook.permafrost-system.svc.cluster.local",
+                "10.0.0.7",
+            ],
+            id="a-service-and-a-url",
+        ),
+    ],
+)
+def test_the_certificate_names_every_host_the_apiserver_may_call(
+    options: webhooks.Options, hostnames: list[str]
+) -> None:
+    assert options.hostnames() == hostnames
+    certs.issue(hostnames=options.hostnames(), now=NOW)  # names the issuer accepts
+
+
+@pytest.mark.parametrize(
+    ("options", "where"),
+    [
+        pytest.param(
+            webhooks.Options(), {"url": "https://localhost:9443"}, id="nothing-given-is-localhost"
+        ),
+        pytest.param(
+            webhooks.Options(listen_port=8443),
+            {"url": "https://localhost:8443"},
+            id="localhost-on-the-listening-port",
+        ),
+        *[
+            pytest.param(webhooks.Options(url=url), {"url": url}, id=f"the-url-{label}")
+            for label, url in [
+                ("ipv4", "https://127.0.0.1:9443"),
+                ("ipv6", "https://[::1]:9443"),
+                ("hostname-and-path", "https://webhook.example.com/hooks/"),
+            ]
+        ],
+        pytest.param(
+            webhooks.Options(service=SERVICE),
+            {
+                "service": {
+                    "namespace": "permafrost-system",
+                    "name": "permafrost-webhook",
+                    "port": 443,
+                }
+            },
+            id="a-service-on-443-by-default",
+        ),
+        pytest.param(
+            webhooks.Options(service=SERVICE + ":8443"),
+            {
+                "service": {
+                    "namespace": "permafrost-system",
+                    "name": "permafrost-webhook",
+                    "port": 8443,
+                }
+            },
+            id="a-service-on-its-port",
+        ),
+        pytest.param(
+            webhooks.Options(service=SERVICE, url="https://10.0.0.7:9443"),
+            {
+                "service": {
+                    "namespace": "permafrost-system",
+                    "name": "permafrost-webhook",
+                    "port": 443,
+                }
+            },
+            id="a-service-wins-over-a-url",
+        ),
+    ],
+)
+def test_the_client_config_says_where_to_call_and_which_ca_to_trust(
+    options: webhooks.Options, where: dict[str, Any]
+) -> None:
+    assert options.client_config(CA) == {"caBundle": CA_BUNDLE, **where}
+    assert base64.b64decode(options.client_config(CA)["caBundle"]) == CA
+
+
+@pytest.mark.parametrize(
+    ("options", "managed", "enforced"),
+    [
+        pytest.param(
+            webhooks.Options(url="https://127.0.0.1:9443"),
+            {"url": "https://127.0.0.1:9443/frozen-managed"},
+            {"url": "https://127.0.0.1:9443/frozen-enforced"},
+            id="a-url",
+        ),
+        pytest.param(
+            webhooks.Options(service=SERVICE + ":8443"),
+            {
+                "service": {
+                    "namespace": "permafrost-system",
+                    "name": "permafrost-webhook",
+                    "port": 8443,
+                    "path": "/frozen-managed",
+                }
+            },
+            {
+                "service": {
+                    "namespace": "permafrost-system",
+                    "name": "permafrost-webhook",
+                    "port": 8443,
+                    "path": "/frozen-enforced",
+                }
+            },
+            id="a-service",
+        ),
+    ],
+)
+def test_the_registered_webhooks_reach_the_handlers_by_their_ids(
+    options: webhooks.Options, managed: dict[str, Any], enforced: dict[str, Any]
+) -> None:
+    config = admission.webhook_configuration(
+        name=webhooks.WEBHOOK_CONFIGURATION,
+        client_config=options.client_config(CA),
+        settings=options.settings,
+    )
+    hooks = {h["name"]: h["clientConfig"] for h in config["webhooks"]}
+    assert hooks["managed.frozen.permafrost.dev"] == {"caBundle": CA_BUNDLE, **managed}
+    assert hooks["enforced.frozen.permafrost.dev"] == {"caBundle": CA_BUNDLE, **enforced}
+
+
+# --- settings_from -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("namespace", "excluded"),
+    [
+        pytest.param("permafrost-system", {"kube-system", "permafrost-system"}, id="the-default"),
+        pytest.param("ops", {"kube-system", "ops"}, id="another-operator-namespace"),
+        pytest.param("kube-system", {"kube-system"}, id="an-operator-in-kube-system"),
+    ],
+)
+def test_settings_exclude_kube_system_and_the_operator_namespace(
+    namespace: str, excluded: set[str]
+) -> None:
+    settings = webhooks.settings_from(
+        exempt_users=["system:serviceaccount:ops:permafrost", "admin", "admin"],
+        break_glass_groups=["sre", "permafrost:break-glass", "sre"],
+        namespace=namespace,
+    )
+    assert settings == admission.Settings(
+        exempt_users=frozenset({"system:serviceaccount:ops:permafrost", "admin"}),
+        break_glass_groups=frozenset({"sre", "permafrost:break-glass"}),
+        excluded_namespaces=frozenset(excluded),
+    )
+
+
+def test_settings_may_name_no_exempt_user_and_no_break_glass_group() -> None:
+    settings = webhooks.settings_from(exempt_users=[], break_glass_groups=[], namespace="ops")
+    assert settings.exempt_users == frozenset()
+    assert settings.break_glass_groups == frozenset()
+
+
+def test_default_options_serve_on_9443_with_the_default_settings() -> None:
+    options = webhooks.Options()
+    assert (options.listen_host, options.listen_port) == ("0.0.0.0", 9443)
+    assert options.namespace == "permafrost-system"
+    assert options.settings == admission.Settings()
+
+
+# --- the frozen-workload handler -------------------------------------------------------------
+
+OPERATOR = "system:serviceaccount:permafrost-system:permafrost"
+
+
+@pytest.fixture
+def posted(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> list[dict[str, Any]]:
+    """A runtime whose Events are recorded instead of posted."""
+    events: list[dict[str, Any]] = []
+
+    async def record(**kwargs: Any) -> None:
+        events.append(kwargs)
+
+    options = webhooks.Options(
+        url="https://127.0.0.1:9443",
+        settings=webhooks.settings_from(
+            exempt_users=[OPERATOR],
+            break_glass_groups=["permafrost:break-glass"],
+            namespace="permafrost-system",
+        ),
+    )
+    runtime = webhooks.Runtime(options=options, server=webhooks.Server(), directory=tmp_path)
+    monkeypatch.setattr(webhooks, "_RUNTIME", runtime)
+    monkeypatch.setattr(kube, "post_object_event", record)
+    monkeypatch.setattr(store, "STORE", store.Store())
+    return events
+
+
+def handler_kwargs(
+    new: dict[str, Any] | None,
+    old: dict[str, Any] | None,
+    *,
+    operation: str = "UPDATE",
+    user: str = "bob",
+    groups: tuple[str, ...] = ("system:authenticated",),
+    param: str = "managed",
+    subresource: str | None = None,
+    dryrun: bool = False,
+) -> dict[str, Any]:
+    return {
+        "body": kopf.Body(copy.deepcopy(new if new is not None else old)),
+        "old": old,
+        "new": new,
+        "operation": operation,
+        "subresource": subresource,
+        "userinfo": {"username": user, "groups": list(groups)},
+        "dryrun": dryrun,
+        "param": param,
+        "warnings": [],
+    }
+
+
+async def settle() -> None:
+    runtime = webhooks._RUNTIME
+    assert runtime is not None
+    for task in list(runtime.tasks):
+        await task
+
+
+SET_IMAGE = deployment("registry.example/web@sha256:" + "b" * 64)
+
+
+async def test_without_admission_enabled_the_handler_never_denies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(webhooks, "_RUNTIME", None)
+    assert await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment())) is None
+
+
+async def test_a_frozen_change_is_refused_with_403_and_recorded_as_a_warning_event(
+    posted: list[dict[str, Any]],
+) -> None:
+    with pytest.raises(kopf.AdmissionError) as refused:
+        await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment()))
+    await settle()
+    assert refused.value.code == 403
+    assert "Deployment shop/web is frozen by Permafrost" in str(refused.value)
+    (event,) = posted
+    assert (event["type_"], event["reason"]) == ("Warning", admission.TEMPLATE_FROZEN)
+    assert event["involved"]["metadata"]["name"] == "web"
+
+
+async def test_a_dry_run_is_refused_alike_but_records_no_event(
+    posted: list[dict[str, Any]],
+) -> None:
+    with pytest.raises(kopf.AdmissionError):
+        await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment(), dryrun=True))
+    await settle()
+    assert posted == []
+
+
+async def test_break_glass_is_let_through_with_a_warning_to_the_client_and_an_event(
+    posted: list[dict[str, Any]],
+) -> None:
+    new = copy.deepcopy(SET_IMAGE)
+    new["metadata"]["annotations"] = {models.ANNOTATION_BREAK_GLASS: "INC-42"}
+    kwargs = handler_kwargs(new, deployment(), user="alice", groups=("permafrost:break-glass",))
+    assert await webhooks.frozen_workload(**kwargs) is None
+    await settle()
+    (warning,) = kwargs["warnings"]
+    assert "break-glass" in warning
+    assert "INC-42" in warning
+    assert [(e["type_"], e["reason"]) for e in posted] == [("Warning", admission.BREAK_GLASS_USED)]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param(handler_kwargs(SET_IMAGE, deployment(), user=OPERATOR), id="the-operator"),
+        pytest.param(handler_kwargs(None, deployment(), operation="DELETE"), id="a-deletion"),
+        pytest.param(
+            handler_kwargs(
+                {**deployment(), "spec": {**deployment()["spec"], "replicas": 5}}, deployment()
+            ),
+            id="scaling",
+        ),
+        pytest.param(
+            handler_kwargs(deployment("nginx:1.25"), None, operation="CREATE"),
+            id="creating-in-the-managed-scope",
+        ),
+    ],
+)
+async def test_what_is_not_frozen_passes_quietly(
+    posted: list[dict[str, Any]], kwargs: dict[str, Any]
+) -> None:
+    assert await webhooks.frozen_workload(**kwargs) is None
+    await settle()
+    assert posted == []
+    assert kwargs["warnings"] == []
+
+
+async def test_the_enforced_scope_refuses_an_unpinned_image_at_creation(
+    posted: list[dict[str, Any]],
+) -> None:
+    kwargs = handler_kwargs(deployment("nginx:1.25"), None, operation="CREATE", param="enforced")
+    with pytest.raises(kopf.AdmissionError) as refused:
+        await webhooks.frozen_workload(**kwargs)
+    await settle()
+    assert "'nginx:1.25' is not pinned by digest" in str(refused.value)
+    assert [e["reason"] for e in posted] == [admission.UNPINNED_IMAGE]
+
+
+async def test_the_enforced_scope_admits_a_pinned_image_when_no_policy_objects(
+    posted: list[dict[str, Any]],
+) -> None:
+    kwargs = handler_kwargs(deployment(), None, operation="CREATE", param="enforced")
+    assert await webhooks.frozen_workload(**kwargs) is None
+    await settle()
+    assert posted == []
