@@ -36,9 +36,12 @@ DEFAULT_BUDGET = 100_000
 MAX_COLLECTION = 10_000
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _TOKEN = re.compile(
-    r"""(?P<string>[rRbB]*(?:'''(?:.|\n)*?'''|\"\"\"(?:.|\n)*?\"\"\"|'(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*"))"""
-    r"""|(?P<macro>\.\s*(?:exists_one|exists|all|map|filter)\s*\()"""
-    r"""|(?P<open>[(\[{])|(?P<close>[)\]}])"""
+    r"(?P<comment>//[^\n]*)"
+    r"|(?P<raw>[bB]?[rR][bB]?(?:'{3}(?:.|\n)*?'{3}|\"{3}(?:.|\n)*?\"{3}|'[^'\n]*'|\"[^\"\n]*\"))"
+    r"|(?P<string>[bB]?(?:'{3}(?:.|\n)*?'{3}|\"{3}(?:.|\n)*?\"{3}"
+    r"|'(?:\\.|[^'\\\n])*'|\"(?:\\.|[^\"\\\n])*\"))"
+    r"|(?P<macro>\.\s*(?:exists_one|exists|all|map|filter)\s*\()"
+    r"|(?P<open>[(\[{])|(?P<close>[)\]}])|(?P<comma>,)|(?P<plus>\+)"
 )
 
 
@@ -46,19 +49,57 @@ class PolicyError(ValueError):
     """A policy that cannot be compiled; the message names the policy, rule and problem."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """What bounds the cost of a CEL expression, read from its source.
+
+    ``depth``: the deepest nesting of comprehension macros; ``literals``: how many elements its
+    list and map literals hold in all; ``concatenations``: how many ``+`` it has outside the
+    innermost comprehension bodies (a list built with ``+`` and then iterated can be that many
+    times larger than its parts). Strings and comments are skipped.
+    """
+
+    depth: int
+    literals: int
+    concatenations: int
+
+    def cost(self, largest_input: int) -> int:
+        """Steps of the worst case, for inputs whose largest collection has that many items."""
+        if not self.depth:
+            return 0
+        width = (largest_input + self.literals) * (1 + self.concatenations)
+        return int(width**self.depth)
+
+
+def estimate(expression: str) -> Estimate:
+    # One frame per open bracket: (is a macro call, is a list/map literal, commas, where it starts).
+    stack: list[tuple[bool, bool, list[int], int]] = []
+    depth = literals = 0
+    pluses: list[int] = []  # the comprehension depth of every `+`
+    for match in _TOKEN.finditer(expression):
+        kind = match.lastgroup
+        if kind == "macro":
+            stack.append((True, False, [0], match.end()))
+            depth = max(depth, sum(frame[0] for frame in stack))
+        elif kind == "open":
+            stack.append((False, match.group() in "[{", [0], match.end()))
+        elif kind == "close" and stack:
+            _, literal, commas, start = stack.pop()
+            if literal and expression[start : match.start()].strip():
+                literals += commas[0] + 1
+        elif kind == "comma" and stack:
+            stack[-1][2][0] += 1
+        elif kind == "plus":
+            pluses.append(sum(frame[0] for frame in stack))
+    # NB: a `+` in the innermost comprehension body (a + b) builds nothing that is iterated;
+    # one at a shallower depth may build a collection a deeper comprehension iterates over.
+    concatenations = sum(1 for level in pluses if level < depth)
+    return Estimate(depth=depth, literals=literals, concatenations=concatenations)
+
+
 def macro_depth(expression: str) -> int:
     """The deepest nesting of comprehension macros in a CEL expression (0 if none)."""
-    stack: list[bool] = []
-    depth = 0
-    for match in _TOKEN.finditer(expression):
-        if match.group("macro"):
-            stack.append(True)
-            depth = max(depth, sum(stack))
-        elif match.group("open"):
-            stack.append(False)
-        elif match.group("close") and stack:
-            stack.pop()
-    return depth
+    return estimate(expression).depth
 
 
 def largest_collection(value: Any, *, limit: int = 100_000) -> int:
@@ -84,6 +125,8 @@ class Rule:
     message: str
     message_program: Any | None
     depth: int
+    cost: Estimate = Estimate(0, 0, 0)
+    message_cost: Estimate = Estimate(0, 0, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +174,8 @@ def compile_policy(name: str, spec: models.GuardrailPolicySpec) -> Policy:
                 message=rule.message or f"rule {rule.name} of policy {name} is not satisfied",
                 message_program=message_program,
                 depth=max(macro_depth(rule.expression), macro_depth(rule.message_expression or "")),
+                cost=estimate(rule.expression),
+                message_cost=estimate(rule.message_expression or ""),
             )
         )
     return Policy(
@@ -243,9 +288,14 @@ def context(subject: Subject, *, now: datetime.datetime) -> dict[str, Any]:
         "object": dict(subject.object),
         "oldObject": dict(subject.old_object) if subject.old_object is not None else None,
         "stable": dict(subject.stable) if subject.stable is not None else None,
-        "namespace": dict(subject.namespace)
-        if subject.namespace is not None
-        else {"name": "", "labels": {}},
+        # NB: `namespace` is a reserved word in CEL; like Kubernetes, the variable is
+        # namespaceObject, shaped like the Namespace object itself.
+        "namespaceObject": {
+            "metadata": {
+                "name": str((subject.namespace or {}).get("name") or ""),
+                "labels": dict((subject.namespace or {}).get("labels") or {}),
+            }
+        },
         "artifact": dict(subject.artifact) if subject.artifact is not None else None,
         "podSpec": dict(pod_spec(subject.object)),
         "now": now.astimezone(datetime.UTC),
@@ -300,11 +350,12 @@ def _run(rule: Rule, policy: Policy, variables: Any, largest: int, budget: int) 
 
     if rule.program is None:  # a placeholder for a policy that does not compile
         return result("Error", rule.message)
-    if largest > MAX_COLLECTION or (rule.depth and largest**rule.depth > budget):
+    steps = rule.cost.cost(largest)
+    if largest > MAX_COLLECTION or steps > budget:
         return result(
             "Error",
-            f"not evaluated: it exceeds the cost budget ({largest} items "
-            f"at nesting depth {rule.depth} > {budget})",
+            f"not evaluated: it exceeds the cost budget (about {steps} steps over {largest} "
+            f"items at nesting depth {rule.cost.depth} > {budget})",
         )
     try:
         value = rule.program.execute(variables)
@@ -315,7 +366,7 @@ def _run(rule: Rule, policy: Policy, variables: Any, largest: int, budget: int) 
     if value is not False:
         return result("Error", f"the expression returned {value!r}, not a boolean")
     message = rule.message
-    if rule.message_program is not None:
+    if rule.message_program is not None and rule.message_cost.cost(largest) <= budget:
         try:
             produced = rule.message_program.execute(variables)
             if isinstance(produced, str) and produced:
