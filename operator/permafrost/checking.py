@@ -24,6 +24,39 @@ CHECKABLE_KINDS = (
     "Pod",
     models.ARTIFACT_KIND,
 )
+# Kinds that run nothing: skipped (and listed as such), so a whole manifest directory can be
+# checked. Any other kind is unusable input: a typo must not pass silently.
+SKIPPED_KINDS = frozenset(
+    {
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+        "Namespace",
+        "Ingress",
+        "IngressClass",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "PersistentVolumeClaim",
+        "StorageClass",
+        "PriorityClass",
+        "LimitRange",
+        "ResourceQuota",
+        "Endpoints",
+        "EndpointSlice",
+        "GuardrailPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+    }
+)
 EXIT_OK, EXIT_VIOLATION, EXIT_UNUSABLE = 0, 1, 2
 
 
@@ -38,6 +71,7 @@ class Report:
     stage: str
     checked: tuple[Checked, ...]
     policies: tuple[str, ...]
+    skipped: tuple[documents.Document, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -86,9 +120,12 @@ def check(
 
     Raises :class:`documents.InputError` for unusable input (bad YAML, an unsupported kind).
     """
-    checked = []
+    checked, skipped = [], []
     for source, text in inputs:
         for doc in documents.load_all(text, source=source):
+            if doc.kind in SKIPPED_KINDS:
+                skipped.append(doc)
+                continue
             if doc.kind not in CHECKABLE_KINDS:
                 raise documents.InputError(
                     f"{doc.where}: kind {doc.kind or '(none)'!r} cannot be checked; expected "
@@ -106,7 +143,10 @@ def check(
             )
             checked.append(Checked(doc, verdict))
     return Report(
-        stage=stage, checked=tuple(checked), policies=tuple(sorted(p.name for p in policies))
+        stage=stage,
+        checked=tuple(checked),
+        policies=tuple(sorted(p.name for p in policies)),
+        skipped=tuple(skipped),
     )
 
 
@@ -124,6 +164,10 @@ def to_json(report: Report) -> dict[str, Any]:
                 "results": [r.to_json() for r in c.verdict.results],
             }
             for c in report.checked
+        ],
+        "skipped": [
+            {"source": d.source, "document": d.index, "kind": d.kind, "name": d.name}
+            for d in report.skipped
         ],
         "violations": sum(len(c.verdict.violations) for c in report.checked),
         "warnings": sum(len(c.verdict.warnings) for c in report.checked),
@@ -152,6 +196,8 @@ def render_table(report: Report) -> str:
         passed = len(c.verdict.results) - len(failing)
         if passed:
             lines.append(f"  {passed} rule(s) passed")
+    for d in report.skipped:
+        lines.append(f"{d.where}  {d.kind}/{d.name or '(unnamed)'}  [skipped: runs nothing]")
     data = to_json(report)
     lines.append(
         f"{len(report.checked)} input(s), stage {report.stage}: {data['violations']} "
