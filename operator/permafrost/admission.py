@@ -361,6 +361,7 @@ POLICY_RULES: tuple[dict[str, Any], ...] = (
     },
 )
 MANAGED_OBJECTS = {"matchExpressions": [{"key": models.LABEL_RELEASE, "operator": "Exists"}]}
+UNMANAGED = {"matchExpressions": [{"key": models.LABEL_RELEASE, "operator": "DoesNotExist"}]}
 
 
 def _namespaces(settings: Settings, *, enforced: bool) -> dict[str, Any]:
@@ -417,8 +418,9 @@ def webhook_configuration(
             "timeoutSeconds": timeout_seconds,
             "admissionReviewVersions": ["v1"],
         }
-        if not enforced:
-            body["objectSelector"] = copy.deepcopy(MANAGED_OBJECTS)
+        # NB: a managed object in an enforced namespace goes to the managed webhook only, so
+        # every decision (and its Event) is made once.
+        body["objectSelector"] = copy.deepcopy(MANAGED_OBJECTS if not enforced else UNMANAGED)
         return body
 
     return {
@@ -599,5 +601,11 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
                 "objectSelector": copy.deepcopy(MANAGED_OBJECTS),
             },
         ),
-        binding("enforced", {"namespaceSelector": _namespaces(settings, enforced=True)}),
+        binding(
+            "enforced",
+            {
+                "namespaceSelector": _namespaces(settings, enforced=True),
+                "objectSelector": copy.deepcopy(UNMANAGED),
+            },
+        ),
     ]

@@ -87,11 +87,21 @@ class Server(kopf.WebhookServer):
 
     @staticmethod
     async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        body = await request.content.read(MAX_REVIEW_BYTES + 1)
-        if len(body) > MAX_REVIEW_BYTES:
+        declared = request.content_length
+        if declared is not None and declared > MAX_REVIEW_BYTES:
             raise aiohttp.web.HTTPRequestEntityTooLarge(
-                max_size=MAX_REVIEW_BYTES, actual_size=len(body)
+                max_size=MAX_REVIEW_BYTES, actual_size=declared
             )
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(64 * 1024):  # NB: read() may return less
+            size += len(chunk)
+            if size > MAX_REVIEW_BYTES:
+                raise aiohttp.web.HTTPRequestEntityTooLarge(
+                    max_size=MAX_REVIEW_BYTES, actual_size=size
+                )
+            chunks.append(chunk)
+        body = b"".join(chunks)
         try:
             review = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

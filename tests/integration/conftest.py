@@ -260,28 +260,25 @@ def guarded_operator(
     op.start()
 
     def webhook_answers() -> bool:
+        # NB: only the operator's webhook answers this (the fail-safe policy knows no policies):
+        # a GuardrailPolicy that does not compile, created in dry-run.
         probe = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
+            "apiVersion": "permafrost.dev/v1alpha1",
+            "kind": "GuardrailPolicy",
             "metadata": {"name": "readiness-probe"},
             "spec": {
-                "selector": {"matchLabels": {"app": "p"}},
-                "template": {
-                    "metadata": {"labels": {"app": "p"}},
-                    "spec": {"containers": [{"name": "p", "image": "unpinned:1"}]},
-                },
+                "stages": ["create"],
+                "rules": [{"name": "probe", "expression": "(", "message": "x"}],
             },
         }
         proc = crds.kubectl(
-            "create",
-            "--dry-run=server",
-            "-f",
-            "-",
-            namespace=namespace,
-            stdin=to_yaml(probe),
-            check=False,
+            "create", "--dry-run=server", "-f", "-", stdin=to_yaml(probe), check=False
         )
-        return proc.returncode != 0 and "enforced.frozen.permafrost.dev" in proc.stderr
+        return (
+            proc.returncode != 0
+            and f"127.0.0.1:{port}" not in proc.stderr
+            and ("policies.permafrost.dev" in proc.stderr)
+        )
 
     wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
     yield op

@@ -1695,9 +1695,12 @@ def test_the_managed_webhook_sees_only_objects_with_a_release_label() -> None:
     assert hooks["managed"]["namespaceSelector"] == {"matchExpressions": [EXCLUDED]}
 
 
-def test_the_enforced_webhook_sees_every_object_of_namespaces_that_opted_in() -> None:
+def test_the_enforced_webhook_sees_every_unmanaged_object_of_namespaces_that_opted_in() -> None:
     hooks = webhooks_by_scope(configuration())
-    assert "objectSelector" not in hooks["enforced"]
+    # NB: managed objects go to the managed webhook only, so each decision is made once.
+    assert hooks["enforced"]["objectSelector"] == {
+        "matchExpressions": [{"key": models.LABEL_RELEASE, "operator": "DoesNotExist"}]
+    }
     assert hooks["enforced"]["namespaceSelector"] == {
         "matchLabels": {models.LABEL_ENFORCE: "true"},
         "matchExpressions": [EXCLUDED],
@@ -1794,7 +1797,7 @@ ENFORCING = {models.LABEL_ENFORCE: "true"}
             namespace_labels(NS, **ENFORCING),
             {models.LABEL_RELEASE: RELEASE},
             True,
-            True,
+            False,
             id="a-managed-object-in-an-enforced-namespace",
         ),
         pytest.param(
@@ -1859,7 +1862,8 @@ def test_the_bindings_select_like_the_webhooks() -> None:
         "objectSelector": ON_RELEASE,
     }
     assert enforced["spec"]["matchResources"] == {
-        "namespaceSelector": hooks["enforced"]["namespaceSelector"]
+        "namespaceSelector": hooks["enforced"]["namespaceSelector"],
+        "objectSelector": hooks["enforced"]["objectSelector"],
     }
     assert EXCLUDED in managed["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
     assert EXCLUDED in enforced["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]

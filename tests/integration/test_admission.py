@@ -1,0 +1,1340 @@
+"""Admission guardrails end to end: every kubectl way to change what runs in a frozen workload.
+
+The real operator serves its webhooks on loopback and installs the fail-safe
+ValidatingAdmissionPolicy; the real apiserver evaluates both. Every vector asserts the outcome
+(denied: a non-zero exit and the object unchanged when read back; allowed: a zero exit and the
+change visible) and what the user is told.
+
+NB: the apiserver evaluates the ValidatingAdmissionPolicy before validating webhooks, so every
+denial here carries the policy's message (unpinned images at creation included; the webhook
+checks them too, behind it); what only the webhook does is record break-glass (an Event and an
+admission warning), which is also how the tests know the apiserver routes to it.
+
+Most vectors share one module-scoped setup (its own namespace and guarded operator, a Stable
+release and unmanaged workloads); tests that stop the operator or remove the guards use the
+per-test ``guarded_operator`` fixture and restore the guards before they end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import pathlib
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from conftest import (
+    BREAK_GLASS_GROUP,
+    OPERATOR_NAMESPACE,
+    WEBHOOK_CONFIGURATION,
+    Operator,
+    free_port,
+    release,
+    wait_phase,
+)
+from k8s_harness import Cluster, to_yaml, wait_for
+from permafrost import admission, models, webhooks
+
+OLD_DIGEST = "a" * 64
+NEW_DIGEST = "b" * 64
+IMAGE = f"registry.example/x@sha256:{OLD_DIGEST}"
+NEW_IMAGE = f"registry.example/x@sha256:{NEW_DIGEST}"
+PROBE_IMAGE = "registry.example/probe@sha256:" + "c" * 64  # for dry runs: a change to anything
+UNPINNED_IMAGE = "registry.example/x:1.0"
+
+POLICY = webhooks.POLICY
+BINDINGS = (f"{POLICY}-managed", f"{POLICY}-enforced")
+# The settings the guarded operator runs with (its defaults for these flags).
+SETTINGS = webhooks.settings_from(
+    exempt_users=[f"system:serviceaccount:{OPERATOR_NAMESPACE}:permafrost"],
+    break_glass_groups=[BREAK_GLASS_GROUP],
+    namespace=OPERATOR_NAMESPACE,
+)
+BREAK_GLASS = admission.ANNOTATION_BREAK_GLASS
+FINGERPRINT = "permafrost.dev/template-fingerprint"
+MEMBER = ("--as=alice", f"--as-group={BREAK_GLASS_GROUP}", "--as-group=system:authenticated")
+NON_MEMBER = ("--as=bob", "--as-group=system:authenticated")
+
+TEMPLATE_FROZEN = "spec.template cannot change in place"
+IMAGES_FROZEN = "its container images cannot change in place"
+EPHEMERAL_DENIED = "ephemeral containers cannot be added"
+
+# NB: webhooks.Server._serve reads the body with request.content.read(MAX_REVIEW_BYTES + 1),
+# which returns what is buffered (about 128 KiB), not the whole body.
+PARTIAL_READ = (
+    "bug: the webhook server reads a review with request.content.read(n), which returns only "
+    "what is buffered (~128 KiB): a larger review is cut, answered HTTP 400 'not JSON', and "
+    "the apiserver fails open (failurePolicy Ignore): no webhook checks, no Event"
+)
+KINDS = {
+    "deployment": "Deployment",
+    "statefulset": "StatefulSet",
+    "daemonset": "DaemonSet",
+    "replicaset": "ReplicaSet",
+    "pod": "Pod",
+}
+
+
+# --- the objects under test ----------------------------------------------------------------------
+
+
+def workload(kind: str, name: str, *, image: str = IMAGE) -> dict[str, Any]:
+    """An unmanaged workload of ``kind`` (Deployment, StatefulSet, DaemonSet), one container."""
+    labels = {"app": name}
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": labels},
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "app", "image": image}]},
+        },
+    }
+    if kind != "DaemonSet":
+        spec["replicas"] = 1
+    if kind == "StatefulSet":
+        spec["serviceName"] = name
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One frozen object: ``kind`` as kubectl spells it, and the release managing it (if any)."""
+
+    namespace: str
+    kind: str
+    name: str
+    container: str = "app"
+    release: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def what(self) -> str:
+        """How the denial names it: "Deployment ns/name"."""
+        return f"{KINDS[self.kind]} {self.namespace}/{self.name}"
+
+    @property
+    def instead(self) -> str:
+        """What the denial says to do instead."""
+        if self.release:
+            return f"update the GuardedRelease {self.release} instead"
+        return "deploy the change as a new workload instead"
+
+
+def _live(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [i for i in items if not i["metadata"].get("deletionTimestamp")]
+
+
+def _current_replicaset(cluster: Cluster, namespace: str, deployment: str) -> str | None:
+    owned = [
+        rs
+        for rs in _live(cluster.get("replicasets", namespace=namespace)["items"])
+        if any(o.get("name") == deployment for o in rs["metadata"].get("ownerReferences") or [])
+    ]
+    if not owned:
+        return None
+    newest = max(
+        owned,
+        key=lambda rs: int(
+            rs["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision", 0)
+        ),
+    )
+    return str(newest["metadata"]["name"])
+
+
+def _running_pod(cluster: Cluster, namespace: str, selector: str) -> str | None:
+    pods = _live(cluster.get("pods", namespace=namespace, selector=selector)["items"])
+    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+    return str(running[0]["metadata"]["name"]) if running else None
+
+
+def resolve(cluster: Cluster, namespace: str, key: str, *, release_name: str = "shop") -> Target:
+    """The object a test key names, as it is now (names of revisions, ReplicaSets, pods vary).
+
+    Keys: ``managed-deployment|replicaset|pod`` (the stable revision of the release),
+    ``deployment|replicaset|pod`` (the unmanaged Deployment "web"), ``statefulset`` ("db"),
+    ``daemonset`` ("agent").
+    """
+    if key.startswith("managed-"):
+        revision = wait_phase(cluster, namespace, release_name, "Stable")["stableRevision"]
+        deployment = f"{release_name}-{revision}"
+        pods = f"permafrost.dev/revision={revision}"
+        kind = key.removeprefix("managed-")
+    else:
+        simple = {"statefulset": "db", "daemonset": "agent"}
+        if key in simple:
+            return Target(namespace, key, simple[key])
+        deployment, pods, kind = "web", "app=web", key
+    managed_by = release_name if key.startswith("managed-") else None
+    wait_for(
+        lambda: cluster.get("deployment", deployment, namespace=namespace),
+        timeout=30,
+        what=f"the Deployment {deployment}",
+    )
+    if kind == "deployment":
+        return Target(namespace, "deployment", deployment, release=managed_by)
+    if kind == "replicaset":
+        name = wait_for(
+            lambda: _current_replicaset(cluster, namespace, deployment),
+            timeout=30,
+            what=f"the ReplicaSet of {deployment}",
+        )
+        return Target(namespace, "replicaset", name, release=managed_by)
+    name = wait_for(
+        lambda: _running_pod(cluster, namespace, pods), timeout=30, what=f"a pod of {deployment}"
+    )
+    return Target(namespace, "pod", name, release=managed_by)
+
+
+def what_runs(cluster: Cluster, target: Target) -> dict[str, Any]:
+    """What admission freezes, read back: a workload's template and selector, a pod's images."""
+    obj = cluster.get(target.kind, target.name, namespace=target.namespace)
+    assert obj is not None, f"{target.ref} is gone"
+    spec = obj["spec"]
+    if target.kind == "pod":
+        return {
+            key: [(c["name"], c["image"]) for c in spec.get(key) or []]
+            for key in ("containers", "initContainers", "ephemeralContainers")
+        }
+    return {"template": spec["template"], "selector": spec["selector"]}
+
+
+def image_of(cluster: Cluster, target: Target) -> str:
+    obj = cluster.get(target.kind, target.name, namespace=target.namespace)
+    spec = obj["spec"] if target.kind == "pod" else obj["spec"]["template"]["spec"]
+    return str(spec["containers"][0]["image"])
+
+
+def events(
+    cluster: Cluster, namespace: str, *, reason: str, name: str, kind: str | None = None
+) -> list[dict[str, Any]]:
+    selector = f"reason={reason},involvedObject.name={name}"
+    if kind:
+        selector += f",involvedObject.kind={kind}"
+    items: list[dict[str, Any]] = json.loads(
+        cluster.kubectl(
+            "get", "events", "--field-selector", selector, "-o", "json", namespace=namespace
+        ).stdout
+    )["items"]
+    return items
+
+
+# --- the guards: webhook configuration, policy bindings ----------------------------------------
+
+
+def guarded_args(port: int) -> list[str]:
+    """The flags of the ``guarded_operator`` fixture."""
+    return [
+        "--admission",
+        "--webhook-listen",
+        f"127.0.0.1:{port}",
+        "--webhook-url",
+        f"https://127.0.0.1:{port}",
+        "--operator-namespace",
+        OPERATOR_NAMESPACE,
+        "--break-glass-group",
+        BREAK_GLASS_GROUP,
+    ]
+
+
+def webhook_port(operator: Operator) -> int:
+    listen = operator.extra[operator.extra.index("--webhook-listen") + 1]
+    return int(listen.rpartition(":")[2])
+
+
+def guards(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """The webhook configuration, the policy and its bindings that exist, by name."""
+    proc = cluster.kubectl(
+        "get",
+        f"validatingwebhookconfiguration/{WEBHOOK_CONFIGURATION}",
+        f"validatingadmissionpolicy/{POLICY}",
+        *(f"validatingadmissionpolicybinding/{b}" for b in BINDINGS),
+        "-o",
+        "json",
+        "--ignore-not-found",
+    )
+    if not proc.stdout.strip():
+        return {}
+    found = json.loads(proc.stdout)
+    items = found.get("items", []) if found.get("kind") == "List" else [found]
+    return {f"{i['kind']}/{i['metadata']['name']}": i for i in items}
+
+
+def bindings_exist(cluster: Cluster) -> bool:
+    found = guards(cluster)
+    return all(f"ValidatingAdmissionPolicyBinding/{b}" in found for b in BINDINGS)
+
+
+def remove_guards(cluster: Cluster) -> None:
+    """What an admin (or an attacker with cluster rights) does to bypass Permafrost."""
+    cluster.kubectl("delete", "validatingadmissionpolicybinding", *BINDINGS, "--ignore-not-found")
+    cluster.kubectl(
+        "delete", "validatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found"
+    )
+
+
+def restore_policy(cluster: Cluster) -> None:
+    """The fail-safe policy and its bindings, applied as the operator applies them."""
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "permafrost",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=to_yaml(admission.policy_manifests(name=POLICY, settings=SETTINGS)),
+    )
+
+
+def restart_and_wait_for_the_guards(cluster: Cluster, operator: Operator, probe: Target) -> None:
+    """Restart the operator (it re-applies its guards at start-up) and wait until they hold."""
+    operator.stop()
+    operator.start()
+    wait_for(lambda: bindings_exist(cluster), timeout=60, what="the policy bindings re-applied")
+    wait_for_webhook(cluster, probe)
+
+
+def wait_for_webhook(cluster: Cluster, probe: Target) -> None:
+    """Until the apiserver routes to the operator's webhook.
+
+    NB: the policy answers every denial before the webhook is asked, so the probe is what only
+    the webhook does: a dry-run break-glass change of a frozen workload comes back with its
+    admission warning (a dry run posts no Event and changes nothing).
+    """
+    token = uuid.uuid4().hex[:8]
+    patch = {
+        "metadata": {"annotations": {BREAK_GLASS: f"readiness probe {token}"}},
+        "spec": {"template": {"metadata": {"annotations": {"example.com/probe": token}}}},
+    }
+
+    def answers() -> bool:
+        proc = cluster.kubectl(
+            "patch",
+            probe.kind,
+            probe.name,
+            "--dry-run=server",
+            "--type",
+            "merge",
+            "-p",
+            json.dumps(patch),
+            "--as=readiness-probe",
+            "--as-group=system:masters",
+            f"--as-group={BREAK_GLASS_GROUP}",
+            namespace=probe.namespace,
+            check=False,
+        )
+        return proc.returncode == 0 and "Warning: break-glass:" in proc.stderr
+
+    wait_for(answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
+
+
+def _dry_run_set_image(cluster: Cluster, target: Target) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl(
+        "set",
+        "image",
+        target.ref,
+        f"{target.container}={PROBE_IMAGE}",
+        "--dry-run=server",
+        namespace=target.namespace,
+        check=False,
+    )
+
+
+def wait_until_allowed(cluster: Cluster, target: Target) -> None:
+    """Until a frozen change goes through (deleted bindings take effect asynchronously)."""
+    wait_for(
+        lambda: _dry_run_set_image(cluster, target).returncode == 0,
+        timeout=30,
+        interval=0.5,
+        what="the guards to be gone",
+    )
+
+
+def wait_until_denied_by_the_policy(cluster: Cluster, target: Target) -> None:
+    """Until a frozen change is denied by the policy again (bindings take effect asynchronously)."""
+
+    def denied() -> bool:
+        proc = _dry_run_set_image(cluster, target)
+        return proc.returncode != 0 and "ValidatingAdmissionPolicy" in proc.stderr
+
+    wait_for(denied, timeout=30, interval=0.5, what="the policy to deny again")
+
+
+# --- the shared setup ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Frozen:
+    """A guarded operator in its own enforced namespace with a Stable release and workloads."""
+
+    cluster: Cluster
+    namespace: str  # enforced: permafrost.dev/enforce=true
+    unenforced: str  # did not opt in: only what Permafrost manages is frozen
+    operator: Operator
+    port: int
+    tmp: pathlib.Path
+
+    def ensure_guarded(self) -> None:
+        """Re-register this operator if a test in between removed or took over the guards."""
+        found = guards(self.cluster)
+        webhook = found.get(f"ValidatingWebhookConfiguration/{WEBHOOK_CONFIGURATION}")
+        ours = webhook is not None and all(
+            f"127.0.0.1:{self.port}/" in w["clientConfig"].get("url", "")
+            for w in webhook["webhooks"]
+        )
+        if ours and all(f"ValidatingAdmissionPolicyBinding/{b}" in found for b in BINDINGS):
+            return
+        probe = Target(self.namespace, "deployment", "web")
+        restart_and_wait_for_the_guards(self.cluster, self.operator, probe)
+
+    def target(self, key: str) -> Target:
+        """``key`` as :func:`resolve` takes it; prefixed ``unenforced-``: in that namespace."""
+        if key.startswith("unenforced-"):
+            return resolve(self.cluster, self.unenforced, key.removeprefix("unenforced-"))
+        return resolve(self.cluster, self.namespace, key)
+
+
+@pytest.fixture(scope="module")
+def frozen(
+    crds: Cluster, operator_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Frozen]:
+    tmp = tmp_path_factory.mktemp("admission")
+    namespace = f"admission-{uuid.uuid4().hex[:6]}"
+    unenforced = f"{namespace}-unenforced"
+    crds.kubectl("create", "namespace", namespace)
+    crds.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true")
+    crds.kubectl("create", "namespace", unenforced)
+    port = free_port()
+    op = Operator(
+        crds, namespace, tmp / "operator.log", extra=["-n", unenforced, *guarded_args(port)]
+    )
+    try:
+        for ns in (namespace, unenforced):
+            wait_for(
+                lambda ns=ns: crds.get("serviceaccount", "default", namespace=ns),
+                timeout=30,
+                what=f"the default ServiceAccount in {ns}",
+            )
+        # alice (break-glass) and bob (not) may edit workloads here, as developers would.
+        crds.kubectl(
+            "create",
+            "rolebinding",
+            "developers",
+            "--clusterrole=edit",
+            "--user=alice",
+            "--user=bob",
+            namespace=namespace,
+        )
+        crds.create(workload("Deployment", "web"), namespace=namespace)
+        op.start()
+        wait_for_webhook(crds, Target(namespace, "deployment", "web"))
+        crds.apply(
+            [
+                release("shop", service="shop"),
+                workload("StatefulSet", "db"),
+                workload("DaemonSet", "agent"),
+            ],
+            namespace=namespace,
+        )
+        crds.apply(
+            [release("shop", service="shop"), release("cart"), workload("Deployment", "web")],
+            namespace=unenforced,
+        )
+        env = Frozen(crds, namespace, unenforced, op, port, tmp)
+        for key in ("managed-pod", "pod", "unenforced-managed-pod", "unenforced-pod"):
+            env.target(key)
+        resolve(crds, unenforced, "managed-pod", release_name="cart")
+        wait_for(lambda: _running_pod(crds, namespace, "app=db"), timeout=30, what="a pod of db")
+        yield env
+    finally:
+        op.stop()
+        crds.kubectl(
+            "delete",
+            "validatingwebhookconfiguration",
+            WEBHOOK_CONFIGURATION,
+            "--ignore-not-found",
+            check=False,
+        )
+        crds.kubectl("delete", "namespace", namespace, unenforced, "--wait=false", check=False)
+
+
+@pytest.fixture
+def guarded(frozen: Frozen, request: pytest.FixtureRequest) -> Frozen:
+    request.node.operator_log = frozen.operator.log  # attached to the report if the test fails
+    frozen.ensure_guarded()
+    return frozen
+
+
+# --- the vectors ----------------------------------------------------------------------------------
+
+Run = Callable[[Cluster, Target, pathlib.Path], subprocess.CompletedProcess[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Vector:
+    """One way to change what runs, and the phrase a denial of it must contain."""
+
+    name: str
+    run: Run
+    phrases: tuple[str, ...]  # any one of them
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _kubectl(cluster: Cluster, target: Target, *args: str, stdin: str | None = None) -> Any:
+    return cluster.kubectl(*args, namespace=target.namespace, stdin=stdin, check=False)
+
+
+def _with_new_image(cluster: Cluster, target: Target, *, for_apply: bool) -> dict[str, Any]:
+    obj: dict[str, Any] = cluster.get(target.kind, target.name, namespace=target.namespace)
+    obj["spec"]["template"]["spec"]["containers"][0]["image"] = NEW_IMAGE
+    obj.pop("status", None)
+    if for_apply:
+        for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+            obj["metadata"].pop(key, None)
+    return obj
+
+
+def set_image(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    return _kubectl(c, t, "set", "image", t.ref, f"{t.container}={NEW_IMAGE}")
+
+
+def set_env(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    return _kubectl(c, t, "set", "env", t.ref, "MODE=changed-in-place")
+
+
+def set_resources(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    return _kubectl(
+        c, t, "set", "resources", t.ref, "-c", t.container, "--limits=cpu=200m,memory=64Mi"
+    )
+
+
+def edit(c: Cluster, t: Target, tmp: pathlib.Path) -> Any:
+    # The editor swaps the image's digest in the file kubectl opens; kubectl then patches.
+    editor = f"sed -i 's#@sha256:[0-9a-f]\\{{64\\}}#@sha256:{NEW_DIGEST}#'"
+    return subprocess.run(
+        ["kubectl", "edit", t.ref, "-n", t.namespace],
+        env={**c.env, "KUBE_EDITOR": editor, "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def patch_strategic(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    body = {
+        "spec": {"template": {"spec": {"containers": [{"name": t.container, "image": NEW_IMAGE}]}}}
+    }
+    return _kubectl(c, t, "patch", t.kind, t.name, "-p", json.dumps(body))
+
+
+def patch_merge(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    # Even metadata inside the template changes what runs (it rolls the pods).
+    body = {"spec": {"template": {"metadata": {"annotations": {"example.com/patched": "yes"}}}}}
+    return _kubectl(c, t, "patch", t.kind, t.name, "--type", "merge", "-p", json.dumps(body))
+
+
+def patch_json(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    ops = [{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": NEW_IMAGE}]
+    return _kubectl(c, t, "patch", t.kind, t.name, "--type", "json", "-p", json.dumps(ops))
+
+
+def apply_client_side(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    return _kubectl(
+        c, t, "apply", "-f", "-", stdin=json.dumps(_with_new_image(c, t, for_apply=True))
+    )
+
+
+def apply_server_side(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    manifest = {
+        "apiVersion": "apps/v1",
+        "kind": KINDS[t.kind],
+        "metadata": {"name": t.name},
+        "spec": {"template": {"spec": {"containers": [{"name": t.container, "image": NEW_IMAGE}]}}},
+    }
+    return _kubectl(
+        c,
+        t,
+        "apply",
+        "--server-side",
+        "--field-manager=intruder",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=to_yaml(manifest),
+    )
+
+
+def replace(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    return _kubectl(
+        c, t, "replace", "-f", "-", stdin=json.dumps(_with_new_image(c, t, for_apply=False))
+    )
+
+
+def rollout_restart(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    return _kubectl(c, t, "rollout", "restart", t.ref)
+
+
+def change_selector(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    ops = [
+        {"op": "add", "path": "/spec/selector/matchLabels/tier", "value": "moved"},
+        {"op": "add", "path": "/spec/template/metadata/labels/tier", "value": "moved"},
+    ]
+    return _kubectl(c, t, "patch", t.kind, t.name, "--type", "json", "-p", json.dumps(ops))
+
+
+def pod_set_image(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    return _kubectl(c, t, "set", "image", t.ref, f"{t.container}={NEW_IMAGE}")
+
+
+def pod_patch_image(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    ops = [{"op": "replace", "path": "/spec/containers/0/image", "value": NEW_IMAGE}]
+    return _kubectl(c, t, "patch", "pod", t.name, "--type", "json", "-p", json.dumps(ops))
+
+
+def debug(c: Cluster, t: Target, _: pathlib.Path) -> Any:
+    container = f"debugger-{uuid.uuid4().hex[:6]}"
+    return _kubectl(c, t, "debug", t.ref, f"--image={NEW_IMAGE}", f"--container={container}")
+
+
+SET_IMAGE = Vector("set-image", set_image, (TEMPLATE_FROZEN,))
+SET_ENV = Vector("set-env", set_env, (TEMPLATE_FROZEN,))
+SET_RESOURCES = Vector("set-resources", set_resources, (TEMPLATE_FROZEN,))
+EDIT = Vector("edit", edit, (TEMPLATE_FROZEN,))
+PATCH_STRATEGIC = Vector("patch-strategic", patch_strategic, (TEMPLATE_FROZEN,))
+PATCH_MERGE = Vector("patch-merge", patch_merge, (TEMPLATE_FROZEN,))
+PATCH_JSON = Vector("patch-json", patch_json, (TEMPLATE_FROZEN,))
+APPLY = Vector("apply", apply_client_side, (TEMPLATE_FROZEN,))
+APPLY_SERVER_SIDE = Vector("apply-server-side", apply_server_side, (TEMPLATE_FROZEN,))
+REPLACE = Vector("replace", replace, (TEMPLATE_FROZEN,))
+ROLLOUT_RESTART = Vector("rollout-restart", rollout_restart, (TEMPLATE_FROZEN,))
+# NB: apps/v1 validation (which runs before validating admission) rejects it first.
+APISERVER_SAYS = ("field is immutable", "updates to statefulset spec for fields other than")
+SELECTOR = Vector(
+    "change-selector", change_selector, (*APISERVER_SAYS, "spec.selector cannot change in place")
+)
+POD_SET_IMAGE = Vector("set-image", pod_set_image, (IMAGES_FROZEN,))
+POD_PATCH_IMAGE = Vector("patch-image", pod_patch_image, (IMAGES_FROZEN,))
+DEBUG = Vector("debug", debug, (EPHEMERAL_DENIED,))
+
+WORKLOAD_VECTORS = (
+    SET_IMAGE,
+    SET_ENV,
+    SET_RESOURCES,
+    EDIT,
+    PATCH_STRATEGIC,
+    PATCH_MERGE,
+    PATCH_JSON,
+    APPLY,
+    APPLY_SERVER_SIDE,
+    REPLACE,
+    ROLLOUT_RESTART,
+)
+DENIED = [
+    *((key, v) for key in ("managed-deployment", "deployment") for v in WORKLOAD_VECTORS),
+    *(
+        (key, v)
+        for key in ("statefulset", "daemonset")
+        for v in (SET_IMAGE, SET_ENV, PATCH_MERGE, APPLY_SERVER_SIDE, REPLACE, ROLLOUT_RESTART)
+    ),
+    *((key, SELECTOR) for key in ("managed-deployment", "deployment", "statefulset")),
+    *(
+        (key, v)
+        for key in ("managed-replicaset", "replicaset")
+        for v in (PATCH_STRATEGIC, PATCH_MERGE, SET_IMAGE)
+    ),
+    *((key, v) for key in ("managed-pod", "pod") for v in (POD_SET_IMAGE, POD_PATCH_IMAGE, DEBUG)),
+    # Where enforcement is not opted in, what Permafrost manages is frozen all the same.
+    *(
+        ("unenforced-managed-deployment", v)
+        for v in (SET_IMAGE, PATCH_MERGE, APPLY_SERVER_SIDE, REPLACE, ROLLOUT_RESTART, SELECTOR)
+    ),
+    ("unenforced-managed-replicaset", PATCH_STRATEGIC),
+    ("unenforced-managed-pod", POD_SET_IMAGE),
+    ("unenforced-managed-pod", DEBUG),
+]
+
+
+def assert_denied(
+    cluster: Cluster, target: Target, vector: Vector, tmp: pathlib.Path, *, by_policy: bool = False
+) -> None:
+    before = what_runs(cluster, target)
+    proc = vector.run(cluster, target, tmp)
+    said = proc.stderr + proc.stdout
+    assert proc.returncode != 0, f"{vector} on {target.ref} was allowed:\n{said}"
+    assert what_runs(cluster, target) == before, f"{vector} changed {target.ref}:\n{said}"
+    assert any(p in proc.stderr for p in vector.phrases), proc.stderr
+    if any(p in proc.stderr for p in APISERVER_SAYS):
+        return  # the apiserver's own validation said no first
+    assert f"{target.what} is frozen by Permafrost" in proc.stderr
+    assert target.instead in proc.stderr
+    assert f"{BREAK_GLASS}=<reason> in the same request" in proc.stderr
+    if by_policy:
+        assert f"ValidatingAdmissionPolicy '{POLICY}'" in proc.stderr
+
+
+# --- denied -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "vector"), DENIED, ids=[f"{key}-{vector}" for key, vector in DENIED]
+)
+def test_changing_what_runs_in_place_is_denied_and_says_what_to_do_instead(
+    guarded: Frozen, key: str, vector: Vector
+) -> None:
+    assert_denied(guarded.cluster, guarded.target(key), vector, guarded.tmp)
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet", "DaemonSet"])
+def test_creating_a_workload_with_an_unpinned_image_in_an_enforced_namespace_is_denied(
+    guarded: Frozen, kind: str
+) -> None:
+    name = f"unpinned-{kind.lower()}"
+    proc = guarded.cluster.create(
+        workload(kind, name, image=UNPINNED_IMAGE), namespace=guarded.namespace, check=False
+    )
+    assert proc.returncode != 0, proc.stdout
+    assert guarded.cluster.get(kind.lower(), name, namespace=guarded.namespace) is None
+    assert_unpinned_refused(proc.stderr, f"{kind} {guarded.namespace}/{name}")
+
+
+def assert_unpinned_refused(said: str, what: str) -> None:
+    """The policy's refusal (it runs first) or the webhook's: both name the digest form."""
+    by_policy = f"{what} is refused: every image must be pinned by digest" in said
+    by_webhook = (
+        'admission webhook "enforced.frozen.permafrost.dev" denied the request' in said
+        and f"image {UNPINNED_IMAGE!r} is not pinned by digest" in said
+    )
+    assert by_policy or by_webhook, said
+    assert "sha256:<64 hex>" in said
+
+
+# --- allowed ------------------------------------------------------------------------------------
+
+
+def _replicas(cluster: Cluster, target: Target) -> int:
+    obj = cluster.get(target.kind, target.name, namespace=target.namespace)
+    return int(obj["spec"]["replicas"])
+
+
+def _settled(cluster: Cluster, target: Target, replicas: int) -> bool:
+    """Scaled to ``replicas``, and the pods followed (no pod left terminating for later tests)."""
+    obj = cluster.get(target.kind, target.name, namespace=target.namespace)
+    return bool(
+        obj["spec"]["replicas"] == replicas
+        and obj.get("status", {}).get("replicas") == replicas
+        and obj["status"].get("readyReplicas") == replicas
+    )
+
+
+@pytest.mark.parametrize("how", ["kubectl-scale", "scale-subresource"])
+@pytest.mark.parametrize("key", ["managed-deployment", "deployment", "statefulset"])
+def test_scaling_a_frozen_workload_is_allowed(guarded: Frozen, key: str, how: str) -> None:
+    c, t = guarded.cluster, guarded.target(key)
+    before = _replicas(c, t)
+    wanted = before + 1
+    if how == "kubectl-scale":
+        proc = _kubectl(c, t, "scale", t.ref, f"--replicas={wanted}", "-o", "json")
+    else:
+        body = json.dumps({"spec": {"replicas": wanted}})
+        proc = _kubectl(
+            c, t, "patch", t.kind, t.name, "--subresource=scale", "--type", "merge", "-p", body,
+            "-o", "json",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["spec"]["replicas"] == wanted
+    if t.release:
+        # The revision's replica count belongs to the release: the operator sets it back.
+        wait_for(
+            lambda: _replicas(c, t) == before,
+            timeout=30,
+            what=f"the operator to scale {t.ref} back to {before}",
+        )
+    else:
+        assert _replicas(c, t) == wanted
+        _kubectl(c, t, "scale", t.ref, f"--replicas={before}")
+    wait_for(lambda: _settled(c, t, before), timeout=30, what=f"{t.ref} settled at {before}")
+
+
+@pytest.mark.parametrize("verb", ["label", "annotate"])
+@pytest.mark.parametrize(
+    "key", ["managed-deployment", "deployment", "daemonset", "managed-pod", "pod"]
+)
+def test_changing_metadata_of_a_frozen_workload_or_pod_is_allowed(
+    guarded: Frozen, key: str, verb: str
+) -> None:
+    c, t = guarded.cluster, guarded.target(key)
+    before = what_runs(c, t)
+    value = uuid.uuid4().hex[:8]
+    proc = _kubectl(c, t, verb, t.ref, f"example.com/touched={value}", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    meta = c.get(t.kind, t.name, namespace=t.namespace)["metadata"]
+    assert meta["labels" if verb == "label" else "annotations"]["example.com/touched"] == value
+    assert what_runs(c, t) == before
+
+
+@pytest.mark.parametrize("key", ["managed-pod", "pod"])
+def test_deleting_a_pod_of_a_frozen_workload_is_allowed(guarded: Frozen, key: str) -> None:
+    c, t = guarded.cluster, guarded.target(key)
+    uid = c.get("pod", t.name, namespace=t.namespace)["metadata"]["uid"]
+    proc = _kubectl(c, t, "delete", "pod", t.name, "--wait=false")
+    assert proc.returncode == 0, proc.stderr
+
+    def gone() -> bool:
+        pod = c.get("pod", t.name, namespace=t.namespace)
+        return pod is None or pod["metadata"]["uid"] != uid
+
+    wait_for(gone, timeout=30, what=f"{t.ref} deleted")
+
+
+def test_deleting_an_unmanaged_frozen_deployment_is_allowed(guarded: Frozen) -> None:
+    c, ns = guarded.cluster, guarded.namespace
+    c.create(workload("Deployment", "doomed"), namespace=ns)
+    proc = c.kubectl("delete", "deployment", "doomed", "--wait=false", namespace=ns, check=False)
+    assert proc.returncode == 0, proc.stderr
+    wait_for(
+        lambda: c.get("deployment", "doomed", namespace=ns) is None,
+        timeout=30,
+        what="the Deployment doomed gone",
+    )
+
+
+def test_deleting_a_revision_deployment_is_allowed_and_the_operator_recreates_it(
+    guarded: Frozen,
+) -> None:
+    c, t = guarded.cluster, guarded.target("managed-deployment")
+    uid = c.get("deployment", t.name, namespace=t.namespace)["metadata"]["uid"]
+    proc = _kubectl(c, t, "delete", "deployment", t.name, "--wait=false")
+    assert proc.returncode == 0, proc.stderr
+
+    def recreated() -> dict[str, Any] | None:
+        obj = c.get("deployment", t.name, namespace=t.namespace)
+        return obj if obj and obj["metadata"]["uid"] != uid else None
+
+    wait_for(recreated, timeout=60, what=f"{t.ref} re-created with a new uid")
+    wait_phase(c, t.namespace, "shop", "Stable", timeout=60)
+
+
+def test_where_enforcement_is_not_opted_in_unmanaged_workloads_are_not_frozen(
+    guarded: Frozen,
+) -> None:
+    c, t = guarded.cluster, guarded.target("unenforced-deployment")
+    proc = set_image(c, t, guarded.tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert image_of(c, t) == NEW_IMAGE
+    proc = c.create(
+        workload("Deployment", "unpinned", image=UNPINNED_IMAGE),
+        namespace=guarded.unenforced,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+LABELS_FROZEN = "its permafrost.dev/release and permafrost.dev/revision labels cannot change"
+
+
+@pytest.mark.parametrize("label", [models.LABEL_RELEASE, models.LABEL_REVISION])
+@pytest.mark.parametrize("kind", ["pod", "deployment"])
+def test_removing_the_labels_that_make_a_revision_managed_is_denied(
+    guarded: Frozen, kind: str, label: str
+) -> None:
+    """Else: strip the label (the managed guards no longer match), change what runs, relabel.
+
+    In a namespace that did not opt in, only the labels make a revision frozen.
+    """
+    c = guarded.cluster
+    t = resolve(c, guarded.unenforced, f"managed-{kind}", release_name="cart")
+    before = c.get(t.kind, t.name, namespace=t.namespace)["metadata"]["labels"]
+    proc = _kubectl(c, t, "label", t.ref, f"{label}-")
+    assert proc.returncode != 0, proc.stdout
+    assert c.get(t.kind, t.name, namespace=t.namespace)["metadata"]["labels"] == before
+    assert f"{t.what} is frozen by Permafrost: {LABELS_FROZEN}; " in proc.stderr
+    assert t.instead in proc.stderr  # the release it was managed by, though the label goes
+    # ... so the change that would follow is still denied.
+    assert_denied(c, t, SET_IMAGE if kind == "deployment" else POD_SET_IMAGE, guarded.tmp)
+
+
+# --- exclusions ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "labels"),
+    [(OPERATOR_NAMESPACE, {}), ("kube-system", {"permafrost.dev/release": "x"})],
+    ids=["operator-namespace-labelled-enforced", "kube-system-with-a-release-label"],
+)
+def test_workloads_in_excluded_namespaces_are_never_frozen(
+    guarded: Frozen, where: str, labels: dict[str, str]
+) -> None:
+    c = guarded.cluster
+    name = f"excluded-{uuid.uuid4().hex[:6]}"
+    manifest = workload("Deployment", name)
+    manifest["metadata"]["labels"] = labels
+    target = Target(where, "deployment", name)
+    previous = (c.get("namespace", where)["metadata"].get("labels") or {}).get(
+        admission.LABEL_ENFORCE
+    )
+    try:
+        if where == OPERATOR_NAMESPACE:
+            c.kubectl("label", "namespace", where, f"{admission.LABEL_ENFORCE}=true", "--overwrite")
+        c.create(manifest, namespace=where)
+        proc = set_image(c, target, guarded.tmp)
+        assert proc.returncode == 0, proc.stderr
+        assert image_of(c, target) == NEW_IMAGE
+        proc = rollout_restart(c, target, guarded.tmp)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        c.kubectl("delete", "deployment", name, "--ignore-not-found", namespace=where, check=False)
+        if where == OPERATOR_NAMESPACE:
+            label = (
+                f"{admission.LABEL_ENFORCE}-"
+                if previous is None
+                else f"{admission.LABEL_ENFORCE}={previous}"
+            )
+            c.kubectl("label", "namespace", where, label, "--overwrite", check=False)
+
+
+# --- break-glass --------------------------------------------------------------------------------
+
+
+def _break_glass_patch(target: Target, reason: str, env: str) -> str:
+    return json.dumps(
+        {
+            "metadata": {"annotations": {BREAK_GLASS: reason}},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": target.container, "env": [{"name": "DEBUG", "value": env}]}
+                        ]
+                    }
+                }
+            },
+        }
+    )
+
+
+def _env(cluster: Cluster, target: Target) -> list[dict[str, Any]]:
+    obj = cluster.get(target.kind, target.name, namespace=target.namespace)
+    env: list[dict[str, Any]] = obj["spec"]["template"]["spec"]["containers"][0].get("env") or []
+    return env
+
+
+def test_break_glass_from_a_user_outside_the_group_is_refused(guarded: Frozen) -> None:
+    c, ns = guarded.cluster, guarded.namespace
+    for key in ("deployment", "managed-deployment"):
+        t = guarded.target(key)
+        before = what_runs(c, t)
+        proc = _kubectl(
+            c, t, "patch", t.kind, t.name, *NON_MEMBER, "-p", _break_glass_patch(t, "INC-0", "1")
+        )
+        assert proc.returncode != 0, proc.stdout
+        assert what_runs(c, t) == before
+        meta = c.get(t.kind, t.name, namespace=ns)["metadata"]
+        assert BREAK_GLASS not in (meta.get("annotations") or {})
+        assert TEMPLATE_FROZEN in proc.stderr
+        assert f"Break-glass: set the annotation {BREAK_GLASS}=<reason>" in proc.stderr
+        assert f"members of {BREAK_GLASS_GROUP} only" in proc.stderr
+
+
+def _break_glass_target(frozen: Frozen, key: str) -> Target:
+    if key == "managed-deployment":
+        return frozen.target(key)
+    # A fresh workload: the shared "web" stays as it was admitted.
+    name = f"glass-{uuid.uuid4().hex[:6]}"
+    frozen.cluster.create(workload("Deployment", name), namespace=frozen.namespace)
+    return Target(frozen.namespace, "deployment", name)
+
+
+def _break_glass_events(cluster: Cluster, target: Target, reason: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in events(
+            cluster, target.namespace, reason="BreakGlassUsed", name=target.name, kind="Deployment"
+        )
+        if e["message"].endswith(f": {reason}")
+    ]
+
+
+@pytest.mark.parametrize("key", ["deployment", "managed-deployment"])
+def test_break_glass_by_a_member_lets_one_change_through_and_records_who_and_why(
+    guarded: Frozen, key: str
+) -> None:
+    c, t = guarded.cluster, _break_glass_target(guarded, key)
+    reason = f"INC-{uuid.uuid4().hex[:6]} hotfix"
+
+    proc = _kubectl(
+        c, t, "patch", t.kind, t.name, *MEMBER, "-p", _break_glass_patch(t, reason, "1")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _env(c, t) == [{"name": "DEBUG", "value": "1"}]
+    assert "Warning: break-glass:" in proc.stderr
+    assert f"{t.what} changes spec.template; this is recorded ({reason})" in proc.stderr
+    recorded = wait_for(
+        lambda: _break_glass_events(c, t, reason), timeout=30, what="the BreakGlassUsed Event"
+    )
+    for event in recorded:
+        assert event["type"] == "Warning"
+        assert event["message"] == (
+            f"alice changes spec.template of frozen {t.what} under break-glass: {reason}"
+        )
+
+    # The same value again does not open the glass a second time: one mutation per value.
+    before = what_runs(c, t)
+    proc = _kubectl(
+        c, t, "patch", t.kind, t.name, *MEMBER, "-p", _break_glass_patch(t, reason, "2")
+    )
+    assert proc.returncode != 0, proc.stdout
+    assert what_runs(c, t) == before
+    assert TEMPLATE_FROZEN in proc.stderr
+    assert t.instead in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "deployment",
+        pytest.param(
+            "managed-deployment",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: in an enforced namespace a revision Deployment matches both "
+                "webhooks (managed.frozen and enforced.frozen); each posts a BreakGlassUsed "
+                "Event and returns the warning, so one use is recorded (and printed) twice",
+            ),
+        ),
+    ],
+)
+def test_one_break_glass_use_is_recorded_exactly_once(guarded: Frozen, key: str) -> None:
+    c, t = guarded.cluster, _break_glass_target(guarded, key)
+    reason = f"INC-{uuid.uuid4().hex[:6]} once"
+    proc = _kubectl(
+        c, t, "patch", t.kind, t.name, *MEMBER, "-p", _break_glass_patch(t, reason, "3")
+    )
+    assert proc.returncode == 0, proc.stderr
+    wait_for(lambda: _break_glass_events(c, t, reason), timeout=30, what="the Event")
+    time.sleep(1)  # any duplicate is posted by the same burst of admission calls
+    assert len(_break_glass_events(c, t, reason)) == 1
+    assert proc.stderr.count("Warning: break-glass:") == 1, proc.stderr
+
+
+@pytest.mark.xfail(strict=True, reason=PARTIAL_READ)
+def test_break_glass_on_a_large_workload_is_still_recorded(guarded: Frozen) -> None:
+    """The review of an UPDATE carries the object twice: here ~1.2 MB, over aiohttp's 1 MiB
+    default body limit. A webhook that refused the body would fail open: allowed, unrecorded.
+    """
+    c, ns = guarded.cluster, guarded.namespace
+    t = Target(ns, "deployment", f"bulky-{uuid.uuid4().hex[:6]}")
+    manifest = workload("Deployment", t.name)
+    manifest["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "BLOB", "value": "x" * 600_000}
+    ]
+    reason = f"INC-{uuid.uuid4().hex[:6]} bulky"
+    patch = {
+        "metadata": {"annotations": {BREAK_GLASS: reason}},
+        "spec": {"template": {"metadata": {"annotations": {"example.com/hotfix": "1"}}}},
+    }
+    try:
+        c.create(manifest, namespace=ns)
+        proc = _kubectl(
+            c, t, "patch", t.kind, t.name, *MEMBER, "--type", "merge", "-p", json.dumps(patch)
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert f"{t.what} changes spec.template; this is recorded ({reason})" in proc.stderr
+        wait_for(
+            lambda: _break_glass_events(c, t, reason),
+            timeout=30,
+            what="the BreakGlassUsed Event",
+        )
+    finally:
+        c.kubectl("delete", "deployment", t.name, "--ignore-not-found", namespace=ns, check=False)
+
+
+# --- without the operator: the fail-safe policy -------------------------------------------------
+
+FAIL_SAFE = [
+    *((key, v) for key in ("managed-deployment", "deployment") for v in (
+        SET_IMAGE, PATCH_MERGE, APPLY_SERVER_SIDE, REPLACE, ROLLOUT_RESTART
+    )),
+    *((key, v) for key in ("managed-pod", "pod") for v in (POD_SET_IMAGE, DEBUG)),
+]  # fmt: skip
+
+
+def test_with_the_operator_gone_the_policy_still_denies_every_vector_and_scaling_still_works(
+    crds: Cluster, namespace: str, guarded_operator: Operator, tmp_path: pathlib.Path
+) -> None:
+    crds.apply(
+        [release("shop", service="shop"), workload("Deployment", "web")], namespace=namespace
+    )
+    targets = {key: resolve(crds, namespace, key) for key in ("managed-pod", "pod")}
+
+    guarded_operator.stop()
+    crds.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
+    assert guarded_operator.proc is not None
+    assert guarded_operator.proc.poll() is not None
+    assert f"ValidatingWebhookConfiguration/{WEBHOOK_CONFIGURATION}" not in guards(crds)
+
+    proc = crds.create(
+        workload("Deployment", "unpinned", image=UNPINNED_IMAGE), namespace=namespace, check=False
+    )
+    assert proc.returncode != 0, proc.stdout
+    assert crds.get("deployment", "unpinned", namespace=namespace) is None
+    assert f"ValidatingAdmissionPolicy '{POLICY}'" in proc.stderr
+    assert_unpinned_refused(proc.stderr, f"Deployment {namespace}/unpinned")
+
+    for key, vector in FAIL_SAFE:
+        target = targets.get(key) or resolve(crds, namespace, key)
+        assert_denied(crds, target, vector, tmp_path, by_policy=True)
+
+    for key in ("managed-deployment", "deployment"):
+        target = resolve(crds, namespace, key)
+        proc = crds.kubectl("scale", target.ref, "--replicas=3", namespace=namespace, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert _replicas(crds, target) == 3
+
+
+# --- drift: what happens when the guards were bypassed ------------------------------------------
+
+
+def test_a_revision_changed_while_the_guards_were_down_is_repaired_from_the_release(
+    crds: Cluster, namespace: str, guarded_operator: Operator
+) -> None:
+    crds.apply(release("shop", service="shop"), namespace=namespace)
+    target = resolve(crds, namespace, "managed-deployment")
+    original = image_of(crds, target)
+    deployment = wait_for(
+        lambda: (
+            (d := crds.get("deployment", target.name, namespace=namespace))
+            and FINGERPRINT in d["metadata"].get("annotations", {})
+            and d
+        ),
+        timeout=30,
+        what="the fingerprint recorded on the revision",
+    )
+    uid = deployment["metadata"]["uid"]
+    try:
+        remove_guards(crds)
+        # NB: stopped first, so the repair happens at start-up (the operator catches up on what
+        # changed while it was away), not racing the restart.
+        guarded_operator.stop()
+        wait_until_allowed(crds, target)
+        proc = set_image(crds, target, pathlib.Path())
+        assert proc.returncode == 0, proc.stderr  # nothing guards it now
+        restart_and_wait_for_the_guards(crds, guarded_operator, target)
+    finally:
+        if not bindings_exist(crds):
+            restore_policy(crds)
+
+    wait_for(
+        lambda: events(crds, namespace, reason="DriftRepaired", name="shop", kind="GuardedRelease"),
+        timeout=60,
+        what="a DriftRepaired Event on the release",
+    )
+    repaired = wait_for(
+        lambda: (
+            (d := crds.get("deployment", target.name, namespace=namespace))
+            and d["metadata"]["uid"] != uid
+            and d
+        ),
+        timeout=60,
+        what=f"{target.ref} re-created",
+    )
+    assert repaired["spec"]["template"]["spec"]["containers"][0]["image"] == original
+    wait_phase(crds, namespace, "shop", "Stable", timeout=60, stableRevision=target.name[5:])
+    wait_until_denied_by_the_policy(crds, target)
+
+
+def test_an_unmanaged_workload_changed_while_the_guards_were_down_is_reported_as_drifted(
+    crds: Cluster, namespace: str, guarded_operator: Operator
+) -> None:
+    crds.create(workload("Deployment", "web"), namespace=namespace)
+    target = Target(namespace, "deployment", "web")
+    wait_for(
+        lambda: (
+            FINGERPRINT
+            in (
+                crds.get("deployment", "web", namespace=namespace)["metadata"].get("annotations")
+                or {}
+            )
+        ),
+        timeout=30,
+        what="the fingerprint recorded on web",
+    )
+    try:
+        remove_guards(crds)
+        wait_until_allowed(crds, target)
+        proc = set_image(crds, target, pathlib.Path())
+        assert proc.returncode == 0, proc.stderr  # nothing guards it now
+        (event,) = wait_for(
+            lambda: events(crds, namespace, reason="DriftDetected", name="web", kind="Deployment"),
+            timeout=30,
+            what="a DriftDetected Event on web",
+        )
+        assert event["type"] == "Warning"
+        assert "was changed in place" in event["message"]
+        labels = crds.get("deployment", "web", namespace=namespace)["metadata"]["labels"]
+        assert labels.get("permafrost.dev/drift") == "detected"
+    finally:
+        restart_and_wait_for_the_guards(crds, guarded_operator, target)
+        if not bindings_exist(crds):
+            restore_policy(crds)
+    wait_until_denied_by_the_policy(crds, target)
+
+
+# --- hostile input to the webhook server --------------------------------------------------------
+
+
+def _review_request(namespace: str, uid: str, *, size: int = 0) -> dict[str, Any]:
+    """A well-formed request: an UPDATE changing the image of a Deployment (a dry run)."""
+    old = workload("Deployment", "web")
+    new = workload("Deployment", "web", image=NEW_IMAGE)
+    for obj in (old, new):
+        obj["metadata"]["namespace"] = namespace
+        if size:
+            obj["metadata"]["annotations"] = {"example.com/huge": "x" * size}
+    gvr = {"group": "apps", "version": "v1", "resource": "deployments"}
+    gvk = {"group": "apps", "version": "v1", "kind": "Deployment"}
+    return {
+        "uid": uid,
+        "kind": gvk,
+        "resource": gvr,
+        "requestKind": gvk,
+        "requestResource": gvr,
+        "name": "web",
+        "namespace": namespace,
+        "operation": "UPDATE",
+        "userInfo": {"username": "mallory", "groups": ["system:authenticated"]},
+        "object": new,
+        "oldObject": old,
+        "dryRun": True,
+    }
+
+
+def _review(request: Any) -> dict[str, Any]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+def _without(request: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in request.items() if k not in keys}
+
+
+def _post(port: int, body: bytes) -> tuple[int, bytes]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    try:
+        conn.request(
+            "POST", "/frozen-enforced", body=body, headers={"Content-Type": "application/json"}
+        )
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _answered_properly(status: int, body: bytes, uid: str) -> bool:
+    """HTTP 400, or a well-formed AdmissionReview answering this uid."""
+    if status == 400:
+        return True
+    if status != 200:
+        return False
+    review = json.loads(body)
+    return review.get("kind") == "AdmissionReview" and review["response"]["uid"] == uid
+
+
+def _wait_until_serving(port: int, namespace: str) -> None:
+    """The fixture waits for the apiserver's view; this waits for the server itself."""
+
+    def serving() -> bool:
+        uid = str(uuid.uuid4())
+        try:
+            status, answer = _post(
+                port, json.dumps(_review(_review_request(namespace, uid))).encode()
+            )
+        except OSError:
+            return False
+        return status == 200 and json.loads(answer)["response"]["uid"] == uid
+
+    wait_for(serving, timeout=30, interval=0.5, what=f"the webhook server on port {port}")
+
+
+def _assert_reviewed(status: int, answer: bytes, uid: str) -> None:
+    """A valid review is answered: this uid, and the verdict (an image change is denied)."""
+    assert status == 200, f"HTTP {status} {answer[:300]!r}"
+    response = json.loads(answer)["response"]
+    assert response["uid"] == uid
+    assert response["allowed"] is False
+    assert "is frozen by Permafrost" in response["status"]["message"]
+
+
+def test_malformed_admission_reviews_get_a_400_never_a_hang_or_a_crash(
+    namespace: str, guarded_operator: Operator
+) -> None:
+    port = webhook_port(guarded_operator)
+    _wait_until_serving(port, namespace)
+    uid = str(uuid.uuid4())
+    good = _review_request(namespace, uid)
+    hostile: list[tuple[str, bytes | dict[str, Any] | list[Any] | str]] = [
+        ("not JSON", b"{this is not json"),
+        ("not UTF-8", b"\xff\xfe\xfd"),
+        ("empty", b""),
+        ("a JSON array", []),
+        ("a JSON string", "AdmissionReview"),
+        ("an object without request", {"apiVersion": "admission.k8s.io/v1", "kind": "x"}),
+        ("a review without request", _review(None)),
+        ("a request that is a string", _review("request")),
+        ("a request without uid", _review(_without(good, "uid"))),
+        ("a request without resource", _review(_without(good, "resource"))),
+        ("a resource without its plural", _review({**good, "resource": {"group": "apps"}})),
+        ("a request without userInfo", _review(_without(good, "userInfo"))),
+        ("a request without objects", _review(_without(good, "object", "oldObject"))),
+        ("metadata that is a string", _review({**good, "object": {"metadata": "x"}})),
+        ("a spec that is a list", _review({**good, "object": {**good["object"], "spec": []}})),
+    ]
+    problems = []
+    for what, body in hostile:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        try:
+            status, answer = _post(port, raw)
+        except (TimeoutError, OSError) as exc:
+            problems.append(f"{what}: no answer ({exc!r})")
+            continue
+        if not _answered_properly(status, answer, uid):
+            problems.append(f"{what}: HTTP {status} {answer[:200]!r}")
+        assert guarded_operator.proc is not None
+        assert guarded_operator.proc.poll() is None, f"the operator died on {what}"
+    assert problems == []
+
+    # Still serving: a valid review is answered, and correctly.
+    _assert_reviewed(*_post(port, json.dumps(_review(good)).encode()), uid)
+
+
+@pytest.mark.xfail(strict=True, reason=PARTIAL_READ)
+def test_huge_but_valid_admission_reviews_are_answered_not_refused(
+    namespace: str, guarded_operator: Operator
+) -> None:
+    """An UPDATE review carries the object twice; etcd allows objects up to 1.5 MiB.
+
+    A review the server refuses (HTTP 400 or 413) makes the apiserver fail open
+    (failurePolicy Ignore): allowed, with nothing recorded.
+    """
+    port = webhook_port(guarded_operator)
+    _wait_until_serving(port, namespace)
+    # 1 MB of annotations in all (under aiohttp's 1 MiB default), then 2 MB (over it).
+    for size in (500_000, 1_000_000):
+        uid = str(uuid.uuid4())
+        body = json.dumps(_review(_review_request(namespace, uid, size=size))).encode()
+        _assert_reviewed(*_post(port, body), uid)
+        assert guarded_operator.proc is not None
+        assert guarded_operator.proc.poll() is None
