@@ -68,11 +68,6 @@ EPHEMERAL_DENIED = "ephemeral containers cannot be added"
 
 # NB: webhooks.Server._serve reads the body with request.content.read(MAX_REVIEW_BYTES + 1),
 # which returns what is buffered (about 128 KiB), not the whole body.
-PARTIAL_READ = (
-    "bug: the webhook server reads a review with request.content.read(n), which returns only "
-    "what is buffered (~128 KiB): a larger review is cut, answered HTTP 400 'not JSON', and "
-    "the apiserver fails open (failurePolicy Ignore): no webhook checks, no Event"
-)
 KINDS = {
     "deployment": "Deployment",
     "statefulset": "StatefulSet",
@@ -1004,15 +999,7 @@ def test_break_glass_by_a_member_lets_one_change_through_and_records_who_and_why
     "key",
     [
         "deployment",
-        pytest.param(
-            "managed-deployment",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: in an enforced namespace a revision Deployment matches both "
-                "webhooks (managed.frozen and enforced.frozen); each posts a BreakGlassUsed "
-                "Event and returns the warning, so one use is recorded (and printed) twice",
-            ),
-        ),
+        "managed-deployment",
     ],
 )
 def test_one_break_glass_use_is_recorded_exactly_once(guarded: Frozen, key: str) -> None:
@@ -1028,7 +1015,6 @@ def test_one_break_glass_use_is_recorded_exactly_once(guarded: Frozen, key: str)
     assert proc.stderr.count("Warning: break-glass:") == 1, proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=PARTIAL_READ)
 def test_break_glass_on_a_large_workload_is_still_recorded(guarded: Frozen) -> None:
     """The review of an UPDATE carries the object twice: here ~1.2 MB, over aiohttp's 1 MiB
     default body limit. A webhook that refused the body would fail open: allowed, unrecorded.
@@ -1320,7 +1306,6 @@ def test_malformed_admission_reviews_get_a_400_never_a_hang_or_a_crash(
     _assert_reviewed(*_post(port, json.dumps(_review(good)).encode()), uid)
 
 
-@pytest.mark.xfail(strict=True, reason=PARTIAL_READ)
 def test_huge_but_valid_admission_reviews_are_answered_not_refused(
     namespace: str, guarded_operator: Operator
 ) -> None:
