@@ -53,6 +53,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (/metrics)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     guard = run.add_argument_group("admission guardrails")
     guard.add_argument(
@@ -173,6 +179,10 @@ def _run(args: argparse.Namespace) -> int:
         webhooks,
     )
 
+    if args.metrics_port:
+        from permafrost import metrics
+
+        metrics.serve(port=args.metrics_port)
     memo = kopf.Memo()
     if args.admission:
         host, _, port = args.webhook_listen.rpartition(":")

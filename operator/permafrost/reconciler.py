@@ -21,6 +21,7 @@ from permafrost import (
     conditions,
     kube,
     manifests,
+    metrics,
     models,
     observations,
     planner,
@@ -99,6 +100,7 @@ async def reconcile(
         logger.info("release %s/%s: %s", namespace, name, action)
         await kube.apply(namespace, action)
     for event in result.events:
+        metrics.ROLLOUT_EVENTS.labels(reason=event.reason).inc()
         logger.info("release %s/%s: %s %s", namespace, name, event.reason, event.message)
         await kube.post_event(
             release=release, type_=event.type, reason=event.reason, message=event.message, now=now

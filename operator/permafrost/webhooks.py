@@ -27,7 +27,17 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from permafrost import admission, certs, checking, conditions, kube, models, policy, store
+from permafrost import (
+    admission,
+    certs,
+    checking,
+    conditions,
+    kube,
+    metrics,
+    models,
+    policy,
+    store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +310,10 @@ async def frozen_workload(**kwargs: Any) -> None:
     if decision.allowed and request.operation == "CREATE" and request.scope == "enforced":
         decision = _policies_at_create(dict(body), request.namespace, kwargs["warnings"])
     kwargs["warnings"].extend(decision.warnings)
+    if not dryrun:
+        metrics.count_admission(reason=decision.reason, allowed=decision.allowed)
+        if decision.reason in (admission.BREAK_GLASS_USED, admission.BREAK_GLASS_REFUSED):
+            metrics.BREAK_GLASS.labels(result="used" if decision.allowed else "refused").inc()
     if decision.event_type is not None:
         logger.info(
             "admission %s %s %s/%s by %s: %s",
@@ -364,6 +378,7 @@ def _policies_at_create(
         now=datetime.datetime.now(datetime.UTC),
     )
     warnings.extend(f"{r.policy}/{r.rule}: {r.message}" for r in verdict.warnings)
+    metrics.count_policy_results(stage="create", results=verdict.results)
     for r in verdict.audits:
         logger.info(
             "audit: %s %s/%s: %s/%s: %s",

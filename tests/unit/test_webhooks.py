@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
+import prometheus_client
 import pytest
 
-from permafrost import admission, certs, kube, models, store, webhooks
+from permafrost import admission, certs, kube, metrics, models, store, webhooks
 
 UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
 NS = "shop"
@@ -572,3 +573,39 @@ async def test_the_enforced_scope_admits_a_pinned_image_when_no_policy_objects(
     assert await webhooks.frozen_workload(**kwargs) is None
     await settle()
     assert posted == []
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def counter(name: str, **labels: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
+
+
+async def test_decisions_and_break_glass_uses_are_counted(posted: list[dict[str, Any]]) -> None:
+    denied = counter(
+        "permafrost_admission_decisions_total", reason=admission.TEMPLATE_FROZEN, result="denied"
+    )
+    used = counter("permafrost_break_glass_total", result="used")
+    with pytest.raises(kopf.AdmissionError):
+        await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment()))
+    new = copy.deepcopy(SET_IMAGE)
+    new["metadata"]["annotations"] = {models.ANNOTATION_BREAK_GLASS: "INC-43"}
+    await webhooks.frozen_workload(
+        **handler_kwargs(new, deployment(), user="alice", groups=("permafrost:break-glass",))
+    )
+    with pytest.raises(kopf.AdmissionError):  # dry runs are not counted
+        await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment(), dryrun=True))
+    await settle()
+    assert (
+        counter(
+            "permafrost_admission_decisions_total",
+            reason=admission.TEMPLATE_FROZEN,
+            result="denied",
+        )
+        == denied + 1
+    )
+    assert counter("permafrost_break_glass_total", result="used") == used + 1
+    exposition = prometheus_client.generate_latest(metrics.REGISTRY).decode()
+    assert "permafrost_break_glass_total" in exposition
