@@ -440,7 +440,15 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
         )
     else:
         w.scale(target, s.spec.replicas)
-        w.event("Normal", "AttemptStarted", f"verifying revision {target} again")
+        if attempt is not None and attempt.startswith("rollback:"):
+            w.event(
+                "Normal",
+                "RollbackStarted",
+                f"manual rollback to revision {target}: "
+                "scaling it up to verify it again before it takes traffic",
+            )
+        else:
+            w.event("Normal", "AttemptStarted", f"verifying revision {target} again")
     name = view.name if view else manifests.revision_name(s.release.name, target)
     images = (
         list(view.images)

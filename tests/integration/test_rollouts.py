@@ -421,6 +421,16 @@ def test_manual_rollback_verifies_and_promotes_a_retained_revision(
     assert rolled_back["reason"] == "ManualRollback"
     assert record(st, second)["outcome"] == "Retired"
     assert selector_revision(crds, namespace, "shop") == first
+    events = crds.kubectl(
+        "get",
+        "events",
+        "--field-selector",
+        "reason=RollbackStarted",
+        "-o",
+        "jsonpath={.items[*].message}",
+        namespace=namespace,
+    ).stdout
+    assert f"manual rollback to revision {first}" in events
 
     # A new spec ends the manual rollback and rolls out as usual.
     crds.apply(release("shop", service="shop", digest=THIRD_DIGEST), namespace=namespace)
