@@ -338,21 +338,6 @@ async def frozen_workload(**kwargs: Any) -> None:
         raise kopf.AdmissionError(decision.message, code=403)
 
 
-# NB: the webhook configuration routes each scope to the path /frozen-<scope>; Kopf dispatches a
-# request to the handlers whose id is that path, and passes the scope as ``param``.
-for _scope in ("managed", "enforced"):
-    for _group, _version, _plural in (
-        ("apps", "v1", "deployments"),
-        ("apps", "v1", "statefulsets"),
-        ("apps", "v1", "daemonsets"),
-        ("apps", "v1", "replicasets"),
-        ("", "v1", "pods"),
-    ):
-        kopf.on.validate(
-            _group, _version, _plural, id=f"frozen-{_scope}", param=_scope, subresource="*"
-        )(frozen_workload)
-
-
 def settings_from(
     *, exempt_users: Sequence[str], break_glass_groups: Sequence[str], namespace: str
 ) -> admission.Settings:
@@ -437,7 +422,34 @@ async def guardrail_policy(**kwargs: Any) -> None:
         raise kopf.AdmissionError(f"GuardrailPolicy {name} is refused: {exc}", code=422) from None
 
 
-kopf.on.validate(models.GROUP, models.VERSION, models.PLURAL, id="releases")(guarded_release)
-kopf.on.validate(models.GROUP, models.VERSION, models.POLICY_PLURAL, id="policies")(
-    guardrail_policy
-)
+def register_handlers(registry: kopf.OperatorRegistry | None = None) -> None:
+    """Register the validating handlers with Kopf (only when admission is enabled: Kopf
+    refuses to run with admission handlers and no webhook server).
+
+    NB: the webhook configuration routes each scope to the path /frozen-<scope>; Kopf
+    dispatches a request to the handlers whose id is that path, and passes the scope as
+    ``param``.
+    """
+    for scope in ("managed", "enforced"):
+        for group, version, plural in (
+            ("apps", "v1", "deployments"),
+            ("apps", "v1", "statefulsets"),
+            ("apps", "v1", "daemonsets"),
+            ("apps", "v1", "replicasets"),
+            ("", "v1", "pods"),
+        ):
+            kopf.on.validate(
+                group,
+                version,
+                plural,
+                id=f"frozen-{scope}",
+                param=scope,
+                subresource="*",
+                registry=registry,
+            )(frozen_workload)
+    kopf.on.validate(models.GROUP, models.VERSION, models.PLURAL, id="releases", registry=registry)(
+        guarded_release
+    )
+    kopf.on.validate(
+        models.GROUP, models.VERSION, models.POLICY_PLURAL, id="policies", registry=registry
+    )(guardrail_policy)
