@@ -26,16 +26,25 @@ stable_changed() { [ -n "$(stable)" ] && [ "$(stable)" != "$1" ]; }
 bold "Control plane: kube-apiserver $(kubectl version -o json | sed -nE 's/.*"gitVersion": "([^"]+)".*/\1/p' | tail -1), kwok nodes"
 kubectl get nodes
 
-bold "Install the GuardedRelease CRD and start the operator"
-kubectl apply --server-side --force-conflicts -f "$ROOT/crds/guardedrelease.yaml" >/dev/null
-kubectl wait --for=condition=Established crd/guardedreleases.permafrost.dev >/dev/null
+bold "Install the CRDs and the built-in policies, start the operator with its admission guardrails"
+kubectl apply --server-side --force-conflicts -f "$ROOT/crds/guardedrelease.yaml" -f "$ROOT/crds/guardrailpolicy.yaml" >/dev/null
+kubectl wait --for=condition=Established crd/guardedreleases.permafrost.dev crd/guardrailpolicies.permafrost.dev >/dev/null
 kubectl delete namespace "$NS" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$NS" >/dev/null
+kubectl label namespace "$NS" permafrost.dev/enforce=true >/dev/null
+kubectl get namespace permafrost-system >/dev/null 2>&1 || kubectl create namespace permafrost-system >/dev/null
 LOG=$(mktemp -t permafrost-demo.XXXXXX.log)
-"$PY" -m permafrost run -n "$NS" >"$LOG" 2>&1 &
+"$PY" -m permafrost run -n "$NS" --admission --operator-namespace permafrost-system \
+  --webhook-listen 127.0.0.1:9443 --webhook-url https://127.0.0.1:9443 >"$LOG" 2>&1 &
 OPERATOR=$!
 trap 'kill $OPERATOR 2>/dev/null || true' EXIT
 echo "operator pid $OPERATOR, log $LOG"
+kubectl apply -f "$ROOT/deploy/policies/" >/dev/null
+kubectl get guardrailpolicies
+webhook_ready() {
+  ! kubectl -n "$NS" create deployment probe --image=unpinned:1 --dry-run=server -o name >/dev/null 2>&1
+}
+wait_for "the admission webhook" webhook_ready
 
 bold "1. First release (examples/checkout.yaml, faster timings for the demo)"
 sed -e 's/minReadySeconds: 5/minReadySeconds: 2/' -e 's/scaleDownDelaySeconds: 30/scaleDownDelaySeconds: 3/' \
@@ -52,6 +61,15 @@ wait_for "the upgrade" stable_changed "$FIRST"
 SECOND=$(stable)
 show
 echo "Service checkout selects revision: $(selector) (was $FIRST)"
+
+bold "2b. An in-place change of the running revision is denied"
+kubectl -n "$NS" set image "deployment/checkout-$SECOND" web=registry.example/shop/checkout@sha256:$(printf 'f%.0s' {1..64}) 2>&1 | sed 's/^/    /' || true
+
+bold "2c. An image not pinned by digest is denied (CRD validation and policy)"
+kubectl -n "$NS" patch grel checkout --type json -p '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"registry.example/shop/checkout:latest"}]' 2>&1 | sed 's/^/    /' || true
+
+bold "2d. The same policies offline, as CI runs them"
+"$PY" -m permafrost check --stage create "$ROOT/examples/checkout.yaml" | sed 's/^/    /'
 
 bold "3. A bad upgrade: its pods never become Ready"
 kubectl -n "$NS" patch grel checkout --type merge -p '{"spec":{"template":{"metadata":{"annotations":{"sim.permafrost.dev/behavior":"never-ready"}}}}}'
@@ -71,3 +89,5 @@ bold "Events"
 kubectl -n "$NS" get events --field-selector involvedObject.kind=GuardedRelease --sort-by=.lastTimestamp \
   -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message | cut -c1-160
 bold "Done. The cluster keeps running: export KUBECONFIG=$ROOT/.cluster/kubeconfig; make cluster-down stops it."
+echo "Try: kubectl -n $NS get grel,deploy,svc; kubectl -n $NS describe grel checkout;"
+echo "     kubectl -n $NS set image deploy/checkout-$(stable) web=x@sha256:$(printf '0%.0s' {1..64})   # denied"
