@@ -37,7 +37,9 @@ LOG=$(mktemp -t permafrost-demo.XXXXXX.log)
 "$PY" -m permafrost run -n "$NS" --admission --operator-namespace permafrost-system \
   --webhook-listen 127.0.0.1:9443 --webhook-url https://127.0.0.1:9443 >"$LOG" 2>&1 &
 OPERATOR=$!
-trap 'kill $OPERATOR 2>/dev/null || true' EXIT
+# NB: when the demo's operator stops, its webhook configuration goes too (its policies webhook
+# fails closed, and would block GuardrailPolicy changes); the VAP fail-safe stays.
+trap 'kill $OPERATOR 2>/dev/null || true; kubectl delete validatingwebhookconfiguration permafrost-frozen-workloads --ignore-not-found >/dev/null 2>&1 || true' EXIT
 echo "operator pid $OPERATOR, log $LOG"
 kubectl apply -f "$ROOT/deploy/policies/" >/dev/null
 kubectl get guardrailpolicies
@@ -89,5 +91,7 @@ bold "Events"
 kubectl -n "$NS" get events --field-selector involvedObject.kind=GuardedRelease --sort-by=.lastTimestamp \
   -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message | cut -c1-160
 bold "Done. The cluster keeps running: export KUBECONFIG=$ROOT/.cluster/kubeconfig; make cluster-down stops it."
+echo "The built-in GuardrailPolicies stay installed (kubectl get grp); the operator has stopped,"
+echo "its fail-safe policy keeps the revisions frozen. Run it again: .venv/bin/permafrost run -n $NS"
 echo "Try: kubectl -n $NS get grel,deploy,svc; kubectl -n $NS describe grel checkout;"
 echo "     kubectl -n $NS set image deploy/checkout-$(stable) web=x@sha256:$(printf '0%.0s' {1..64})   # denied"

@@ -466,19 +466,28 @@ PRINTER_COLUMNS = [
 
 def resource_schema(pod_template: Schema) -> Schema:
     """The ``openAPIV3Schema`` of a GuardedRelease: metadata, ``spec`` (required), ``status``."""
-    return {
-        "description": (
+    return _object_schema(
+        description=(
             "A GuardedRelease runs a pod template as immutable revisions: every change is a new "
             "revision that takes traffic only once it is proven healthy."
         ),
+        spec=spec_schema(pod_template),
+        status=status_schema(),
+    )
+
+
+def _object_schema(*, description: str, spec: Schema, status: Schema) -> Schema:
+    """A custom resource's top-level schema: apiVersion, kind, metadata, spec, status."""
+    return {
+        "description": description,
         "type": "object",
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": spec_schema(pod_template),
-            "status": status_schema(),
+            "spec": spec,
+            "status": status,
         },
     }
 
@@ -603,21 +612,14 @@ POLICY_PRINTER_COLUMNS = [
 
 def policy_resource_schema() -> Schema:
     """The ``openAPIV3Schema`` of a GuardrailPolicy: metadata, ``spec`` (required), ``status``."""
-    return {
-        "description": (
+    return _object_schema(
+        description=(
             "A GuardrailPolicy holds CEL rules that GuardedReleases must pass at the stages it "
             "names (build, promote, create); cluster-wide, narrowed by spec.match."
         ),
-        "type": "object",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": policy_spec_schema(),
-            "status": policy_status_schema(),
-        },
-    }
+        spec=policy_spec_schema(),
+        status=policy_status_schema(),
+    )
 
 
 def policy_crd() -> Schema:

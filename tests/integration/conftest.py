@@ -32,6 +32,17 @@ def crds(cluster: Cluster) -> Cluster:
         "crd/guardedreleases.permafrost.dev",
         "crd/guardrailpolicies.permafrost.dev",
     )
+    # NB: the local cluster is the project's own; what `make demo` left in it (its webhook
+    # configuration, pointing at an operator that is gone, and the built-in policies, which
+    # apply cluster-wide) would decide the tests' outcomes instead of the tests.
+    cluster.kubectl(
+        "delete",
+        "validatingwebhookconfiguration",
+        WEBHOOK_CONFIGURATION,
+        "--ignore-not-found",
+        check=False,
+    )
+    cluster.kubectl("delete", "guardrailpolicies", "--all", check=False)
     return cluster
 
 

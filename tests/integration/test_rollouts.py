@@ -33,6 +33,19 @@ def selector_revision(cluster: Cluster, namespace: str, service: str) -> str | N
     return ((svc or {}).get("spec", {}).get("selector") or {}).get("permafrost.dev/revision")
 
 
+def wait_scaled_to_zero(cluster: Cluster, namespace: str, revision: str, *, timeout: float) -> None:
+    """Wait until the Deployment of ``revision`` is scaled to 0 (kept, not deleted)."""
+    wait_for(
+        lambda: all(
+            d["spec"]["replicas"] == 0
+            for d in revision_deployments(cluster, namespace, "shop")
+            if d["metadata"]["name"] == f"shop-{revision}"
+        ),
+        timeout=timeout,
+        what=f"revision {revision} scaled to 0",
+    )
+
+
 def record(st: dict[str, Any], revision: str) -> dict[str, Any]:
     return next(r for r in st["revisions"] if r["hash"] == revision)
 
@@ -92,15 +105,7 @@ def test_upgrade_moves_traffic_to_the_new_revision_and_retires_the_old_one(
         new = st["stableRevision"]
         assert new != old
         # The old revision is scaled to 0 only after scaleDownDelaySeconds.
-        wait_for(
-            lambda: all(
-                d["spec"]["replicas"] == 0
-                for d in revision_deployments(crds, namespace, "shop")
-                if d["metadata"]["name"] == f"shop-{old}"
-            ),
-            timeout=30,
-            what="the old revision scaled to 0",
-        )
+        wait_scaled_to_zero(crds, namespace, old, timeout=30)
     assert sampler.violations == []
     assert sampler.revisions <= {old, new}
     st = status(crds, namespace, "shop")
@@ -125,15 +130,7 @@ def _failing_upgrade(
         )
         st = wait_phase(crds, namespace, "shop", "RolledBack", timeout=60)
         failed = st["desiredRevision"]
-        wait_for(
-            lambda: all(
-                d["spec"]["replicas"] == 0
-                for d in revision_deployments(crds, namespace, "shop")
-                if d["metadata"]["name"] == f"shop-{failed}"
-            ),
-            timeout=20,
-            what="the failed revision scaled to 0",
-        )
+        wait_scaled_to_zero(crds, namespace, failed, timeout=20)
         time.sleep(1)  # a few more samples after the rollback
     assert failed != stable
     assert st["stableRevision"] == stable
@@ -233,15 +230,7 @@ def test_a_newer_spec_supersedes_a_rollout_in_verification(
     assert record(st, slow)["outcome"] == "Superseded"
     assert sampler.revisions <= {stable, newest}
     assert sampler.violations == []
-    wait_for(
-        lambda: all(
-            d["spec"]["replicas"] == 0
-            for d in revision_deployments(crds, namespace, "shop")
-            if d["metadata"]["name"] == f"shop-{slow}"
-        ),
-        timeout=20,
-        what="the superseded revision scaled to 0",
-    )
+    wait_scaled_to_zero(crds, namespace, slow, timeout=20)
 
 
 def test_a_config_change_makes_a_new_revision_with_its_own_immutable_snapshot(
