@@ -46,6 +46,17 @@ def wait_scaled_to_zero(cluster: Cluster, namespace: str, revision: str, *, time
     )
 
 
+def wait_new_stable(cluster: Cluster, namespace: str, old: str) -> dict[str, Any]:
+    """Wait until a revision other than ``old`` is stable (the status may still show ``old``
+    as Stable for a moment after a spec change)."""
+
+    def probe() -> dict[str, Any] | None:
+        st = status(cluster, namespace, "shop")
+        return st if st.get("phase") == "Stable" and st.get("stableRevision") != old else None
+
+    return wait_for(probe, timeout=60, interval=0.5, what=f"a stable revision other than {old}")
+
+
 def record(st: dict[str, Any], revision: str) -> dict[str, Any]:
     return next(r for r in st["revisions"] if r["hash"] == revision)
 
@@ -101,7 +112,7 @@ def test_upgrade_moves_traffic_to_the_new_revision_and_retires_the_old_one(
     sampler: SelectorSampler
     with sampler_factory("shop") as sampler:
         crds.apply(release("shop", service="shop", digest=NEW_DIGEST), namespace=namespace)
-        st = wait_phase(crds, namespace, "shop", "Stable", timeout=60)
+        st = wait_new_stable(crds, namespace, old)
         new = st["stableRevision"]
         assert new != old
         # The old revision is scaled to 0 only after scaleDownDelaySeconds.
@@ -374,7 +385,7 @@ def test_manual_rollback_verifies_and_promotes_a_retained_revision(
 ) -> None:
     first = first_release(crds, namespace)["stableRevision"]
     crds.apply(release("shop", service="shop", digest=NEW_DIGEST), namespace=namespace)
-    second = wait_phase(crds, namespace, "shop", "Stable", timeout=60)["stableRevision"]
+    second = wait_new_stable(crds, namespace, first)["stableRevision"]
     assert second != first
     with sampler_factory("shop") as sampler:
         out = subprocess.run(
