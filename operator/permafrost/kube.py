@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from permafrost import manifests, models, planner
+from permafrost import hashing, manifests, models, planner
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -420,19 +420,26 @@ async def post_object_event(
     reason: str,
     message: str,
     now: datetime.datetime,
+    key: str | None = None,
 ) -> None:
     """Record an Event on any namespaced object (``apiVersion``/``kind``/``metadata``).
+
+    With ``key``, the Event's name is derived from it, so posting the same occurrence twice
+    records it once (the apiserver may call a webhook again when it retries an update).
 
     NB: an Event is a report, not state: failing to post one must not fail the caller.
     """
     meta = involved.get("metadata") or {}
     namespace = str(meta.get("namespace") or "default")
     stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    prefix = f"{str(meta.get('name', 'object'))[:200]}."
+    naming = (
+        {"name": prefix + hashing.short_digest(key, length=16)}
+        if key is not None
+        else {"generateName": prefix}
+    )
     body = {
-        "metadata": {
-            "generateName": f"{str(meta.get('name', 'object'))[:200]}.",
-            "namespace": namespace,
-        },
+        "metadata": {**naming, "namespace": namespace},
         "involvedObject": {
             "apiVersion": involved.get("apiVersion"),
             "kind": involved.get("kind"),
@@ -452,6 +459,8 @@ async def post_object_event(
     try:
         await _call(clients().core.create_namespaced_event, namespace, body)
     except ApiException as exc:
+        if exc.status == 409 and key is not None:
+            return  # this occurrence is already recorded
         logger.warning(
             "could not post event %s on %s %s/%s: %s",
             reason,

@@ -332,6 +332,7 @@ async def frozen_workload(**kwargs: Any) -> None:
                     reason=decision.reason,
                     message=decision.message,
                     now=datetime.datetime.now(datetime.UTC),
+                    key=_occurrence(request, decision),
                 )
             )
     if not decision.allowed:
@@ -420,6 +421,19 @@ async def guardrail_policy(**kwargs: Any) -> None:
         policy.compile_policy(name, spec)
     except (ValueError, policy.PolicyError) as exc:
         raise kopf.AdmissionError(f"GuardrailPolicy {name} is refused: {exc}", code=422) from None
+
+
+def _occurrence(request: admission.Request, decision: admission.Decision) -> str | None:
+    """What makes a break-glass use unique: the object and the reason given (one use each).
+
+    NB: the apiserver re-runs admission when it retries a conflicting update, so the webhook
+    may see one use twice; the Event is named after the use and recorded once.
+    """
+    if decision.reason != admission.BREAK_GLASS_USED:
+        return None
+    meta = (request.new or {}).get("metadata") or {}
+    reason = ((meta.get("annotations") or {}).get(admission.ANNOTATION_BREAK_GLASS) or "").strip()
+    return f"{meta.get('uid')}/{request.subresource or ''}/{reason}"
 
 
 def register_handlers(registry: kopf.OperatorRegistry | None = None) -> None:
