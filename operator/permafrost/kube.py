@@ -296,20 +296,21 @@ async def replace_secret(namespace: str, body: Mapping[str, Any]) -> bool:
     return True
 
 
-def _admission_methods(kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """(patch, delete) of an admissionregistration.k8s.io/v1 kind."""
+def _admission_patch(kind: str) -> Callable[..., Any]:
+    """The patch method of an admissionregistration.k8s.io/v1 kind."""
     api = kubernetes.client.AdmissionregistrationV1Api(clients().api)
     suffix = {
         "ValidatingWebhookConfiguration": "validating_webhook_configuration",
         "ValidatingAdmissionPolicy": "validating_admission_policy",
         "ValidatingAdmissionPolicyBinding": "validating_admission_policy_binding",
     }[kind]
-    return getattr(api, f"patch_{suffix}"), getattr(api, f"delete_{suffix}")
+    patch: Callable[..., Any] = getattr(api, f"patch_{suffix}")
+    return patch
 
 
 async def apply_cluster_object(body: Mapping[str, Any]) -> None:
     """Server-side apply of an admissionregistration.k8s.io/v1 object Permafrost owns."""
-    patch, _ = _admission_methods(body["kind"])
+    patch = _admission_patch(body["kind"])
     await _call(
         patch,
         body["metadata"]["name"],
@@ -319,15 +320,6 @@ async def apply_cluster_object(body: Mapping[str, Any]) -> None:
         _content_type="application/apply-patch+yaml",
         _preload_content=False,
     )
-
-
-async def delete_cluster_object(kind: str, name: str) -> None:
-    _, delete = _admission_methods(kind)
-    try:
-        await _call(delete, name, _preload_content=False)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
 
 
 def _workload_methods(
