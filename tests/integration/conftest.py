@@ -293,8 +293,14 @@ def guarded_operator(
 
     wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
     yield op
+    stop_guarded(crds, op)
+
+
+def stop_guarded(cluster: Cluster, op: Operator) -> None:
+    """Stop an operator that served admission, and unregister its webhooks: they would point at
+    a closed port (and the policies webhook fails closed)."""
     op.stop()
-    crds.kubectl(
+    cluster.kubectl(
         "delete",
         "validatingwebhookconfiguration",
         WEBHOOK_CONFIGURATION,

@@ -37,6 +37,7 @@ from conftest import (
     Operator,
     free_port,
     release,
+    stop_guarded,
     wait_phase,
 )
 from k8s_harness import Cluster, to_yaml, wait_for
@@ -451,14 +452,7 @@ def frozen(
         wait_for(lambda: _running_pod(crds, namespace, "app=db"), timeout=30, what="a pod of db")
         yield env
     finally:
-        op.stop()
-        crds.kubectl(
-            "delete",
-            "validatingwebhookconfiguration",
-            WEBHOOK_CONFIGURATION,
-            "--ignore-not-found",
-            check=False,
-        )
+        stop_guarded(crds, op)
         crds.kubectl("delete", "namespace", namespace, unenforced, "--wait=false", check=False)
 
 
