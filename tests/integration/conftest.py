@@ -16,7 +16,11 @@ import pytest
 
 from k8s_harness import ROOT, Cluster, to_yaml, wait_for
 
-CRDS = (ROOT / "crds" / "guardedrelease.yaml", ROOT / "crds" / "guardrailpolicy.yaml")
+CRDS = (
+    ROOT / "crds" / "guardedrelease.yaml",
+    ROOT / "crds" / "guardrailpolicy.yaml",
+    ROOT / "crds" / "kopf-peering.yaml",
+)
 DIGEST = "@sha256:" + "1" * 64
 
 
@@ -31,6 +35,8 @@ def crds(cluster: Cluster) -> Cluster:
         "--timeout=60s",
         "crd/guardedreleases.permafrost.dev",
         "crd/guardrailpolicies.permafrost.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+        "crd/kopfpeerings.kopf.dev",
     )
     # NB: the local cluster is the project's own; what `make demo` left in it (its webhook
     # configuration, pointing at an operator that is gone, and the built-in policies, which
