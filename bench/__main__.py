@@ -1,0 +1,5 @@
+import sys
+
+from bench import run
+
+sys.exit(run.main())

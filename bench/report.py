@@ -1,0 +1,319 @@
+"""Write ``docs/benchmarks.md`` and its plots from the results JSON of a run.
+
+The generated part of the page sits between two markers; everything outside them (the
+analysis: which targets are met, why, what was changed) is kept as written.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from bench import common
+
+DOC = common.ROOT / "docs" / "benchmarks.md"
+PLOTS = common.ROOT / "docs" / "benchmarks"
+BEGIN = "<!-- BEGIN GENERATED: python -m bench (do not edit by hand) -->"
+END = "<!-- END GENERATED -->"
+MiB = 1024 * 1024
+
+
+def _load(out: pathlib.Path, name: str) -> dict[str, Any] | None:
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
+    """``median (min-max)`` of repetitions."""
+    if not values:
+        return "-"
+    s = common.summary(values)
+    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def _plot(name: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    return fig, ax, PLOTS / f"{name}.png", plt
+
+
+def _save(fig: Any, path: pathlib.Path, plt: Any) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return f"![{path.stem}](benchmarks/{path.name})"
+
+
+def _machine(m: dict[str, Any]) -> list[str]:
+    return [
+        "| | |",
+        "|---|---|",
+        f"| run | {m['started']} |",
+        f"| CPU | {m['cores']} cores, {m['cpu']} |",
+        f"| memory | {m['memory_bytes'] / 1024**3:.1f} GiB |",
+        f"| load average at start | {', '.join(f'{x:.2f}' for x in m['load_average'])} |",
+        f"| Permafrost / Kopf / Python | {m['permafrost']} / {m['kopf']} / {m['python']} |",
+        f"| Kubernetes / etcd / kwok | {m['kubernetes']} / {m['etcd']} / {m['kwok']} |",
+        f"| platform | {m['platform']} |",
+    ]
+
+
+def _admission(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+    lines = [
+        "### 1a. The webhook alone",
+        "",
+        f"AdmissionReviews POSTed to the webhook over loopback HTTPS, open loop, "
+        f"{r['repetitions']} repetitions of {r['seconds_per_repetition']:g} s per rate; half "
+        f"CREATEs (the built-in library, {r['policies']} policies, is evaluated), half UPDATEs. "
+        "Latency counts from when a request was due. Median over repetitions (min-max).",
+        "",
+        "| rate /s | achieved /s | p50 ms | p99 ms | errors |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    rows = r["webhook"]
+    targets: dict[str, bool] = {}
+    medians: dict[float, tuple[float, float]] = {}
+    for rate in r["rates"]:
+        mine = [x for x in rows if x["rate"] == rate]
+        p50 = [x["p50_ms"] for x in mine]
+        p99 = [x["p99_ms"] for x in mine]
+        errors = sum(x["errors"] for x in mine)
+        sent = sum(x["sent"] for x in mine)
+        achieved = statistics.median(x["achieved_rate"] for x in mine)
+        lines.append(
+            f"| {rate:g} | {achieved:.0f} | {_spread(p50, '{:.2f}')} | {_spread(p99, '{:.2f}')} "
+            f"| {errors} of {sent} |"
+        )
+        medians[rate] = (statistics.median(p50), statistics.median(p99))
+        if rate == 300:
+            targets["1a. webhook p99 < 5 ms at 300/s"] = statistics.median(p99) < 5
+    fig, ax, path, plt = _plot("admission-webhook")
+    rates = sorted(medians)
+    ax.plot(rates, [medians[x][0] for x in rates], "o-", label="p50")
+    ax.plot(rates, [medians[x][1] for x in rates], "s-", label="p99")
+    ax.axhline(5, color="grey", linestyle=":", label="target p99 at 300/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("AdmissionReviews per second")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("Webhook latency (median of repetitions)")
+    ax.legend()
+    lines += ["", _save(fig, path, plt), ""]
+
+    rounds = r["apiserver"]
+    variants = ("webhook", "policy-only", "no-guard")
+    lines += [
+        "### 1b. As the apiserver sees it",
+        "",
+        "Deployment creates and label updates through the apiserver, "
+        f"{r['apiserver_ops_per_variant']} of each per variant per repetition, "
+        f"{len(rounds)} repetitions, the three variants "
+        "interleaved request by request: an enforced namespace with the webhook and the "
+        "ValidatingAdmissionPolicy, an enforced namespace with only the policy, and an "
+        "unguarded namespace. Median over repetitions (min-max).",
+        "",
+        "| operation | variant | p50 ms | p99 ms | p99 / no-guard p99 |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for op in ("create", "update"):
+        base = [x[f"no-guard.{op}.p99_ms"] for x in rounds]
+        for variant in variants:
+            p50 = [x[f"{variant}.{op}.p50_ms"] for x in rounds]
+            p99 = [x[f"{variant}.{op}.p99_ms"] for x in rounds]
+            ratio = [a / b for a, b in zip(p99, base, strict=True)]
+            lines.append(
+                f"| {op} | {variant} | {_spread(p50)} | {_spread(p99)} | "
+                f"{_spread(ratio, '{:.2f}')} |"
+            )
+            if variant == "webhook":
+                targets[f"1b. webhook adds < 30% to the no-guard p99 ({op})"] = (
+                    statistics.median(ratio) < 1.3
+                )
+    fig, ax, path, plt = _plot("admission-apiserver")
+    width = 0.25
+    for i, variant in enumerate(variants):
+        values = [
+            statistics.median(x[f"{variant}.{op}.p99_ms"] for x in rounds)
+            for op in ("create", "update")
+        ]
+        ax.bar([j + (i - 1) * width for j in range(2)], values, width, label=variant)
+    ax.set_xticks(range(2), ["create", "update"])
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_title("Apiserver request latency by guard (median p99)")
+    ax.legend()
+    lines += ["", _save(fig, path, plt), ""]
+    return lines, targets
+
+
+def _rollout(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+    lines = [
+        "## 2. Rollout time",
+        "",
+        f"From the spec change to traffic on the new revision; every pod Ready "
+        f"{r['ready_after_seconds']:g} s after scheduling (kwok), {r['repetitions']} "
+        "repetitions per size, Permafrost and native interleaved. Seconds, median (min-max).",
+        "",
+        "| replicas | Permafrost s | native Deployment s | ratio |",
+        "|---:|---:|---:|---:|",
+    ]
+    targets = {}
+    sizes = r["sizes"]
+    meds = {}
+    for size in sizes:
+        mine = [x for x in r["rows"] if x["replicas"] == size]
+        p = [x["permafrost_s"] for x in mine]
+        n = [x["native_s"] for x in mine]
+        ratio = [a / b for a, b in zip(p, n, strict=True)]
+        lines.append(
+            f"| {size} | {_spread(p, '{:.2f}')} | {_spread(n, '{:.2f}')} | "
+            f"{_spread(ratio, '{:.2f}')} |"
+        )
+        meds[size] = (statistics.median(p), statistics.median(n))
+        targets[f"2. rollout <= 1.2x native ({size} replicas)"] = statistics.median(ratio) <= 1.2
+    fig, ax, path, plt = _plot("rollout")
+    width = 0.35
+    ax.bar(
+        [i - width / 2 for i in range(len(sizes))],
+        [meds[s][0] for s in sizes],
+        width,
+        label="Permafrost",
+    )
+    ax.bar(
+        [i + width / 2 for i in range(len(sizes))],
+        [meds[s][1] for s in sizes],
+        width,
+        label="native Deployment",
+    )
+    ax.set_xticks(range(len(sizes)), [f"{s} replicas" for s in sizes])
+    ax.set_ylabel("seconds (median)")
+    ax.set_title("Spec change to traffic on the new revision")
+    ax.legend()
+    lines += ["", _save(fig, path, plt), ""]
+    return lines, targets
+
+
+def _rollback(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+    lines = [
+        "## 3. Time to rollback",
+        "",
+        f"{r['replicas']} replicas; {r['repetitions']} repetitions per failure mode; "
+        f"progress deadline {r['progress_deadline_seconds']} s. Seconds from the moment the "
+        "failure is detectable, median (min-max).",
+        "",
+        "| failure | failed revision at 0 replicas | RolledBack=True in the status | both "
+        "| samples with the Service off the stable revision |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    targets = {}
+    for mode in ("crash-loop", "deadline"):
+        mine = [x for x in r["rows"] if x["mode"] == mode]
+        a = [x["to_scaled_down_s"] for x in mine]
+        b = [x["to_rolled_back_s"] for x in mine]
+        done = [x["to_done_s"] for x in mine]
+        off = sum(x["samples_off_stable"] for x in mine)
+        lines.append(
+            f"| {mode} | {_spread(a, '{:.2f}')} | {_spread(b, '{:.2f}')} | "
+            f"{_spread(done, '{:.2f}')} | {off} |"
+        )
+        targets[f"3. rollback < 1 s ({mode})"] = statistics.median(done) < 1
+    return [*lines, ""], targets
+
+
+def _scale(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+    req = r["requests_per_rollout"]
+    lines = [
+        "## 4. Scale",
+        "",
+        f"{r['releases']} GuardedReleases created at once, among {r['unmanaged_deployments']} "
+        f"unmanaged Deployments in {r['namespaces']} enforced namespaces, one operator (all "
+        f"namespaces, admission on, {r['policies']} policies). One run.",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| unmanaged Deployments created / operator settled | {r['unmanaged_create_s']:.0f} s / "
+        f"{r['unmanaged_settled_s']:.0f} s |",
+        f"| releases created (16 threads) | {r['apply_s']:.1f} s |",
+        f"| until every release is Stable | {r['all_stable_s']:.1f} s |",
+        f"| operator peak RSS | {r['peak_rss'] / MiB:.0f} MiB |",
+        f"| operator RSS before the releases / at the end | {r['rss_before_releases'] / MiB:.0f}"
+        f" / {r['rss_end'] / MiB:.0f} MiB |",
+        f"| memory per release (RSS growth / releases) | {r['rss_per_release'] / 1024:.0f} KiB |",
+        f"| operator CPU while rolling out | {r['operator_cpu_s']:.1f} s |",
+        f"| apiserver requests per rollout: reads / writes | {req['reads']:.1f} / "
+        f"{req['writes']:.1f} |",
+    ]
+    targets = {"4. operator peak RSS < 300 MB": r["peak_rss"] < 300e6}
+    fig, ax, path, plt = _plot("scale")
+    ax.plot([t for t, _ in r["progress"]], [n for _, n in r["progress"]])
+    ax.set_xlabel("seconds since the releases were applied")
+    ax.set_ylabel("Stable releases")
+    ax.set_title(f"{r['releases']} releases applied at once")
+    lines += ["", _save(fig, path, plt), ""]
+    return lines, targets
+
+
+def _policy(r: dict[str, Any]) -> list[str]:
+    rows = r["rows"]
+    cached = [x["cached_per_second"] for x in rows]
+    uncached = [x["uncached_per_second"] for x in rows]
+    return [
+        "## 5. Policy engine",
+        "",
+        f"The built-in library ({r['policies']} policies, {r['rules_evaluated']} rules apply at "
+        f"create) against a typical Deployment, {r['repetitions']} repetitions of "
+        f"{r['seconds_per_repetition']:g} s, one core. Evaluations per second, median (min-max).",
+        "",
+        "| | evaluations/s | ms each |",
+        "|---|---:|---:|",
+        f"| compiled once (as the operator does) | {_spread(cached, '{:.0f}')} | "
+        f"{1000 / statistics.median(cached):.3f} |",
+        f"| compiled for every evaluation | {_spread(uncached, '{:.0f}')} | "
+        f"{1000 / statistics.median(uncached):.3f} |",
+        "",
+    ]
+
+
+def generate(out: pathlib.Path) -> str:
+    """The generated Markdown for the results in ``out``."""
+    machine = _load(out, "machine") or {}
+    lines = ["## The machine", ""] + (_machine(machine) if machine else ["(unknown)"]) + [""]
+    targets: dict[str, bool] = {}
+    body: list[str] = []
+    if (r := _load(out, "admission")) is not None:
+        part, t = _admission(r)
+        body += ["## 1. Admission latency", "", *part]
+        targets |= t
+    for name, render in (("rollout", _rollout), ("rollback", _rollback), ("scale", _scale)):
+        if (r := _load(out, name)) is not None:
+            part, t = render(r)
+            body += part
+            targets |= t
+    if (r := _load(out, "policy_engine")) is not None:
+        body += _policy(r)
+    summary = ["## Targets", "", "| target | this run |", "|---|---|"]
+    summary += [f"| {k} | {_met(v)} |" for k, v in targets.items()]
+    return "\n".join([BEGIN, "", *lines, *summary, "", *body, END])
+
+
+def write(out: pathlib.Path) -> pathlib.Path:
+    """Replace the generated part of ``docs/benchmarks.md`` (create the page if missing)."""
+    generated = generate(out)
+    if DOC.exists() and BEGIN in DOC.read_text():
+        text = DOC.read_text()
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        DOC.write_text(head + generated + tail)
+    else:
+        DOC.write_text("# Benchmarks\n\n" + generated + "\n")
+    return DOC
