@@ -75,3 +75,12 @@ crd: venv ## regenerate crds/guardedrelease.yaml from the models
 fmt: venv ## format the code
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# --- benchmarks (bench/; results in bench/results/, report in docs/benchmarks.md) -------------
+$(BIN)/.bench-installed: pyproject.toml $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+.PHONY: bench
+bench: $(BIN)/.bench-installed binaries cluster-up ## benchmarks vs. native baselines (~15 min); writes docs/benchmarks.md
+	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -15,7 +15,6 @@ from typing import Any
 from bench import common
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
-PLOTS = common.ROOT / "docs" / "benchmarks"
 BEGIN = "<!-- BEGIN GENERATED: python -m bench (do not edit by hand) -->"
 END = "<!-- END GENERATED -->"
 MiB = 1024 * 1024
@@ -38,14 +37,14 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def _plot(name: str) -> Any:
+def _plot(plots: pathlib.Path, name: str) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    return fig, ax, PLOTS / f"{name}.png", plt
+    return fig, ax, plots / f"{name}.png", plt
 
 
 def _save(fig: Any, path: pathlib.Path, plt: Any) -> str:
@@ -53,7 +52,7 @@ def _save(fig: Any, path: pathlib.Path, plt: Any) -> str:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return f"![{path.stem}](benchmarks/{path.name})"
+    return f"![{path.stem}]({path.parent.name}/{path.name})"
 
 
 def _machine(m: dict[str, Any]) -> list[str]:
@@ -70,7 +69,7 @@ def _machine(m: dict[str, Any]) -> list[str]:
     ]
 
 
-def _admission(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+def _admission(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[str, bool]]:
     lines = [
         "### 1a. The webhook alone",
         "",
@@ -99,7 +98,7 @@ def _admission(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
         medians[rate] = (statistics.median(p50), statistics.median(p99))
         if rate == 300:
             targets["1a. webhook p99 < 5 ms at 300/s"] = statistics.median(p99) < 5
-    fig, ax, path, plt = _plot("admission-webhook")
+    fig, ax, path, plt = _plot(plots, "admission-webhook")
     rates = sorted(medians)
     ax.plot(rates, [medians[x][0] for x in rates], "o-", label="p50")
     ax.plot(rates, [medians[x][1] for x in rates], "s-", label="p99")
@@ -140,7 +139,7 @@ def _admission(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
                 targets[f"1b. webhook adds < 30% to the no-guard p99 ({op})"] = (
                     statistics.median(ratio) < 1.3
                 )
-    fig, ax, path, plt = _plot("admission-apiserver")
+    fig, ax, path, plt = _plot(plots, "admission-apiserver")
     width = 0.25
     for i, variant in enumerate(variants):
         values = [
@@ -156,7 +155,7 @@ def _admission(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
     return lines, targets
 
 
-def _rollout(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+def _rollout(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[str, bool]]:
     lines = [
         "## 2. Rollout time",
         "",
@@ -181,7 +180,7 @@ def _rollout(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
         )
         meds[size] = (statistics.median(p), statistics.median(n))
         targets[f"2. rollout <= 1.2x native ({size} replicas)"] = statistics.median(ratio) <= 1.2
-    fig, ax, path, plt = _plot("rollout")
+    fig, ax, path, plt = _plot(plots, "rollout")
     width = 0.35
     ax.bar(
         [i - width / 2 for i in range(len(sizes))],
@@ -203,7 +202,7 @@ def _rollout(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
     return lines, targets
 
 
-def _rollback(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+def _rollback(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[str, bool]]:
     lines = [
         "## 3. Time to rollback",
         "",
@@ -230,7 +229,7 @@ def _rollback(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
     return [*lines, ""], targets
 
 
-def _scale(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+def _scale(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[str, bool]]:
     req = r["requests_per_rollout"]
     lines = [
         "## 4. Scale",
@@ -254,7 +253,7 @@ def _scale(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
         f"{req['writes']:.1f} |",
     ]
     targets = {"4. operator peak RSS < 300 MB": r["peak_rss"] < 300e6}
-    fig, ax, path, plt = _plot("scale")
+    fig, ax, path, plt = _plot(plots, "scale")
     ax.plot([t for t, _ in r["progress"]], [n for _, n in r["progress"]])
     ax.set_xlabel("seconds since the releases were applied")
     ax.set_ylabel("Stable releases")
@@ -284,19 +283,19 @@ def _policy(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def generate(out: pathlib.Path) -> str:
+def generate(out: pathlib.Path, *, plots: pathlib.Path) -> str:
     """The generated Markdown for the results in ``out``."""
     machine = _load(out, "machine") or {}
     lines = ["## The machine", ""] + (_machine(machine) if machine else ["(unknown)"]) + [""]
     targets: dict[str, bool] = {}
     body: list[str] = []
     if (r := _load(out, "admission")) is not None:
-        part, t = _admission(r)
+        part, t = _admission(r, plots)
         body += ["## 1. Admission latency", "", *part]
         targets |= t
     for name, render in (("rollout", _rollout), ("rollback", _rollback), ("scale", _scale)):
         if (r := _load(out, name)) is not None:
-            part, t = render(r)
+            part, t = render(r, plots)
             body += part
             targets |= t
     if (r := _load(out, "policy_engine")) is not None:
@@ -306,14 +305,14 @@ def generate(out: pathlib.Path) -> str:
     return "\n".join([BEGIN, "", *lines, *summary, "", *body, END])
 
 
-def write(out: pathlib.Path) -> pathlib.Path:
-    """Replace the generated part of ``docs/benchmarks.md`` (create the page if missing)."""
-    generated = generate(out)
-    if DOC.exists() and BEGIN in DOC.read_text():
-        text = DOC.read_text()
-        head, _, rest = text.partition(BEGIN)
+def write(out: pathlib.Path, *, doc: pathlib.Path = DOC) -> pathlib.Path:
+    """Replace the generated part of ``doc`` (create the page if missing); the plots go to the
+    folder named like it (``docs/benchmarks/`` for ``docs/benchmarks.md``)."""
+    generated = generate(out, plots=doc.with_suffix(""))
+    if doc.exists() and BEGIN in doc.read_text():
+        head, _, rest = doc.read_text().partition(BEGIN)
         _, _, tail = rest.partition(END)
-        DOC.write_text(head + generated + tail)
+        doc.write_text(head + generated + tail)
     else:
-        DOC.write_text("# Benchmarks\n\n" + generated + "\n")
-    return DOC
+        doc.write_text("# Benchmarks\n\n" + generated + "\n")
+    return doc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import subprocess
 import sys
 import time
 import traceback
@@ -25,6 +26,30 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "scale": scale.run,
 }
 RESULTS = common.ROOT / "bench" / "results"
+CRDS = ("guardedrelease.yaml", "guardrailpolicy.yaml", "kopf-peering.yaml")
+
+
+def install_crds() -> None:
+    """The Permafrost CRDs, applied and Established (the cluster may be fresh)."""
+    for crd in CRDS:
+        subprocess.run(
+            ["kubectl", "apply", "--server-side", "--force-conflicts", "-f", f"crds/{crd}"],
+            cwd=common.ROOT,
+            check=True,
+            capture_output=True,
+        )
+    subprocess.run(
+        [
+            "kubectl",
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/guardedreleases.permafrost.dev",
+            "crd/guardrailpolicies.permafrost.dev",
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write docs/benchmarks.md and its plots (default: yes, except with --smoke)",
     )
     parser.add_argument(
+        "--doc",
+        type=pathlib.Path,
+        default=report.DOC,
+        help="the report to write; its plots go to a folder of the same name",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="only regenerate the report from --out"
     )
     args = parser.parse_args(argv)
@@ -48,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     if not args.report_only:
+        install_crds()
         api = common.Api.connect()
         common.dump(out / "machine.json", {**common.machine(), "smoke": args.smoke})
         for name in args.only or list(BENCHMARKS):
@@ -64,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             common.dump(out / f"{name}.json", result)
             print(f"[bench] {name}: {result['wall_seconds']:.0f}s", file=sys.stderr, flush=True)
     if args.report if args.report is not None else not args.smoke:
-        written = report.write(out)
+        written = report.write(out, doc=args.doc)
         print(f"[bench] wrote {written}", file=sys.stderr)
     if failed:
         print(f"[bench] failed: {', '.join(failed)}", file=sys.stderr)
