@@ -166,14 +166,22 @@ def _not_an_admission_denial(record: logging.LogRecord) -> bool:
     return not (message.startswith("Webhook ") and "failed permanently" in message)
 
 
-def _run(args: argparse.Namespace) -> int:
-    kopf.configure(verbose=args.verbose)
-    logging.getLogger("permafrost").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+def _configure_logging(*, verbose: bool) -> None:
+    kopf.configure(verbose=verbose)
+    logging.getLogger("permafrost").setLevel(logging.DEBUG if verbose else logging.INFO)
     # NB: Kopf logs every successful event handler; ours only enqueue, so that is noise. It also
     # logs every admission denial as a handler failure at ERROR; Permafrost logs decisions itself.
     kopf_objects = logging.getLogger("kopf.objects")
-    kopf_objects.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    kopf_objects.setLevel(logging.DEBUG if verbose else logging.WARNING)
     kopf_objects.addFilter(_not_an_admission_denial)
+    # NB: aiohttp logs every admission review it serves at INFO: a line formatted and written on
+    # the admission path for every request (docs/benchmarks.md: a fifth of the operator's CPU per
+    # review). The level is read when a connection opens, so it is set before the server starts.
+    logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _run(args: argparse.Namespace) -> int:
+    _configure_logging(verbose=args.verbose)
     from permafrost import (
         handlers,  # noqa: F401  (registers the handlers with Kopf)
         webhooks,
