@@ -173,8 +173,17 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
             webhook: list[dict[str, Any]] = []
             for rep in range(repetitions):
                 for rate in rates:
+                    cpu, own = operator.cpu_seconds(), time.process_time()
                     row = asyncio.run(
                         _blast(url, ca, rate=rate, seconds=seconds, namespace=enforced)
+                    )
+                    # NB: what one review costs the operator, and what sending it cost the
+                    # load generator (on the same cores).
+                    row["operator_cpu_ms_per_review"] = (
+                        (operator.cpu_seconds() - cpu) * 1000 / row["sent"]
+                    )
+                    row["client_cpu_ms_per_review"] = (
+                        (time.process_time() - own) * 1000 / row["sent"]
                     )
                     row["repetition"] = rep
                     webhook.append(row)

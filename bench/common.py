@@ -383,7 +383,8 @@ class Operator:
                 "-m",
                 "pyinstrument",
                 "-r",
-                "html",
+                "html" if self.profile.suffix == ".html" else "text",
+                "--show=*/kopf/*",
                 "-o",
                 str(self.profile),
                 "-m",
@@ -462,18 +463,24 @@ class Operator:
     def stop(self) -> None:
         """SIGTERM (then SIGKILL); unregister the webhooks, which would point at a closed port."""
         self._stop.set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT if self.profile else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT if self.profile else signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+        finally:
+            if self.proc is not None and self.proc.poll() is None:
                 self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self._sampler is not None:
-            self._sampler.join(timeout=5)
-        if self.admission:
-            with ignore_status(404):
-                self.api.admission.delete_validating_webhook_configuration(WEBHOOK_CONFIGURATION)
+            if self._sampler is not None:
+                self._sampler.join(timeout=5)
+            if self.admission:
+                with ignore_status(404):
+                    self.api.admission.delete_validating_webhook_configuration(
+                        WEBHOOK_CONFIGURATION
+                    )
 
     def __enter__(self) -> Operator:
         return self.start()

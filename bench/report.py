@@ -78,8 +78,9 @@ def _admission(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[
         f"CREATEs (the built-in library, {r['policies']} policies, is evaluated), half UPDATEs. "
         "Latency counts from when a request was due. Median over repetitions (min-max).",
         "",
-        "| rate /s | achieved /s | p50 ms | p99 ms | errors |",
-        "|---:|---:|---:|---:|---:|",
+        "| rate /s | achieved /s | p50 ms | p99 ms | errors | operator CPU ms/review "
+        "| load generator CPU ms/review |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = r["webhook"]
     targets: dict[str, bool] = {}
@@ -93,7 +94,9 @@ def _admission(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[
         achieved = statistics.median(x["achieved_rate"] for x in mine)
         lines.append(
             f"| {rate:g} | {achieved:.0f} | {_spread(p50, '{:.2f}')} | {_spread(p99, '{:.2f}')} "
-            f"| {errors} of {sent} |"
+            f"| {errors} of {sent} "
+            f"| {_spread([x['operator_cpu_ms_per_review'] for x in mine], '{:.2f}')} "
+            f"| {_spread([x['client_cpu_ms_per_review'] for x in mine], '{:.2f}')} |"
         )
         medians[rate] = (statistics.median(p50), statistics.median(p99))
         if rate == 300:
@@ -163,8 +166,9 @@ def _rollout(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[st
         f"{r['ready_after_seconds']:g} s after scheduling (kwok), {r['repetitions']} "
         "repetitions per size, Permafrost and native interleaved. Seconds, median (min-max).",
         "",
-        "| replicas | Permafrost s | native Deployment s | ratio |",
-        "|---:|---:|---:|---:|",
+        "| replicas | Permafrost s | native Deployment s | ratio | native, maxSurge 100% s "
+        "| ratio |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     targets = {}
     sizes = r["sizes"]
@@ -173,27 +177,24 @@ def _rollout(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[st
         mine = [x for x in r["rows"] if x["replicas"] == size]
         p = [x["permafrost_s"] for x in mine]
         n = [x["native_s"] for x in mine]
+        f = [x["native_full_surge_s"] for x in mine]
         ratio = [a / b for a, b in zip(p, n, strict=True)]
+        ratio_f = [a / b for a, b in zip(p, f, strict=True)]
         lines.append(
             f"| {size} | {_spread(p, '{:.2f}')} | {_spread(n, '{:.2f}')} | "
-            f"{_spread(ratio, '{:.2f}')} |"
+            f"{_spread(ratio, '{:.2f}')} | {_spread(f, '{:.2f}')} | {_spread(ratio_f, '{:.2f}')} |"
         )
-        meds[size] = (statistics.median(p), statistics.median(n))
+        meds[size] = (statistics.median(p), statistics.median(n), statistics.median(f))
         targets[f"2. rollout <= 1.2x native ({size} replicas)"] = statistics.median(ratio) <= 1.2
     fig, ax, path, plt = _plot(plots, "rollout")
-    width = 0.35
-    ax.bar(
-        [i - width / 2 for i in range(len(sizes))],
-        [meds[s][0] for s in sizes],
-        width,
-        label="Permafrost",
-    )
-    ax.bar(
-        [i + width / 2 for i in range(len(sizes))],
-        [meds[s][1] for s in sizes],
-        width,
-        label="native Deployment",
-    )
+    width = 0.27
+    for k, label in enumerate(("Permafrost", "native Deployment", "native, maxSurge 100%")):
+        ax.bar(
+            [i + (k - 1) * width for i in range(len(sizes))],
+            [meds[s][k] for s in sizes],
+            width,
+            label=label,
+        )
     ax.set_xticks(range(len(sizes)), [f"{s} replicas" for s in sizes])
     ax.set_ylabel("seconds (median)")
     ax.set_title("Spec change to traffic on the new revision")
@@ -240,7 +241,8 @@ def _scale(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[str,
         "",
         "| measure | value |",
         "|---|---:|",
-        f"| unmanaged Deployments created / operator settled | {r['unmanaged_create_s']:.0f} s / "
+        "| unmanaged Deployments created / synced by the controller-manager / operator settled "
+        f"| {r['unmanaged_create_s']:.0f} s / {r['unmanaged_synced_s']:.0f} s / "
         f"{r['unmanaged_settled_s']:.0f} s |",
         f"| releases created (16 threads) | {r['apply_s']:.1f} s |",
         f"| until every release is Stable | {r['all_stable_s']:.1f} s |",
@@ -251,6 +253,9 @@ def _scale(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[str,
         f"| operator CPU while rolling out | {r['operator_cpu_s']:.1f} s |",
         f"| apiserver requests per rollout: reads / writes | {req['reads']:.1f} / "
         f"{req['writes']:.1f} |",
+        "| apiserver requests per unmanaged Deployment (created, then settled): reads / writes "
+        f"| {r['requests_per_unmanaged']['reads']:.1f} / "
+        f"{r['requests_per_unmanaged']['writes']:.1f} |",
     ]
     targets = {"4. operator peak RSS < 300 MB": r["peak_rss"] < 300e6}
     fig, ax, path, plt = _plot(plots, "scale")

@@ -8,8 +8,11 @@ the release first, then the Deployment, one after the other, never at once — a
 - Permafrost: from the patch to the Service selecting the new revision (all its pods Ready and
   verified; ``minReadySeconds: 0``).
 - native: from the patch to the rolling update being complete (``kubectl rollout status``:
-  every replica updated and available, no old pod left; ``maxSurge``/``maxUnavailable`` 25%,
-  ``minReadySeconds: 0``).
+  every replica updated and available, no old pod left; the defaults ``maxSurge``/
+  ``maxUnavailable`` 25%, ``minReadySeconds: 0``).
+- native, full surge: the same with ``maxSurge: 100%``, ``maxUnavailable: 0`` — a whole new
+  ReplicaSet at once, as a Permafrost revision is (the fair comparison of speed; it costs
+  twice the pods for the duration, as Permafrost does).
 
 The clock is polled every 20 ms through the apiserver, the same way for both.
 """
@@ -133,7 +136,7 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
     try:
         with common.Operator(api, out, namespaces=[namespace]) as operator:
             for size in sizes:
-                gr, native = f"gr-{size}", f"native-{size}"
+                gr, native, surge = f"gr-{size}", f"native-{size}", f"surge-{size}"
                 template = common.pod_template(gr, ready_after=delay)
                 api.custom.create_namespaced_custom_object(
                     "permafrost.dev",
@@ -150,12 +153,21 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
                         template=common.pod_template(native, ready_after=delay),
                     ),
                 )
-                wait_stable(api, namespace, gr, timeout=timeout)
-                common.wait_for(
-                    lambda n=native: _native_done(api, namespace, n, 1),
-                    timeout=timeout,
-                    what=f"{native} to be available",
+                full = common.deployment(
+                    surge, replicas=size, template=common.pod_template(surge, ready_after=delay)
                 )
+                full["spec"]["strategy"] = {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": "100%", "maxUnavailable": 0},
+                }
+                api.apps.create_namespaced_deployment(namespace, full)
+                wait_stable(api, namespace, gr, timeout=timeout)
+                for plain in (native, surge):
+                    common.wait_for(
+                        lambda n=plain: _native_done(api, namespace, n, 1),
+                        timeout=timeout,
+                        what=f"{plain} to be available",
+                    )
                 for rep in range(repetitions):
                     generation = str(rep + 1)
                     p = permafrost_rollout(
@@ -164,8 +176,17 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
                     n = native_rollout(
                         api, namespace, native, generation=generation, timeout=timeout
                     )
+                    f = native_rollout(
+                        api, namespace, surge, generation=generation, timeout=timeout
+                    )
                     rows.append(
-                        {"replicas": size, "repetition": rep, "permafrost_s": p, "native_s": n}
+                        {
+                            "replicas": size,
+                            "repetition": rep,
+                            "permafrost_s": p,
+                            "native_s": n,
+                            "native_full_surge_s": f,
+                        }
                     )
                     operator.alive()
                     wait_stable(api, namespace, gr, timeout=timeout)
@@ -173,6 +194,7 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
                     "permafrost.dev", "v1alpha1", namespace, "guardedreleases", gr
                 )
                 api.apps.delete_namespaced_deployment(native, namespace)
+                api.apps.delete_namespaced_deployment(surge, namespace)
     finally:
         common.delete_namespaces(api, [namespace])
     return {

@@ -78,6 +78,7 @@ def test_rollout_benchmark_times_both_sides_for_every_size(results: pathlib.Path
         # NB: no pod is Ready before its delay: a faster "rollout" means a broken clock.
         assert all(r["permafrost_s"] >= data["ready_after_seconds"] for r in mine)
         assert all(r["native_s"] >= data["ready_after_seconds"] for r in mine)
+        assert all(r["native_full_surge_s"] >= data["ready_after_seconds"] for r in mine)
 
 
 def test_rollback_benchmark_sees_each_failure_rolled_back_off_traffic(
