@@ -45,7 +45,7 @@ async def _reconcile_workload(key: WorkloadKey) -> float | None:
         for workload_kind, workload in await reconciler.scan_namespace(namespace):
             runtime.workloads.add((namespace, workload_kind, workload))
         return None
-    return await reconciler.reconcile_workload(namespace, kind, name)
+    return await reconciler.reconcile_workload(namespace, kind, name, namespaces=store.STORE)
 
 
 _RUNTIME: Runtime | None = None

@@ -400,11 +400,6 @@ async def list_namespace_labels() -> dict[str, dict[str, str]]:
     }
 
 
-async def read_namespace_labels(name: str) -> dict[str, str] | None:
-    body = await _get_or_none(clients().core.read_namespace, name)
-    return None if body is None else dict((body.get("metadata") or {}).get("labels") or {})
-
-
 async def post_object_event(
     *,
     involved: Mapping[str, Any],

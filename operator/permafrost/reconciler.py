@@ -117,10 +117,19 @@ async def _none() -> None:
 
 
 async def reconcile_workload(
-    namespace: str, kind: str, name: str, *, clock: Clock = utcnow
+    namespace: str,
+    kind: str,
+    name: str,
+    *,
+    namespaces: store.Store,
+    clock: Clock = utcnow,
 ) -> float | None:
-    """Fingerprint, accept or report drift of one workload in an enforced namespace."""
-    labels = await kube.read_namespace_labels(namespace)
+    """Fingerprint, accept or report drift of one workload in an enforced namespace.
+
+    NB: the namespace's labels come from the watch-fed store, not from a read per workload: a
+    namespace labelled enforced later is scanned whole when its event arrives.
+    """
+    labels = namespaces.namespaces.get(namespace)
     if labels is None or labels.get(models.LABEL_ENFORCE) != "true":
         return None
     obj = await kube.read_workload(namespace, kind, name)
