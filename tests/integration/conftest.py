@@ -53,17 +53,31 @@ def crds(cluster: Cluster) -> Cluster:
 
 
 class Operator:
-    """``permafrost run`` as a real subprocess, watching one namespace."""
+    """``permafrost run`` as a real subprocess, watching one namespace (``None``: all of them).
+
+    With ``kubeconfig``, it talks to the apiserver as whoever that kubeconfig names instead of
+    the cluster's administrator.
+    """
 
     def __init__(
-        self, cluster: Cluster, namespace: str, log: pathlib.Path, extra: Sequence[str] = ()
+        self,
+        cluster: Cluster,
+        namespace: str | None,
+        log: pathlib.Path,
+        extra: Sequence[str] = (),
+        *,
+        kubeconfig: pathlib.Path | None = None,
     ) -> None:
         self.cluster, self.namespace, self.log = cluster, namespace, log
         self.extra = list(extra)
+        self.kubeconfig = kubeconfig
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**self.cluster.env, "PYTHONUNBUFFERED": "1"}
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        scope = ["-n", self.namespace] if self.namespace else ["--all-namespaces"]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -71,8 +85,7 @@ class Operator:
                     "-m",
                     "permafrost",
                     "run",
-                    "-n",
-                    self.namespace,
+                    *scope,
                     "--verbose",
                     *self.extra,
                 ],
@@ -275,6 +288,13 @@ def guarded_operator(
     )
     request.node.operator_log = op.log
     op.start()
+    wait_for_webhook(crds, port)
+    yield op
+    stop_guarded(crds, op)
+
+
+def wait_for_webhook(cluster: Cluster, port: int) -> None:
+    """Wait until the apiserver routes admission to the operator's webhook on ``port``."""
 
     def webhook_answers() -> bool:
         # NB: only the operator's webhook answers this (the fail-safe policy knows no policies):
@@ -288,7 +308,7 @@ def guarded_operator(
                 "rules": [{"name": "probe", "expression": "(", "message": "x"}],
             },
         }
-        proc = crds.kubectl(
+        proc = cluster.kubectl(
             "create", "--dry-run=server", "-f", "-", stdin=to_yaml(probe), check=False
         )
         return (
@@ -298,8 +318,6 @@ def guarded_operator(
         )
 
     wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
-    yield op
-    stop_guarded(crds, op)
 
 
 def stop_guarded(cluster: Cluster, op: Operator) -> None:
