@@ -1,4 +1,5 @@
-"""The image recipe: pinned bases, a non-root user, the operator as entrypoint, a tight context."""
+"""Image recipes: pinned bases, a non-root user, the operator as entrypoint, a tight context;
+the kind cluster of the quickstart on a pinned node image."""
 
 from __future__ import annotations
 
@@ -79,3 +80,19 @@ def test_the_build_context_leaves_out_local_state() -> None:
         for source in args.split()[:-1]
     }
     assert copied == allowed
+
+
+def test_the_kind_cluster_pins_its_node_image_at_the_tested_kubernetes_minor() -> None:
+    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    versions = dict(
+        line.split("=", 1)
+        for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    tested = ".".join(versions["K8S_VERSION"].removeprefix("v").split(".")[:2])
+    images = {node["image"] for node in config["nodes"]}
+    assert len(images) == 1, "every node runs the same Kubernetes"
+    (image,) = images
+    assert PINNED.match(image), f"{image} is not pinned by digest"
+    assert image.startswith(f"kindest/node:v{tested}.")
+    assert sum(node["role"] == "worker" for node in config["nodes"]) >= 2  # replicas spread
