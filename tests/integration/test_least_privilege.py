@@ -61,6 +61,13 @@ OTHER_DIGEST = "@sha256:" + "3" * 64
 # being deleted (left by other tests) is also a 403; that is not about permissions.
 REFUSED = re.compile(r"forbidden|not enough permissions|\(403\)|could not post event", re.I)
 TERMINATING = "because it is being terminated"
+API_REQUEST = re.compile(r'"(GET|POST|PUT|PATCH|DELETE) (/apis?/[^ ?"]+)(\S*) HTTP/1\.1"')
+# Permissions only Kopf uses (its requests are not logged): its watches, peering, CRD discovery,
+# and the lists that start its watches. NB: a server-side apply that creates its object is
+# logged as a PATCH; the "create" it also needs is not visible here.
+KOPF_ONLY = {("permafrost.dev", "guardedreleases", "list")} | {
+    ("", resource, "list") for resource in ("configmaps", "secrets", "services")
+}
 RECORD = re.compile(r"^(?=\[\d{4}-\d\d-\d\d )", re.MULTILINE)  # where a log record starts
 
 
@@ -112,6 +119,37 @@ def _seed_a_certificate_to_renew(cluster: Cluster) -> None:
     )
 
 
+def api_calls(log: pathlib.Path) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every request the Kubernetes client logged (kube.py's;
+    Kopf's own requests are not in the log)."""
+    calls = set()
+    for method, path, query in API_REQUEST.findall(log.read_text(errors="replace")):
+        parts = path.strip("/").split("/")
+        group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            rest = rest[2:]
+        resource = "/".join(rest[0:1] + rest[2:3])
+        named = len(rest) >= 2
+        if method == "GET":
+            verb = "watch" if "watch=" in query else ("get" if named else "list")
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+        calls.add((group, resource, verb))
+    return calls
+
+
+def granted(identity: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for obj in identity
+        if obj["kind"] in ("ClusterRole", "Role")
+        for rule in obj["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
 def refusals(log: pathlib.Path) -> list[str]:
     """The records of the operator's log (a line with its traceback) that report a refusal."""
     records = RECORD.split(log.read_text(errors="replace"))
@@ -121,8 +159,10 @@ def refusals(log: pathlib.Path) -> list[str]:
 class Deployed:
     """The operator running as its ServiceAccount, and how to check it was never refused."""
 
-    def __init__(self, cluster: Cluster, operator: Operator) -> None:
-        self.cluster, self.operator = cluster, operator
+    def __init__(
+        self, cluster: Cluster, operator: Operator, identity: list[dict[str, Any]]
+    ) -> None:
+        self.cluster, self.operator, self.identity = cluster, operator, identity
 
     def assert_never_refused(self) -> None:
         assert refusals(self.operator.log) == []
@@ -168,7 +208,7 @@ def deployed(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     op.start()
     try:
         wait_for_webhook(crds, port)
-        yield Deployed(crds, op)
+        yield Deployed(crds, op, identity)
     finally:
         stop_guarded(crds, op)
         for obj, existed in had_policy.items():
@@ -479,3 +519,21 @@ def test_the_log_scan_catches_a_refusal(tmp_path: pathlib.Path) -> None:
     )
     found = refusals(log)
     assert [r.split("] ")[0][-3:] for r in found] == ["002", "003", "004", "006"]
+
+
+def test_every_permission_the_adapter_needs_was_exercised_by_the_scenarios(
+    deployed: Deployed,
+) -> None:
+    """NB: runs after the scenarios above (file order); it checks what they made the operator do."""
+    rights = granted(deployed.identity)
+    used = api_calls(deployed.operator.log)
+    assert used, "the operator's log shows no API request"
+    assert used <= rights, f"used without a grant: {used - rights}"
+    expected = {
+        (group, resource, verb)
+        for group, resource, verb in rights
+        if verb != "watch"
+        and group not in ("kopf.dev", "apiextensions.k8s.io")
+        and not (group == "admissionregistration.k8s.io" and verb == "create")
+    } - KOPF_ONLY
+    assert expected - used == set(), "granted, but never used by the scenarios"
