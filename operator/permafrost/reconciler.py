@@ -148,28 +148,7 @@ async def reconcile(
     )
     metrics.observe_rollout_ends(ends)
     for end in ends:
-        timing = {
-            "duration_seconds": end.duration,
-            "time_to_rollback_seconds": end.time_to_rollback,
-        }
-        took = next((f" in {v:.1f}s" for v in timing.values() if v is not None), "")
-        logger.info(
-            "release %s/%s: rollout of revision %s ended: %s (%s)%s",
-            namespace,
-            name,
-            end.revision,
-            end.outcome,
-            end.reason,
-            took,
-            extra=_fields(
-                namespace,
-                name,
-                revision=end.revision,
-                reason=end.reason,
-                outcome=end.outcome,
-                **{k: v for k, v in timing.items() if v is not None},
-            ),
-        )
+        _log_rollout_end(namespace, name, end)
     if result.status.phase != status.phase:
         logger.info(
             "release %s/%s: phase %s -> %s",
@@ -202,11 +181,29 @@ def _fields(
     return {"release": name, "namespace": namespace, "revision": revision, "reason": reason, **more}
 
 
+def _log_rollout_end(namespace: str, name: str, end: metrics.RolloutEnd) -> None:
+    timing = {"duration_seconds": end.duration, "time_to_rollback_seconds": end.time_to_rollback}
+    known = {k: v for k, v in timing.items() if v is not None}
+    took = "".join(f" in {v:.1f}s" for v in known.values())
+    logger.info(
+        "release %s/%s: rollout of revision %s ended: %s (%s)%s",
+        namespace,
+        name,
+        end.revision,
+        end.outcome,
+        end.reason,
+        took,
+        extra=_fields(
+            namespace, name, revision=end.revision, reason=end.reason, outcome=end.outcome, **known
+        ),
+    )
+
+
 def _revision_of(action: planner.Action, by_name: dict[str, str]) -> str | None:
     """The revision hash an action is about."""
     if isinstance(action, planner.CreateRevision):
-        labels = action.deployment["metadata"].get("labels") or {}
-        return str(labels.get(models.LABEL_REVISION)) if models.LABEL_REVISION in labels else None
+        revision = (action.deployment["metadata"].get("labels") or {}).get(models.LABEL_REVISION)
+        return str(revision) if revision else None
     if isinstance(action, planner.RouteService):
         return action.selector.get(models.LABEL_REVISION)
     return by_name.get(action.name)
@@ -214,14 +211,15 @@ def _revision_of(action: planner.Action, by_name: dict[str, str]) -> str | None:
 
 def _headline_reason(status: models.GuardedReleaseStatus) -> str:
     """The reason behind a phase: of the condition that decided it."""
-    order = {
+    deciding = {
         "RolledBack": conditions.ROLLED_BACK,
         "Degraded": conditions.DEGRADED,
         "Held": conditions.POLICY_COMPLIANT,
         "Stable": conditions.READY,
         "Unavailable": conditions.READY,
     }
-    cond = conditions.find(status.conditions, order.get(status.phase or "", conditions.PROGRESSING))
+    type_ = deciding.get(status.phase or "", conditions.PROGRESSING)
+    cond = conditions.find(status.conditions, type_)
     return cond.reason if cond is not None else str(status.phase)
 
 

@@ -203,6 +203,10 @@ def test_every_operator_log_line_is_json_with_a_message_and_a_severity(
         what="the RevisionCreated log line",
     )
     assert [r["revision"] for r in created] == [revision]
+    actions = [r for r in json_lines(operator.log) if r.get("action") == "CreateRevision"]
+    assert [(r["release"], r["revision"]) for r in actions] == [("shop", revision)]
+    phases = [r for r in json_lines(operator.log) if r.get("phase") == "Stable"]
+    assert [(r["revision"], r["reason"]) for r in phases] == [(revision, "AllReplicasReady")]
     lines = [line for line in operator.log.read_text().splitlines() if line.strip()]
     assert lines
     for line in lines:
