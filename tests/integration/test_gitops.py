@@ -4,6 +4,7 @@ example app is empty), and what Permafrost made is owned by the release (Argo CD
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 
@@ -14,6 +15,7 @@ from conftest import Operator, wait_phase
 from k8s_harness import ROOT, Cluster, wait_for
 
 APP = ROOT / "examples" / "argocd" / "shop"
+KEY = "resource.customizations.health.permafrost.dev_GuardedRelease"
 
 
 def diff(cluster: Cluster, namespace: str, path: pathlib.Path) -> str:
@@ -77,3 +79,31 @@ def test_the_example_app_stays_in_sync_through_a_rollout_a_rollback_and_a_revert
         )["items"]
     }
     assert len(names) == 2  # the stable revision, and the failed one kept for inspection
+
+
+def test_the_argocd_cm_patch_adds_the_health_check_and_keeps_the_other_settings(
+    crds: Cluster, namespace: str
+) -> None:
+    crds.kubectl(
+        "create",
+        "configmap",
+        "argocd-cm",
+        "--from-literal=url=https://argocd.example",
+        namespace=namespace,
+    )
+    patch = yaml.safe_load((ROOT / "deploy" / "argocd" / "argocd-cm-health.yaml").read_text())
+    assert patch["metadata"]["namespace"] == "argocd"
+    patch["metadata"]["namespace"] = namespace  # NB: the test's own namespace stands in
+    crds.kubectl(
+        "patch",
+        "configmap",
+        "argocd-cm",
+        "--type",
+        "merge",
+        "-p",
+        json.dumps(patch),
+        namespace=namespace,
+    )
+    data = crds.get("configmap", "argocd-cm", namespace=namespace)["data"]
+    assert data["url"] == "https://argocd.example"
+    assert data[KEY] == (ROOT / "deploy" / "argocd" / "guardedrelease-health.lua").read_text()
