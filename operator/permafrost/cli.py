@@ -60,6 +60,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on this port (/metrics)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line with the fields of each decision "
+        "(release, revision, reason, ...) (default: %(default)s)",
+    )
     guard = run.add_argument_group("admission guardrails")
     guard.add_argument(
         "--admission",
@@ -167,7 +174,10 @@ def _not_an_admission_denial(record: logging.LogRecord) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    kopf.configure(verbose=args.verbose)
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+    )
     logging.getLogger("permafrost").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # NB: Kopf logs every successful event handler; ours only enqueue, so that is noise. It also
     # logs every admission denial as a handler failure at ERROR; Permafrost logs decisions itself.
