@@ -60,6 +60,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on this port (/metrics)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line with the fields of each decision "
+        "(release, revision, reason, ...) (default: %(default)s)",
+    )
     guard = run.add_argument_group("admission guardrails")
     guard.add_argument(
         "--admission",
@@ -166,8 +173,11 @@ def _not_an_admission_denial(record: logging.LogRecord) -> bool:
     return not (message.startswith("Webhook ") and "failed permanently" in message)
 
 
-def _configure_logging(*, verbose: bool) -> None:
-    kopf.configure(verbose=verbose)
+def _configure_logging(*, verbose: bool, log_format: str = "text") -> None:
+    kopf.configure(
+        verbose=verbose,
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+    )
     logging.getLogger("permafrost").setLevel(logging.DEBUG if verbose else logging.INFO)
     # NB: Kopf logs every successful event handler; ours only enqueue, so that is noise. It also
     # logs every admission denial as a handler failure at ERROR; Permafrost logs decisions itself.
@@ -181,7 +191,7 @@ def _configure_logging(*, verbose: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _configure_logging(verbose=args.verbose)
+    _configure_logging(verbose=args.verbose, log_format=args.log_format)
     from permafrost import (
         handlers,  # noqa: F401  (registers the handlers with Kopf)
         webhooks,

@@ -454,5 +454,15 @@ async def post_object_event(
             involved.get("kind"),
             namespace,
             meta.get("name"),
-            exc.reason,
+            status_message(exc),
         )
+
+
+def status_message(exc: ApiException) -> str:
+    """What the apiserver said: its Status ``message`` (e.g. which permission is missing, or
+    that the namespace is being deleted), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason)

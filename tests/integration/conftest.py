@@ -53,17 +53,31 @@ def crds(cluster: Cluster) -> Cluster:
 
 
 class Operator:
-    """``permafrost run`` as a real subprocess, watching one namespace."""
+    """``permafrost run`` as a real subprocess, watching one namespace (``None``: all of them).
+
+    With ``kubeconfig``, it talks to the apiserver as whoever that kubeconfig names instead of
+    the cluster's administrator.
+    """
 
     def __init__(
-        self, cluster: Cluster, namespace: str, log: pathlib.Path, extra: Sequence[str] = ()
+        self,
+        cluster: Cluster,
+        namespace: str | None,
+        log: pathlib.Path,
+        extra: Sequence[str] = (),
+        *,
+        kubeconfig: pathlib.Path | None = None,
     ) -> None:
         self.cluster, self.namespace, self.log = cluster, namespace, log
         self.extra = list(extra)
+        self.kubeconfig = kubeconfig
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**self.cluster.env, "PYTHONUNBUFFERED": "1"}
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        scope = ["-n", self.namespace] if self.namespace else ["--all-namespaces"]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -71,8 +85,7 @@ class Operator:
                     "-m",
                     "permafrost",
                     "run",
-                    "-n",
-                    self.namespace,
+                    *scope,
                     "--verbose",
                     *self.extra,
                 ],
@@ -99,10 +112,21 @@ class Operator:
 
 
 @pytest.fixture
+def operator_args() -> Sequence[str]:
+    """More ``permafrost run`` flags for the ``operator`` and ``guarded_operator`` fixtures (a
+    test module overrides this fixture to add some)."""
+    return ()
+
+
+@pytest.fixture
 def operator(
-    crds: Cluster, namespace: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+    crds: Cluster,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+    operator_args: Sequence[str],
 ) -> Iterator[Operator]:
-    op = Operator(crds, namespace, tmp_path / "operator.log")
+    op = Operator(crds, namespace, tmp_path / "operator.log", extra=operator_args)
     request.node.operator_log = op.log  # attached to the report if the test fails
     op.start()
     yield op
@@ -249,6 +273,7 @@ def guarded_operator(
     operator_namespace: str,
     tmp_path: pathlib.Path,
     request: pytest.FixtureRequest,
+    operator_args: Sequence[str],
 ) -> Iterator[Operator]:
     """The operator with admission enabled: webhooks on 127.0.0.1, the fail-safe VAP applied.
 
@@ -271,10 +296,18 @@ def guarded_operator(
             operator_namespace,
             "--break-glass-group",
             BREAK_GLASS_GROUP,
+            *operator_args,
         ],
     )
     request.node.operator_log = op.log
     op.start()
+    wait_for_webhook(crds, port)
+    yield op
+    stop_guarded(crds, op)
+
+
+def wait_for_webhook(cluster: Cluster, port: int) -> None:
+    """Wait until the apiserver routes admission to the operator's webhook on ``port``."""
 
     def webhook_answers() -> bool:
         # NB: only the operator's webhook answers this (the fail-safe policy knows no policies):
@@ -288,7 +321,7 @@ def guarded_operator(
                 "rules": [{"name": "probe", "expression": "(", "message": "x"}],
             },
         }
-        proc = crds.kubectl(
+        proc = cluster.kubectl(
             "create", "--dry-run=server", "-f", "-", stdin=to_yaml(probe), check=False
         )
         return (
@@ -298,8 +331,6 @@ def guarded_operator(
         )
 
     wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
-    yield op
-    stop_guarded(crds, op)
 
 
 def stop_guarded(cluster: Cluster, op: Operator) -> None:
