@@ -56,6 +56,7 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
     unmanaged = 20 if smoke else 2000
     spaces = 2 if smoke else 10
     timeout = 120.0 if smoke else 900.0
+    quiet = 1.0 if smoke else 3.0  # NB: seconds of an idle operator that count as settled
     run_id = common.unique("scale")
     label = f"bench.permafrost.dev/scale={run_id}"
     namespaces = [
@@ -74,7 +75,7 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
     }
     try:
         with common.Operator(api, out, admission=True) as operator:
-            _settle(operator, timeout=timeout)
+            _settle(operator, quiet=quiet, timeout=timeout)
             started, at_start = time.monotonic(), counter.read()
 
             def make_deployment(i: int) -> None:
@@ -114,7 +115,7 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
                 )
 
             list(pool.map(make_service, range(releases)))
-            _settle(operator, timeout=timeout)
+            _settle(operator, quiet=quiet, timeout=timeout)
             result["unmanaged_settled_s"] = time.monotonic() - started
             result["rss_before_releases"] = operator.rss()
             before, cpu_before = counter.read(), operator.cpu_seconds()
