@@ -517,6 +517,8 @@ async def _watch(namespace: str | None, name: str | None, *, give_up_after: floa
                 print(presenting.stamped(datetime.datetime.now(), line), flush=True)
         if name is not None:
             for event in await _events(releases[0]):
+                if not presenting.worth_watching(event, release=name):
+                    continue
                 entry = presenting.event_entry(event)
                 uid = f"{event['metadata'].get('uid')}:{entry.count}"
                 moment = presenting.parse_time(entry.time)

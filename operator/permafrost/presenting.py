@@ -299,17 +299,22 @@ def progress_line(release: Mapping[str, Any]) -> str:
         f"desired {status.desired_revision or '-'}",
         f"stable {status.stable_revision or '-'}",
     ]
-    moving = [
-        f"{r.hash} {r.outcome.value}"
-        for r in status.revisions
-        if r.outcome == models.Outcome.PROGRESSING
-    ]
+    moving = [r.hash for r in status.revisions if r.outcome == models.Outcome.PROGRESSING]
     if moving:
         parts.append("verifying " + ", ".join(moving))
     why = explanation(release) or status.message
     if why:
-        parts.append(f"- {why}")
+        parts.append(f"({why})")
     return "  ".join(parts)
+
+
+def worth_watching(event: Mapping[str, Any], *, release: str) -> bool:
+    """Whether ``permafrost status --watch`` prints an Event: every Event of the release, and
+    the warnings about its revisions (denials, drift); not the Deployments' routine scaling."""
+    involved = event.get("involvedObject") or {}
+    return (involved.get("kind"), involved.get("name")) == (models.KIND, release) or (
+        event.get("type") == "Warning"
+    )
 
 
 def stamped(moment: datetime.datetime, text: str) -> str:
@@ -522,8 +527,8 @@ def history_text(
             lines.append(f"Spec fields also owned by: {', '.join(others)}")
     for req in requests(release):
         lines.append(
-            f"Requested: {req['annotation']}={req['value']} by {req['manager']} "
-            f"at {clock(req['time'])}"
+            f"Requested: {req['annotation']}={req['value']} (annotation written by "
+            f"{req['manager']}, whose last write was at {clock(req['time'])})"
         )
     why = explanation(release)
     if why:
