@@ -461,8 +461,6 @@ async def _retry(namespace: str, name: str) -> None:
 async def _status(args: argparse.Namespace) -> str:
     now = datetime.datetime.now(datetime.UTC)
     if args.name:
-        if args.all_namespaces:
-            raise NotFound("a NAME names one release in one namespace: drop -A or the NAME")
         body = await _release(args.namespace, args.name)
         if args.output == "table":
             return presenting.status_detail(body, now=now)
@@ -650,8 +648,6 @@ def _for_people(args: argparse.Namespace) -> int:
     """Run a command that talks to the cluster: status, history, rollback, retry."""
     if args.command == "status":
         if args.watch:
-            if args.output != "table":
-                raise NotFound("--watch prints progress for people: leave out -o")
             scope = None if args.all_namespaces else args.namespace
             return _against_the_api(_watch(scope, args.name, give_up_after=args.timeout))
         print(_against_the_api(_status(args)))
@@ -682,6 +678,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.command == "status" and args.name and args.all_namespaces:
+        parser.error("status: a NAME is one release in one namespace; drop -A or the NAME")
+    if args.command == "status" and args.watch and args.output != "table":
+        parser.error("status: --watch prints progress for people; drop -o")
     try:
         if args.command == "run":
             args.environment.apply(args, os.environ)
