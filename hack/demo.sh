@@ -169,7 +169,7 @@ fi
 sed 's/^/    /' <<<"$out"
 denied "denied: unpinned image (a tag, not @sha256:…) in a GuardedRelease and in a plain Deployment"
 at "the same policies run offline, as CI would run them:"
-run permafrost check --stage create "$ROOT/examples/checkout.yaml"
+(cd "$ROOT" && run permafrost check --stage create examples/checkout.yaml)
 
 chapter 4 "A broken v3: its pods never become Ready, so it never takes traffic"
 # NB: `kubectl get -w` prints the Service's selector on every change: evidence, not sampling.
@@ -202,12 +202,15 @@ fi
 cat <<EOF
 
 ${bold}The cluster and the operator keep running.${plain} Try:
-  export KUBECONFIG=$KUBECONFIG PATH=$(dirname "$(command -v kubectl)"):\$PATH
-  .venv/bin/permafrost status -A                         # every release
-  .venv/bin/permafrost history checkout -n $NS   # revisions, who changed what, the timeline
+  eval "\$(hack/cluster.sh env)"                  # KUBECONFIG, and the built kubectl first on PATH
+  .venv/bin/permafrost status -A                  # every release, and why one is not Stable
+  .venv/bin/permafrost history checkout -n $NS    # revisions, who changed what, the timeline
   .venv/bin/permafrost rollback checkout -n $NS --to $FIRST --watch   # back to v1, verified first
-  kubectl -n $NS patch configmap checkout-config -p '{"data":{"PAYMENT_MODE":"live"}}'   # config change: a new revision
   kubectl -n $NS set image deploy/checkout-$SECOND web=x@sha256:$(printf '0%.0s' {1..64})   # denied
-  tail -f $LOG                # the operator's log
+  # fix forward: drop the never-ready annotation (a new revision), then change the config:
+  kubectl -n $NS patch grel checkout --type json -p '[{"op":"remove","path":"/spec/template/metadata/annotations"}]'
+  .venv/bin/permafrost status checkout -n $NS --watch
+  kubectl -n $NS patch configmap checkout-config -p '{"data":{"PAYMENT_MODE":"live"}}'   # a new revision too
+  tail -f $LOG   # the operator's log
 make demo-down stops the operator, removes its webhook configuration and stops the cluster.
 EOF

@@ -13,7 +13,8 @@ Exit codes (also in ``docs/cli.md``):
 - 3: the cluster cannot be used: no usable kubeconfig, API server unreachable, access refused;
 - 4: Permafrost's CRDs are not installed in the cluster;
 - 5: ``--watch`` gave up after ``--timeout``;
-- 130: interrupted (Ctrl-C).
+- 130: interrupted (Ctrl-C);
+- 141: the output was closed early (e.g. ``| head``), as for a command killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from permafrost import checking, documents, kube, models, presenting
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_NO_CLUSTER, EXIT_NOT_INSTALLED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 3, 4, 5, 130
+EXIT_BROKEN_PIPE = 141
 ENV_PREFIX = "PERMAFROST_"
 # The field manager of what the command line writes (``permafrost history`` shows it).
 MANAGER = "permafrost-cli"
@@ -650,10 +652,10 @@ def _for_people(args: argparse.Namespace) -> int:
         if args.watch:
             scope = None if args.all_namespaces else args.namespace
             return _against_the_api(_watch(scope, args.name, give_up_after=args.timeout))
-        print(_against_the_api(_status(args)))
+        print(_against_the_api(_status(args)), flush=True)
         return EXIT_OK
     if args.command == "history":
-        print(_against_the_api(_history(args)))
+        print(_against_the_api(_history(args)), flush=True)
         return EXIT_OK
     if args.command == "rollback":
         revision = _against_the_api(_rollback(args.namespace, args.name, args.to))
@@ -708,6 +710,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("permafrost: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # NB: the reader went away (`| head`): stop quietly, as tools killed by SIGPIPE do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         # NB: people get one line, not a traceback; PERMAFROST_DEBUG=1 shows where it came from.
         if os.environ.get("PERMAFROST_DEBUG") == "1":
