@@ -329,7 +329,15 @@ def _not_an_admission_denial(record: logging.LogRecord) -> bool:
     return not (message.startswith("Webhook ") and "failed permanently" in message)
 
 
+def _preflight(namespaces: Sequence[str]) -> None:
+    """Fail fast, in one line, when the operator could not work: no usable kubeconfig, no API
+    server, no CRDs (Kopf would log a traceback and retry every minute)."""
+    _against_the_api(kube.list_releases(namespaces[0] if namespaces else None))
+    kube.bound_requests(seconds=None)
+
+
 def _run(args: argparse.Namespace) -> int:
+    _preflight(args.namespace)
     kopf.configure(verbose=args.verbose)
     logging.getLogger("permafrost").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # NB: Kopf logs every successful event handler; ours only enqueue, so that is noise. It also

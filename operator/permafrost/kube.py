@@ -60,8 +60,9 @@ def clients() -> Clients:
 _REQUEST_TIMEOUT: float | None = None
 
 
-def bound_requests(*, seconds: float) -> None:
-    """Give up on any request that takes longer than ``seconds`` (for the command line)."""
+def bound_requests(*, seconds: float | None) -> None:
+    """Give up on any request that takes longer than ``seconds`` (for the command line);
+    ``None``: wait as long as a request takes (the operator)."""
     global _REQUEST_TIMEOUT
     _REQUEST_TIMEOUT = seconds
 

@@ -9,13 +9,14 @@ import pathlib
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 
 import pytest
 import yaml
 
-from conftest import Operator, release, wait_phase
+from conftest import Operator, free_port, release, wait_phase
 from k8s_harness import ROOT, Cluster, KubectlError, wait_for
 
 NEW_DIGEST = "@sha256:" + "2" * 64
@@ -216,6 +217,44 @@ def test_ctrl_c_stops_a_watch_cleanly(crds: Cluster, namespace: str) -> None:
     assert err.strip() == "permafrost: interrupted"
 
 
+def test_run_takes_its_options_from_the_environment(
+    crds: Cluster, namespace: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> None:
+    port = free_port()
+    env = {
+        **crds.env,
+        "PYTHONUNBUFFERED": "1",
+        "PERMAFROST_NAMESPACE": namespace,
+        "PERMAFROST_METRICS_PORT": str(port),
+        "PERMAFROST_VERBOSE": "true",
+    }
+    log = tmp_path / "operator.log"
+    request.node.operator_log = log
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "permafrost", "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        crds.apply(release("shop"), namespace=namespace)
+        wait_phase(crds, namespace, "shop", "Stable")
+
+        def scrape() -> bytes | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    return bytes(r.read())
+            except OSError:
+                return None
+
+        metrics = wait_for(scrape, timeout=30, what="/metrics")
+        assert b'permafrost_rollout_events_total{reason="Promoted"} 1.0' in metrics
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 # --- the cluster cannot be used ------------------------------------------------------------------
 
 
@@ -226,6 +265,10 @@ def test_a_missing_kubeconfig_is_reported_with_exit_three(tmp_path: pathlib.Path
     assert f"no usable kubeconfig ({tmp_path / 'missing'})" in proc.stderr
     assert "export KUBECONFIG=" in proc.stderr
     no_traceback(proc)
+    operator = permafrost("run", "-n", "shop", env=env, timeout=60)
+    assert operator.returncode == 3
+    assert "no usable kubeconfig" in operator.stderr
+    no_traceback(operator)
 
 
 def test_an_invalid_kubeconfig_is_reported_with_exit_three(tmp_path: pathlib.Path) -> None:
@@ -278,3 +321,6 @@ def test_missing_crds_are_reported_with_how_to_install_them(bare_cluster: Cluste
         assert "Permafrost's CRDs are not installed in this cluster" in proc.stderr
         assert "kubectl apply --server-side -f crds/" in proc.stderr
         no_traceback(proc)
+    operator = permafrost("run", env=bare_cluster.env, timeout=60)
+    assert operator.returncode == 4
+    assert "Permafrost's CRDs are not installed" in operator.stderr
