@@ -46,6 +46,7 @@ MANAGER = "permafrost-cli"
 # NB: a person at a terminal gets an answer or an error quickly, never a hang.
 REQUEST_TIMEOUT_SECONDS = 15.0
 WATCH_INTERVAL_SECONDS = 1.0
+NAMESPACE_HELP = "default: the kubeconfig context's namespace, else default (as kubectl)"
 T = TypeVar("T")
 
 
@@ -148,7 +149,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="REVISION",
         help="a retained revision: its hash or its Deployment name",
     )
-    rollback.add_argument("-n", "--namespace", default="default", help="default: %(default)s")
+    rollback.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
     _watch_options(rollback, what="until the rollback settles")
 
     check = commands.add_parser(
@@ -187,7 +188,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser("retry", help="try a failed revision again")
     retry.add_argument("name", help="the GuardedRelease")
-    retry.add_argument("-n", "--namespace", default="default", help="default: %(default)s")
+    retry.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
     _watch_options(retry, what="until the new attempt settles")
 
     status = commands.add_parser(
@@ -210,7 +211,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "revisions, policy verdicts, denials, promotions, rollbacks, drift.",
     )
     history.add_argument("name", help="the GuardedRelease")
-    history.add_argument("-n", "--namespace", default="default", help="default: %(default)s")
+    history.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
     history.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
     _settable_from_environment(run)
@@ -219,7 +220,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _scope_options(parser: argparse.ArgumentParser) -> None:
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", default="default", help="default: %(default)s")
+    scope.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
     scope.add_argument(
         "-A", "--all-namespaces", action="store_true", help="every namespace (without NAME)"
     )
@@ -306,14 +307,19 @@ class _Environment:
 
 def _settable_from_environment(parser: argparse.ArgumentParser) -> None:
     """Make every long option of ``parser`` settable by ``PERMAFROST_<OPTION>`` (named after
-    the option, ``-`` as ``_``) and say so in its help; later options get one automatically."""
+    the option, ``-`` as ``_``) and say so in its help.
+
+    NB: it runs last in :func:`_build_parser`, so an option added to ``run`` anywhere above gets
+    its variable without further code.
+    """
     variables = []
     for action in parser._actions:
         long = next((o for o in action.option_strings if o.startswith("--")), None)
         if long is None or isinstance(action, argparse._HelpAction | argparse._VersionAction):
             continue
         variable = ENV_PREFIX + long[2:].upper().replace("-", "_")
-        action.help = f"{action.help or ''} [env {variable}]".strip()
+        if action.help != argparse.SUPPRESS:
+            action.help = f"{action.help or ''} [env {variable}]".strip()
         variables.append((action, variable))
     parser.epilog = (
         f"Every option can also be set by an environment variable: {ENV_PREFIX} and the "
@@ -656,6 +662,7 @@ def _explain(problem: kube.ApiProblem) -> tuple[str, str, int]:
 
 def _for_people(args: argparse.Namespace) -> int:
     """Run a command that talks to the cluster: status, history, rollback, retry."""
+    args.namespace = args.namespace or kube.default_namespace()
     if args.command == "status":
         if args.watch:
             scope = None if args.all_namespaces else args.namespace

@@ -186,6 +186,15 @@ def _api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
+def default_namespace() -> str:
+    """The namespace kubectl would use: the current kubeconfig context's, else ``default``."""
+    try:
+        _, active = kubernetes.config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    except (kubernetes.config.ConfigException, yaml.YAMLError, OSError):
+        return "default"
+    return str(((active or {}).get("context") or {}).get("namespace") or "default")
+
+
 def server_address() -> str:
     """Where the API server is, as the configuration says."""
     return str(clients().api.configuration.host)

@@ -190,6 +190,22 @@ def test_an_unknown_release_is_reported_with_a_suggestion_and_exit_one(
     assert "not found" in proc.stderr
 
 
+def test_without_n_the_namespace_is_the_kubeconfig_contexts_as_for_kubectl(
+    crds: Cluster, namespace: str, tmp_path: pathlib.Path
+) -> None:
+    crds.apply(release("checkout"), namespace=namespace)
+    config = yaml.safe_load(crds.kubeconfig.read_text())
+    current = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    current["context"]["namespace"] = namespace
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    proc = permafrost("status", env={**crds.env, "KUBECONFIG": str(kubeconfig)})
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["NAME", "checkout"]
+    proc = permafrost("history", "checkout", env={**crds.env, "KUBECONFIG": str(kubeconfig)})
+    assert proc.stdout.startswith(f"GuardedRelease {namespace}/checkout:")
+
+
 def test_watch_gives_up_after_its_timeout_with_exit_five(crds: Cluster, namespace: str) -> None:
     # No operator runs for this namespace: the release never settles.
     crds.apply(release("shop"), namespace=namespace)
