@@ -104,8 +104,10 @@ nohup "$PY" -m permafrost run -n "$NS" --admission --operator-namespace "$OPERAT
   --webhook-listen "127.0.0.1:$PORT" --webhook-url "https://127.0.0.1:$PORT" >"$LOG" 2>&1 &
 echo $! >"$PIDFILE"
 OPERATOR=$!
+WATCHER=
 cleanup() {
   local code=$?
+  [ -z "$WATCHER" ] || kill "$WATCHER" 2>/dev/null || true
   if [ "$code" != 0 ] || [ "${DEMO_NONINTERACTIVE:-0}" = 1 ]; then
     stop_operator
     [ "$code" = 0 ] || echo "the demo's operator is stopped; its log: $LOG" >&2
@@ -182,6 +184,7 @@ if permafrost status checkout -n "$NS" --watch --timeout 120 | sed 's/^/    /'; 
 PHASE=$(field phase)
 kill "$WATCHER" 2>/dev/null || true
 wait "$WATCHER" 2>/dev/null || true
+WATCHER=
 [ "$PHASE" = RolledBack ] || fail "v3 was not rolled back (phase $PHASE)"
 THIRD=$(field desiredRevision)
 ok "v3 rolled back automatically: revision $THIRD failed ($(kubectl -n "$NS" get grel checkout -o jsonpath='{.status.conditions[?(@.type=="RolledBack")].reason}')), spec left as it is"
