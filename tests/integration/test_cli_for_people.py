@@ -335,7 +335,7 @@ def test_missing_crds_are_reported_with_how_to_install_them(bare_cluster: Cluste
         proc = permafrost(*command, env=bare_cluster.env)
         assert proc.returncode == 4, proc.stderr
         assert "Permafrost's CRDs are not installed in this cluster" in proc.stderr
-        assert "kubectl apply --server-side -f crds/" in proc.stderr
+        assert "kubectl apply --server-side -k crds/" in proc.stderr
         no_traceback(proc)
     operator = permafrost("run", env=bare_cluster.env, timeout=60)
     assert operator.returncode == 4
