@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from permafrost import kube, manifests, models, reconciler, store, webhooks, workqueue
+from permafrost import kube, manifests, metrics, models, reconciler, store, webhooks, workqueue
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, release name)
@@ -116,6 +116,7 @@ def release_changed(type: str, namespace: str | None, name: str, memo: kopf.Memo
     runtime = _runtime(memo)
     if type == "DELETED":
         runtime.known_releases.discard((namespace, name))
+        metrics.PHASES.forget(namespace, name)
     else:
         runtime.known_releases.add((namespace, name))
         runtime.queue.add((namespace, name))

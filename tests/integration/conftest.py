@@ -112,10 +112,21 @@ class Operator:
 
 
 @pytest.fixture
+def operator_args() -> Sequence[str]:
+    """More ``permafrost run`` flags for the ``operator`` and ``guarded_operator`` fixtures (a
+    test module overrides this fixture to add some)."""
+    return ()
+
+
+@pytest.fixture
 def operator(
-    crds: Cluster, namespace: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+    crds: Cluster,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+    operator_args: Sequence[str],
 ) -> Iterator[Operator]:
-    op = Operator(crds, namespace, tmp_path / "operator.log")
+    op = Operator(crds, namespace, tmp_path / "operator.log", extra=operator_args)
     request.node.operator_log = op.log  # attached to the report if the test fails
     op.start()
     yield op
@@ -262,6 +273,7 @@ def guarded_operator(
     operator_namespace: str,
     tmp_path: pathlib.Path,
     request: pytest.FixtureRequest,
+    operator_args: Sequence[str],
 ) -> Iterator[Operator]:
     """The operator with admission enabled: webhooks on 127.0.0.1, the fail-safe VAP applied.
 
@@ -284,6 +296,7 @@ def guarded_operator(
             operator_namespace,
             "--break-glass-group",
             BREAK_GLASS_GROUP,
+            *operator_args,
         ],
     )
     request.node.operator_log = op.log
