@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from typing import Any
 
 import kopf
@@ -62,6 +63,11 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     global _RUNTIME
     settings.posting.level = 30  # WARNING: Kopf's own per-object events only for problems
     settings.watching.server_timeout = 300
+    # NB: with --peering, Kopf pauses every replica when two live ones share a priority, so
+    # identical replicas (one Deployment) would all stand still. A random priority per start
+    # makes one of them active (the highest); the others take over when it is gone.
+    if settings.peering.priority == 0:
+        settings.peering.priority = random.randrange(1, 2**31)
     # NB: policies and namespace labels are known before the first reconcile or admission
     # review, so nothing is ever evaluated against an empty library at start-up.
     for body in await kube.list_policies():

@@ -78,13 +78,11 @@ def _identity_manifests(cluster: Cluster) -> list[dict[str, Any]]:
 
 def _kubeconfig_with_token(cluster: Cluster, token: str, path: pathlib.Path) -> pathlib.Path:
     """A kubeconfig holding the cluster's server and CA, and ``token``: nothing else."""
-    admin = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    admin = json.loads(
+        cluster.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout
+    )
     server = admin["clusters"][0]["cluster"]
-    ca = {k: v for k, v in server.items() if k in ("certificate-authority-data",)}
-    if "certificate-authority" in server:
-        ca["certificate-authority"] = str(
-            (cluster.kubeconfig.parent / server["certificate-authority"]).resolve()
-        )
+    ca = {"certificate-authority-data": server["certificate-authority-data"]}
     config = {
         "apiVersion": "v1",
         "kind": "Config",
