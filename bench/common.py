@@ -36,6 +36,7 @@ T = TypeVar("T")
 
 OPERATOR_NAMESPACE = "permafrost-system"
 OPERATOR_ACCOUNT = "permafrost"
+OPERATOR_BINDING = "permafrost-bench-operator"
 WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
 LABEL_ENFORCE = "permafrost.dev/enforce"
 LABEL_BENCH = "bench.permafrost.dev/run"
@@ -294,8 +295,9 @@ def free_port() -> int:
 
 
 def operator_identity(api: Api, directory: pathlib.Path) -> pathlib.Path:
-    """A kubeconfig for the operator's own ServiceAccount (cluster-admin), so the apiserver
-    can tell its requests from everyone else's (see :class:`RequestCounter`)."""
+    """A kubeconfig for the operator's own ServiceAccount (cluster-admin while the benchmark
+    runs: :meth:`Operator.stop` removes the binding), so the apiserver can tell its requests
+    from everyone else's (see :class:`RequestCounter`)."""
     with ignore_status(409):
         api.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
     with ignore_status(409):
@@ -305,7 +307,7 @@ def operator_identity(api: Api, directory: pathlib.Path) -> pathlib.Path:
     with ignore_status(409):
         kubernetes.client.RbacAuthorizationV1Api(api.client).create_cluster_role_binding(
             {
-                "metadata": {"name": "permafrost-bench-operator"},
+                "metadata": {"name": OPERATOR_BINDING},
                 "roleRef": {
                     "apiGroup": "rbac.authorization.k8s.io",
                     "kind": "ClusterRole",
@@ -481,6 +483,12 @@ class Operator:
                     self.api.admission.delete_validating_webhook_configuration(
                         WEBHOOK_CONFIGURATION
                     )
+            # NB: the binding makes the operator's ServiceAccount cluster-admin; it must not
+            # outlive the benchmark (a deployed operator has the same account, least-privileged).
+            with ignore_status(404):
+                kubernetes.client.RbacAuthorizationV1Api(
+                    self.api.client
+                ).delete_cluster_role_binding(OPERATOR_BINDING)
 
     def __enter__(self) -> Operator:
         return self.start()

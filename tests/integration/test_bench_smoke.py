@@ -129,6 +129,7 @@ def test_benchmarks_leave_nothing_cluster_wide_behind(results: pathlib.Path, crd
     schemas = crds.get("flowschemas")["items"]
     assert not [s for s in schemas if s["metadata"]["name"].startswith("permafrost-bench")]
     assert crds.get("guardrailpolicies")["items"] == []
+    assert crds.get("clusterrolebinding", "permafrost-bench-operator") is None
     live = [
         n["metadata"]["name"]
         for n in crds.get("namespaces", selector="bench.permafrost.dev/run=true")["items"]
