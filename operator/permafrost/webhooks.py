@@ -116,6 +116,9 @@ class Server(kopf.WebhookServer):
             review = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise aiohttp.web.HTTPBadRequest(reason=f"not JSON: {exc}") from None
+        except RecursionError:
+            # NB: the apiserver never nests this deep; a body that does is hostile, not a crash.
+            raise aiohttp.web.HTTPBadRequest(reason="JSON nested too deeply") from None
         problem = malformed(review)
         if problem is not None:
             raise aiohttp.web.HTTPBadRequest(reason=problem)
