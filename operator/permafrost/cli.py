@@ -10,7 +10,10 @@ import argparse
 import asyncio
 import datetime
 import logging
+import os
 import pathlib
+import random
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +52,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "--peering",
         metavar="NAME",
         help="coordinate with other replicas through this KopfPeering object; default: standalone",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="this replica's peering priority: the highest live one acts (default: random, "
+        "as replicas of equal priority all pause)",
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="how long a silent replica counts as alive: the takeover time (default: %(default)s)",
     )
     run.add_argument(
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
@@ -175,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     kopf_objects.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     kopf_objects.addFilter(_not_an_admission_denial)
     from permafrost import (
-        handlers,  # noqa: F401  (registers the handlers with Kopf)
+        handlers,
         webhooks,
     )
 
@@ -201,12 +218,24 @@ def _run(args: argparse.Namespace) -> int:
                 namespace=args.operator_namespace,
             ),
         )
+    identity = os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
+    priority = args.priority if args.priority is not None else random.randint(1, 2**31)
+    if args.peering is not None:
+        memo["peering"] = handlers.Peering(
+            name=args.peering,
+            identity=identity,
+            priority=priority,
+            namespaces=tuple(args.namespace),
+        )
+        memo["peering_lifetime"] = args.peering_lifetime
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             standalone=args.peering is None,
             peering_name=args.peering,
+            priority=priority,
+            identity=identity,  # type: ignore[arg-type]  # NB: Kopf's Identity is a str NewType
             liveness_endpoint=args.liveness,
             memo=memo,
         )

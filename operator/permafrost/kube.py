@@ -392,6 +392,20 @@ async def list_policies() -> list[dict[str, Any]]:
     return items
 
 
+async def read_peering(namespace: str | None, name: str) -> dict[str, Any] | None:
+    """Kopf's peering object ``name`` (KopfPeering in ``namespace``, or ClusterKopfPeering)."""
+    custom = clients().custom
+    if namespace is None:
+        body = await _get_or_none(
+            custom.get_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings", name
+        )
+    else:
+        body = await _get_or_none(
+            custom.get_namespaced_custom_object, "kopf.dev", "v1", namespace, "kopfpeerings", name
+        )
+    return body if isinstance(body, dict) else None
+
+
 async def list_namespace_labels() -> dict[str, dict[str, str]]:
     body = await _raw(clients().core.list_namespace)
     return {
