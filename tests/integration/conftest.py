@@ -255,12 +255,27 @@ def guarded_operator(
     The test's namespace is labelled ``permafrost.dev/enforce=true``. Ready when the apiserver
     routes to this operator's webhook (an unpinned image is denied by the webhook itself).
     """
+    op = start_guarded(crds, namespace, operator_namespace, tmp_path / "operator.log")
+    request.node.operator_log = op.log
+    yield op
+    stop_guarded(crds, op)
+
+
+def start_guarded(
+    crds: Cluster,
+    namespace: str,
+    operator_namespace: str,
+    log: pathlib.Path,
+    extra: Sequence[str] = (),
+) -> Operator:
+    """Start the operator as :func:`guarded_operator` does (with ``extra`` flags); return it
+    once the apiserver routes to its webhook."""
     crds.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true", "--overwrite")
     port = free_port()
     op = Operator(
         crds,
         namespace,
-        tmp_path / "operator.log",
+        log,
         extra=[
             "--admission",
             "--webhook-listen",
@@ -271,9 +286,9 @@ def guarded_operator(
             operator_namespace,
             "--break-glass-group",
             BREAK_GLASS_GROUP,
+            *extra,
         ],
     )
-    request.node.operator_log = op.log
     op.start()
 
     def webhook_answers() -> bool:
@@ -297,9 +312,12 @@ def guarded_operator(
             and ("policies.permafrost.dev" in proc.stderr)
         )
 
-    wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
-    yield op
-    stop_guarded(crds, op)
+    try:
+        wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
+    except AssertionError:
+        stop_guarded(crds, op)
+        raise
+    return op
 
 
 def stop_guarded(cluster: Cluster, op: Operator) -> None:
