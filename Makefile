@@ -64,8 +64,13 @@ cluster-down: ## stop the local cluster and delete its state
 	hack/cluster.sh down
 
 .PHONY: demo
-demo: venv cluster-up ## show the operator at work on the local cluster
+demo: venv cluster-up ## the story: ship, upgrade, guardrails, automatic rollback (DEMO_NONINTERACTIVE=1: no pauses)
 	hack/demo.sh
+
+.PHONY: demo-down
+demo-down: ## stop the demo's operator, remove its webhook configuration, stop the cluster
+	hack/demo.sh down
+	hack/cluster.sh down
 
 .PHONY: crd
 crd: venv ## regenerate crds/guardedrelease.yaml from the models

@@ -1,97 +1,219 @@
 #!/usr/bin/env bash
-# `make demo`: Permafrost at work on the local control plane.
-#   1. a first release, verified and promoted;
-#   2. an upgrade: a new revision, traffic switched only when it is healthy;
-#   3. a bad upgrade (pods never Ready): automatic rollback, traffic never moves;
-#   4. a config change: a new revision with its own immutable snapshot.
+# `make demo`: Permafrost at work on the local control plane, told as a story with a timeline.
+#
+#   hack/demo.sh          the story: ship v1, upgrade to v2, in-place edits and unpinned images
+#                         denied, a broken v3 rolled back automatically, the release's history
+#   hack/demo.sh down     stop the demo's operator and remove its webhook configuration
+#
+# The cluster must be up (`make demo` starts it). The operator runs in the background with its
+# admission guardrails; its log and pid are kept next to the cluster's state. It keeps running
+# after the story so the printed commands can be tried; `make demo-down` stops it and the cluster.
+#
+# DEMO_NONINTERACTIVE=1 (or no terminal on stdin): no pauses between chapters. With
+# DEMO_NONINTERACTIVE=1 the operator is also stopped at the end, its webhook configuration
+# removed (what tests need); the demo's namespace and the built-in policies stay.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 eval "$("$ROOT/hack/cluster.sh" env)"
 NS=permafrost-demo
+OPERATOR_NS=permafrost-system
+WEBHOOK_CONFIGURATION=permafrost-frozen-workloads
+STATE="$(dirname "$KUBECONFIG")/demo"
+PIDFILE="$STATE/operator.pid"
+LOG="$STATE/operator.log"
 PY="$ROOT/.venv/bin/python"
+permafrost() { "$PY" -m permafrost "$@"; }
 
-bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { kubectl -n "$NS" get grel,deploy,svc -o wide | cut -c1-150; }
-phase() { kubectl -n "$NS" get grel checkout -o jsonpath='{.status.phase}'; }
-stable() { kubectl -n "$NS" get grel checkout -o jsonpath='{.status.stableRevision}'; }
-selector() { kubectl -n "$NS" get svc checkout -o jsonpath='{.spec.selector.permafrost\.dev/revision}'; }
-wait_for() {  # wait_for DESCRIPTION COMMAND...
-  local what=$1; shift
-  for _ in $(seq 1 120); do "$@" && return 0; sleep 0.5; done
-  echo "timed out waiting for $what" >&2; exit 1
+# --- stopping the demo's operator ---------------------------------------------------------------
+
+our_operator() {  # the pid in $PIDFILE, if that process is still the demo's operator
+  local pid
+  [ -s "$PIDFILE" ] || return 1
+  pid=$(cat "$PIDFILE")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "permafrost run" \
+    && echo "$pid"
 }
-is_phase() { [ "$(phase)" = "$1" ]; }
-stable_changed() { [ -n "$(stable)" ] && [ "$(stable)" != "$1" ]; }
 
-bold "Control plane: kube-apiserver $(kubectl version -o json | sed -nE 's/.*"gitVersion": "([^"]+)".*/\1/p' | tail -1), kwok nodes"
-kubectl get nodes
+stop_operator() {
+  local pid
+  if pid=$(our_operator); then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDFILE"
+  # NB: its webhook configuration would point at a closed port, and the policies webhook fails
+  # closed; the ValidatingAdmissionPolicy fail-safe stays and keeps revisions frozen.
+  kubectl delete validatingwebhookconfiguration "$WEBHOOK_CONFIGURATION" --ignore-not-found \
+    --request-timeout=10s >/dev/null 2>&1 || true
+}
 
-bold "Install the CRDs and the built-in policies, start the operator with its admission guardrails"
-kubectl apply --server-side --force-conflicts -f "$ROOT/crds/guardedrelease.yaml" -f "$ROOT/crds/guardrailpolicy.yaml" >/dev/null
-kubectl wait --for=condition=Established crd/guardedreleases.permafrost.dev crd/guardrailpolicies.permafrost.dev >/dev/null
-kubectl delete namespace "$NS" --ignore-not-found --wait=true >/dev/null
+if [ "${1:-}" = down ]; then
+  stop_operator
+  echo "demo operator stopped; webhook configuration $WEBHOOK_CONFIGURATION removed"
+  exit 0
+fi
+
+# --- telling the story --------------------------------------------------------------------------
+
+INTERACTIVE=1
+if [ "${DEMO_NONINTERACTIVE:-0}" = 1 ] || [ ! -t 0 ]; then INTERACTIVE=0; fi
+START=$SECONDS
+bold=$'\033[1m' dim=$'\033[2m' red=$'\033[31m' green=$'\033[32m' plain=$'\033[0m'
+if [ ! -t 1 ]; then bold='' dim='' red='' green='' plain=''; fi
+
+chapter() {
+  if [ "$INTERACTIVE" = 1 ] && [ "$1" != 0 ]; then
+    read -r -p "${dim}(press Enter for chapter $1)${plain}" _ || true
+  fi
+  printf '\n%s== %s. %s%s\n' "$bold" "$1" "$2" "$plain"
+}
+# A line of the timeline: wall-clock time, seconds since the start, what happened.
+at() { printf '%s %s[%s +%3ss]%s %s\n' "${2:-}" "$dim" "$(date +%H:%M:%S)" "$((SECONDS - START))" "$plain" "$1"; }
+ok() { at "$1" "${green}✔${plain}"; }
+denied() { at "$1" "${red}✘${plain}"; }
+run() { printf '  %s$ %s%s\n' "$dim" "$*" "$plain"; "$@" 2>&1 | sed 's/^/    /'; }
+fail() { printf '%sdemo failed: %s%s\n' "$red" "$*" "$plain" >&2; exit 1; }
+field() { kubectl -n "$NS" get grel checkout -o jsonpath="{.status.$1}"; }
+selector() { kubectl -n "$NS" get svc checkout -o jsonpath='{.spec.selector.permafrost\.dev/revision}'; }
+set_image() {  # set_image IMAGE [BEHAVIOUR]: a new spec for the release (only the image changes)
+  local ops="{\"op\":\"replace\",\"path\":\"/spec/template/spec/containers/0/image\",\"value\":\"$1\"}"
+  [ -z "${2:-}" ] || ops="$ops,{\"op\":\"add\",\"path\":\"/spec/template/metadata/annotations\",\"value\":{\"sim.permafrost.dev/behavior\":\"$2\"}}"
+  kubectl -n "$NS" patch grel checkout --type json -p "[$ops]" >/dev/null
+}
+V1="registry.example/shop/checkout:1.4.2@sha256:3f1c4e2a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e"
+V2="registry.example/shop/checkout:1.5.0@sha256:4e2d5f3b0c9e8d7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"
+V3="registry.example/shop/checkout:1.6.0@sha256:5f3e6a4c1d0f9e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"
+
+chapter 0 "Setting up: the CRDs, the built-in policies, the operator with its admission guardrails"
+at "control plane: kube-apiserver $(kubectl version -o json | sed -nE 's/.*"gitVersion": "([^"]+)".*/\1/p' | tail -1), $(kubectl get nodes --no-headers | wc -l) kwok nodes"
+kubectl apply --server-side --force-conflicts -k "$ROOT/crds/" >/dev/null
+kubectl wait --for=condition=Established --timeout=60s \
+  crd/guardedreleases.permafrost.dev crd/guardrailpolicies.permafrost.dev >/dev/null
+ok "CRDs installed: GuardedRelease, GuardrailPolicy"
+stop_operator  # a previous demo's, if any
+kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=120s >/dev/null
 kubectl create namespace "$NS" >/dev/null
 kubectl label namespace "$NS" permafrost.dev/enforce=true >/dev/null
-kubectl get namespace permafrost-system >/dev/null 2>&1 || kubectl create namespace permafrost-system >/dev/null
-LOG=$(mktemp -t permafrost-demo.XXXXXX.log)
-"$PY" -m permafrost run -n "$NS" --admission --operator-namespace permafrost-system \
-  --webhook-listen 127.0.0.1:9443 --webhook-url https://127.0.0.1:9443 >"$LOG" 2>&1 &
+kubectl get namespace "$OPERATOR_NS" >/dev/null 2>&1 || kubectl create namespace "$OPERATOR_NS" >/dev/null
+kubectl wait -n "$NS" --for=create serviceaccount/default --timeout=60s >/dev/null
+ok "namespace $NS created, opted in to the guardrails (label permafrost.dev/enforce=true)"
+mkdir -p "$STATE"
+PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+nohup "$PY" -m permafrost run -n "$NS" --admission --operator-namespace "$OPERATOR_NS" \
+  --webhook-listen "127.0.0.1:$PORT" --webhook-url "https://127.0.0.1:$PORT" >"$LOG" 2>&1 &
+echo $! >"$PIDFILE"
 OPERATOR=$!
-# NB: when the demo's operator stops, its webhook configuration goes too (its policies webhook
-# fails closed, and would block GuardrailPolicy changes); the VAP fail-safe stays.
-trap 'kill $OPERATOR 2>/dev/null || true; kubectl delete validatingwebhookconfiguration permafrost-frozen-workloads --ignore-not-found >/dev/null 2>&1 || true' EXIT
-echo "operator pid $OPERATOR, log $LOG"
-kubectl apply -f "$ROOT/deploy/policies/" >/dev/null
-kubectl get guardrailpolicies
-webhook_ready() {
-  ! kubectl -n "$NS" create deployment probe --image=unpinned:1 --dry-run=server -o name >/dev/null 2>&1
+WATCHER=
+cleanup() {
+  local code=$?
+  [ -z "$WATCHER" ] || kill "$WATCHER" 2>/dev/null || true
+  if [ "$code" != 0 ] || [ "${DEMO_NONINTERACTIVE:-0}" = 1 ]; then
+    stop_operator
+    [ "$code" = 0 ] || echo "the demo's operator is stopped; its log: $LOG" >&2
+  fi
 }
-wait_for "the admission webhook" webhook_ready
+trap cleanup EXIT
+at "operator started (pid $OPERATOR, log $LOG), webhooks on 127.0.0.1:$PORT"
+webhook_answers() {
+  # NB: only the operator's webhook judges GuardrailPolicies (the fail-safe policy does not):
+  # a policy that does not compile, created in dry-run, is refused once the webhook is serving.
+  local out
+  out=$(printf '%s\n' 'apiVersion: permafrost.dev/v1alpha1' 'kind: GuardrailPolicy' \
+    'metadata: {name: readiness-probe}' \
+    'spec: {stages: [create], rules: [{name: probe, expression: "(", message: x}]}' \
+    | kubectl create --dry-run=server -f - 2>&1) && return 1
+  grep -q "policies.permafrost.dev" <<<"$out" && ! grep -q "127.0.0.1:$PORT" <<<"$out"
+}
+for _ in $(seq 1 120); do webhook_answers && break; kill -0 "$OPERATOR" || fail "the operator exited (see $LOG)"; sleep 0.5; done
+webhook_answers || fail "the operator's webhook did not answer within a minute (see $LOG)"
+ok "admission webhook serving; fail-safe ValidatingAdmissionPolicy installed"
+kubectl apply -f "$ROOT/deploy/policies/" >/dev/null
+ok "built-in GuardrailPolicies installed: $(kubectl get guardrailpolicies --no-headers | wc -l) (kubectl get grp)"
 
-bold "1. First release (examples/checkout.yaml, faster timings for the demo)"
+chapter 1 "Ship v1: a GuardedRelease, verified before it takes traffic"
 sed -e 's/minReadySeconds: 5/minReadySeconds: 2/' -e 's/scaleDownDelaySeconds: 30/scaleDownDelaySeconds: 3/' \
     -e 's/progressDeadlineSeconds: 60/progressDeadlineSeconds: 10/' "$ROOT/examples/checkout.yaml" \
-  | kubectl -n "$NS" apply -f -
-wait_for "the first release" is_phase Stable
-show
-FIRST=$(stable)
-echo "Service checkout selects revision: $(selector)"
+  | kubectl -n "$NS" apply -f - | sed 's/^/    /'
+at "applied examples/checkout.yaml (image checkout:1.4.2, 3 replicas, a ConfigMap, a Service)"
+permafrost status checkout -n "$NS" --watch --timeout 120 | sed 's/^/    /' || fail "v1 did not become Stable"
+FIRST=$(field stableRevision)
+ok "v1 is Stable: revision $FIRST serves (Deployment checkout-$FIRST)"
+ok "Service checkout selects revision $(selector)"
 
-bold "2. Upgrade: a new image digest makes a new revision"
-kubectl -n "$NS" patch grel checkout --type json -p '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"registry.example/shop/checkout:1.5.0@sha256:4e2d5f3b0c9e8d7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"}]'
-wait_for "the upgrade" stable_changed "$FIRST"
-SECOND=$(stable)
-show
-echo "Service checkout selects revision: $(selector) (was $FIRST)"
+chapter 2 "Upgrade to v2: a new revision, traffic switched once it is healthy"
+set_image "$V2"
+at "spec.template changed: image checkout:1.5.0"
+permafrost status checkout -n "$NS" --watch --timeout 120 | sed 's/^/    /' || fail "v2 did not become Stable"
+SECOND=$(field stableRevision)
+[ "$SECOND" != "$FIRST" ] || fail "v2 made no new revision"
+ok "v2 is Stable: revision $SECOND serves (was $FIRST)"
+run kubectl -n "$NS" get deploy -l permafrost.dev/release=checkout -L permafrost.dev/revision
+[ "$(selector)" = "$SECOND" ] || fail "the Service does not select v2"
+ok "Service checkout selects revision $(selector): $(kubectl -n "$NS" get svc checkout -o jsonpath='{.spec.selector}')"
 
-bold "2b. An in-place change of the running revision is denied"
-kubectl -n "$NS" set image "deployment/checkout-$SECOND" web=registry.example/shop/checkout@sha256:$(printf 'f%.0s' {1..64}) 2>&1 | sed 's/^/    /' || true
+chapter 3 "Guardrails: what runs is never changed in place"
+printf '  %s$ kubectl set image deployment/checkout-%s web=…@sha256:ffff…%s\n' "$dim" "$SECOND" "$plain"
+if out=$(kubectl -n "$NS" set image "deployment/checkout-$SECOND" "web=registry.example/shop/checkout@sha256:$(printf 'f%.0s' {1..64})" 2>&1); then
+  fail "an in-place change of the frozen revision was allowed: $out"
+fi
+sed 's/^/    /' <<<"$out"
+denied "denied: in-place kubectl set image on checkout-$SECOND (revision $SECOND stays as it was)"
+printf '  %s$ kubectl patch grel checkout … image: checkout:latest%s\n' "$dim" "$plain"
+if out=$(kubectl -n "$NS" patch grel checkout --type json -p '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"registry.example/shop/checkout:latest"}]' 2>&1); then
+  fail "an unpinned image was accepted: $out"
+fi
+sed 's/^/    /' <<<"$out"
+printf '  %s$ kubectl create deployment cart --image=registry.example/shop/cart:2.0%s\n' "$dim" "$plain"
+if out=$(kubectl -n "$NS" create deployment cart --image=registry.example/shop/cart:2.0 2>&1); then
+  fail "a Deployment with an unpinned image was accepted: $out"
+fi
+sed 's/^/    /' <<<"$out"
+denied "denied: unpinned image (a tag, not @sha256:…) in a GuardedRelease and in a plain Deployment"
+at "the same policies run offline, as CI would run them:"
+(cd "$ROOT" && run permafrost check --stage create examples/checkout.yaml)
 
-bold "2c. An image not pinned by digest is denied (CRD validation and policy)"
-kubectl -n "$NS" patch grel checkout --type json -p '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"registry.example/shop/checkout:latest"}]' 2>&1 | sed 's/^/    /' || true
+chapter 4 "A broken v3: its pods never become Ready, so it never takes traffic"
+# NB: `kubectl get -w` prints the Service's selector on every change: evidence, not sampling.
+SELECTIONS="$STATE/selections.txt"
+kubectl -n "$NS" get svc checkout -w -o jsonpath='{.spec.selector.permafrost\.dev/revision}{"\n"}' >"$SELECTIONS" 2>/dev/null &
+WATCHER=$!
+set_image "$V3" never-ready
+at "spec.template changed: image checkout:1.6.0, whose pods never become Ready (kwok)"
+if permafrost status checkout -n "$NS" --watch --timeout 120 | sed 's/^/    /'; then :; fi
+PHASE=$(field phase)
+kill "$WATCHER" 2>/dev/null || true
+wait "$WATCHER" 2>/dev/null || true
+WATCHER=
+[ "$PHASE" = RolledBack ] || fail "v3 was not rolled back (phase $PHASE)"
+THIRD=$(field desiredRevision)
+ok "v3 rolled back automatically: revision $THIRD failed ($(kubectl -n "$NS" get grel checkout -o jsonpath='{.status.conditions[?(@.type=="RolledBack")].reason}')), spec left as it is"
+SELECTED=$(sort -u "$SELECTIONS" | grep -v '^$' | paste -sd, -)
+[ "$SELECTED" = "$SECOND" ] && [ "$(selector)" = "$SECOND" ] || fail "the Service selected $SELECTED during the v3 rollout"
+ok "Service checkout selected only revision $SECOND during the v3 rollout (kubectl get -w saw every change of the Service)"
+run kubectl -n "$NS" get deploy -l permafrost.dev/release=checkout -L permafrost.dev/revision
 
-bold "2d. The same policies offline, as CI runs them"
-"$PY" -m permafrost check --stage create "$ROOT/examples/checkout.yaml" | sed 's/^/    /'
+chapter 5 "What happened: permafrost status and permafrost history"
+run permafrost status -n "$NS"
+run permafrost history checkout -n "$NS"
+ok "the story is over: v2 ($SECOND) serves, v3 ($THIRD) is kept scaled to 0 for inspection"
 
-bold "3. A bad upgrade: its pods never become Ready"
-kubectl -n "$NS" patch grel checkout --type merge -p '{"spec":{"template":{"metadata":{"annotations":{"sim.permafrost.dev/behavior":"never-ready"}}}}}'
-wait_for "the automatic rollback" is_phase RolledBack
-show
-echo "Service checkout still selects revision: $(selector) (stable: $SECOND)"
-kubectl -n "$NS" get grel checkout -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+if [ "${DEMO_NONINTERACTIVE:-0}" = 1 ]; then
+  at "DEMO_NONINTERACTIVE=1: stopping the demo's operator"
+  exit 0
+fi
+cat <<EOF
 
-bold "4. Fix forward with a config change: the ConfigMap is snapshotted per revision"
-kubectl -n "$NS" patch grel checkout --type json -p '[{"op":"remove","path":"/spec/template/metadata/annotations"}]'
-kubectl -n "$NS" patch configmap checkout-config -p '{"data":{"PAYMENT_MODE":"live"}}'
-wait_for "the config rollout" stable_changed "$SECOND"
-show
-kubectl -n "$NS" get configmaps -l permafrost.dev/release=checkout -L permafrost.dev/revision
-
-bold "Events"
-kubectl -n "$NS" get events --field-selector involvedObject.kind=GuardedRelease --sort-by=.lastTimestamp \
-  -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message | cut -c1-160
-bold "Done. The cluster keeps running: export KUBECONFIG=$ROOT/.cluster/kubeconfig; make cluster-down stops it."
-echo "The built-in GuardrailPolicies stay installed (kubectl get grp); the operator has stopped,"
-echo "its fail-safe policy keeps the revisions frozen. Run it again: .venv/bin/permafrost run -n $NS"
-echo "Try: kubectl -n $NS get grel,deploy,svc; kubectl -n $NS describe grel checkout;"
-echo "     kubectl -n $NS set image deploy/checkout-$(stable) web=x@sha256:$(printf '0%.0s' {1..64})   # denied"
+${bold}The cluster and the operator keep running.${plain} Try:
+  eval "\$(hack/cluster.sh env)"                  # KUBECONFIG, and the built kubectl first on PATH
+  .venv/bin/permafrost status -A                  # every release, and why one is not Stable
+  .venv/bin/permafrost history checkout -n $NS    # revisions, who changed what, the timeline
+  .venv/bin/permafrost rollback checkout -n $NS --to $FIRST --watch   # back to v1, verified first
+  kubectl -n $NS set image deploy/checkout-$SECOND web=x@sha256:$(printf '0%.0s' {1..64})   # denied
+  # fix forward: drop the never-ready annotation (a new revision), then change the config:
+  kubectl -n $NS patch grel checkout --type json -p '[{"op":"remove","path":"/spec/template/metadata/annotations"}]'
+  .venv/bin/permafrost status checkout -n $NS --watch
+  kubectl -n $NS patch configmap checkout-config -p '{"data":{"PAYMENT_MODE":"live"}}'   # a new revision too
+  tail -f $LOG   # the operator's log
+make demo-down stops the operator, removes its webhook configuration and stops the cluster.
+EOF

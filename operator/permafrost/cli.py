@@ -1,26 +1,54 @@
 """The ``permafrost`` command line: the operator itself and tools for people.
 
 Each subcommand is a thin shell: it parses arguments, calls into the package, and turns the
-outcome into an exit code. Exit codes: 0 success, 1 the action failed, 2 usage error.
+outcome into an exit code. Presentation is computed by :mod:`permafrost.presenting` (pure);
+every API call goes through :mod:`permafrost.kube`.
+
+Exit codes (also in ``docs/cli.md``):
+
+- 0: success;
+- 1: the action failed or was refused: no such release or revision, a watched rollout that
+  settled other than Stable, a policy violation (``check``), an API error;
+- 2: usage error (and, for ``check``, unusable input);
+- 3: the cluster cannot be used: no usable kubeconfig, API server unreachable, access refused;
+- 4: Permafrost's CRDs are not installed in the cluster;
+- 5: ``--watch`` gave up after ``--timeout``;
+- 130: interrupted (Ctrl-C);
+- 141: the output was closed early (e.g. ``| head``), as for a command killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
+import difflib
 import logging
 import os
 import pathlib
-import random
 import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 import kopf
 
 import permafrost
-from permafrost import checking, documents, kube, models
+from permafrost import checking, documents, kube, models, presenting
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_NO_CLUSTER, EXIT_NOT_INSTALLED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 3, 4, 5, 130
+EXIT_BROKEN_PIPE = 141
+ENV_PREFIX = "PERMAFROST_"
+# The field manager of what the command line writes (``permafrost history`` shows it).
+MANAGER = "permafrost-cli"
+# NB: a person at a terminal gets an answer or an error quickly, never a hang.
+REQUEST_TIMEOUT_SECONDS = 15.0
+WATCH_INTERVAL_SECONDS = 1.0
+NAMESPACE_HELP = "default: the kubeconfig context's namespace, else default (as kubectl)"
+T = TypeVar("T")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -77,6 +105,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on this port (/metrics)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line with the fields of each decision "
+        "(release, revision, reason, ...) (default: %(default)s)",
+    )
     guard = run.add_argument_group("admission guardrails")
     guard.add_argument(
         "--admission",
@@ -136,7 +171,8 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="REVISION",
         help="a retained revision: its hash or its Deployment name",
     )
-    rollback.add_argument("-n", "--namespace", default="default")
+    rollback.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
+    _watch_options(rollback, what="until the rollback settles")
 
     check = commands.add_parser(
         "check",
@@ -174,8 +210,146 @@ def _build_parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser("retry", help="try a failed revision again")
     retry.add_argument("name", help="the GuardedRelease")
-    retry.add_argument("-n", "--namespace", default="default")
+    retry.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
+    _watch_options(retry, what="until the new attempt settles")
+
+    status = commands.add_parser(
+        "status",
+        help="GuardedReleases as a table, or one in detail",
+        description="Show GuardedReleases: a table (with why each one that is not Stable is "
+        "not), or one release in detail with its conditions and revisions. --watch prints "
+        "progress while a rollout runs and exits when it settles: 0 if Stable, 1 otherwise.",
+    )
+    status.add_argument("name", nargs="?", help="one GuardedRelease (default: all)")
+    _scope_options(status)
+    status.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    _watch_options(status, what="until every release shown settles")
+
+    history = commands.add_parser(
+        "history",
+        help="a release's revisions, who changed it, and the timeline of its guardrails",
+        description="Show the revisions of a GuardedRelease (images, times, outcome), who last "
+        "changed its spec (managedFields) and the timeline of its Events and status records: "
+        "revisions, policy verdicts, denials, promotions, rollbacks, drift.",
+    )
+    history.add_argument("name", help="the GuardedRelease")
+    history.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
+    history.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+
+    _settable_from_environment(run)
     return parser
+
+
+def _scope_options(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="every namespace (without NAME)"
+    )
+
+
+def _watch_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+    parser.add_argument(
+        "-w", "--watch", action="store_true", help=f"print progress {what} (Ctrl-C stops)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --watch: give up after this long, exit 5 (default: %(default)s)",
+    )
+
+
+# --- options from the environment ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Environment:
+    """The options of one parser that environment variables may set: ``--metrics-port`` from
+    ``PERMAFROST_METRICS_PORT``. The command line wins over the environment."""
+
+    parser: argparse.ArgumentParser
+    variables: tuple[tuple[argparse.Action, str], ...]
+
+    def apply(self, args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+        """Set, in ``args``, every option not given on the command line that the environment
+        sets; a usage error (exit 2) if a value is unusable or two exclude each other."""
+        given = {a.dest for a, _ in self.variables if getattr(args, a.dest) != a.default}
+        from_env: dict[str, str] = {}
+        for action, variable in self.variables:
+            raw = environ.get(variable)
+            if raw is None or raw == "" or action.dest in given:
+                continue
+            if any(action.dest != o.dest and o.dest in given for o in self._exclusive(action)):
+                continue  # the command line chose another option of its group
+            rival = next(
+                (from_env[o.dest] for o in self._exclusive(action) if o.dest in from_env), None
+            )
+            if rival is not None:
+                self.parser.error(f"{variable} and {rival} cannot both be set")
+            setattr(args, action.dest, self._value(action, variable, raw))
+            from_env[action.dest] = variable
+
+    def _exclusive(self, action: argparse.Action) -> list[argparse.Action]:
+        return [
+            other
+            for group in self.parser._mutually_exclusive_groups
+            if action in group._group_actions
+            for other in group._group_actions
+        ]
+
+    def _value(self, action: argparse.Action, variable: str, raw: str) -> Any:
+        if action.nargs == 0:  # a switch (store_true)
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            self.parser.error(f"{variable}={raw!r}: expected true or false")
+        items = (
+            [i.strip() for i in raw.split(",")]
+            if isinstance(action, argparse._AppendAction)
+            else [raw]
+        )
+        values = []
+        for item in items:
+            try:
+                value = action.type(item) if callable(action.type) else item
+            except (TypeError, ValueError):
+                self.parser.error(
+                    f"{variable}={raw!r}: not a valid {action.metavar or action.dest}"
+                )
+            if action.choices is not None and value not in action.choices:
+                self.parser.error(
+                    f"{variable}={raw!r}: choose from {', '.join(map(str, action.choices))}"
+                )
+            values.append(value)
+        return values if isinstance(action, argparse._AppendAction) else values[0]
+
+
+def _settable_from_environment(parser: argparse.ArgumentParser) -> None:
+    """Make every long option of ``parser`` settable by ``PERMAFROST_<OPTION>`` (named after
+    the option, ``-`` as ``_``) and say so in its help.
+
+    NB: it runs last in :func:`_build_parser`, so an option added to ``run`` anywhere above gets
+    its variable without further code.
+    """
+    variables = []
+    for action in parser._actions:
+        long = next((o for o in action.option_strings if o.startswith("--")), None)
+        if long is None or isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            continue
+        variable = ENV_PREFIX + long[2:].upper().replace("-", "_")
+        if action.help != argparse.SUPPRESS:
+            action.help = f"{action.help or ''} [env {variable}]".strip()
+        variables.append((action, variable))
+    parser.epilog = (
+        f"Every option can also be set by an environment variable: {ENV_PREFIX} and the "
+        "option's long name in upper case, - as _ (e.g. PERMAFROST_METRICS_PORT=9090). "
+        "Repeatable options take a comma-separated list, switches true or false. The command "
+        "line wins over the environment."
+    )
+    parser.set_defaults(environment=_Environment(parser, tuple(variables)))
 
 
 def _not_an_admission_denial(record: logging.LogRecord) -> bool:
@@ -183,8 +357,19 @@ def _not_an_admission_denial(record: logging.LogRecord) -> bool:
     return not (message.startswith("Webhook ") and "failed permanently" in message)
 
 
+def _preflight(namespaces: Sequence[str]) -> None:
+    """Fail fast, in one line, when the operator could not work: no usable kubeconfig, no API
+    server, no CRDs (Kopf would log a traceback and retry every minute)."""
+    _against_the_api(kube.list_releases(namespaces[0] if namespaces else None))
+    kube.bound_requests(seconds=None)
+
+
 def _run(args: argparse.Namespace) -> int:
-    kopf.configure(verbose=args.verbose)
+    _preflight(args.namespace)
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+    )
     logging.getLogger("permafrost").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # NB: Kopf logs every successful event handler; ours only enqueue, so that is noise. It also
     # logs every admission denial as a handler failure at ERROR; Permafrost logs decisions itself.
@@ -219,12 +404,11 @@ def _run(args: argparse.Namespace) -> int:
             ),
         )
     identity = os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
-    priority = args.priority if args.priority is not None else random.randint(1, 2**31)
     if args.peering is not None:
         memo["peering"] = handlers.Peering(
             name=args.peering,
             identity=identity,
-            priority=priority,
+            priority=args.priority or 0,  # NB: the start-up handler puts in the actual one
             namespaces=tuple(args.namespace),
         )
         memo["peering_lifetime"] = args.peering_lifetime
@@ -234,7 +418,7 @@ def _run(args: argparse.Namespace) -> int:
             namespaces=args.namespace,
             standalone=args.peering is None,
             peering_name=args.peering,
-            priority=priority,
+            priority=args.priority,
             identity=identity,  # type: ignore[arg-type]  # NB: Kopf's Identity is a str NewType
             liveness_endpoint=args.liveness,
             memo=memo,
@@ -243,15 +427,54 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _rollback(namespace: str, name: str, to: str) -> str:
-    body = await kube.read_release(namespace, name)
+# --- talking to the cluster ----------------------------------------------------------------------
+
+
+class NotFound(LookupError):
+    """What was asked for does not exist (exit 1); ``hint`` says what to try instead."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _against_the_api(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` with bounded requests; API failures become :class:`kube.ApiProblem`."""
+    kube.bound_requests(seconds=REQUEST_TIMEOUT_SECONDS)
+    try:
+        return asyncio.run(work)
+    except (KeyboardInterrupt, NotFound):
+        raise
+    except Exception as exc:
+        problem = kube.problem_of(exc)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+async def _release(namespace: str, name: str) -> dict[str, Any]:
+    body = await kube.find_release(namespace, name)
     if body is None:
-        raise LookupError(f"GuardedRelease {namespace}/{name} not found")
+        names = [r["metadata"]["name"] for r in await kube.list_releases(namespace)]
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise NotFound(
+            f"GuardedRelease {namespace}/{name} not found",
+            hint=f"{hint}List every release: permafrost status -A",
+        )
+    return body
+
+
+async def _rollback(namespace: str, name: str, to: str) -> str:
+    body = await _release(namespace, name)
     status = models.GuardedReleaseStatus.model_validate(body.get("status") or {})
     record = next((r for r in status.revisions if to in (r.hash, r.name)), None)
     if record is None:
         known = ", ".join(f"{r.hash} ({r.outcome})" for r in status.revisions) or "none"
-        raise LookupError(f"revision {to!r} is not retained by {name}; retained: {known}")
+        raise NotFound(
+            f"revision {to!r} is not retained by {name}; retained: {known}",
+            hint=f"See them all: permafrost history {name} -n {namespace}",
+        )
     annotations = body["metadata"].get("annotations") or {}
     # NB: rollback-from pins the rollback to the spec's current revision: when the spec changes,
     # the rollback ends by itself and the new spec rolls out. While a rollback is in effect the
@@ -263,7 +486,10 @@ async def _rollback(namespace: str, name: str, to: str) -> str:
         annotations.get(models.ANNOTATION_ROLLBACK_FROM) if active else (status.desired_revision)
     )
     if origin is None:
-        raise LookupError(f"{name} has no desired revision yet; wait for its first reconcile")
+        raise NotFound(
+            f"{name} has no desired revision yet; wait for its first reconcile",
+            hint="Is the operator running? (permafrost run)",
+        )
     await kube.patch_release_annotations(
         namespace,
         name,
@@ -271,15 +497,104 @@ async def _rollback(namespace: str, name: str, to: str) -> str:
             models.ANNOTATION_ROLLBACK_TO: record.hash,
             models.ANNOTATION_ROLLBACK_FROM: origin,
         },
+        manager=MANAGER,
     )
     return record.hash
 
 
 async def _retry(namespace: str, name: str) -> None:
-    if await kube.read_release(namespace, name) is None:
-        raise LookupError(f"GuardedRelease {namespace}/{name} not found")
+    await _release(namespace, name)
     token = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    await kube.patch_release_annotations(namespace, name, {models.ANNOTATION_RETRY: token})
+    await kube.patch_release_annotations(
+        namespace, name, {models.ANNOTATION_RETRY: token}, manager=MANAGER
+    )
+
+
+async def _status(args: argparse.Namespace) -> str:
+    now = datetime.datetime.now(datetime.UTC)
+    if args.name:
+        body = await _release(args.namespace, args.name)
+        if args.output == "table":
+            return presenting.status_detail(body, now=now)
+        return presenting.render(presenting.status_document(body, now=now), output=args.output)
+    releases = await kube.list_releases(None if args.all_namespaces else args.namespace)
+    if args.output != "table":
+        items = [presenting.status_document(r, now=now) for r in releases]
+        return presenting.render({"items": items}, output=args.output)
+    if not releases:
+        where = "any namespace" if args.all_namespaces else f"namespace {args.namespace}"
+        return f"No GuardedReleases in {where}."
+    return presenting.status_table(releases, now=now, all_namespaces=args.all_namespaces)
+
+
+async def _events(release: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Events of a release and of its retained revision Deployments."""
+    meta = release["metadata"]
+    status = models.GuardedReleaseStatus.model_validate(release.get("status") or {})
+    own = await kube.list_events(meta["namespace"], kind=models.KIND, names=[meta["name"]])
+    revisions = await kube.list_events(
+        meta["namespace"], kind="Deployment", names=[r.name for r in status.revisions]
+    )
+    return own + revisions
+
+
+async def _history(args: argparse.Namespace) -> str:
+    body = await _release(args.namespace, args.name)
+    events = await _events(body)
+    if args.output == "table":
+        now = datetime.datetime.now(datetime.UTC)
+        return presenting.history_text(body, events, now=now)
+    return presenting.render(presenting.history_document(body, events), output=args.output)
+
+
+async def _watch(namespace: str | None, name: str | None, *, give_up_after: float) -> int:
+    """Print progress until every release watched settles (0 if all Stable, else 1) or
+    ``give_up_after`` seconds pass (5)."""
+    started = datetime.datetime.now(datetime.UTC)
+    deadline = time.monotonic() + give_up_after
+    shown: dict[str, str] = {}
+    seen_events: set[str] = set()
+    while True:
+        if name is not None and namespace is not None:
+            releases = [await _release(namespace, name)]
+        else:
+            releases = await kube.list_releases(namespace)
+        for release in releases:
+            key = f"{release['metadata']['namespace']}/{release['metadata']['name']}"
+            line = presenting.progress_line(release)
+            if shown.get(key) != line:
+                shown[key] = line
+                print(presenting.stamped(datetime.datetime.now(), line), flush=True)
+        if name is not None:
+            for event in await _events(releases[0]):
+                if not presenting.worth_watching(event, release=name):
+                    continue
+                entry = presenting.event_entry(event)
+                uid = f"{event['metadata'].get('uid')}:{entry.count}"
+                moment = presenting.parse_time(entry.time)
+                if uid in seen_events or moment is None or moment < started.replace(microsecond=0):
+                    continue
+                seen_events.add(uid)
+                text = f"{name}  {entry.type} {entry.reason}: {entry.message}"
+                print(presenting.stamped(datetime.datetime.now(), text), flush=True)
+        if all(presenting.settled(r) for r in releases):
+            phases = {(r.get("status") or {}).get("phase") for r in releases}
+            print(
+                presenting.stamped(
+                    datetime.datetime.now(),
+                    "settled: " + ", ".join(sorted(p or "<none>" for p in phases)),
+                ),
+                flush=True,
+            )
+            return EXIT_OK if phases <= {"Stable"} else EXIT_FAILED
+        if time.monotonic() >= deadline:
+            print(
+                f"permafrost: still not settled after {give_up_after:g}s (--timeout); "
+                "the rollout goes on without this watch",
+                file=sys.stderr,
+            )
+            return EXIT_TIMEOUT
+        await asyncio.sleep(WATCH_INTERVAL_SECONDS)
 
 
 LIBRARY = pathlib.Path(__file__).parent / "library"
@@ -349,32 +664,113 @@ def _check(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _explain(problem: kube.ApiProblem) -> tuple[str, str, int]:
+    """A message for people, a hint and the exit code of an API problem."""
+    detail = problem.detail.rstrip(".")
+    if problem.kind == kube.ApiProblem.KUBECONFIG:
+        where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        return (
+            f"no usable kubeconfig ({where}): {detail}",
+            "Point KUBECONFIG at one; for the local cluster: make cluster-up && "
+            "export KUBECONFIG=$PWD/.cluster/kubeconfig",
+            EXIT_NO_CLUSTER,
+        )
+    if problem.kind == kube.ApiProblem.UNREACHABLE:
+        return (
+            f"cannot reach the Kubernetes API at {kube.server_address()}: {detail}",
+            "Is the cluster running, and is this the kubeconfig you meant? (kubectl cluster-info)",
+            EXIT_NO_CLUSTER,
+        )
+    if problem.kind == kube.ApiProblem.FORBIDDEN:
+        return (
+            f"the Kubernetes API refused access: {detail}",
+            "Check your credentials and RBAC (kubectl auth can-i list guardedreleases)",
+            EXIT_NO_CLUSTER,
+        )
+    if problem.kind == kube.ApiProblem.NOT_INSTALLED:
+        return (
+            f"Permafrost's CRDs are not installed in this cluster ({detail} is unknown)",
+            "Install them: kubectl apply --server-side -k crds/ (see docs/install.md)",
+            EXIT_NOT_INSTALLED,
+        )
+    return f"the Kubernetes API refused the request: {detail}", "", EXIT_FAILED
+
+
+def _for_people(args: argparse.Namespace) -> int:
+    """Run a command that talks to the cluster: status, history, rollback, retry."""
+    args.namespace = args.namespace or kube.default_namespace()
+    if args.command == "status":
+        if args.watch:
+            scope = None if args.all_namespaces else args.namespace
+            return _against_the_api(_watch(scope, args.name, give_up_after=args.timeout))
+        print(_against_the_api(_status(args)), flush=True)
+        return EXIT_OK
+    if args.command == "history":
+        print(_against_the_api(_history(args)), flush=True)
+        return EXIT_OK
+    if args.command == "rollback":
+        revision = _against_the_api(_rollback(args.namespace, args.name, args.to))
+        print(
+            f"{args.namespace}/{args.name}: rolling back to revision {revision}; it is "
+            "verified before it takes traffic"
+            + ("" if args.watch else f" (permafrost status {args.name} -n {args.namespace} -w)")
+        )
+    else:
+        _against_the_api(_retry(args.namespace, args.name))
+        print(f"{args.namespace}/{args.name}: a new attempt starts")
+    if args.watch:
+        return _against_the_api(_watch(args.namespace, args.name, give_up_after=args.timeout))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    Errors are reported in one line (and a hint), never as a traceback; see the module's
+    docstring for the exit codes.
+    """
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.command == "status" and args.name and args.all_namespaces:
+        parser.error("status: a NAME is one release in one namespace; drop -A or the NAME")
+    if args.command == "status" and args.watch and args.output != "table":
+        parser.error("status: --watch prints progress for people; drop -o")
     try:
         if args.command == "run":
+            args.environment.apply(args, os.environ)
             return _run(args)
-        if args.command == "rollback":
-            revision = asyncio.run(_rollback(args.namespace, args.name, args.to))
-            print(
-                f"{args.namespace}/{args.name}: rolling back to revision {revision}; it is "
-                f"verified before it takes traffic (kubectl get grel {args.name} -w)"
-            )
-            return 0
         if args.command == "check":
             try:
                 return _check(args)
             except documents.InputError as exc:
                 print(f"permafrost check: {exc}", file=sys.stderr)
                 return checking.EXIT_UNUSABLE
-        if args.command == "retry":
-            asyncio.run(_retry(args.namespace, args.name))
-            print(f"{args.namespace}/{args.name}: a new attempt starts")
-            return 0
-    except LookupError as exc:
+        if args.command in ("status", "history", "rollback", "retry"):
+            return _for_people(args)
+    except NotFound as exc:
         print(f"permafrost: {exc}", file=sys.stderr)
-        return 1
+        if exc.hint:
+            print(f"  {exc.hint}", file=sys.stderr)
+        return EXIT_FAILED
+    except kube.ApiProblem as problem:
+        message, hint, code = _explain(problem)
+        print(f"permafrost: {message}", file=sys.stderr)
+        if hint:
+            print(f"  {hint}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("permafrost: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # NB: the reader went away (`| head`): stop quietly, as tools killed by SIGPIPE do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        # NB: people get one line, not a traceback; PERMAFROST_DEBUG=1 shows where it came from.
+        if os.environ.get("PERMAFROST_DEBUG") == "1":
+            raise
+        print(f"permafrost: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("  PERMAFROST_DEBUG=1 shows the traceback", file=sys.stderr)
+        return EXIT_FAILED
     parser.print_help(sys.stderr)
-    return 2
+    return EXIT_USAGE

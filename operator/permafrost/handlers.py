@@ -13,12 +13,13 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+import random
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from permafrost import kube, manifests, models, reconciler, store, webhooks, workqueue
+from permafrost import kube, manifests, metrics, models, reconciler, store, webhooks, workqueue
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, release name)
@@ -156,6 +157,11 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     global _RUNTIME
     settings.posting.level = 30  # WARNING: Kopf's own per-object events only for problems
     settings.watching.server_timeout = 300
+    # NB: with --peering, Kopf pauses every replica when two live ones share a priority, so
+    # identical replicas (one Deployment) would all stand still. A random priority per start
+    # makes one of them active (the highest); the others take over when it is gone.
+    if settings.peering.priority == 0:
+        settings.peering.priority = random.randrange(1, 2**31)
     # NB: policies and namespace labels are known before the first reconcile or admission
     # review, so nothing is ever evaluated against an empty library at start-up.
     for body in await kube.list_policies():
@@ -174,6 +180,7 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     if peering is None:
         runtime.active.set()
     else:
+        peering = dataclasses.replace(peering, priority=settings.peering.priority)
         settings.peering.lifetime = memo.get("peering_lifetime") or settings.peering.lifetime
         tasks.append(asyncio.create_task(_follow_peering(runtime, peering)))
     _RUNTIME = memo["permafrost"] = runtime
@@ -217,6 +224,7 @@ def release_changed(type: str, namespace: str | None, name: str, memo: kopf.Memo
     runtime = _runtime(memo)
     if type == "DELETED":
         runtime.known_releases.discard((namespace, name))
+        metrics.PHASES.forget(namespace, name)
     else:
         runtime.known_releases.add((namespace, name))
         runtime.queue.add((namespace, name))

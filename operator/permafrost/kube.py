@@ -14,10 +14,12 @@ import datetime
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from permafrost import hashing, manifests, models, planner
@@ -53,7 +55,21 @@ def clients() -> Clients:
     return Clients(kubernetes.client.ApiClient(configuration))
 
 
+# NB: the operator waits as long as a request takes (the client retries); a person at a terminal
+# must not: the command line bounds every request (see bound_requests).
+_REQUEST_TIMEOUT: float | None = None
+
+
+def bound_requests(*, seconds: float | None) -> None:
+    """Give up on any request that takes longer than ``seconds`` (for the command line);
+    ``None``: wait as long as a request takes (the operator)."""
+    global _REQUEST_TIMEOUT
+    _REQUEST_TIMEOUT = seconds
+
+
 async def _call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    if _REQUEST_TIMEOUT is not None:
+        kwargs.setdefault("_request_timeout", _REQUEST_TIMEOUT)
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
@@ -128,6 +144,114 @@ async def read_service(namespace: str, name: str) -> dict[str, Any] | None:
         clients().core.read_namespaced_service, name, namespace
     )
     return result
+
+
+class ApiProblem(Exception):
+    """The API could not be used, in words for people: ``kind`` is one of the constants below."""
+
+    KUBECONFIG = "kubeconfig"  # no kubeconfig, or one that cannot be used
+    UNREACHABLE = "unreachable"  # no answer from the API server
+    FORBIDDEN = "forbidden"  # the API server refused who we are (401/403)
+    NOT_INSTALLED = "not-installed"  # Permafrost's CRDs are not installed
+    REFUSED = "refused"  # any other error the API server answered with
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def problem_of(exc: BaseException) -> ApiProblem | None:
+    """What ``exc``, raised by a call into this module, means for a person; ``None``: a bug."""
+    if isinstance(exc, ApiProblem):
+        return exc
+    if isinstance(exc, kubernetes.config.ConfigException | yaml.YAMLError):
+        return ApiProblem(ApiProblem.KUBECONFIG, "; ".join(str(exc).split("\n")))
+    if isinstance(exc, ApiException):
+        if exc.status in (401, 403):
+            return ApiProblem(ApiProblem.FORBIDDEN, _api_message(exc))
+        if exc.status == 0 or exc.status is None:
+            return ApiProblem(ApiProblem.UNREACHABLE, str(exc.reason))
+        return ApiProblem(ApiProblem.REFUSED, f"{exc.status} {_api_message(exc)}")
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        reason = getattr(exc, "reason", None) or exc
+        return ApiProblem(ApiProblem.UNREACHABLE, str(reason))
+    return None
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+def default_namespace() -> str:
+    """The namespace kubectl would use: the current kubeconfig context's, else ``default``."""
+    try:
+        _, active = kubernetes.config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    except (kubernetes.config.ConfigException, yaml.YAMLError, OSError):
+        return "default"
+    return str(((active or {}).get("context") or {}).get("namespace") or "default")
+
+
+def server_address() -> str:
+    """Where the API server is, as the configuration says."""
+    return str(clients().api.configuration.host)
+
+
+# --- reads for the command line ----------------------------------------------------------------
+
+
+async def list_releases(namespace: str | None) -> list[dict[str, Any]]:
+    """The GuardedReleases of ``namespace`` (``None``: every namespace), sorted by name.
+
+    Raises :class:`ApiProblem` (``NOT_INSTALLED``) if the CRD is not installed.
+    """
+    c = clients()
+    if namespace is None:
+        body = await _get_or_none(
+            c.custom.list_cluster_custom_object, models.GROUP, models.VERSION, models.PLURAL
+        )
+    else:
+        body = await _get_or_none(
+            c.custom.list_namespaced_custom_object,
+            models.GROUP,
+            models.VERSION,
+            namespace,
+            models.PLURAL,
+        )
+    if body is None:
+        raise ApiProblem(ApiProblem.NOT_INSTALLED, f"{models.PLURAL}.{models.GROUP}")
+    items: list[dict[str, Any]] = body.get("items", [])
+    return sorted(items, key=lambda r: (r["metadata"]["namespace"], r["metadata"]["name"]))
+
+
+async def find_release(namespace: str, name: str) -> dict[str, Any] | None:
+    """The GuardedRelease, or ``None`` if there is none of that name.
+
+    Raises :class:`ApiProblem` (``NOT_INSTALLED``) if the CRD is not installed: the apiserver
+    answers 404 for both, and only a list tells them apart.
+    """
+    body = await read_release(namespace, name)
+    if body is None:
+        await list_releases(namespace)
+    return body
+
+
+async def list_events(namespace: str, *, kind: str, names: Collection[str]) -> list[dict[str, Any]]:
+    """The Events about objects of ``kind`` named one of ``names`` in ``namespace``."""
+    if not names:
+        return []
+    c = clients()
+    selector = f"involvedObject.kind={kind}"
+    if len(names) == 1:
+        selector += f",involvedObject.name={next(iter(names))}"
+    body = await _raw(c.core.list_namespaced_event, namespace, field_selector=selector)
+    wanted = set(names)
+    return [
+        e for e in body.get("items", []) if (e.get("involvedObject") or {}).get("name") in wanted
+    ]
 
 
 # --- writes ------------------------------------------------------------------------------------
@@ -235,8 +359,9 @@ async def patch_status(namespace: str, name: str, status: models.GuardedReleaseS
 
 
 async def patch_release_annotations(
-    namespace: str, name: str, annotations: Mapping[str, str | None]
+    namespace: str, name: str, annotations: Mapping[str, str | None], *, manager: str
 ) -> None:
+    """Merge-patch annotations of a release, recorded in managedFields as written by ``manager``."""
     await _call(
         clients().custom.patch_namespaced_custom_object,
         models.GROUP,
@@ -245,6 +370,7 @@ async def patch_release_annotations(
         models.PLURAL,
         name,
         {"metadata": {"annotations": dict(annotations)}},
+        field_manager=manager,
     )
 
 
@@ -487,5 +613,15 @@ async def post_object_event(
             involved.get("kind"),
             namespace,
             meta.get("name"),
-            exc.reason,
+            status_message(exc),
         )
+
+
+def status_message(exc: ApiException) -> str:
+    """What the apiserver said: its Status ``message`` (e.g. which permission is missing, or
+    that the namespace is being deleted), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason)

@@ -196,6 +196,7 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    revision: str | None = None  # the revision the decision is about (for logs), if any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,8 +309,15 @@ class _Work:
         self.records[revision] = updated
         return updated
 
-    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
-        self.events.append(Event(type_, reason, message))
+    def event(
+        self,
+        type_: Literal["Normal", "Warning"],
+        reason: str,
+        message: str,
+        *,
+        revision: str | None,
+    ) -> None:
+        self.events.append(Event(type_, reason, message, revision))
 
     def scale(self, revision: str, replicas: int) -> None:
         """Plan a scale of a revision, replacing an earlier one of the same Deployment."""
@@ -399,6 +407,7 @@ def _adopt(w: _Work, target: str | None, attempt: str | None) -> None:
             "Warning",
             "StableRevisionDeleted",
             f"the Deployment of stable revision {w.stable} was deleted",
+            revision=w.stable,
         )
         w.stable = None
 
@@ -417,6 +426,7 @@ def _supersede_others(w: _Work, target: str) -> None:
                 "Normal",
                 "Superseded",
                 f"revision {revision} was superseded by {target} before it took traffic",
+                revision=revision,
             )
 
 
@@ -437,6 +447,7 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
             "Normal",
             "RevisionCreated",
             f"created revision {target} ({manifests.revision_name(s.release.name, target)})",
+            revision=target,
         )
     else:
         w.scale(target, s.spec.replicas)
@@ -446,9 +457,12 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
                 "RollbackStarted",
                 f"manual rollback to revision {target}: "
                 "scaling it up to verify it again before it takes traffic",
+                revision=target,
             )
         else:
-            w.event("Normal", "AttemptStarted", f"verifying revision {target} again")
+            w.event(
+                "Normal", "AttemptStarted", f"verifying revision {target} again", revision=target
+            )
     name = view.name if view else manifests.revision_name(s.release.name, target)
     images = (
         list(view.images)
@@ -481,6 +495,7 @@ def _fail(w: _Work, target: str, reason: str, message: str) -> None:
             "RolledBack",
             f"revision {target} failed ({reason}: {message}); "
             f"{serving}; {record.name} scaled to 0 and kept for inspection",
+            revision=target,
         )
     else:
         w.event(
@@ -488,6 +503,7 @@ def _fail(w: _Work, target: str, reason: str, message: str) -> None:
             "RevisionFailed",
             f"revision {target} failed ({reason}: {message}); "
             "automatic rollback is off, so it is left running for inspection",
+            revision=target,
         )
 
 
@@ -509,6 +525,7 @@ def _promote(w: _Work, target: str) -> None:
         "Promoted",
         f"revision {target} is verified and now serves traffic"
         + (f" (was {previous})" if previous else ""),
+        revision=target,
     )
     w.state = "Stable"
 
@@ -766,16 +783,16 @@ def _policy_condition(
     )
 
 
-def _policy_events(w: _Work, conds: Sequence[models.Condition]) -> None:
+def _policy_events(w: _Work, conds: Sequence[models.Condition], target: str | None) -> None:
     """An Event when the policy verdict changes (not on every pass: no Event storms)."""
     new = conditions.find(conds, conditions.POLICY_COMPLIANT)
     old = conditions.find(w.s.status.conditions, conditions.POLICY_COMPLIANT)
     if new is None or (old is not None and (old.status, old.message) == (new.status, new.message)):
         return
     if new.status == ConditionStatus.FALSE:
-        w.event("Warning", new.reason, new.message)
+        w.event("Warning", new.reason, new.message, revision=target)
     elif new.reason == conditions.POLICY_WARNINGS:
-        w.event("Warning", "PolicyWarning", new.message)
+        w.event("Warning", "PolicyWarning", new.message, revision=target)
 
 
 def _phase(conds: Sequence[models.Condition]) -> str:
@@ -835,6 +852,7 @@ def _drift(w: _Work) -> bool:
                 "Warning",
                 "BreakGlassAccepted",
                 f"{what} under break-glass ({view.break_glass}); the change is accepted",
+                revision=revision,
             )
         elif revision == spec_revision or revision != w.stable:
             w.actions.append(DeleteRevision(view.name))
@@ -847,6 +865,7 @@ def _drift(w: _Work) -> bool:
                     if revision == spec_revision
                     else "as it no longer matches its revision"
                 ),
+                revision=revision,
             )
             deleted = True
         elif not view.drift_reported:
@@ -855,6 +874,7 @@ def _drift(w: _Work) -> bool:
                 "Warning",
                 "DriftDetected",
                 f"{what}; it keeps serving until the spec's revision replaces it",
+                revision=revision,
             )
     return deleted
 
@@ -879,14 +899,19 @@ def plan(s: Situation) -> Plan:
         if s.revisions.get(target) is None and isinstance(s.desired, Desired):
             # The stable Deployment was deleted (deletion is allowed): create it again.
             w.actions.append(CreateRevision(s.desired.deployment, s.desired.snapshots))
-            w.event("Normal", "RevisionRecreated", f"re-created stable revision {target}")
+            w.event(
+                "Normal",
+                "RevisionRecreated",
+                f"re-created stable revision {target}",
+                revision=target,
+            )
     else:
         _progress(w, target, attempt)
     _route(w)
     _housekeeping(w, target)
 
     conds = _conditions(w, target, problem, manual)
-    _policy_events(w, conds)
+    _policy_events(w, conds, target)
     stable_view = s.revisions.get(w.stable) if w.stable else None
     headline = next((c.message for c in conds if c.type == conditions.PROGRESSING), "")
     status = models.GuardedReleaseStatus(

@@ -45,9 +45,14 @@ async def reconcile(
     clock: Clock = utcnow,
     policies: store.Store | None = None,
 ) -> float | None:
-    """Bring one release one step closer to its spec; return seconds until it needs a new look."""
+    """Bring one release one step closer to its spec; return seconds until it needs a new look.
+
+    Every decision is logged with the fields ``release``, ``namespace``, ``revision`` and
+    ``reason`` (top-level keys in ``permafrost run --log-format json``).
+    """
     body = await kube.read_release(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
+        metrics.PHASES.forget(namespace, name)
         return None
     metadata = body["metadata"]
     release = manifests.ReleaseRef(name=name, namespace=namespace, uid=metadata["uid"])
@@ -57,7 +62,13 @@ async def reconcile(
         status = models.GuardedReleaseStatus.model_validate(body.get("status") or {})
     except pydantic.ValidationError as exc:
         # NB: the CRD schema rejects most of this at admission; this is the last line.
-        logger.error("release %s/%s has an invalid spec or status: %s", namespace, name, exc)
+        logger.error(
+            "release %s/%s has an invalid spec or status: %s",
+            namespace,
+            name,
+            exc,
+            extra=_fields(namespace, name, revision=None, reason="InvalidSpec"),
+        )
         await kube.post_event(
             release=release, type_="Warning", reason="InvalidSpec", message=str(exc), now=clock()
         )
@@ -81,6 +92,8 @@ async def reconcile(
         known = policies.policies()
         create_verdict = policy.evaluate(known, stage="create", subject=subject, now=now)
         promote_verdict = policy.evaluate(known, stage="promote", subject=subject, now=now)
+        metrics.count_policy_errors(stage="create", results=create_verdict.results)
+        metrics.count_policy_errors(stage="promote", results=promote_verdict.results)
     situation = planner.Situation(
         release=release,
         generation=generation,
@@ -96,17 +109,62 @@ async def reconcile(
     )
     result = planner.plan(situation)
 
+    by_name = {view.name: revision for revision, view in revisions.items()}
     for action in result.actions:
-        logger.info("release %s/%s: %s", namespace, name, action)
+        logger.info(
+            "release %s/%s: %s",
+            namespace,
+            name,
+            action,
+            extra=_fields(
+                namespace,
+                name,
+                revision=_revision_of(action, by_name),
+                reason=type(action).__name__,
+                action=type(action).__name__,
+            ),
+        )
         await kube.apply(namespace, action)
+    applied_at = clock()
     for event in result.events:
         metrics.ROLLOUT_EVENTS.labels(reason=event.reason).inc()
-        logger.info("release %s/%s: %s %s", namespace, name, event.reason, event.message)
+        metrics.count_drift(scope="revision", reason=event.reason)
+        logger.log(
+            logging.WARNING if event.type == "Warning" else logging.INFO,
+            "release %s/%s: %s %s",
+            namespace,
+            name,
+            event.reason,
+            event.message,
+            extra=_fields(namespace, name, revision=event.revision, reason=event.reason),
+        )
         await kube.post_event(
             release=release, type_=event.type, reason=event.reason, message=event.message, now=now
         )
     if result.status != status:
         await kube.patch_status(namespace, name, result.status)
+    ends = metrics.rollout_ends(
+        before=status, after=result.status, spec=spec, planned_at=now, applied_at=applied_at
+    )
+    metrics.observe_rollout_ends(ends)
+    for end in ends:
+        _log_rollout_end(namespace, name, end)
+    if result.status.phase != status.phase:
+        logger.info(
+            "release %s/%s: phase %s -> %s",
+            namespace,
+            name,
+            status.phase,
+            result.status.phase,
+            extra=_fields(
+                namespace,
+                name,
+                revision=result.status.desired_revision,
+                reason=_headline_reason(result.status),
+                phase=result.status.phase,
+            ),
+        )
+    metrics.PHASES.set(namespace, name, result.status.phase)
     # NB: actions change the cluster; their effects arrive as watch events, which re-queue the
     # release. The requeue below is only for changes that time alone brings (deadlines, delays).
     return result.requeue_after
@@ -114,6 +172,55 @@ async def reconcile(
 
 async def _none() -> None:
     return None
+
+
+def _fields(
+    namespace: str, name: str, *, revision: str | None, reason: str, **more: object
+) -> dict[str, object]:
+    """The machine-readable fields of a decision's log record (``extra``)."""
+    return {"release": name, "namespace": namespace, "revision": revision, "reason": reason, **more}
+
+
+def _log_rollout_end(namespace: str, name: str, end: metrics.RolloutEnd) -> None:
+    timing = {"duration_seconds": end.duration, "time_to_rollback_seconds": end.time_to_rollback}
+    known = {k: v for k, v in timing.items() if v is not None}
+    took = "".join(f" in {v:.1f}s" for v in known.values())
+    logger.info(
+        "release %s/%s: rollout of revision %s ended: %s (%s)%s",
+        namespace,
+        name,
+        end.revision,
+        end.outcome,
+        end.reason,
+        took,
+        extra=_fields(
+            namespace, name, revision=end.revision, reason=end.reason, outcome=end.outcome, **known
+        ),
+    )
+
+
+def _revision_of(action: planner.Action, by_name: dict[str, str]) -> str | None:
+    """The revision hash an action is about."""
+    if isinstance(action, planner.CreateRevision):
+        revision = (action.deployment["metadata"].get("labels") or {}).get(models.LABEL_REVISION)
+        return str(revision) if revision else None
+    if isinstance(action, planner.RouteService):
+        return action.selector.get(models.LABEL_REVISION)
+    return by_name.get(action.name)
+
+
+def _headline_reason(status: models.GuardedReleaseStatus) -> str:
+    """The reason behind a phase: of the condition that decided it."""
+    deciding = {
+        "RolledBack": conditions.ROLLED_BACK,
+        "Degraded": conditions.DEGRADED,
+        "Held": conditions.POLICY_COMPLIANT,
+        "Stable": conditions.READY,
+        "Unavailable": conditions.READY,
+    }
+    type_ = deciding.get(status.phase or "", conditions.PROGRESSING)
+    cond = conditions.find(status.conditions, type_)
+    return cond.reason if cond is not None else str(status.phase)
 
 
 async def reconcile_workload(
@@ -134,7 +241,16 @@ async def reconcile_workload(
         )
     if verdict.event is not None:
         type_, reason, message = verdict.event
-        logger.warning("%s %s/%s: %s %s", kind, namespace, name, reason, message)
+        metrics.count_drift(scope="workload", reason=reason)
+        logger.warning(
+            "%s %s/%s: %s %s",
+            kind,
+            namespace,
+            name,
+            reason,
+            message,
+            extra={"namespace": namespace, "kind": kind, "workload": name, "reason": reason},
+        )
         await kube.post_object_event(
             involved={"apiVersion": "apps/v1", **obj},
             type_=type_,

@@ -46,6 +46,9 @@ WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
 POLICY = "permafrost-frozen-workloads"
 TLS_SECRET = "permafrost-webhook-tls"
 RENEWAL_CHECK = datetime.timedelta(hours=6)
+# Reasons of the policies webhook's decisions (metrics).
+POLICY_COMPILED = "PolicyCompiled"
+POLICY_REFUSED = "PolicyDoesNotCompile"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,6 +318,12 @@ async def teardown() -> None:
 
 async def frozen_workload(**kwargs: Any) -> None:
     """Validate a request on a frozen workload (``param``: "managed" or "enforced")."""
+    scope: admission.Scope = "enforced" if kwargs.get("param") == "enforced" else "managed"
+    with metrics.time_admission(f"frozen-{scope}"):
+        await _frozen_workload(scope, **kwargs)
+
+
+async def _frozen_workload(scope: admission.Scope, **kwargs: Any) -> None:
     runtime = _RUNTIME
     if runtime is None:  # admission disabled: never deny
         return
@@ -323,7 +332,7 @@ async def frozen_workload(**kwargs: Any) -> None:
     dryrun = bool(kwargs.get("dryrun"))
     meta = body.get("metadata") or {}
     request = admission.Request(
-        scope="enforced" if kwargs.get("param") == "enforced" else "managed",
+        scope=scope,
         kind=str(body.get("kind") or ""),
         operation=str(kwargs.get("operation") or ""),
         subresource=kwargs.get("subresource") or None,
@@ -336,22 +345,30 @@ async def frozen_workload(**kwargs: Any) -> None:
         dry_run=dryrun,
     )
     decision = admission.review(request, runtime.options.settings)
+    violations: tuple[policy.RuleResult, ...] = ()
     if decision.allowed and request.operation == "CREATE" and request.scope == "enforced":
-        decision = _policies_at_create(dict(body), request.namespace, kwargs["warnings"])
+        decision, violations = _policies_at_create(
+            dict(body), request.namespace, kwargs["warnings"]
+        )
     kwargs["warnings"].extend(decision.warnings)
     if not dryrun:
-        metrics.count_admission(reason=decision.reason, allowed=decision.allowed)
+        metrics.count_admission(
+            webhook=f"frozen-{scope}",
+            reason=decision.reason,
+            allowed=decision.allowed,
+            violations=violations,
+        )
         if decision.reason in (admission.BREAK_GLASS_USED, admission.BREAK_GLASS_REFUSED):
             metrics.BREAK_GLASS.labels(result="used" if decision.allowed else "refused").inc()
     if decision.event_type is not None:
-        logger.info(
-            "admission %s %s %s/%s by %s: %s",
-            decision.reason,
-            request.kind,
-            request.namespace,
-            request.name,
-            request.username,
-            "allowed" if decision.allowed else "denied",
+        _log_decision(
+            webhook=f"frozen-{scope}",
+            decision=decision,
+            kind=request.kind,
+            namespace=request.namespace,
+            name=request.name,
+            username=request.username,
+            violations=violations,
         )
         if not dryrun:
             runtime.spawn(
@@ -381,10 +398,45 @@ def settings_from(
 # --- policies at admission ----------------------------------------------------------------------
 
 
+def _log_decision(
+    *,
+    webhook: str,
+    decision: admission.Decision,
+    kind: str,
+    namespace: str,
+    name: str,
+    username: str,
+    violations: Sequence[policy.RuleResult] = (),
+) -> None:
+    """Log an admission decision, with machine-readable fields (``--log-format json``)."""
+    result = "allowed" if decision.allowed else "denied"
+    logger.info(
+        "admission %s %s %s/%s by %s: %s",
+        decision.reason,
+        kind,
+        namespace,
+        name,
+        username,
+        result,
+        extra={
+            "webhook": webhook,
+            "reason": decision.reason,
+            "result": result,
+            "kind": kind,
+            "namespace": namespace,
+            "object": name,
+            "user": username,
+            **({"policy": violations[0].policy, "rule": violations[0].rule} if violations else {}),
+            **({"release": name} if kind == models.KIND else {}),
+        },
+    )
+
+
 def _policies_at_create(
     body: Mapping[str, Any], namespace: str, warnings: list[str]
-) -> admission.Decision:
-    """The create-stage GuardrailPolicies on an object being admitted (no network calls)."""
+) -> tuple[admission.Decision, tuple[policy.RuleResult, ...]]:
+    """The create-stage GuardrailPolicies on an object being admitted (no network calls), and
+    the violated rules."""
     subject = checking.subject_of(body, namespace=store.STORE.namespace(namespace))
     verdict = policy.evaluate(
         store.STORE.policies(),
@@ -405,7 +457,7 @@ def _policies_at_create(
             r.message,
         )
     if verdict.allowed:
-        return admission.Decision(True, admission.NOT_FROZEN)
+        return admission.Decision(True, admission.NOT_FROZEN), ()
     kind = body.get("kind")
     name = (body.get("metadata") or {}).get("name")
     return admission.Decision(
@@ -413,11 +465,16 @@ def _policies_at_create(
         conditions.POLICY_VIOLATION,
         f"{kind} {namespace}/{name} violates policy: {verdict.summary()}",
         event_type="Warning",
-    )
+    ), verdict.violations
 
 
 async def guarded_release(**kwargs: Any) -> None:
     """Create-stage policies on GuardedReleases as they are created or changed."""
+    with metrics.time_admission("releases"):
+        await _guarded_release(**kwargs)
+
+
+async def _guarded_release(**kwargs: Any) -> None:
     runtime = _RUNTIME
     if runtime is None:
         return
@@ -426,8 +483,25 @@ async def guarded_release(**kwargs: Any) -> None:
     namespace = str(meta.get("namespace") or "")
     if namespace in runtime.options.settings.excluded_namespaces:
         return
-    decision = _policies_at_create(dict(body), namespace, kwargs["warnings"])
+    decision, violations = _policies_at_create(dict(body), namespace, kwargs["warnings"])
+    if not kwargs.get("dryrun"):
+        metrics.count_admission(
+            webhook="releases",
+            reason=decision.reason,
+            allowed=decision.allowed,
+            violations=violations,
+        )
     if not decision.allowed:
+        userinfo: Mapping[str, Any] = kwargs.get("userinfo") or {}
+        _log_decision(
+            webhook="releases",
+            decision=decision,
+            kind=models.KIND,
+            namespace=namespace,
+            name=str(meta.get("name") or ""),
+            username=str(userinfo.get("username") or ""),
+            violations=violations,
+        )
         if not kwargs.get("dryrun") and kwargs.get("operation") == "UPDATE":
             runtime.spawn(
                 kube.post_object_event(
@@ -443,13 +517,20 @@ async def guarded_release(**kwargs: Any) -> None:
 
 async def guardrail_policy(**kwargs: Any) -> None:
     """Refuse a GuardrailPolicy that does not compile, with the compiler's message."""
-    body: kopf.Body = kwargs["body"]
-    name = str((body.get("metadata") or {}).get("name") or "")
-    try:
-        spec = models.GuardrailPolicySpec.model_validate(dict(body.get("spec") or {}))
-        policy.compile_policy(name, spec)
-    except (ValueError, policy.PolicyError) as exc:
-        raise kopf.AdmissionError(f"GuardrailPolicy {name} is refused: {exc}", code=422) from None
+    with metrics.time_admission("policies"):
+        body: kopf.Body = kwargs["body"]
+        name = str((body.get("metadata") or {}).get("name") or "")
+        try:
+            spec = models.GuardrailPolicySpec.model_validate(dict(body.get("spec") or {}))
+            policy.compile_policy(name, spec)
+        except (ValueError, policy.PolicyError) as exc:
+            if not kwargs.get("dryrun"):
+                metrics.count_admission(webhook="policies", reason=POLICY_REFUSED, allowed=False)
+            raise kopf.AdmissionError(
+                f"GuardrailPolicy {name} is refused: {exc}", code=422
+            ) from None
+        if not kwargs.get("dryrun"):
+            metrics.count_admission(webhook="policies", reason=POLICY_COMPILED, allowed=True)
 
 
 def _occurrence(request: admission.Request, decision: admission.Decision) -> str | None:

@@ -53,17 +53,31 @@ def crds(cluster: Cluster) -> Cluster:
 
 
 class Operator:
-    """``permafrost run`` as a real subprocess, watching one namespace."""
+    """``permafrost run`` as a real subprocess, watching one namespace (``None``: all of them).
+
+    With ``kubeconfig``, it talks to the apiserver as whoever that kubeconfig names instead of
+    the cluster's administrator.
+    """
 
     def __init__(
-        self, cluster: Cluster, namespace: str, log: pathlib.Path, extra: Sequence[str] = ()
+        self,
+        cluster: Cluster,
+        namespace: str | None,
+        log: pathlib.Path,
+        extra: Sequence[str] = (),
+        *,
+        kubeconfig: pathlib.Path | None = None,
     ) -> None:
         self.cluster, self.namespace, self.log = cluster, namespace, log
         self.extra = list(extra)
+        self.kubeconfig = kubeconfig
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**self.cluster.env, "PYTHONUNBUFFERED": "1"}
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        scope = ["-n", self.namespace] if self.namespace else ["--all-namespaces"]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -71,8 +85,7 @@ class Operator:
                     "-m",
                     "permafrost",
                     "run",
-                    "-n",
-                    self.namespace,
+                    *scope,
                     "--verbose",
                     *self.extra,
                 ],
@@ -99,10 +112,21 @@ class Operator:
 
 
 @pytest.fixture
+def operator_args() -> Sequence[str]:
+    """More ``permafrost run`` flags for the ``operator`` and ``guarded_operator`` fixtures (a
+    test module overrides this fixture to add some)."""
+    return ()
+
+
+@pytest.fixture
 def operator(
-    crds: Cluster, namespace: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+    crds: Cluster,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+    operator_args: Sequence[str],
 ) -> Iterator[Operator]:
-    op = Operator(crds, namespace, tmp_path / "operator.log")
+    op = Operator(crds, namespace, tmp_path / "operator.log", extra=operator_args)
     request.node.operator_log = op.log  # attached to the report if the test fails
     op.start()
     yield op
@@ -249,13 +273,16 @@ def guarded_operator(
     operator_namespace: str,
     tmp_path: pathlib.Path,
     request: pytest.FixtureRequest,
+    operator_args: Sequence[str],
 ) -> Iterator[Operator]:
     """The operator with admission enabled: webhooks on 127.0.0.1, the fail-safe VAP applied.
 
     The test's namespace is labelled ``permafrost.dev/enforce=true``. Ready when the apiserver
     routes to this operator's webhook (an unpinned image is denied by the webhook itself).
     """
-    op = start_guarded(crds, namespace, operator_namespace, tmp_path / "operator.log")
+    op = start_guarded(
+        crds, namespace, operator_namespace, tmp_path / "operator.log", operator_args
+    )
     request.node.operator_log = op.log
     yield op
     stop_guarded(crds, op)
@@ -269,7 +296,7 @@ def start_guarded(
     extra: Sequence[str] = (),
 ) -> Operator:
     """Start the operator as :func:`guarded_operator` does (with ``extra`` flags); return it
-    once the apiserver routes to its webhook."""
+    once the apiserver routes to its webhook (stopped again if it never does)."""
     crds.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true", "--overwrite")
     port = free_port()
     op = Operator(
@@ -290,6 +317,16 @@ def start_guarded(
         ],
     )
     op.start()
+    try:
+        wait_for_webhook(crds, port)
+    except AssertionError:
+        stop_guarded(crds, op)
+        raise
+    return op
+
+
+def wait_for_webhook(cluster: Cluster, port: int) -> None:
+    """Wait until the apiserver routes admission to the operator's webhook on ``port``."""
 
     def webhook_answers() -> bool:
         # NB: only the operator's webhook answers this (the fail-safe policy knows no policies):
@@ -303,7 +340,7 @@ def start_guarded(
                 "rules": [{"name": "probe", "expression": "(", "message": "x"}],
             },
         }
-        proc = crds.kubectl(
+        proc = cluster.kubectl(
             "create", "--dry-run=server", "-f", "-", stdin=to_yaml(probe), check=False
         )
         return (
@@ -312,12 +349,7 @@ def start_guarded(
             and ("policies.permafrost.dev" in proc.stderr)
         )
 
-    try:
-        wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
-    except AssertionError:
-        stop_guarded(crds, op)
-        raise
-    return op
+    wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
 
 
 def stop_guarded(cluster: Cluster, op: Operator) -> None:

@@ -27,7 +27,7 @@ from conftest import Operator
 from k8s_harness import Cluster
 
 LONG = os.environ.get("PERMAFROST_CHAOS") == "long"
-EXAMPLES = 3_000 if LONG else 150
+EXAMPLES = 1_500 if LONG else 150
 PATHS = ("/frozen-enforced", "/frozen-managed", "/releases", "/policies", "/unknown")
 RESOURCES = [
     {"group": "apps", "version": "v1", "resource": "deployments"},

@@ -80,7 +80,20 @@ def restart_apiserver(cluster: Cluster) -> float:
         )
     pidfile.write_text(str(restarted.pid))
     wait_for(lambda: apiserver_ready(cluster), timeout=120, interval=0.5, what="/readyz")
-    return time.monotonic() - stopped
+    down = time.monotonic() - stopped
+    # The controller-manager and the scheduler exit when they cannot renew their leases;
+    # kwokctl starts again what is not running (the apiserver now is).
+    subprocess.run(
+        ["kwokctl", "start", "cluster", "--name", pidfile.parent.parent.name],
+        env={**cluster.env, "KWOK_WORKDIR": str(pidfile.parent.parent.parent.parent)},
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    for component in ("kube-controller-manager", "kube-scheduler"):
+        pid = int((pidfile.parent / f"{component}.pid").read_text().strip())
+        assert running(pid), f"{component} is not running"
+    return down
 
 
 def running(pid: int) -> bool:

@@ -40,7 +40,7 @@ from permafrost import conditions, manifests, models, planner
 from permafrost.models import Outcome, RevisionRecord
 
 LONG = os.environ.get("PERMAFROST_CHAOS") == "long"
-EXAMPLES = 20_000 if LONG else 600
+EXAMPLES = 5_000 if LONG else 600
 REVISIONS = (V1, V2, V3, V4)
 SETTINGS = hypothesis.settings(
     max_examples=EXAMPLES,

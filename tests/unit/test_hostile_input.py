@@ -23,7 +23,7 @@ from permafrost import documents, hashing, manifests, models, policy
 
 LONG = os.environ.get("PERMAFROST_CHAOS") == "long"
 SETTINGS = hypothesis.settings(
-    max_examples=5_000 if LONG else 200,
+    max_examples=2_000 if LONG else 200,
     deadline=None,
     derandomize=not LONG,
     suppress_health_check=[hypothesis.HealthCheck.too_slow],
@@ -167,7 +167,7 @@ def test_a_generated_alias_bomb_is_refused_whatever_its_shape(fan_out: int, leve
         assert len(loaded[0].body[f"l{levels}"]) == fan_out
 
 
-@hypothesis.settings(SETTINGS, max_examples=500 if LONG else 15)  # NB: up to 1s an example
+@hypothesis.settings(SETTINGS, max_examples=100 if LONG else 15)  # NB: up to 1s an example
 @hypothesis.given(depth=st.integers(1, 3_000), flow=st.booleans())
 def test_nesting_at_any_depth_is_loaded_or_refused_as_too_deep(depth: int, flow: bool) -> None:
     if flow:

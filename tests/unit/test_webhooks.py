@@ -584,9 +584,14 @@ def counter(name: str, **labels: str) -> float:
 
 
 async def test_decisions_and_break_glass_uses_are_counted(posted: list[dict[str, Any]]) -> None:
-    denied = counter(
-        "permafrost_admission_decisions_total", reason=admission.TEMPLATE_FROZEN, result="denied"
-    )
+    decision = {
+        "webhook": "frozen-managed",
+        "reason": admission.TEMPLATE_FROZEN,
+        "result": "denied",
+        "policy": "",
+        "rule": "",
+    }
+    denied = counter("permafrost_admission_decisions_total", **decision)
     used = counter("permafrost_break_glass_total", result="used")
     with pytest.raises(kopf.AdmissionError):
         await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment()))
@@ -598,14 +603,7 @@ async def test_decisions_and_break_glass_uses_are_counted(posted: list[dict[str,
     with pytest.raises(kopf.AdmissionError):  # dry runs are not counted
         await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment(), dryrun=True))
     await settle()
-    assert (
-        counter(
-            "permafrost_admission_decisions_total",
-            reason=admission.TEMPLATE_FROZEN,
-            result="denied",
-        )
-        == denied + 1
-    )
+    assert counter("permafrost_admission_decisions_total", **decision) == denied + 1
     assert counter("permafrost_break_glass_total", result="used") == used + 1
     exposition = prometheus_client.generate_latest(metrics.REGISTRY).decode()
     assert "permafrost_break_glass_total" in exposition

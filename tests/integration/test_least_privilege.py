@@ -1,0 +1,537 @@
+"""The operator does everything it promises with the permissions ``deploy/`` grants, and no more.
+
+The namespace, ServiceAccount and RBAC are applied for real from ``kubectl kustomize deploy/``; a
+token is minted for the ServiceAccount (TokenRequest API) and the real operator runs with a
+kubeconfig holding only that token, cluster-wide, with peering and admission, as the Deployment
+runs it. It then goes through a rollout to Stable, an automatic rollback, an admission denial,
+a break-glass use (an Event the webhook posts), workloads fingerprinted in an enforced
+namespace, and a drift repair. A missing permission fails a scenario, and the operator's log is
+scanned for any refusal at all. Afterwards the cluster is as it was: the webhook configuration,
+the RBAC and (when this module made them) the namespace, the peering object and the fail-safe
+policy are removed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import (
+    OPERATOR_NAMESPACE,
+    Operator,
+    free_port,
+    release,
+    status,
+    stop_guarded,
+    wait_for_webhook,
+    wait_phase,
+)
+from k8s_harness import ROOT, Cluster, wait_for
+from permafrost import certs
+
+ACCOUNT = f"system:serviceaccount:{OPERATOR_NAMESPACE}:permafrost"
+IDENTITY_KINDS = (
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+)
+POLICY = "permafrost-frozen-workloads"
+POLICY_OBJECTS = (
+    ("validatingadmissionpolicy", POLICY),
+    ("validatingadmissionpolicybinding", f"{POLICY}-managed"),
+    ("validatingadmissionpolicybinding", f"{POLICY}-enforced"),
+)
+PEERING = "permafrost"
+TLS_SECRET = "permafrost-webhook-tls"
+NEW_DIGEST = "@sha256:" + "2" * 64
+OTHER_DIGEST = "@sha256:" + "3" * 64
+# What the operator's log must never say: an API refusal (RBAC's "User ... cannot ...", Kopf's
+# APIForbiddenError, Events that could not be posted). NB: creating anything in a namespace
+# being deleted (left by other tests) is also a 403; that is not about permissions.
+REFUSED = re.compile(r"forbidden|not enough permissions|\(403\)|could not post event", re.I)
+TERMINATING = "because it is being terminated"
+API_REQUEST = re.compile(r'"(GET|POST|PUT|PATCH|DELETE) (/apis?/[^ ?"]+)(\S*) HTTP/1\.1"')
+# Permissions only Kopf uses (its requests are not logged): its watches, peering, CRD discovery,
+# and the lists that start its watches. NB: a server-side apply that creates its object is
+# logged as a PATCH; the "create" it also needs is not visible here.
+KOPF_ONLY = {("permafrost.dev", "guardedreleases", "list")} | {
+    ("", resource, "list") for resource in ("configmaps", "secrets", "services")
+}
+RECORD = re.compile(r"^(?=\[\d{4}-\d\d-\d\d )", re.MULTILINE)  # where a log record starts
+
+
+def _identity_manifests(cluster: Cluster) -> list[dict[str, Any]]:
+    rendered = cluster.kubectl("kustomize", str(ROOT / "deploy")).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in IDENTITY_KINDS]
+
+
+def _kubeconfig_with_token(cluster: Cluster, token: str, path: pathlib.Path) -> pathlib.Path:
+    """A kubeconfig holding the cluster's server and CA, and ``token``: nothing else."""
+    admin = json.loads(
+        cluster.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout
+    )
+    server = admin["clusters"][0]["cluster"]
+    ca = {"certificate-authority-data": server["certificate-authority-data"]}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server["server"], **ca}}],
+        "users": [{"name": "permafrost", "user": {"token": token}}],
+        "contexts": [{"name": "permafrost", "context": {"cluster": "local", "user": "permafrost"}}],
+        "current-context": "permafrost",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def _seed_a_certificate_to_renew(cluster: Cluster) -> None:
+    """Put a serving certificate for another host into the webhook TLS Secret, keeping its CA:
+    the operator must renew it in place at start-up (the Role's one permission)."""
+    now = datetime.datetime.now(datetime.UTC)
+    secret = cluster.get("secret", TLS_SECRET, namespace=OPERATOR_NAMESPACE)
+    ca = None
+    if secret is not None:
+        held = certs.Bundle.from_secret_data(secret["data"])
+        ca = (held.ca_cert, held.ca_key)
+    bundle = certs.issue(hostnames=["elsewhere.invalid"], now=now, ca=ca)
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": TLS_SECRET, "namespace": OPERATOR_NAMESPACE},
+            "data": bundle.to_secret_data(),
+        }
+    )
+
+
+def api_calls(log: pathlib.Path) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every request the Kubernetes client logged (kube.py's;
+    Kopf's own requests are not in the log)."""
+    calls = set()
+    for method, path, query in API_REQUEST.findall(log.read_text(errors="replace")):
+        parts = path.strip("/").split("/")
+        group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            rest = rest[2:]
+        resource = "/".join(rest[0:1] + rest[2:3])
+        named = len(rest) >= 2
+        if method == "GET":
+            verb = "watch" if "watch=" in query else ("get" if named else "list")
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+        calls.add((group, resource, verb))
+    return calls
+
+
+def granted(identity: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for obj in identity
+        if obj["kind"] in ("ClusterRole", "Role")
+        for rule in obj["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def refusals(log: pathlib.Path) -> list[str]:
+    """The records of the operator's log (a line with its traceback) that report a refusal."""
+    records = RECORD.split(log.read_text(errors="replace"))
+    return [r for r in records if REFUSED.search(r) and TERMINATING not in r]
+
+
+class Deployed:
+    """The operator running as its ServiceAccount, and how to check it was never refused."""
+
+    def __init__(
+        self, cluster: Cluster, operator: Operator, identity: list[dict[str, Any]]
+    ) -> None:
+        self.cluster, self.operator, self.identity = cluster, operator, identity
+
+    def assert_never_refused(self) -> None:
+        assert refusals(self.operator.log) == []
+
+
+@pytest.fixture(scope="module")
+def deployed(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    tmp = tmp_path_factory.mktemp("least-privilege")
+    had_namespace = crds.get("namespace", OPERATOR_NAMESPACE) is not None
+    had_peering = crds.get("clusterkopfpeering", PEERING) is not None
+    had_policy = {obj: crds.get(*obj) is not None for obj in POLICY_OBJECTS}
+    identity = _identity_manifests(crds)
+    crds.apply(identity)
+    if not had_peering:
+        crds.apply(
+            {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "ClusterKopfPeering",
+                "metadata": {"name": PEERING},
+            }
+        )
+    _seed_a_certificate_to_renew(crds)
+    token = crds.kubectl(
+        "create", "token", "permafrost", "--duration=1h", namespace=OPERATOR_NAMESPACE
+    ).stdout.strip()
+    kubeconfig = _kubeconfig_with_token(crds, token, tmp / "kubeconfig")
+    port = free_port()
+    op = Operator(
+        crds,
+        None,
+        tmp / "operator.log",
+        extra=[
+            f"--peering={PEERING}",
+            f"--liveness=http://127.0.0.1:{free_port()}/healthz",
+            f"--metrics-port={free_port()}",
+            "--admission",
+            f"--webhook-listen=127.0.0.1:{port}",
+            f"--webhook-url=https://127.0.0.1:{port}",
+            f"--operator-namespace={OPERATOR_NAMESPACE}",
+        ],
+        kubeconfig=kubeconfig,
+    )
+    op.start()
+    try:
+        wait_for_webhook(crds, port)
+        yield Deployed(crds, op, identity)
+    finally:
+        stop_guarded(crds, op)
+        for obj, existed in had_policy.items():
+            if not existed:
+                crds.kubectl("delete", *obj, "--ignore-not-found", check=False)
+        if not had_peering:
+            crds.kubectl("delete", "clusterkopfpeering", PEERING, "--ignore-not-found")
+        for manifest in reversed(identity):
+            if manifest["kind"] == "Namespace" and had_namespace:
+                continue
+            meta = manifest["metadata"]
+            crds.kubectl(
+                "delete",
+                manifest["kind"].lower(),
+                meta["name"],
+                *(["-n", meta["namespace"]] if meta.get("namespace") else []),
+                "--ignore-not-found",
+                "--wait=false",
+                check=False,
+            )
+        if not had_namespace:
+            crds.kubectl(
+                "wait", "--for=delete", f"namespace/{OPERATOR_NAMESPACE}", "--timeout=120s"
+            )
+
+
+@pytest.fixture
+def op(deployed: Deployed, request: pytest.FixtureRequest) -> Iterator[Deployed]:
+    request.node.operator_log = deployed.operator.log
+    yield deployed
+    deployed.assert_never_refused()
+
+
+def _events(cluster: Cluster, namespace: str, *, reason: str, name: str) -> list[dict[str, Any]]:
+    selector = f"reason={reason},involvedObject.name={name}"
+    items: list[dict[str, Any]] = json.loads(
+        cluster.kubectl(
+            "get", "events", "--field-selector", selector, "-o", "json", namespace=namespace
+        ).stdout
+    )["items"]
+    return items
+
+
+def _stable(cluster: Cluster, namespace: str, *, deadline: int = 15) -> str:
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"a": "1"}},
+        namespace=namespace,
+    )
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "key"}, "data": {"k": "MQ=="}},
+        namespace=namespace,
+    )
+    config = [{"kind": "ConfigMap", "name": "cfg"}, {"kind": "Secret", "name": "key"}]
+    cluster.apply(
+        release("shop", service="shop", config=config, history=1, deadline=deadline),
+        namespace=namespace,
+    )
+    revision: str = wait_phase(cluster, namespace, "shop", "Stable")["stableRevision"]
+    return revision
+
+
+def _new_stable(cluster: Cluster, namespace: str, *, not_in: set[str]) -> str:
+    def probe() -> str | None:
+        st = status(cluster, namespace, "shop")
+        revision = st.get("stableRevision")
+        done = st.get("phase") == "Stable" and revision not in not_in
+        return str(revision) if done else None
+
+    return wait_for(probe, timeout=60, interval=0.5, what=f"a stable revision not in {not_in}")
+
+
+# --- the scenarios --------------------------------------------------------------------------
+
+
+def test_the_operator_runs_as_its_service_account_only(op: Deployed) -> None:
+    kubeconfig = op.operator.kubeconfig
+    assert kubeconfig is not None
+    config = yaml.safe_load(kubeconfig.read_text())
+    assert [set(u["user"]) for u in config["users"]] == [{"token"}]
+    proc = op.cluster.kubectl("auth", "whoami", "-o", "json", f"--kubeconfig={kubeconfig}")
+    assert json.loads(proc.stdout)["status"]["userInfo"]["username"] == ACCOUNT
+    refused = op.cluster.kubectl(
+        "create",
+        "clusterrolebinding",
+        "x",
+        "--clusterrole=admin",
+        f"--user={ACCOUNT}",
+        f"--kubeconfig={kubeconfig}",
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "forbidden" in refused.stderr
+    # The serving certificate seeded for another host was renewed in place, by this account.
+    assert "renewed the webhook certificate" in op.operator.log.read_text()
+    secret = op.cluster.get("secret", TLS_SECRET, namespace=OPERATOR_NAMESPACE)
+    assert (
+        certs.needs_renewal(
+            certs.Bundle.from_secret_data(secret["data"]),
+            hostnames=["127.0.0.1"],
+            now=datetime.datetime.now(datetime.UTC),
+        )
+        is None
+    )
+
+
+def test_a_release_with_config_rolls_out_to_stable_and_on_to_a_new_revision(
+    op: Deployed, namespace: str
+) -> None:
+    c = op.cluster
+    c.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true", "--overwrite")
+    first = _stable(c, namespace)
+    snapshots = c.get("configmaps", namespace=namespace, selector="permafrost.dev/release=shop")
+    assert snapshots["items"], "no config snapshot was made"
+    c.apply(
+        release(
+            "shop",
+            service="shop",
+            config=[{"kind": "ConfigMap", "name": "cfg"}, {"kind": "Secret", "name": "key"}],
+            history=1,
+            digest=NEW_DIGEST,
+        ),
+        namespace=namespace,
+    )
+    second = _new_stable(c, namespace, not_in={first})
+    selector = c.get("service", "shop", namespace=namespace)["spec"]["selector"]
+    assert selector["permafrost.dev/revision"] == second
+    # A Secret change rolls out too (the operator watches and snapshots Secrets).
+    c.apply(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "key"}, "data": {"k": "Mg=="}},
+        namespace=namespace,
+    )
+    _new_stable(c, namespace, not_in={first, second})
+
+
+def test_a_failing_revision_is_rolled_back_automatically(op: Deployed, namespace: str) -> None:
+    c = op.cluster
+    stable = _stable(c, namespace, deadline=8)
+    c.apply(
+        release(
+            "shop",
+            service="shop",
+            config=[{"kind": "ConfigMap", "name": "cfg"}, {"kind": "Secret", "name": "key"}],
+            history=1,
+            deadline=8,
+            annotations={"sim.permafrost.dev/behavior": "crash-loop"},
+        ),
+        namespace=namespace,
+    )
+    st = wait_phase(c, namespace, "shop", "RolledBack", timeout=60)
+    assert st["stableRevision"] == stable
+    assert st["desiredRevision"] != stable
+    failed = c.get("deployment", f"shop-{st['desiredRevision']}", namespace=namespace)
+    wait_for(
+        lambda: (
+            c.get("deployment", f"shop-{st['desiredRevision']}", namespace=namespace)["spec"][
+                "replicas"
+            ]
+            == 0
+        ),
+        timeout=30,
+        what="the failed revision scaled to 0",
+    )
+    assert failed is not None
+    assert _events(c, namespace, reason="RolledBack", name="shop")
+
+
+def test_an_in_place_set_image_of_a_frozen_revision_is_denied(op: Deployed, namespace: str) -> None:
+    c = op.cluster
+    stable = _stable(c, namespace)
+    proc = c.kubectl(
+        "set",
+        "image",
+        f"deployment/shop-{stable}",
+        f"app=registry.example/shop/app{OTHER_DIGEST}",
+        namespace=namespace,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "is frozen by Permafrost" in proc.stderr
+    assert "update the GuardedRelease shop instead" in proc.stderr
+
+
+def test_a_break_glass_use_is_let_through_and_recorded_by_the_webhook(
+    op: Deployed, namespace: str
+) -> None:
+    c = op.cluster
+    stable = _stable(c, namespace)
+    c.kubectl(
+        "create", "rolebinding", "oncall", "--clusterrole=edit", "--user=alice", namespace=namespace
+    )
+    reason = f"INC-{uuid.uuid4().hex[:6]} hotfix"
+    patch = {
+        "metadata": {"annotations": {"permafrost.dev/break-glass": reason}},
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "env": []}]}}},
+    }
+    patch["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "DEBUG", "value": "1"}]
+    proc = c.kubectl(
+        "patch",
+        "deployment",
+        f"shop-{stable}",
+        "--as=alice",
+        "--as-group=permafrost:break-glass",
+        "--as-group=system:authenticated",
+        "-p",
+        json.dumps(patch),
+        namespace=namespace,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (event, *_) = wait_for(
+        lambda: _events(c, namespace, reason="BreakGlassUsed", name=f"shop-{stable}"),
+        timeout=30,
+        what="the BreakGlassUsed Event",
+    )
+    assert reason in event["message"]
+
+
+def test_workloads_in_an_enforced_namespace_are_fingerprinted(op: Deployed, namespace: str) -> None:
+    c = op.cluster
+    c.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true", "--overwrite")
+    for kind in ("Deployment", "StatefulSet", "DaemonSet"):
+        labels = {"app": kind.lower()}
+        spec: dict[str, Any] = {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [{"name": "app", "image": f"registry.example/app{NEW_DIGEST}"}]
+                },
+            },
+        }
+        if kind == "StatefulSet":
+            spec["serviceName"] = "statefulset"
+        c.create(
+            {
+                "apiVersion": "apps/v1",
+                "kind": kind,
+                "metadata": {"name": kind.lower()},
+                "spec": spec,
+            },
+            namespace=namespace,
+        )
+    for kind in ("deployment", "statefulset", "daemonset"):
+        wait_for(
+            lambda kind=kind: (
+                "permafrost.dev/template-fingerprint"
+                in (c.get(kind, kind, namespace=namespace)["metadata"].get("annotations") or {})
+            ),
+            timeout=30,
+            what=f"the fingerprint on {kind}",
+        )
+
+
+def test_a_revision_changed_by_someone_exempt_is_repaired(op: Deployed, namespace: str) -> None:
+    c = op.cluster
+    stable = _stable(c, namespace)
+    name = f"shop-{stable}"
+    before = c.get("deployment", name, namespace=namespace)
+    image = before["spec"]["template"]["spec"]["containers"][0]["image"]
+    # NB: the exempt user (the operator's own account) passes both guards: a change the guards
+    # let through, as when they were down.
+    proc = c.kubectl(
+        "set",
+        "image",
+        f"deployment/{name}",
+        f"app=registry.example/shop/app{OTHER_DIGEST}",
+        f"--as={ACCOUNT}",
+        namespace=namespace,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    wait_for(
+        lambda: _events(c, namespace, reason="DriftRepaired", name="shop"),
+        timeout=60,
+        what="a DriftRepaired Event on the release",
+    )
+    repaired = wait_for(
+        lambda: (
+            (d := c.get("deployment", name, namespace=namespace))
+            and d["metadata"]["uid"] != before["metadata"]["uid"]
+            and d
+        ),
+        timeout=60,
+        what=f"{name} re-created",
+    )
+    assert repaired["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    wait_phase(c, namespace, "shop", "Stable", timeout=60, stableRevision=stable)
+
+
+def test_the_log_scan_catches_a_refusal(tmp_path: pathlib.Path) -> None:
+    log = tmp_path / "operator.log"
+    log.write_text(
+        "[2026-01-01 00:00:00,001] kopf: started\n"
+        '[2026-01-01 00:00:00,002] HTTP response body: {"reason":"Forbidden","message":"secrets '
+        'is forbidden: User \\"system:serviceaccount:permafrost-system:permafrost\\" cannot '
+        'update resource"}\n'
+        "[2026-01-01 00:00:00,003] could not post event RolledBack on GuardedRelease ns/shop: "
+        "Forbidden\n"
+        "[2026-01-01 00:00:00,004] Not enough permissions to watch for resources\n"
+        "[2026-01-01 00:00:00,005] reconcile failed\nTraceback (most recent call last):\n"
+        "kubernetes.client.exceptions.ForbiddenException: (403)\nReason: Forbidden\n"
+        'HTTP response body: {"message":"pods \\"p\\" is forbidden: unable to create new '
+        'content in namespace x because it is being terminated"}\n'
+        "[2026-01-01 00:00:00,006] reconcile failed\nTraceback (most recent call last):\n"
+        "kubernetes.client.exceptions.ForbiddenException: (403)\nReason: Forbidden\n"
+        'HTTP response body: {"message":"deployments.apps is forbidden: User \\"x\\" cannot '
+        'delete resource"}\n'
+    )
+    found = refusals(log)
+    assert [r.split("] ")[0][-3:] for r in found] == ["002", "003", "004", "006"]
+
+
+def test_every_permission_the_adapter_needs_was_exercised_by_the_scenarios(
+    deployed: Deployed,
+) -> None:
+    """NB: runs after the scenarios above (file order); it checks what they made the operator do."""
+    rights = granted(deployed.identity)
+    used = api_calls(deployed.operator.log)
+    assert used, "the operator's log shows no API request"
+    assert used <= rights, f"used without a grant: {used - rights}"
+    expected = {
+        (group, resource, verb)
+        for group, resource, verb in rights
+        if verb != "watch"
+        and group not in ("kopf.dev", "apiextensions.k8s.io")
+        and not (group == "admissionregistration.k8s.io" and verb == "create")
+    } - KOPF_ONLY
+    assert expected - used == set(), "granted, but never used by the scenarios"

@@ -1,0 +1,224 @@
+"""The Argo CD health check: every captured live state maps to the health it should, partial
+objects never crash it, and the argocd-cm patch embeds exactly the tested script."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import types
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from argocd_health import FIXTURES, ROOT, SCRIPT, STATUSES, health
+
+# Fixture (captured by hack/capture-argocd-fixtures.sh) -> (health, a fragment of its message).
+EXPECTED = {
+    "progressing_no_status": ("Progressing", "Waiting for Permafrost to observe the release"),
+    "progressing_new_generation": ("Progressing", "observe the latest spec"),
+    "progressing_verifying": ("Progressing", "verifying revision"),
+    "healthy_stable": ("Healthy", "replicas Ready"),
+    "healthy_upgraded": ("Healthy", "replicas Ready"),
+    "healthy_approved": ("Healthy", "replicas Ready"),
+    "degraded_rolled_back_deadline": ("Degraded", "Rolled back (ProgressDeadlineExceeded)"),
+    "degraded_rolled_back_crash_loop": ("Degraded", "Rolled back (CrashLoop)"),
+    "degraded_policy_hold": ("Degraded", "Held by policy (PromotionHeld): argocd-health-hold"),
+    "suspended_approval": ("Suspended", "Waiting for approval: permafrost-production-approval"),
+}
+
+
+def load(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((FIXTURES / f"{name}.yaml").read_text())
+    return body
+
+
+def test_every_captured_fixture_has_an_expected_health() -> None:
+    assert sorted(p.stem for p in FIXTURES.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_captured_release_gets_its_expected_health(name: str) -> None:
+    expected, fragment = EXPECTED[name]
+    got, message = health(load(name))
+    assert got == expected
+    assert fragment in message
+
+
+def test_a_rolled_back_release_reports_the_failed_and_the_serving_revision() -> None:
+    body = load("degraded_rolled_back_deadline")
+    _, message = health(body)
+    failed, stable = body["status"]["desiredRevision"], body["status"]["stableRevision"]
+    assert failed != stable
+    assert f"revision {failed} failed" in message
+    assert f"traffic stays on revision {stable}" in message
+
+
+def with_compliance(reason: str, message: str) -> dict[str, Any]:
+    body = load("suspended_approval")
+    for c in body["status"]["conditions"]:
+        if c["type"] == "PolicyCompliant":
+            c["reason"], c["message"] = reason, message
+    return body
+
+
+def test_an_approval_held_with_another_violation_is_degraded_not_suspended() -> None:
+    approval = next(
+        c["message"]
+        for c in load("suspended_approval")["status"]["conditions"]
+        if c["type"] == "PolicyCompliant"
+    )
+    freeze = "permafrost-change-freeze/outside-freeze-window: change freeze; it waits"
+    assert health(with_compliance("PromotionHeld", f"{approval}; {freeze}"))[0] == "Degraded"
+    assert health(with_compliance("PromotionHeld", f"{freeze}; {approval}"))[0] == "Degraded"
+
+
+def test_an_approval_message_that_contains_a_separator_is_still_one_approval() -> None:
+    message = "team/approved: needs permafrost.dev/approved-by; ask the on-call; then annotate"
+    assert health(with_compliance("PromotionHeld", message))[0] == "Suspended"
+
+
+def test_a_create_stage_violation_is_degraded_even_if_it_mentions_approval() -> None:
+    message = "team/approved: needs permafrost.dev/approved-by"
+    status, text = health(with_compliance("PolicyViolation", message))
+    assert status == "Degraded"
+    assert text.startswith("Held by policy (PolicyViolation)")
+
+
+def test_a_manual_rollback_is_healthy_and_says_so() -> None:
+    body = load("healthy_stable")
+    for c in body["status"]["conditions"]:
+        if c["type"] == "RolledBack":
+            c.update(status="True", reason="ManualRollback", message="manually rolled back to x")
+    status, message = health(body)
+    assert status == "Healthy"
+    assert "manually rolled back to x" in message
+
+
+def test_a_ready_release_whose_desired_revision_is_not_stable_is_progressing() -> None:
+    body = load("healthy_stable")
+    body["status"]["desiredRevision"] = "0123456789"
+    assert health(body)[0] == "Progressing"
+
+
+PARTIAL: list[dict[str, Any]] = [
+    {},
+    {"metadata": {}},
+    {"status": {}},
+    {"metadata": {"generation": 3}, "status": {"observedGeneration": 3}},
+    {"metadata": {"generation": 3}, "status": {"observedGeneration": 3, "conditions": []}},
+    {"status": {"observedGeneration": 1, "conditions": [{}]}},
+    {"status": {"observedGeneration": 1, "conditions": [{"type": "RolledBack", "status": "True"}]}},
+    {"status": {"observedGeneration": 1, "conditions": [{"type": "Degraded", "status": "True"}]}},
+    {
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "PolicyCompliant", "status": "False"}],
+        }
+    },
+    {
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [
+                {"type": "PolicyCompliant", "status": "False", "reason": "PromotionHeld"}
+            ],
+        }
+    },
+    {"status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]}},
+    {
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Progressing", "status": "True"}],
+        }
+    },
+]
+
+
+@pytest.mark.parametrize("obj", PARTIAL)
+def test_a_partial_object_gets_a_health_without_an_error(obj: dict[str, Any]) -> None:
+    status, _ = health(obj)
+    assert status in ("Progressing", "Degraded")
+
+
+def test_a_release_without_any_status_is_progressing() -> None:
+    assert health({"metadata": {"generation": 1}}) == (
+        "Progressing",
+        "Waiting for Permafrost to observe the release",
+    )
+
+
+TYPES = ("Ready", "Progressing", "Degraded", "RolledBack", "PolicyCompliant", "Other")
+REASONS = ("PromotionHeld", "PolicyViolation", "ManualRollback", "ConfigNotFound", "CrashLoop")
+text = st.text(alphabet="abc-/:; .", max_size=20)
+conditions = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(TYPES),
+            "status": st.sampled_from(("True", "False", "Unknown")),
+            "reason": st.sampled_from(REASONS),
+            "message": st.one_of(text, st.just("x/y: permafrost.dev/approved-by")),
+        },
+    ),
+    max_size=6,
+)
+statuses = st.fixed_dictionaries(
+    {},
+    optional={
+        "observedGeneration": st.integers(0, 3),
+        "desiredRevision": st.sampled_from(("a", "b")),
+        "stableRevision": st.sampled_from(("a", "b")),
+        "conditions": conditions,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    status=st.one_of(st.none(), statuses),
+    generation=st.one_of(st.none(), st.integers(0, 3)),
+)
+def test_any_shape_of_status_gets_a_valid_health(
+    status: dict[str, Any] | None, generation: int | None
+) -> None:
+    obj: dict[str, Any] = {"metadata": {} if generation is None else {"generation": generation}}
+    if status is not None:
+        obj["status"] = status
+    got, message = health(obj)
+    assert got in STATUSES
+    assert message
+
+
+def _generator() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_argocd", ROOT / "hack" / "gen_argocd.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_argocd_cm_patch_embeds_the_tested_script_verbatim() -> None:
+    gen = _generator()
+    patch = yaml.safe_load(pathlib.Path(gen.PATCH_PATH).read_text())
+    assert patch["kind"] == "ConfigMap"
+    assert patch["metadata"]["name"] == "argocd-cm"
+    key = "resource.customizations.health.permafrost.dev_GuardedRelease"
+    assert patch["data"][key] == SCRIPT.read_text()
+    assert gen.main(["--check"]) == 0
+
+
+def test_the_generator_reports_a_stale_patch(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gen = _generator()
+    stale = tmp_path / "argocd-cm-health.yaml"
+    stale.write_text(gen.render("return {}\n"))
+    monkeypatch.setattr(gen, "PATCH_PATH", stale)
+    monkeypatch.setattr(gen, "ROOT", tmp_path)
+    assert gen.main(["--check"]) == 1
+    assert "is stale" in capsys.readouterr().out
+    assert gen.main([]) == 0
+    assert gen.main(["--check"]) == 0
