@@ -56,8 +56,15 @@ def may_act(
     peers: Mapping[str, Any], *, identity: str, priority: int, now: datetime.datetime
 ) -> bool:
     """Whether a replica may act, given the ``status`` of the peering object (Kopf's format:
-    identity → ``{priority, lifetime, lastseen}``): no other live peer has the same or a higher
-    priority. A peer is live until ``lastseen + lifetime``."""
+    identity → ``{priority, lifetime, lastseen}``): it has announced itself there, and no other
+    live peer has the same or a higher priority. A peer is live until ``lastseen + lifetime``.
+
+    NB: Kopf resumes a replica that sees no peers, even before its own first announcement; two
+    replicas starting together may then both act for a moment. Waiting for its own entry makes
+    every replica visible to the others before it acts.
+    """
+    if identity not in peers:
+        return False
     for peer, info in peers.items():
         if peer == identity or not isinstance(info, Mapping):
             continue

@@ -20,14 +20,23 @@ def peer(priority: int, *, seen: float = 1, lifetime: int = 10) -> dict[str, obj
 @pytest.mark.parametrize(
     ("peers", "allowed"),
     [
-        pytest.param({}, True, id="alone"),
+        pytest.param({}, False, id="not-announced-yet"),
+        pytest.param({"other": peer(50)}, False, id="not-announced-beside-a-lower-peer"),
         pytest.param({"me": peer(100)}, True, id="only-itself"),
         pytest.param({"me": peer(100), "other": peer(50)}, True, id="outranks-a-live-peer"),
         pytest.param({"me": peer(100), "other": peer(200)}, False, id="outranked"),
         pytest.param({"me": peer(100), "other": peer(100)}, False, id="a-tie-pauses-both"),
-        pytest.param({"other": peer(200, seen=11)}, True, id="the-outranking-peer-expired"),
-        pytest.param({"other": peer(200, seen=9)}, False, id="the-outranking-peer-not-yet"),
-        pytest.param({"other": {"priority": "x", "lastseen": "?"}}, False, id="unreadable-peer"),
+        pytest.param(
+            {"me": peer(100), "other": peer(200, seen=11)}, True, id="the-outranking-peer-expired"
+        ),
+        pytest.param(
+            {"me": peer(100), "other": peer(200, seen=9)}, False, id="the-outranking-peer-not-yet"
+        ),
+        pytest.param(
+            {"me": peer(100), "other": {"priority": "x", "lastseen": "?"}},
+            False,
+            id="unreadable-peer",
+        ),
     ],
 )
 def test_a_replica_acts_only_while_no_live_peer_has_its_priority_or_more(
@@ -38,4 +47,5 @@ def test_a_replica_acts_only_while_no_live_peer_has_its_priority_or_more(
 
 def test_a_peer_seen_without_a_timezone_is_taken_as_utc() -> None:
     naive = {"priority": 200, "lifetime": 10, "lastseen": "2026-03-01T11:59:55"}
-    assert handlers.may_act({"other": naive}, identity="me", priority=100, now=NOW) is False
+    peers = {"me": peer(100), "other": naive}
+    assert handlers.may_act(peers, identity="me", priority=100, now=NOW) is False
