@@ -30,10 +30,13 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from conftest import Operator, release
 from k8s_harness import Cluster, wait_for
 
 LONG = os.environ.get("PERMAFROST_CHAOS") == "long"
+pytestmark = pytest.mark.timeout(1800 if LONG else 300)
 
 
 @dataclasses.dataclass(frozen=True)
