@@ -134,7 +134,7 @@ def test_rollouts_finish_and_new_changes_are_seen_after_the_apiserver_restarts(
     }
     # A change made after the restart reaches the operator only through a re-established watch
     # (nothing else would look at a Stable release again).
-    crds.apply(release("north", min_ready=1, digest=THIRD_DIGEST), namespace=namespace)
+    crds.apply(release("north", min_ready=1, deadline=90, digest=THIRD_DIGEST), namespace=namespace)
     third = wait_for(
         lambda: stable_on(crds, namespace, "north", news["north"]), timeout=90, what="north again"
     )
