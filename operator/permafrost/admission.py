@@ -401,7 +401,7 @@ def webhook_configuration(
     """The ValidatingWebhookConfiguration of the operator's admission webhooks.
 
     ``client_config`` is ``{"url": "https://host:port"}`` or ``{"service": {...}}`` plus
-    ``caBundle``; each webhook appends its own path (the Kopf handler id).
+    ``caBundle``; each webhook appends its own path (a route of the webhook server).
 
     NB: ``failurePolicy: Ignore``: an unreachable operator must never stall the cluster
     (kyverno/kyverno#4686). The core rule does not depend on it: the ValidatingAdmissionPolicy

@@ -395,7 +395,6 @@ def _run(args: argparse.Namespace) -> int:
         metrics.serve(port=args.metrics_port)
     memo = kopf.Memo()
     if args.admission:
-        webhooks.register_handlers()
         host, _, port = args.webhook_listen.rpartition(":")
         memo["admission"] = webhooks.Options(
             listen_host=host or "0.0.0.0",

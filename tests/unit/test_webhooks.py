@@ -607,3 +607,90 @@ async def test_decisions_and_break_glass_uses_are_counted(posted: list[dict[str,
     assert counter("permafrost_break_glass_total", result="used") == used + 1
     exposition = prometheus_client.generate_latest(metrics.REGISTRY).decode()
     assert "permafrost_break_glass_total" in exposition
+
+
+# --- the served responses -----------------------------------------------------------------------
+
+
+async def test_a_refused_review_is_answered_with_the_handlers_status_and_code(
+    posted: list[dict[str, Any]],
+) -> None:
+    response = await webhooks.answer(review(), webhook="frozen-managed")
+    await settle()
+    assert set(response) == {"apiVersion", "kind", "response"}
+    assert (response["apiVersion"], response["kind"]) == ("admission.k8s.io/v1", "AdmissionReview")
+    payload = response["response"]
+    assert (payload["uid"], payload["allowed"]) == (UID, False)
+    assert payload["status"]["code"] == 403
+    assert "Deployment shop/web is frozen by Permafrost" in payload["status"]["message"]
+    assert "warnings" not in payload
+    assert [e["reason"] for e in posted] == [admission.TEMPLATE_FROZEN]
+
+
+async def test_an_allowed_review_carries_the_warnings_and_no_status(
+    posted: list[dict[str, Any]],
+) -> None:
+    def break_glass(body: dict[str, Any]) -> None:
+        body["request"]["object"]["metadata"]["annotations"] = {
+            models.ANNOTATION_BREAK_GLASS: "INC-44"
+        }
+        body["request"]["userInfo"] = {"username": "alice", "groups": ["permafrost:break-glass"]}
+
+    response = await webhooks.answer(review(break_glass), webhook="frozen-managed")
+    await settle()
+    payload = response["response"]
+    assert list(payload) == ["uid", "allowed", "warnings"]
+    assert payload["allowed"] is True
+    (warning,) = payload["warnings"]
+    assert "INC-44" in warning
+
+
+async def test_a_path_that_does_not_serve_the_resource_allows_without_a_decision(
+    posted: list[dict[str, Any]],
+) -> None:
+    for webhook in ("policies", "releases", "no-such-path"):
+        response = await webhooks.answer(review(), webhook=webhook)
+        assert response["response"] == {"uid": UID, "allowed": True}
+    await settle()
+    assert posted == []
+
+
+async def test_a_review_of_a_resource_no_path_serves_is_unusable(
+    posted: list[dict[str, Any]],
+) -> None:
+    def configmap(body: dict[str, Any]) -> None:
+        body["request"]["resource"] = {"group": "", "version": "v1", "resource": "configmaps"}
+
+    with pytest.raises(webhooks.UnservedResource):
+        await webhooks.answer(review(configmap), webhook="frozen-managed")
+
+
+async def test_a_policy_that_does_not_compile_is_answered_with_422(
+    posted: list[dict[str, Any]],
+) -> None:
+    broken = {
+        "apiVersion": f"{models.GROUP}/{models.VERSION}",
+        "kind": models.POLICY_KIND,
+        "metadata": {"name": "broken"},
+        "spec": {
+            "stages": ["create"],
+            "rules": [{"name": "r", "expression": "object.(", "message": "m"}],
+        },
+    }
+
+    def policy_review(body: dict[str, Any]) -> None:
+        body["request"].update(
+            resource={
+                "group": models.GROUP,
+                "version": models.VERSION,
+                "resource": "guardrailpolicies",
+            },
+            operation="CREATE",
+            object=broken,
+            oldObject=None,
+        )
+
+    response = await webhooks.answer(review(policy_review), webhook="policies")
+    payload = response["response"]
+    assert (payload["allowed"], payload["status"]["code"]) == (False, 422)
+    assert payload["status"]["message"].startswith("GuardrailPolicy broken is refused: ")
