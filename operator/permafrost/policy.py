@@ -117,6 +117,12 @@ def largest_collection(value: Any, *, limit: int = 100_000) -> int:
     return largest if seen < limit else max(largest, limit)
 
 
+# The variables every rule sees (see :func:`context`).
+VARIABLES = frozenset(
+    {"object", "oldObject", "stable", "namespaceObject", "artifact", "podSpec", "now"}
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     name: str
@@ -127,6 +133,8 @@ class Rule:
     depth: int
     cost: Estimate = Estimate(0, 0, 0)
     message_cost: Estimate = Estimate(0, 0, 0)
+    # The variables of :func:`context` the expressions may read (all, when unknown).
+    variables: frozenset[str] = dataclasses.field(default_factory=lambda: VARIABLES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +144,17 @@ class Policy:
     enforcement: str
     match: models.PolicyMatch
     rules: tuple[Rule, ...]
+
+
+def referenced(*expressions: str) -> frozenset[str]:
+    """The variables of :func:`context` whose names occur in the expressions as words.
+
+    NB: a superset of what they read (a name inside a string literal counts too): CEL has no
+    way to reach a variable but by its name, so a variable left out is one never read.
+    """
+    return frozenset(
+        name for name in VARIABLES if any(re.search(rf"\b{name}\b", e) for e in expressions)
+    )
 
 
 def _compile(policy: str, rule: str, what: str, expression: str) -> Any:
@@ -176,6 +195,7 @@ def compile_policy(name: str, spec: models.GuardrailPolicySpec) -> Policy:
                 depth=max(macro_depth(rule.expression), macro_depth(rule.message_expression or "")),
                 cost=estimate(rule.expression),
                 message_cost=estimate(rule.message_expression or ""),
+                variables=referenced(rule.expression, rule.message_expression or ""),
             )
         )
     return Policy(
@@ -402,7 +422,10 @@ def evaluate(
         return Verdict(stage=stage, results=())
     variables = context(subject, now=now)
     largest = largest_collection(variables)
-    prepared = _prepared(variables)
+    # NB: converting a variable for the engine costs about as much as a simple rule; only the
+    # variables some applicable rule reads are converted.
+    needed = frozenset().union(*(rule.variables for policy in applicable for rule in policy.rules))
+    prepared = _prepared({name: value for name, value in variables.items() if name in needed})
     results = [
         _run(rule, policy, prepared, largest, budget)
         for policy in applicable

@@ -316,6 +316,36 @@ def test_a_rule_can_read_the_namespace_as_namespace_object() -> None:
     assert only(verdict).outcome == "Pass"
 
 
+@pytest.mark.parametrize(
+    ("expressions", "variables"),
+    [
+        pytest.param(("true",), set(), id="none"),
+        pytest.param(("podSpec.containers.all(c, c.image != '')",), {"podSpec"}, id="one"),
+        pytest.param(("has(object.spec)", "'at ' + string(now)"), {"object", "now"}, id="message"),
+        pytest.param(("objects == oldObjects",), set(), id="longer-names-are-not-variables"),
+        pytest.param(("'the stable one' != ''",), {"stable"}, id="strings-count-too"),
+    ],
+)
+def test_a_rule_knows_which_variables_it_may_read(
+    expressions: tuple[str, ...], variables: set[str]
+) -> None:
+    assert policy.referenced(*expressions) == variables
+
+
+def test_rules_reading_different_variables_each_see_theirs_in_one_verdict() -> None:
+    verdict = run(
+        make_policy("a", "podSpec.containers[0].name == 'web'"),
+        make_policy("b", "namespaceObject.metadata.name == 'shop'"),
+        make_policy("c", {"name": "r", "expression": "false", "messageExpression": "object.kind"}),
+        namespace={"name": "shop", "labels": {}},
+    )
+    assert [(r.policy, r.outcome, r.message) for r in verdict.results] == [
+        ("a", "Pass", ""),
+        ("b", "Pass", ""),
+        ("c", "Fail", "Deployment"),
+    ]
+
+
 def test_parse_policies_reads_policies_and_skips_other_documents() -> None:
     documents = [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}},
