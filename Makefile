@@ -89,3 +89,13 @@ $(BIN)/.bench-installed: pyproject.toml $(BIN)/.installed
 .PHONY: bench
 bench: $(BIN)/.bench-installed binaries cluster-up ## benchmarks vs. native baselines (~15 min); writes docs/benchmarks.md
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# --- reliability: the long runs ---------------------------------------------------------------
+CHAOS_TESTS := tests/unit/test_fuzz_planner.py tests/unit/test_hostile_input.py \
+	tests/integration/test_fuzz_webhook.py tests/integration/test_chaos.py \
+	tests/integration/test_high_availability.py tests/integration/test_outages.py \
+	tests/integration/test_webhook_security.py
+
+.PHONY: chaos
+chaos: venv binaries ## the long reliability runs (chaos, fuzzing, outages; ~15 min): see docs/reliability.md
+	PERMAFROST_CHAOS=long $(BIN)/pytest -s --hypothesis-show-statistics $(CHAOS_TESTS)

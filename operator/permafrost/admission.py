@@ -95,20 +95,32 @@ class Decision:
     event_type: Literal["Normal", "Warning"] | None = None
 
 
+def _field(obj: Any, key: str) -> Mapping[str, Any]:
+    """``obj[key]`` if both are mappings, else empty.
+
+    NB: the apiserver only sends objects that passed their schema, but the webhook must not
+    fail on any body it is sent (a handler failure would deny with a 500)."""
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
 def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
-    return ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    return {k: str(v) for k, v in _field(_field(obj, "metadata"), "annotations").items()}
 
 
 def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
-    return ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return {k: str(v) for k, v in _field(_field(obj, "metadata"), "labels").items()}
 
 
 def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return (obj or {}).get("spec") or {}
+    return _field(obj, "spec")
 
 
 def _images(pod_spec: Mapping[str, Any], key: str) -> list[str]:
-    return [str(c.get("image", "")) for c in pod_spec.get(key) or []]
+    containers = pod_spec.get(key)
+    if not isinstance(containers, list):
+        return [] if not containers else [repr(containers)]  # NB: never equal to a real list
+    return [str(c.get("image", "")) if isinstance(c, Mapping) else repr(c) for c in containers]
 
 
 def frozen_changes(request: Request) -> list[tuple[str, str]]:
@@ -175,7 +187,7 @@ def _break_glass(request: Request) -> str | None:
 def unpinned_images(obj: Mapping[str, Any] | None) -> list[str]:
     """Images of a workload's pod template (or a pod) not pinned by digest."""
     spec = _spec(obj)
-    pod_spec = (spec.get("template") or {}).get("spec") or {} if "template" in spec else spec
+    pod_spec = _field(_field(spec, "template"), "spec") if "template" in spec else spec
     return [
         image
         for key in ("initContainers", "containers", "ephemeralContainers")

@@ -27,6 +27,7 @@ import difflib
 import logging
 import os
 import pathlib
+import socket
 import sys
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -79,6 +80,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "--peering",
         metavar="NAME",
         help="coordinate with other replicas through this KopfPeering object; default: standalone",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="this replica's peering priority: the highest live one acts (default: random, "
+        "as replicas of equal priority all pause)",
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="how long a silent replica counts as alive: the takeover time (default: %(default)s)",
     )
     run.add_argument(
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
@@ -370,7 +385,7 @@ def _run(args: argparse.Namespace) -> int:
     _preflight(args.namespace)
     _configure_logging(verbose=args.verbose, log_format=args.log_format)
     from permafrost import (
-        handlers,  # noqa: F401  (registers the handlers with Kopf)
+        handlers,
         webhooks,
     )
 
@@ -396,12 +411,23 @@ def _run(args: argparse.Namespace) -> int:
                 namespace=args.operator_namespace,
             ),
         )
+    identity = os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
+    if args.peering is not None:
+        memo["peering"] = handlers.Peering(
+            name=args.peering,
+            identity=identity,
+            priority=args.priority or 0,  # NB: the start-up handler puts in the actual one
+            namespaces=tuple(args.namespace),
+        )
+        memo["peering_lifetime"] = args.peering_lifetime
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             standalone=args.peering is None,
             peering_name=args.peering,
+            priority=args.priority,
+            identity=identity,  # type: ignore[arg-type]  # NB: Kopf's Identity is a str NewType
             liveness_endpoint=args.liveness,
             memo=memo,
         )

@@ -104,7 +104,12 @@ def load_all(text: str | bytes, *, source: str) -> list[Document]:
     """
     if len(text) > MAX_BYTES:
         raise InputError(f"{source}: larger than {MAX_BYTES // (1024 * 1024)} MiB")
-    loader = _BoundedLoader(text)
+    try:
+        # NB: the reader checks the characters as it is built: a control character is invalid
+        # YAML, reported like any other.
+        loader = _BoundedLoader(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: not valid YAML: {exc}") from None
     documents: list[Document] = []
     try:
         index = 0

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import logging
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -29,20 +31,119 @@ class Runtime:
     queue: workqueue.WorkQueue[Key]
     workloads: workqueue.WorkQueue[WorkloadKey]
     tasks: list[asyncio.Task[None]]
+    # Set while this replica may act: always when standalone; with peering, only while no live
+    # peer has the same or a higher priority (Kopf's own rule for pausing its handlers).
+    active: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     # Releases seen and not deleted: re-queued when a policy changes (their verdicts may).
     known_releases: set[Key] = dataclasses.field(default_factory=set)
 
 
+@dataclasses.dataclass(frozen=True)
+class Peering:
+    """How this replica coordinates with others (``permafrost run --peering``)."""
+
+    name: str
+    identity: str
+    priority: int
+    namespaces: tuple[str, ...]  # () when watching the whole cluster (ClusterKopfPeering)
+
+
+PEERING_POLL_SECONDS = 1.0
+STANDBY_REFRESH_SECONDS = 5.0
+
+
+def may_act(
+    peers: Mapping[str, Any], *, identity: str, priority: int, now: datetime.datetime
+) -> bool:
+    """Whether a replica may act, given the ``status`` of the peering object (Kopf's format:
+    identity → ``{priority, lifetime, lastseen}``): it has announced itself there, and no other
+    live peer has the same or a higher priority. A peer is live until ``lastseen + lifetime``.
+
+    NB: Kopf resumes a replica that sees no peers, even before its own first announcement; two
+    replicas starting together may then both act for a moment. Waiting for its own entry makes
+    every replica visible to the others before it acts.
+    """
+    if identity not in peers:
+        return False
+    for peer, info in peers.items():
+        if peer == identity or not isinstance(info, Mapping):
+            continue
+        try:
+            lastseen = datetime.datetime.fromisoformat(str(info.get("lastseen")))
+            lifetime = datetime.timedelta(seconds=int(info.get("lifetime", 60)))
+            other = int(info.get("priority", 0))
+        except (TypeError, ValueError):
+            return False  # NB: an unreadable peer might be live: do not act beside it
+        if lastseen.tzinfo is None:
+            lastseen = lastseen.replace(tzinfo=datetime.UTC)
+        if lastseen + lifetime > now and other >= priority:
+            return False
+    return True
+
+
+async def _follow_peering(runtime: Runtime, peering: Peering) -> None:
+    """Open and close ``runtime.active`` as the peering object says.
+
+    NB: Kopf pauses its own watches when a peer outranks this replica, but the work queues are
+    Permafrost's: their timers (deadlines, delays, retries) would keep reconciling in a paused
+    replica, which would then act beside the active one. A standby also keeps its policies and
+    namespace labels current, as its admission webhook keeps answering.
+    """
+    refreshed = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            now = datetime.datetime.now(datetime.UTC)
+            verdicts = []
+            for namespace in peering.namespaces or (None,):
+                body = await kube.read_peering(namespace, peering.name)
+                peers = (body or {}).get("status") or {}
+                verdict = may_act(
+                    peers, identity=peering.identity, priority=peering.priority, now=now
+                )
+                verdicts.append(body is not None and verdict)
+            if all(verdicts) and not runtime.active.is_set():
+                logger.info("peering %s: this replica is active", peering.name)
+                runtime.active.set()
+            elif not all(verdicts) and (runtime.active.is_set() or not refreshed):
+                logger.info("peering %s: another replica is active; standing by", peering.name)
+                runtime.active.clear()
+            if not runtime.active.is_set() and loop.time() - refreshed > STANDBY_REFRESH_SECONDS:
+                await _refresh_store()
+                refreshed = loop.time()
+        except Exception:
+            logger.exception("peering %s: could not read the peering object", peering.name)
+            runtime.active.clear()
+        await asyncio.sleep(PEERING_POLL_SECONDS)
+
+
+async def _refresh_store() -> None:
+    """Re-read every policy and namespace label (what the paused watches would have told)."""
+    bodies = await kube.list_policies()
+    names = {body["metadata"]["name"] for body in bodies}
+    for gone in {p.name for p in store.STORE.policies()} - names:
+        store.STORE.forget_policy(gone)
+    for body in bodies:
+        _put_policy(body["metadata"]["name"], body.get("spec") or {})
+    labels = await kube.list_namespace_labels()
+    store.STORE.namespaces.clear()
+    store.STORE.namespaces.update(labels)
+
+
 async def _reconcile(key: Key) -> float | None:
     namespace, name = key
+    runtime = _RUNTIME
+    assert runtime is not None
+    await runtime.active.wait()
     return await reconciler.reconcile(namespace, name, policies=store.STORE)
 
 
 async def _reconcile_workload(key: WorkloadKey) -> float | None:
     namespace, kind, name = key
+    runtime = _RUNTIME
+    assert runtime is not None
+    await runtime.active.wait()
     if kind == "*":
-        runtime = _RUNTIME
-        assert runtime is not None
         for workload_kind, workload in await reconciler.scan_namespace(namespace):
             runtime.workloads.add((namespace, workload_kind, workload))
         return None
@@ -81,7 +182,15 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
         worker=_reconcile_workload, concurrency=2
     )
     tasks = [asyncio.create_task(queue.run()), asyncio.create_task(workloads.run())]
-    _RUNTIME = memo["permafrost"] = Runtime(queue=queue, workloads=workloads, tasks=tasks)
+    runtime = Runtime(queue=queue, workloads=workloads, tasks=tasks)
+    peering: Peering | None = memo.get("peering")
+    if peering is None:
+        runtime.active.set()
+    else:
+        peering = dataclasses.replace(peering, priority=settings.peering.priority)
+        settings.peering.lifetime = memo.get("peering_lifetime") or settings.peering.lifetime
+        tasks.append(asyncio.create_task(_follow_peering(runtime, peering)))
+    _RUNTIME = memo["permafrost"] = runtime
 
 
 @kopf.on.cleanup()

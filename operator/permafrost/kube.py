@@ -518,6 +518,34 @@ async def list_policies() -> list[dict[str, Any]]:
     return items
 
 
+async def read_peering(namespace: str | None, name: str) -> dict[str, Any] | None:
+    """Kopf's peering object ``name`` (KopfPeering in ``namespace``, or ClusterKopfPeering).
+
+    NB: listed by name, not read: replicas are granted list and watch on the peering kinds (as
+    Kopf needs), not get.
+    """
+    custom, selector = clients().custom, f"metadata.name={name}"
+    if namespace is None:
+        body = await _raw(
+            custom.list_cluster_custom_object,
+            "kopf.dev",
+            "v1",
+            "clusterkopfpeerings",
+            field_selector=selector,
+        )
+    else:
+        body = await _raw(
+            custom.list_namespaced_custom_object,
+            "kopf.dev",
+            "v1",
+            namespace,
+            "kopfpeerings",
+            field_selector=selector,
+        )
+    items = [i for i in (body or {}).get("items", []) if isinstance(i, dict)]
+    return items[0] if items else None
+
+
 async def list_namespace_labels() -> dict[str, dict[str, str]]:
     body = await _raw(clients().core.list_namespace)
     return {

@@ -39,9 +39,19 @@ def release_label(release: str) -> str:
 
 
 def revision_name(release: str, revision: str) -> str:
-    """The Deployment name of a revision: ``<release>-<hash>``, bounded to 63 characters."""
+    """The Deployment name of a revision: ``<release>-<hash>``, a DNS-1123 label.
+
+    NB: a release name may be a DNS subdomain (``shop.checkout``); dots are not allowed in a
+    label, so they become dashes, and a digest of the name keeps ``shop.checkout`` and
+    ``shop-checkout`` (both valid in one namespace) from sharing revision names.
+    """
     suffix = f"-{revision}"
-    return f"{bounded(release, limit=MAX_LABEL - len(suffix))}{suffix}"
+    base = (
+        release
+        if "." not in release
+        else f"{release.replace('.', '-')}-{hashing.short_digest(release)}"
+    )
+    return f"{bounded(base, limit=MAX_LABEL - len(suffix))}{suffix}"
 
 
 def snapshot_name(source: str, revision: str) -> str:

@@ -19,6 +19,7 @@ import datetime
 import json
 import logging
 import pathlib
+import ssl
 import tempfile
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -98,6 +99,13 @@ class Server(kopf.WebhookServer):
     below 2 and the integration tests exercise it.
     """
 
+    def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
+        """Kopf's TLS context, pinned to TLS 1.2 or newer whatever the Python defaults are."""
+        cadata, context = super()._build_ssl()
+        if context is not None:
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return cadata, context
+
     @staticmethod
     async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
         declared = request.content_length
@@ -119,6 +127,9 @@ class Server(kopf.WebhookServer):
             review = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise aiohttp.web.HTTPBadRequest(reason=f"not JSON: {exc}") from None
+        except RecursionError:
+            # NB: the apiserver never nests this deep; a body that does is hostile, not a crash.
+            raise aiohttp.web.HTTPBadRequest(reason="JSON nested too deeply") from None
         problem = malformed(review)
         if problem is not None:
             raise aiohttp.web.HTTPBadRequest(reason=problem)
@@ -252,6 +263,9 @@ async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
         certfile=certfile,
         pkeyfile=pkeyfile,
         cadata=bundle.ca_cert,
+        # NB: Kopf re-reads the certificate files this often and restarts its listener when they
+        # changed (Kopf's default, a minute, is long for a short-lived certificate).
+        file_check_interval=5.0,
     )
     settings.admission.server = server
     await _register(options, bundle)
@@ -260,9 +274,24 @@ async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
     return _RUNTIME
 
 
+def next_check(bundle: certs.Bundle, *, now: datetime.datetime) -> float:
+    """Seconds until the TLS material is looked at again: every ``RENEWAL_CHECK``, or sooner for
+    a short-lived certificate (a quarter of what is left of it, at least a second).
+
+    NB: a user-supplied certificate (cert-manager) may live for hours; waiting the full interval
+    would serve it past its expiry after its issuer renewed it.
+    """
+    left = (certs.expires_at(bundle.cert) - now).total_seconds()
+    return max(1.0, min(RENEWAL_CHECK.total_seconds(), left / 4))
+
+
 async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
     while True:
-        await asyncio.sleep(RENEWAL_CHECK.total_seconds())
+        try:
+            delay = next_check(bundle, now=datetime.datetime.now(datetime.UTC))
+        except certs.CertificateError:
+            delay = 1.0
+        await asyncio.sleep(delay)
         try:
             now = datetime.datetime.now(datetime.UTC)
             fresh = await _load_bundle(runtime.options, now=now)

@@ -280,12 +280,29 @@ def guarded_operator(
     The test's namespace is labelled ``permafrost.dev/enforce=true``. Ready when the apiserver
     routes to this operator's webhook (an unpinned image is denied by the webhook itself).
     """
+    op = start_guarded(
+        crds, namespace, operator_namespace, tmp_path / "operator.log", operator_args
+    )
+    request.node.operator_log = op.log
+    yield op
+    stop_guarded(crds, op)
+
+
+def start_guarded(
+    crds: Cluster,
+    namespace: str,
+    operator_namespace: str,
+    log: pathlib.Path,
+    extra: Sequence[str] = (),
+) -> Operator:
+    """Start the operator as :func:`guarded_operator` does (with ``extra`` flags); return it
+    once the apiserver routes to its webhook (stopped again if it never does)."""
     crds.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true", "--overwrite")
     port = free_port()
     op = Operator(
         crds,
         namespace,
-        tmp_path / "operator.log",
+        log,
         extra=[
             "--admission",
             "--webhook-listen",
@@ -296,14 +313,16 @@ def guarded_operator(
             operator_namespace,
             "--break-glass-group",
             BREAK_GLASS_GROUP,
-            *operator_args,
+            *extra,
         ],
     )
-    request.node.operator_log = op.log
     op.start()
-    wait_for_webhook(crds, port)
-    yield op
-    stop_guarded(crds, op)
+    try:
+        wait_for_webhook(crds, port)
+    except AssertionError:
+        stop_guarded(crds, op)
+        raise
+    return op
 
 
 def wait_for_webhook(cluster: Cluster, port: int) -> None:

@@ -48,6 +48,7 @@ LONG_NAMES = [
     pytest.param("c" * 253, id="a-name-of-253-characters"),
     pytest.param("x" * 42 + "-" + "y" * 60, id="a-name-whose-cut-lands-on-a-dash"),
     pytest.param("team-" * 50 + "checkout", id="a-name-of-many-dashed-words"),
+    pytest.param("shop.checkout", id="a-dotted-name"),
 ]
 
 
@@ -78,6 +79,13 @@ def test_long_release_names_with_a_common_prefix_get_distinct_revision_names(
     sibling = release[:-1] + ("z" if release[-1] != "z" else "q")
     assert manifests.revision_name(release, HASH) != manifests.revision_name(sibling, HASH)
     assert manifests.release_label(release) != manifests.release_label(sibling)
+
+
+def test_a_dotted_release_name_and_its_dashed_twin_get_distinct_revision_names() -> None:
+    dotted, dashed = (manifests.revision_name(n, HASH) for n in ("shop.checkout", "shop-checkout"))
+    assert dotted != dashed
+    assert DNS_LABEL.fullmatch(dotted)
+    assert dashed == f"shop-checkout-{HASH}"
 
 
 def test_a_short_release_name_is_used_as_is() -> None:
