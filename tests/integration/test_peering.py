@@ -17,7 +17,10 @@ from conftest import Operator, release, status, wait_phase
 from k8s_harness import Cluster, wait_for
 
 PEERING = "permafrost"
-RESUMED = "Resuming operations after the pause"
+# NB: Permafrost's own line, not Kopf's "Resuming operations": Kopf may resume a replica for a
+# moment at start-up, before it sees its peer; Permafrost's work queues wait until the replica's
+# own announcement is in the peering object and no live peer outranks it.
+ACTIVE = "this replica is active"
 NEW_DIGEST = "@sha256:" + "4" * 64
 
 
@@ -52,7 +55,7 @@ def _active(ops: list[Operator]) -> list[Operator]:
 
 
 def _resumed(op: Operator) -> int:
-    return op.log.read_text(errors="replace").count(RESUMED) if op.log.exists() else 0
+    return op.log.read_text(errors="replace").count(ACTIVE) if op.log.exists() else 0
 
 
 def test_one_of_two_identical_replicas_reconciles_and_the_other_takes_over(
