@@ -23,7 +23,7 @@ import pathlib
 import ssl
 import tempfile
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import aiohttp.web
@@ -577,8 +577,21 @@ ROUTES: Mapping[str, Route] = {
 _SERVED = frozenset(r for route in ROUTES.values() for r in route.resources)
 
 
-class UnservedResource(Exception):
-    """A review of a resource that no webhook path serves."""
+class UnusableReview(Exception):
+    """A review no handler is asked about: of a resource no path serves, or whose object has
+    no usable metadata (the server answers 400, as it did when Kopf refused them)."""
+
+
+def _unusable(body: Any) -> str | None:
+    """Why the object under review cannot be handed to a handler, or ``None``."""
+    if not isinstance(body, Mapping):
+        return "the object is not a JSON object"
+    meta = body.get("metadata", {})
+    if not isinstance(meta, Mapping):
+        return "the object's metadata is not a JSON object"
+    if not isinstance(meta.get("uid") or "", Hashable):
+        return "the object's metadata.uid is not a string"
+    return None
 
 
 async def answer(review: Mapping[str, Any], *, webhook: str) -> dict[str, Any]:
@@ -587,13 +600,13 @@ async def answer(review: Mapping[str, Any], *, webhook: str) -> dict[str, Any]:
     path is registered for the resource (and its subresource), and its
     :class:`kopf.AdmissionError` becomes the response status (any other error: code 500).
 
-    Raises :class:`UnservedResource` for a resource no path serves (the server answers 400).
+    Raises :class:`UnusableReview` for a review no handler can be asked about.
     """
     request: Mapping[str, Any] = review["request"]
     resource = request["resource"]
     key = (resource["group"], resource["version"], resource["resource"])
     if key not in _SERVED:
-        raise UnservedResource(f"no webhook serves {key}")
+        raise UnusableReview(f"no webhook serves {key}")
     payload: dict[str, Any] = {"uid": request["uid"], "allowed": True}
     response = {
         "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
@@ -607,6 +620,9 @@ async def answer(review: Mapping[str, Any], *, webhook: str) -> dict[str, Any]:
     if subresource is not None and not route.any_subresource:
         return response
     old, new = request.get("oldObject"), request.get("object")
+    problem = _unusable(new if new is not None else old)
+    if problem is not None:
+        raise UnusableReview(problem)
     warnings: list[str] = []
     try:
         await route.handler(

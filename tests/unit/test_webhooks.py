@@ -661,8 +661,28 @@ async def test_a_review_of_a_resource_no_path_serves_is_unusable(
     def configmap(body: dict[str, Any]) -> None:
         body["request"]["resource"] = {"group": "", "version": "v1", "resource": "configmaps"}
 
-    with pytest.raises(webhooks.UnservedResource):
+    with pytest.raises(webhooks.UnusableReview):
         await webhooks.answer(review(configmap), webhook="frozen-managed")
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param(True, id="not-a-mapping"),
+        pytest.param(None, id="null"),
+        pytest.param({"name": "web", "uid": ["x"]}, id="a-uid-that-is-a-list"),
+    ],
+)
+async def test_a_review_whose_object_has_unusable_metadata_is_unusable(
+    posted: list[dict[str, Any]], metadata: Any
+) -> None:
+    def bad(body: dict[str, Any]) -> None:
+        body["request"]["object"]["metadata"] = metadata
+
+    with pytest.raises(webhooks.UnusableReview):
+        await webhooks.answer(review(bad), webhook="frozen-managed")
+    await settle()
+    assert posted == []
 
 
 async def test_a_policy_that_does_not_compile_is_answered_with_422(
