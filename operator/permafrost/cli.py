@@ -774,7 +774,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except Exception as exc:
         # NB: people get one line, not a traceback; PERMAFROST_DEBUG=1 shows where it came from.
-        if os.environ.get("PERMAFROST_DEBUG") == "1":
+        # The operator itself (`run`) dies with its traceback: its log is read after the fact.
+        if args.command == "run" or os.environ.get("PERMAFROST_DEBUG") == "1":
             raise
         print(f"permafrost: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("  PERMAFROST_DEBUG=1 shows the traceback", file=sys.stderr)

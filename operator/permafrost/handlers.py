@@ -90,6 +90,7 @@ async def _follow_peering(runtime: Runtime, peering: Peering) -> None:
     namespace labels current, as its admission webhook keeps answering.
     """
     refreshed = 0.0
+    failing = False
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -111,8 +112,20 @@ async def _follow_peering(runtime: Runtime, peering: Peering) -> None:
             if not runtime.active.is_set() and loop.time() - refreshed > STANDBY_REFRESH_SECONDS:
                 await _refresh_store()
                 refreshed = loop.time()
-        except Exception:
-            logger.exception("peering %s: could not read the peering object", peering.name)
+            if failing:
+                logger.info("peering %s: the peering object is readable again", peering.name)
+                failing = False
+        except Exception as exc:
+            # NB: logged once per outage, not every poll: an apiserver restart would otherwise
+            # write a traceback a second on every replica.
+            if not failing:
+                logger.warning(
+                    "peering %s: could not read the peering object (%s); standing by until it "
+                    "is readable",
+                    peering.name,
+                    exc,
+                )
+                failing = True
             runtime.active.clear()
         await asyncio.sleep(PEERING_POLL_SECONDS)
 

@@ -273,15 +273,19 @@ async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
     return _RUNTIME
 
 
+# NB: an expired certificate its issuer has not renewed would otherwise be re-read every second.
+MIN_CHECK = 10.0
+
+
 def next_check(bundle: certs.Bundle, *, now: datetime.datetime) -> float:
     """Seconds until the TLS material is looked at again: every ``RENEWAL_CHECK``, or sooner for
-    a short-lived certificate (a quarter of what is left of it, at least a second).
+    a short-lived certificate (a quarter of what is left of it, at least ``MIN_CHECK``).
 
     NB: a user-supplied certificate (cert-manager) may live for hours; waiting the full interval
     would serve it past its expiry after its issuer renewed it.
     """
     left = (certs.expires_at(bundle.cert) - now).total_seconds()
-    return max(1.0, min(RENEWAL_CHECK.total_seconds(), left / 4))
+    return max(MIN_CHECK, min(RENEWAL_CHECK.total_seconds(), left / 4))
 
 
 async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
@@ -289,7 +293,7 @@ async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
         try:
             delay = next_check(bundle, now=datetime.datetime.now(datetime.UTC))
         except certs.CertificateError:
-            delay = 1.0
+            delay = MIN_CHECK
         await asyncio.sleep(delay)
         try:
             now = datetime.datetime.now(datetime.UTC)
