@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import difflib
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -25,6 +24,10 @@ from collections.abc import Sequence
 import yaml
 
 from permafrost import admission, webhooks
+
+# NB: the generators share one way of writing, or diffing under --check, what they generate.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from gen_crd import sync
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 POLICY_PATH = ROOT / "deploy" / "admission-policy.yaml"
@@ -52,33 +55,6 @@ def render_policy() -> str:
     """The text of ``deploy/admission-policy.yaml``: the header, then the objects as YAML."""
     manifests = admission.policy_manifests(name=webhooks.POLICY, settings=settings())
     return HEADER + yaml.safe_dump_all(manifests, sort_keys=False, width=100)
-
-
-def _shown(path: pathlib.Path) -> str:
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
-def sync(path: pathlib.Path, wanted: str, *, check: bool) -> bool:
-    """Make ``path`` hold ``wanted``; with ``check``, only print the diff. Returns: up to date?"""
-    current = path.read_text() if path.exists() else ""
-    if current == wanted:
-        return True
-    if check:
-        sys.stdout.writelines(
-            difflib.unified_diff(
-                current.splitlines(keepends=True),
-                wanted.splitlines(keepends=True),
-                fromfile=f"{_shown(path)} (committed)",
-                tofile=f"{_shown(path)} (generated)",
-            )
-        )
-    else:
-        path.write_text(wanted)
-        print(f"wrote {_shown(path)} ({len(wanted.encode())} bytes)")
-    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
