@@ -1,0 +1,3 @@
+module permafrost.dev/examples/app
+
+go 1.26
