@@ -1,0 +1,3 @@
+module permafrost.dev/hack/pause
+
+go 1.26
