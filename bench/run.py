@@ -38,18 +38,22 @@ def install_crds() -> None:
             check=True,
             capture_output=True,
         )
-    subprocess.run(
-        [
-            "kubectl",
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/guardedreleases.permafrost.dev",
-            "crd/guardrailpolicies.permafrost.dev",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    # NB: first until the apiserver has written their status, then until Established, as
+    # docs/install.md waits: --for=condition=Established alone fails at once on a CRD whose
+    # .status.conditions is still null.
+    for condition in ("--for=jsonpath={.status.conditions[0]}", "--for=condition=Established"):
+        subprocess.run(
+            [
+                "kubectl",
+                "wait",
+                condition,
+                "--timeout=60s",
+                "crd/guardedreleases.permafrost.dev",
+                "crd/guardrailpolicies.permafrost.dev",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,6 +88,10 @@ V3="registry.example/shop/checkout:1.6.0@sha256:5f3e6a4c1d0f9e8a7b6c5d4e3f2a1b0c
 chapter 0 "Setting up: the CRDs, the built-in policies, the operator with its admission guardrails"
 at "control plane: kube-apiserver $(kubectl version -o json | sed -nE 's/.*"gitVersion": "([^"]+)".*/\1/p' | tail -1), $(kubectl get nodes --no-headers | wc -l) kwok nodes"
 kubectl apply --server-side --force-conflicts -k "$ROOT/crds/" >/dev/null
+# NB: two waits, as docs/install.md: until the apiserver has written the CRDs' status, then until
+# they are Established (--for=condition=Established fails at once while .status.conditions is null).
+kubectl wait --for=jsonpath='{.status.conditions[0]}' --timeout=60s \
+  crd/guardedreleases.permafrost.dev crd/guardrailpolicies.permafrost.dev >/dev/null
 kubectl wait --for=condition=Established --timeout=60s \
   crd/guardedreleases.permafrost.dev crd/guardrailpolicies.permafrost.dev >/dev/null
 ok "CRDs installed: GuardedRelease, GuardrailPolicy"

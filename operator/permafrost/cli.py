@@ -697,7 +697,8 @@ def _explain(problem: kube.ApiProblem) -> tuple[str, str, int]:
     if problem.kind == kube.ApiProblem.NOT_INSTALLED:
         return (
             f"Permafrost's CRDs are not installed in this cluster ({detail} is unknown)",
-            "Install them: kubectl apply --server-side -k crds/ (see docs/install.md)",
+            "Install them: kubectl apply --server-side -k crds/, then wait until they are "
+            "Established (docs/install.md shows how)",
             EXIT_NOT_INSTALLED,
         )
     return f"the Kubernetes API refused the request: {detail}", "", EXIT_FAILED

@@ -22,6 +22,17 @@ CRDS = (
     ROOT / "crds" / "kopf-peering.yaml",
 )
 DIGEST = "@sha256:" + "1" * 64
+# How the project waits for CRDs it has just applied (docs/install.md): until the apiserver has
+# written their status, then until they are Established. `kubectl wait
+# --for=condition=Established` alone fails at once, instead of waiting, on a CRD whose
+# `.status.conditions` is still null ("accessor error: <nil> is of the type <nil>").
+CRD_WAITS = ("--for=jsonpath={.status.conditions[0]}", "--for=condition=Established")
+
+
+def wait_established(cluster: Cluster, *crds: str, timeout: int = 60) -> None:
+    """Wait until the CRDs (``crd/<name>``) are Established, as docs/install.md does."""
+    for condition in CRD_WAITS:
+        cluster.kubectl("wait", condition, f"--timeout={timeout}s", *crds, timeout=timeout + 30)
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +40,8 @@ def crds(cluster: Cluster) -> Cluster:
     """The Permafrost CRDs, installed (server-side apply) and Established."""
     for crd in CRDS:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
+    wait_established(
+        cluster,
         "crd/guardedreleases.permafrost.dev",
         "crd/guardrailpolicies.permafrost.dev",
         "crd/clusterkopfpeerings.kopf.dev",

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import wait_established
 from k8s_harness import ROOT, Cluster, to_yaml, wait_for
 from permafrost import models
 
@@ -62,9 +63,7 @@ def served_crd(cluster: Cluster) -> Cluster:
     """The cluster with the committed CRD installed and its current rules in force."""
     # NB: --force-conflicts: another field manager may have applied an older version.
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s", timeout=90
-    )
+    wait_established(cluster, f"crd/{CRD_NAME}")
 
     # NB: an updated CRD is Established at once, but the apiserver swaps in the new schema
     # asynchronously; wait until a release with an unpinned image is refused.
@@ -262,10 +261,7 @@ def served_policy_crd(cluster: Cluster) -> Cluster:
     """The cluster with the committed GuardrailPolicy CRD installed and its rules in force."""
     # NB: not in conftest's crds fixture (yet); applied here, like served_crd above.
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(POLICY_CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", f"crd/{POLICY_CRD_NAME}", "--timeout=60s",
-        timeout=90,
-    )  # fmt: skip
+    wait_established(cluster, f"crd/{POLICY_CRD_NAME}")
 
     # NB: the schema is swapped in asynchronously; wait until the CEL rule on selectors answers.
     def selector_rule_served() -> str | None:
