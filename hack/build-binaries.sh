@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Builds the local control plane from Go modules, with pinned versions:
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
-#   etcd                                                              (go.etcd.io/etcd/server/v3)
-#   kwok, kwokctl                                                     (sigs.k8s.io/kwok)
+# Builds the local cluster's binaries from Go modules, with pinned versions (hack/versions.env):
+#
+#   hack/build-binaries.sh          the control plane:
+#     kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
+#     etcd                                                              (go.etcd.io/etcd/server/v3)
+#     kwok, kwokctl                                                     (sigs.k8s.io/kwok)
+#   hack/build-binaries.sh node     the real worker node and its registry, as well:
+#     kubelet, kube-proxy                                               (k8s.io/kubernetes)
+#     containerd, ctr, containerd-shim-runc-v2                          (github.com/containerd/containerd/v2)
+#     registry                                                          (github.com/distribution/distribution/v3)
+#     crane                                                             (github.com/google/go-containerregistry)
+#
 # into ${XDG_CACHE_HOME:-$HOME/.cache}/permafrost/<component>-<version>/bin, outside the repository,
-# so fresh clones and CI reuse them. Idempotent: a component whose binaries exist is skipped.
+# so fresh clones and CI reuse them. Idempotent: a binary that exists is not built again.
 #
 # Prints the cache directory of each component on stdout when done (last line: "bin dirs: ...").
 set -euo pipefail
@@ -38,8 +46,10 @@ check_proxy() {
 have_all() { local dir=$1; shift; for b in "$@"; do [ -x "$dir/$b" ] || return 1; done; }
 
 build_kubernetes() {
-  local dest="$CACHE_ROOT/kubernetes-${K8S_VERSION}/bin"
-  if have_all "$dest" kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+  # build_kubernetes BIN...: the named commands of k8s.io/kubernetes (cmd/BIN), those missing only
+  local dest="$CACHE_ROOT/kubernetes-${K8S_VERSION}/bin" missing=()
+  for b in "$@"; do [ -x "$dest/$b" ] || missing+=("$b"); done
+  if [ "${#missing[@]}" -eq 0 ]; then
     log "kubernetes ${K8S_VERSION}: cached in $dest"; return
   fi
   local work; work=$(mktemp -d "${TMPDIR:-/tmp}/permafrost-k8s.XXXXXX")
@@ -65,7 +75,7 @@ build_kubernetes() {
     echo ")"
   } >"$work/go.mod"
   log "kubernetes ${K8S_VERSION}: $(echo "$staging" | wc -l) staging modules replaced by ${staging_version}"
-  local pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  local pkgs="" b; for b in "${missing[@]}"; do pkgs+=" k8s.io/kubernetes/cmd/$b"; done
   # NB: every package is pinned; a bare "go get PKG" would upgrade k8s.io/kubernetes to @latest.
   local pinned=""; for p in $pkgs; do pinned+=" $p@${K8S_VERSION}"; done
   (cd "$work" && log "kubernetes ${K8S_VERSION}: resolving dependencies" && go get $pinned 2>&1 | grep -v '^go: \(downloading\|added\)' >&2 || true)
@@ -77,13 +87,15 @@ build_kubernetes() {
     ld+=" -X $p.gitVersion=${K8S_VERSION} -X $p.gitMajor=${major} -X $p.gitMinor=${minor}"
     ld+=" -X $p.gitTreeState=clean -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.buildDate=${date}"
   done
-  mkdir -p "$dest.partial"
+  mkdir -p "$dest"
   for p in $pkgs; do
     local name=${p##*/}
     log "kubernetes ${K8S_VERSION}: building $name (the first build takes several minutes)"
-    (cd "$work" && go build -trimpath -ldflags "-s -w $ld" -o "$dest.partial/$name" "$p")
+    # NB: built beside its final name and renamed, so an interrupted build never looks cached.
+    (cd "$work" && go build -trimpath -ldflags "-s -w $ld" -o "$dest/.$name.partial" "$p")
+    mv "$dest/.$name.partial" "$dest/$name"
   done
-  rm -rf "$dest"; mv "$dest.partial" "$dest"; rm -rf "$work"
+  rm -rf "$work"
   log "kubernetes ${K8S_VERSION}: done -> $dest"
 }
 
@@ -98,23 +110,49 @@ build_module_tool() {
   mkdir -p "$dest.partial"
   for pb in "$@"; do
     log "$name ${version}: building ${pb##*:}"
-    (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$dest.partial/${pb##*:}" "${pb%%:*}")
+    # NB: BUILD_TAGS (space-separated) is for modules whose optional parts need cgo or libraries.
+    (cd "$work" && go build -trimpath -tags "${BUILD_TAGS:-}" -ldflags "-s -w" -o "$dest.partial/${pb##*:}" "${pb%%:*}")
   done
   rm -rf "$dest"; mv "$dest.partial" "$dest"; rm -rf "$work"
   log "$name ${version}: done -> $dest"
 }
 
+K8S_CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+K8S_NODE=(kubelet kube-proxy)
+
 main() {
+  local with_node=0
+  case "${1:-}" in
+    "") ;;
+    node) with_node=1 ;;
+    *) die "usage: $0 [node]" ;;
+  esac
   mkdir -p "$CACHE_ROOT"
-  local start=$SECONDS
-  if ! have_all "$CACHE_ROOT/kubernetes-${K8S_VERSION}/bin" kube-apiserver kube-controller-manager kube-scheduler kubectl \
+  local start=$SECONDS k8s=("${K8S_CONTROL_PLANE[@]}")
+  [ "$with_node" = 1 ] && k8s+=("${K8S_NODE[@]}")
+  if ! have_all "$CACHE_ROOT/kubernetes-${K8S_VERSION}/bin" "${k8s[@]}" \
      || ! have_all "$CACHE_ROOT/etcd-${ETCD_VERSION}/bin" etcd \
-     || ! have_all "$CACHE_ROOT/kwok-${KWOK_VERSION}/bin" kwok kwokctl; then
+     || ! have_all "$CACHE_ROOT/kwok-${KWOK_VERSION}/bin" kwok kwokctl \
+     || { [ "$with_node" = 1 ] && { ! have_all "$CACHE_ROOT/containerd-${CONTAINERD_VERSION}/bin" containerd ctr containerd-shim-runc-v2 \
+          || ! have_all "$CACHE_ROOT/registry-${REGISTRY_VERSION}/bin" registry \
+          || ! have_all "$CACHE_ROOT/crane-${CRANE_VERSION}/bin" crane; }; }; then
     check_proxy
   fi
   build_module_tool etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "go.etcd.io/etcd/server/v3:etcd"
   build_module_tool kwok "$KWOK_VERSION" sigs.k8s.io/kwok "sigs.k8s.io/kwok/cmd/kwok:kwok" "sigs.k8s.io/kwok/cmd/kwokctl:kwokctl"
-  build_kubernetes
+  build_kubernetes "${k8s[@]}"
+  if [ "$with_node" = 1 ]; then
+    # NB: without cgo the optional snapshotters would not build; the node uses overlayfs only.
+    BUILD_TAGS="no_btrfs no_devmapper no_zfs no_aufs urfave_cli_no_docs" \
+      build_module_tool containerd "$CONTAINERD_VERSION" github.com/containerd/containerd/v2 \
+      "github.com/containerd/containerd/v2/cmd/containerd:containerd" \
+      "github.com/containerd/containerd/v2/cmd/ctr:ctr" \
+      "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2:containerd-shim-runc-v2"
+    build_module_tool registry "$REGISTRY_VERSION" github.com/distribution/distribution/v3 \
+      "github.com/distribution/distribution/v3/cmd/registry:registry"
+    build_module_tool crane "$CRANE_VERSION" github.com/google/go-containerregistry \
+      "github.com/google/go-containerregistry/cmd/crane:crane"
+  fi
   log "all binaries ready in $((SECONDS - start))s under $CACHE_ROOT"
 }
 
