@@ -15,6 +15,11 @@ KWOK_BIN := $(CACHE_ROOT)/kwok-$(KWOK_VERSION)/bin
 # NB: the machine's own kubectl may be out of version skew; the built one comes first.
 export PATH := $(K8S_BIN):$(KWOK_BIN):$(CURDIR)/$(BIN):$(PATH)
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
+# The real worker node (hack/node.sh): auto = where the machine can run it (root, network
+# namespaces), 1 = required, 0 = kwok's fake nodes only.
+export REAL_NODE ?= auto
+# Commands that talk to the cluster run where it is: in the real node's network namespace, if any.
+IN_CLUSTER := hack/cluster.sh exec
 
 .PHONY: help
 help: ## list the targets
@@ -31,8 +36,9 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed ## create .venv with the project and its dev tools
 
 .PHONY: binaries
-binaries: ## build the control-plane binaries (cached in ~/.cache/permafrost)
-	hack/build-binaries.sh
+binaries: ## build the cluster's binaries (cached in ~/.cache/permafrost); the real node's too, if it runs here
+	@if [ "$$(hack/cluster.sh real-node)" = 1 ]; then hack/node.sh deps && hack/build-binaries.sh node; \
+	else echo "no real node: $$(hack/cluster.sh real-node)"; hack/build-binaries.sh; fi
 
 .PHONY: lint
 lint: venv ## ruff (lint and format check)
@@ -53,11 +59,15 @@ unit: venv ## the pure unit tests only (seconds)
 
 .PHONY: test
 test: venv binaries lint typecheck contracts ## everything: lint, types, contracts, unit and integration tests
-	$(BIN)/pytest
+	$(IN_CLUSTER) $(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: cluster-up
-cluster-up: binaries ## start (or reuse) the local cluster; kubeconfig in .cluster/kubeconfig
+cluster-up: binaries ## start (or reuse) the local cluster (REAL_NODE=0|1|auto); kubeconfig in .cluster/kubeconfig
 	hack/cluster.sh up
+
+.PHONY: shell
+shell: ## a shell where the local cluster is reachable (inside the real node's network namespace)
+	$(IN_CLUSTER) bash
 
 .PHONY: cluster-down
 cluster-down: ## stop the local cluster and delete its state
@@ -65,11 +75,11 @@ cluster-down: ## stop the local cluster and delete its state
 
 .PHONY: demo
 demo: venv cluster-up ## the story: ship, upgrade, guardrails, automatic rollback (DEMO_NONINTERACTIVE=1: no pauses)
-	hack/demo.sh
+	$(IN_CLUSTER) hack/demo.sh
 
 .PHONY: demo-down
 demo-down: ## stop the demo's operator, remove its webhook configuration, stop the cluster
-	hack/demo.sh down
+	$(IN_CLUSTER) hack/demo.sh down
 	hack/cluster.sh down
 
 .PHONY: crd
@@ -88,7 +98,7 @@ $(BIN)/.bench-installed: pyproject.toml $(BIN)/.installed
 
 .PHONY: bench
 bench: $(BIN)/.bench-installed binaries cluster-up ## benchmarks vs. native baselines (~15 min); writes docs/benchmarks.md
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(IN_CLUSTER) $(BIN)/python -m bench $(BENCH_ARGS)
 
 # --- reliability: the long runs ---------------------------------------------------------------
 CHAOS_TESTS := tests/unit/test_fuzz_planner.py tests/unit/test_hostile_input.py \
@@ -98,4 +108,4 @@ CHAOS_TESTS := tests/unit/test_fuzz_planner.py tests/unit/test_hostile_input.py 
 
 .PHONY: chaos
 chaos: venv binaries ## the long reliability runs (chaos, fuzzing, outages; ~15 min): see docs/reliability.md
-	PERMAFROST_CHAOS=long $(BIN)/pytest -s --hypothesis-show-statistics $(CHAOS_TESTS)
+	PERMAFROST_CHAOS=long $(IN_CLUSTER) $(BIN)/pytest -s --hypothesis-show-statistics $(CHAOS_TESTS)

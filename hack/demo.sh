@@ -86,7 +86,7 @@ V2="registry.example/shop/checkout:1.5.0@sha256:4e2d5f3b0c9e8d7f6a5b4c3d2e1f0a9b
 V3="registry.example/shop/checkout:1.6.0@sha256:5f3e6a4c1d0f9e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"
 
 chapter 0 "Setting up: the CRDs, the built-in policies, the operator with its admission guardrails"
-at "control plane: kube-apiserver $(kubectl version -o json | sed -nE 's/.*"gitVersion": "([^"]+)".*/\1/p' | tail -1), $(kubectl get nodes --no-headers | wc -l) kwok nodes"
+at "control plane: kube-apiserver $(kubectl version -o json | sed -nE 's/.*"gitVersion": "([^"]+)".*/\1/p' | tail -1), $(kubectl get nodes -l permafrost.dev/fake-node=true --no-headers | wc -l) kwok nodes"
 kubectl apply --server-side --force-conflicts -k "$ROOT/crds/" >/dev/null
 # NB: two waits, as docs/install.md: until the apiserver has written the CRDs' status, then until
 # they are Established (--for=condition=Established fails at once while .status.conditions is null).

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from k8s_harness import Cluster, start_cluster, stop_cluster, wait_for
+from k8s_harness import Cluster, real_node_reason, start_cluster, stop_cluster, wait_for
 
 HERE = pathlib.Path(__file__).parent
 LOG_TAIL_LINES = 40
@@ -22,6 +22,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = pathlib.Path(str(item.fspath)).relative_to(HERE).parts
         if parts and parts[0] in ("unit", "integration"):
             item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``real_node`` skip, saying why, where the cluster has no real node."""
+    if item.get_closest_marker("real_node") is not None:
+        reason = real_node_reason()
+        if reason is not None:
+            pytest.skip(f"needs the real node, which this machine cannot run: {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ PATH) and read state back through it, so what they check is what a user would se
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -168,8 +169,82 @@ def condition(obj: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | 
     return None
 
 
+NETNS = os.environ.get("PERMAFROST_NETNS", "permafrost")
+
+
+@functools.cache
+def real_node_reason() -> str | None:
+    """``None`` if the local cluster has (or will have) the real node, else why not, in a line.
+
+    ``hack/cluster.sh real-node`` decides, by REAL_NODE (auto, 1, 0) and what the machine allows.
+    """
+    proc = subprocess.run(
+        [str(ROOT / "hack" / "cluster.sh"), "real-node"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    answer = (
+        proc.stdout.strip() or proc.stderr.strip() or f"hack/cluster.sh exited {proc.returncode}"
+    )
+    return None if answer == "1" else answer
+
+
+def in_netns() -> bool:
+    """Whether this process runs in the real node's network namespace, where the cluster is."""
+    proc = subprocess.run(
+        ["ip", "netns", "identify", str(os.getpid())], capture_output=True, text=True, check=False
+    )
+    return proc.stdout.strip() == NETNS
+
+
+@dataclasses.dataclass(frozen=True)
+class RealNode:
+    """The real worker node (hack/node.sh): kubelet, containerd and runc, kube-proxy, and a
+    registry, all in the cluster's network namespace. Pods go there only if they ask to:
+    :meth:`schedule` adds the node selector and the toleration of its taint."""
+
+    name: str = "permafrost-node"
+    registry: str = "127.0.0.1:5000"
+    label: str = "permafrost.dev/real-node"
+
+    def schedule(self, pod_spec: Mapping[str, Any]) -> dict[str, Any]:
+        """``pod_spec`` with what puts its pod on the real node (and on no fake one)."""
+        toleration = {"key": self.label, "operator": "Exists", "effect": "NoSchedule"}
+        return {
+            **pod_spec,
+            "nodeSelector": {**pod_spec.get("nodeSelector", {}), self.label: "true"},
+            "tolerations": [*pod_spec.get("tolerations", []), toleration],
+        }
+
+    def build_image(self, source: pathlib.Path, name: str, version: str) -> str:
+        """Build the Go module ``source`` into an image (hack/image.sh), push it to the node's
+        registry as ``name:version``; return its pinned reference, ``REGISTRY/NAME@sha256:...``."""
+        proc = subprocess.run(
+            [
+                str(ROOT / "hack" / "image.sh"),
+                "build",
+                str(source),
+                f"{self.registry}/{name}:{version}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"hack/image.sh build {source} failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+
 def start_cluster() -> tuple[Cluster, bool]:
     """Start the local cluster, or reuse a healthy one. Returns (cluster, started_here)."""
+    if real_node_reason() is None and not in_netns():
+        raise RuntimeError(
+            f"the local cluster has the real node, so it lives in the network namespace {NETNS}: "
+            "run the tests there (make test, or hack/cluster.sh exec .venv/bin/pytest ...), "
+            "or without the real node (REAL_NODE=0)"
+        )
     script = ROOT / "hack" / "cluster.sh"
     was_healthy = subprocess.run([str(script), "status"], check=False).returncode == 0
     subprocess.run([str(script), "up"], check=True)

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -315,7 +316,34 @@ func run(cfg config, ln net.Listener, log *slog.Logger, stop <-chan os.Signal) i
 	}
 }
 
+// fetch is the app's client mode, "app get URL": the image has no shell nor curl, so this is what
+// `kubectl exec` runs to fetch a URL from inside a pod. It prints the body and exits 0 on a 2xx
+// answer, 1 on any other answer or error (with the reason on stderr).
+func fetch(url string, out, errOut *os.File) int {
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		fmt.Fprintln(errOut, "get:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		fmt.Fprintln(errOut, "get: reading the body:", err)
+		return 1
+	}
+	out.Write(body)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		fmt.Fprintln(errOut, "get:", resp.Status)
+		return 1
+	}
+	return 0
+}
+
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "get" {
+		os.Exit(fetch(os.Args[2], os.Stdout, os.Stderr))
+	}
 	log := slog.New(slog.NewTextHandler(os.Stdout, nil))
 	cfg, err := loadConfig(os.Getenv)
 	if err != nil {

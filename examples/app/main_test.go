@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -411,5 +412,35 @@ func TestMainExitsZeroOnSIGTERM(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "msg=stopped") {
 		t.Errorf("output:\n%s", out)
+	}
+}
+
+func TestFetchPrintsTheBodyAndExitsByStatus(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/bad" {
+			http.Error(w, "nope", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, "hello")
+	}))
+	defer srv.Close()
+	for _, tc := range []struct {
+		path, body string
+		code       int
+	}{{"/", "hello", 0}, {"/bad", "nope\n", 1}} {
+		out, err := os.CreateTemp(t.TempDir(), "out")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := fetch(srv.URL+tc.path, out, os.Stderr); code != tc.code {
+			t.Errorf("%s: exit %d, want %d", tc.path, code, tc.code)
+		}
+		got, _ := os.ReadFile(out.Name())
+		if string(got) != tc.body {
+			t.Errorf("%s: body %q, want %q", tc.path, got, tc.body)
+		}
+	}
+	if code := fetch("http://127.0.0.1:1/", os.Stdout, os.Stderr); code != 1 {
+		t.Errorf("unreachable: exit %d, want 1", code)
 	}
 }

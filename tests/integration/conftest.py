@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from k8s_harness import ROOT, Cluster, to_yaml, wait_for
+from k8s_harness import ROOT, Cluster, RealNode, real_node_reason, to_yaml, wait_for
 
 CRDS = (
     ROOT / "crds" / "guardedrelease.yaml",
@@ -33,6 +33,31 @@ def wait_established(cluster: Cluster, *crds: str, timeout: int = 60) -> None:
     """Wait until the CRDs (``crd/<name>``) are Established, as docs/install.md does."""
     for condition in CRD_WAITS:
         cluster.kubectl("wait", condition, f"--timeout={timeout}s", *crds, timeout=timeout + 30)
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: Cluster) -> RealNode:
+    """The real worker node, Ready; the test skips, saying why, where the cluster has none."""
+    reason = real_node_reason()
+    if reason is not None:
+        pytest.skip(f"needs the real node, which this machine cannot run: {reason}")
+    node = RealNode()
+    ready = cluster.kubectl(
+        "get", "node", node.name,
+        "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+    ).stdout  # fmt: skip
+    assert ready == "True", f"the real node {node.name} is not Ready: {ready!r}"
+    return node
+
+
+@pytest.fixture(scope="session")
+def demo_images(real_node: RealNode) -> dict[str, str]:
+    """The demo app (examples/app) built and pushed to the node's registry as v1 and v2:
+    version -> pinned reference. The same source with another version baked in: two digests."""
+    return {
+        version: real_node.build_image(ROOT / "examples" / "app", "demo", version)
+        for version in ("v1", "v2")
+    }
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,198 @@
+"""Real containers on the real worker node: images pulled by digest from the local registry,
+traffic through kube-proxy, ``kubectl logs`` and ``exec``, and a GuardedRelease whose real pods
+pass real readiness probes, or really crash and are rolled back.
+
+The tests run in the node's network namespace (``make test`` puts them there), so they reach
+ClusterIPs as any process on a node would. They skip, saying why, where the node cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from conftest import Operator, release, status, wait_phase
+from k8s_harness import Cluster, RealNode, condition, wait_for
+
+pytestmark = pytest.mark.real_node
+
+PROBE = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
+
+
+def http_get(url: str, *, timeout: float = 3) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """One GET: (status, headers, JSON body); a connection error raises."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return answer.status, dict(answer.headers), json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read() or b"{}")
+
+
+def container(image: str, **env: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": "app", "image": image, "readinessProbe": PROBE}
+    if env:
+        spec["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    return spec
+
+
+def cluster_ip(cluster: Cluster, namespace: str, service: str) -> str:
+    ip: str = cluster.get("service", service, namespace=namespace)["spec"]["clusterIP"]
+    return ip
+
+
+class Traffic:
+    """Steady GETs to a URL in the background (every ``interval`` s, at most ``limit`` requests):
+    per request, the version that answered, or the error."""
+
+    def __init__(self, url: str, *, interval: float = 0.1, limit: int = 3000) -> None:
+        self.url, self.interval, self.limit = url, interval, limit
+        self.answers: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.answers) + len(self.failures) < self.limit:
+            try:
+                code, _, body = http_get(self.url, timeout=2)
+                if code == 200:
+                    self.answers.append(body["version"])
+                else:
+                    self.failures.append(f"HTTP {code}")
+            except (OSError, ValueError) as error:
+                self.failures.append(repr(error))
+            self._stop.wait(self.interval)
+
+
+def test_the_demo_image_pulled_by_digest_serves_through_a_cluster_ip_service(
+    cluster: Cluster, namespace: str, real_node: RealNode, demo_images: dict[str, str]
+) -> None:
+    image = demo_images["v1"]
+    pod_spec = real_node.schedule({"containers": [container(image)]})
+    cluster.apply(
+        [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod_spec},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            },
+        ],
+        namespace=namespace,
+    )
+    cluster.kubectl(
+        "rollout", "status", "deployment/web", "--timeout=90s", namespace=namespace, timeout=120
+    )
+
+    pods = cluster.get("pods", namespace=namespace, selector="app=web")["items"]
+    names = {pod["metadata"]["name"] for pod in pods}
+    assert len(pods) == 2
+    digest = image.split("@", 1)[1]
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == real_node.name
+        (state,) = pod["status"]["containerStatuses"]
+        assert state["ready"] is True
+        assert "running" in state["state"]
+        # What containerd pulled and runs: the pinned image, from the node's registry.
+        assert state["imageID"].endswith(digest), state["imageID"]
+
+    # Through kube-proxy: the ClusterIP answers, from both pods (its rules spread the requests).
+    url = f"http://{cluster_ip(cluster, namespace, 'web')}/"
+    answers = [http_get(url) for _ in range(30)]
+    assert {code for code, _, _ in answers} == {200}
+    assert {body["version"] for _, _, body in answers} == {"v1"}
+    assert {headers["X-App-Version"] for _, headers, _ in answers} == {"v1"}
+    assert {body["hostname"] for _, _, body in answers} == names
+
+    some_pod = sorted(names)[0]
+    logs = cluster.kubectl("logs", some_pod, namespace=namespace).stdout
+    assert "msg=listening" in logs
+    assert "version=v1" in logs
+
+    # exec runs in the container; from inside the pod network, the Service answers too.
+    inside = cluster.kubectl("exec", some_pod, "--", "/app", "get", url, namespace=namespace)
+    assert json.loads(inside.stdout)["version"] == "v1"
+    # Pods reach nothing beyond the node's network namespace.
+    outside = cluster.kubectl(
+        "exec", some_pod, "--", "/app", "get", "http://192.0.2.1/", namespace=namespace, check=False
+    )
+    assert outside.returncode != 0
+    assert "unreachable" in outside.stderr
+
+
+def test_a_guarded_release_rolls_out_on_the_real_node_and_a_crashing_one_rolls_back(
+    crds: Cluster,
+    namespace: str,
+    operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+) -> None:
+    def web(image: str, **env: str) -> dict[str, Any]:
+        manifest = release("web", service="web", deadline=30, min_ready=2, scale_down_delay=2)
+        template = manifest["spec"]["template"]
+        template["spec"] = real_node.schedule({"containers": [container(image, **env)]})
+        return manifest
+
+    crds.apply(web(demo_images["v1"]), namespace=namespace)
+    stable = wait_phase(crds, namespace, "web", "Stable", timeout=90)["stableRevision"]
+    url = f"http://{cluster_ip(crds, namespace, 'web')}/"
+    assert http_get(url)[2]["version"] == "v1"
+
+    # v2 whose process really exits at start: restarts, CrashLoopBackOff, an automatic rollback.
+    with Traffic(url) as traffic:
+        crds.apply(web(demo_images["v2"], CRASH_ON_START="1"), namespace=namespace)
+        st = wait_phase(crds, namespace, "web", "RolledBack", timeout=90)
+        failed = st["desiredRevision"]
+        time.sleep(1)  # a few more requests after the rollback
+    assert failed != stable
+    assert st["stableRevision"] == stable
+    rolled_back = condition({"status": st}, "RolledBack")
+    assert rolled_back is not None
+    assert rolled_back["reason"] == "CrashLoop", rolled_back
+    crashed = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={failed}")[
+        "items"
+    ]
+    restarts = [p["status"]["containerStatuses"][0]["restartCount"] for p in crashed]
+    assert crashed == [] or max(restarts) >= 1  # scaled down already, or seen crashing
+
+    # Every request was answered, and only by the verified revision.
+    assert traffic.failures == []
+    assert len(traffic.answers) >= 20
+    assert set(traffic.answers) == {"v1"}
+
+    # And the release recovers: a good v2 is verified, then promoted.
+    crds.apply(web(demo_images["v2"]), namespace=namespace)
+    wait_for(
+        lambda: (
+            (s := status(crds, namespace, "web")).get("phase") == "Stable"
+            and s.get("stableRevision") not in (stable, failed)
+        ),
+        timeout=90,
+        interval=0.5,
+        what="a good v2 promoted",
+    )
+    assert http_get(url)[2]["version"] == "v2"
