@@ -188,7 +188,7 @@ up() {
   kubectl get serviceaccount default -n default >/dev/null 2>&1 \
     || log "warning: no default ServiceAccount yet (kube-controller-manager may still be starting)"
   if [ "$(mode_name)" = real-node ]; then
-    "$NODE_SH" up || { down; die "the real node did not start (see above); the cluster is stopped again"; }
+    "$NODE_SH" up || { down >/dev/null 2>&1; die "the real node did not start (the line above says why); the cluster is stopped again"; }
   fi
   mode_name >"$MODE_FILE"
   log "ready: KUBECONFIG=$KUBECONFIG ($(kubectl version -o json | sed -nE 's/.*"gitVersion": "([^"]+)".*/\1/p' | tail -1))"

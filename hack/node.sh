@@ -11,6 +11,8 @@
 #   hack/node.sh exec CMD... run CMD inside the network namespace
 #   hack/node.sh status      exit 0 if the node is up and Ready
 #
+# PERMAFROST_KUBELET_ARGS adds flags to the kubelet's command line. Logs: .cluster/logs/node/.
+#
 # The network namespace ($PERMAFROST_NETNS, default "permafrost") holds every address the node
 # uses: the node IP (also the apiserver's advertised address) on its loopback, the pod bridge
 # cni0 with the pod CIDR, the Service CIDR of kube-proxy's rules, and the registry on its
@@ -38,7 +40,8 @@ CLUSTER_DIR="${PERMAFROST_CLUSTER_DIR:-$ROOT/.cluster}"
 NETNS="${PERMAFROST_NETNS:-permafrost}"
 NETNS_PATH="/run/netns/$NETNS"
 STATE="$CLUSTER_DIR/node"
-LOGS="$STATE/logs"
+# NB: beside the state, not in it: kept after the node stops, for the reason it stopped.
+LOGS="$CLUSTER_DIR/logs/node"
 KUBECONFIG="${KUBECONFIG:-$CLUSTER_DIR/kubeconfig}"
 export KUBECONFIG PATH="$K8S_BIN:$CONTAINERD_BIN:$CRANE_BIN:/usr/sbin:/sbin:$PATH"
 
@@ -276,8 +279,10 @@ inner() {
   local i
   for i in $(seq 1 100); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
   [ -S /run/containerd/containerd.sock ] || { echo "containerd did not start" >>"$LOGS/containerd.log"; exit 1; }
+  # shellcheck disable=SC2086
   kubelet --config "$STATE/etc/kubelet.yaml" --kubeconfig "$KUBECONFIG" --node-ip "$NODE_IP" \
-    --hostname-override "$NODE_NAME" --node-labels "$NODE_LABEL=true" --v=2 >>"$LOGS/kubelet.log" 2>&1 &
+    --hostname-override "$NODE_NAME" --node-labels "$NODE_LABEL=true" --v=2 ${PERMAFROST_KUBELET_ARGS:-} \
+    >>"$LOGS/kubelet.log" 2>&1 &
   echo $! >"$STATE/pids/kubelet"
   wait
 }
@@ -301,7 +306,14 @@ node_ready() {
 
 status() { running kubelet && running containerd && running kube-proxy && running registry && node_ready; }
 
-fail_up() { log "ERROR: $1; its log: $2"; printf '[node] ERROR: %s; see %s\n' "$1" "$2" >&2; down >/dev/null 2>&1 || true; exit 1; }
+# fail_up WHAT LOG: one line saying what failed and where its log is; the node's processes and
+# cgroups are gone again (hack/cluster.sh then stops the rest and deletes the namespace).
+fail_up() {
+  printf '[node] ERROR: %s; see %s\n' "$1" "$2" >&2
+  cleanup_processes >/dev/null 2>&1 || true
+  cleanup_host >/dev/null 2>&1 || true
+  exit 1
+}
 
 up() {
   [ -e "$NETNS_PATH" ] || die "no network namespace $NETNS: hack/cluster.sh up REAL_NODE=1 creates it"
@@ -318,7 +330,7 @@ up() {
   local pki; pki=$(kubeconfig_pki)
   cleanup_processes
   cleanup_host
-  rm -rf "$STATE"
+  rm -rf "$STATE" "$LOGS"
   local start=$SECONDS
   write_configs "$pki"
   make_cgroups
@@ -373,12 +385,12 @@ shims() {
   return 0
 }
 
-# cgroup_dirs: the node's cgroup directories, one per hierarchy (cgroup v2: the one).
+# cgroup_dirs: the node's cgroup directories, one per hierarchy (cgroup v2: the one). With
+# cgroup v1, the hybrid layout's unified hierarchy too: runc makes the node's tree there as well.
 cgroup_dirs() {
   if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo "/sys/fs/cgroup$CGROUP_ROOT"; return; fi
   local h
   for h in /sys/fs/cgroup/*/; do
-    case "$h" in */unified/) continue ;; esac
     [ -f "$h/cgroup.procs" ] && echo "${h%/}$CGROUP_ROOT"
   done
 }
@@ -386,6 +398,7 @@ cgroup_dirs() {
 make_cgroups() {
   local d
   for d in $(cgroup_dirs); do
+    case "$d" in /sys/fs/cgroup/unified/*) continue ;; esac
     mkdir -p "$d"
     # NB: a new cpuset cgroup has no CPUs and no memory nodes until given its parent's.
     if [ -f "$d/cpuset.cpus" ] && [ -z "$(cat "$d/cpuset.cpus")" ]; then
@@ -424,7 +437,7 @@ cleanup_processes() {
   # Whatever else still runs in the namespace (the control plane is stopped before: cluster.sh),
   # but this script and what called it, which may run in it too (the tests do).
   if [ -e "$NETNS_PATH" ] && [ "${1:-}" = all ]; then
-    local mine; mine=" $(ancestors) "
+    local mine; mine=" $(ancestors | tr '\n' ' ') "
     for pid in $(ip netns pids "$NETNS" 2>/dev/null || true); do
       case "$mine" in *" $pid "*) ;; *) kill -9 "$pid" 2>/dev/null || true ;; esac
     done
