@@ -53,12 +53,18 @@ typecheck: venv ## mypy --strict
 contracts: venv ## import-linter layering contracts
 	$(BIN)/lint-imports
 
+.PHONY: go-test
+go-test: ## the Go parts: the demo app (examples/app) and the node's pause (hack/pause)
+	@command -v go >/dev/null || { echo "Go is not installed. Install Go >= 1.26 and retry."; exit 1; }
+	cd examples/app && go vet ./... && go test ./...
+	cd hack/pause && go vet ./... && go test ./...
+
 .PHONY: unit
 unit: venv ## the pure unit tests only (seconds)
 	$(BIN)/pytest -m unit
 
 .PHONY: test
-test: venv binaries lint typecheck contracts ## everything: lint, types, contracts, unit and integration tests
+test: venv binaries lint typecheck contracts go-test ## everything: lint, types, contracts, unit and integration tests
 	$(IN_CLUSTER) $(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: cluster-up

@@ -120,6 +120,10 @@ kwokctl_config() {
       "kube-apiserver=kubelet-client-certificate=$pki/admin.crt"
       "kube-apiserver=kubelet-client-key=$pki/admin.key"
     )
+  elif [ -z "$(ip route show default 2>/dev/null)" ]; then
+    # NB: without a default route (inside the real node's namespace: a second cluster of the
+    # tests), the apiserver cannot pick an address to advertise, and exits.
+    args+=(kube-apiserver=advertise-address=127.0.0.1)
   fi
   {
     echo "kind: KwokctlConfiguration"

@@ -39,6 +39,8 @@ CRANE_BIN="$CACHE_ROOT/crane-${CRANE_VERSION}/bin"
 CLUSTER_DIR="${PERMAFROST_CLUSTER_DIR:-$ROOT/.cluster}"
 NETNS="${PERMAFROST_NETNS:-permafrost}"
 NETNS_PATH="/run/netns/$NETNS"
+# The namespace belongs to the cluster directory that created it: only that one deletes it.
+OWNER="$CLUSTER_DIR/netns"
 STATE="$CLUSTER_DIR/node"
 # NB: beside the state, not in it: kept after the node stops, for the reason it stopped.
 LOGS="$CLUSTER_DIR/logs/node"
@@ -135,6 +137,7 @@ netns_up() {
   mkdir -p "$CLUSTER_DIR"
   if [ ! -d /run/netns ]; then touch "$CLUSTER_DIR/.run-netns-ours"; fi
   ip netns add "$NETNS" || die "ip netns add $NETNS failed"
+  echo "$NETNS" >"$OWNER"
   ip -n "$NETNS" link set lo up
   # NB: the node IP is on the namespace's loopback: a /32 reachable from pods through the pod
   # bridge (it is a local address), with no link and no route that leads anywhere else.
@@ -326,6 +329,15 @@ up() {
   local missing; missing=$(missing_packages)
   [ -z "$missing" ] || die "missing Debian packages: $(echo $missing) (hack/node.sh deps installs them)"
   if status; then log "reusing the running node $NODE_NAME"; return; fi
+  # NB: one node per namespace: its cgroups, ports and registry are the namespace's.
+  local pid cmd
+  for pid in $(ip netns pids "$NETNS" 2>/dev/null); do
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    case "$cmd" in
+      *"kubelet --config $STATE/"*) ;;
+      *"kubelet --config "*) die "the network namespace $NETNS already runs the node of another cluster ($cmd); set PERMAFROST_NETNS, or REAL_NODE=0" ;;
+    esac
+  done
   [ -s "$KUBECONFIG" ] || die "no kubeconfig at $KUBECONFIG: the control plane must be up first"
   local pki; pki=$(kubeconfig_pki)
   cleanup_processes
@@ -419,6 +431,8 @@ pids_of_cgroups() {
 
 cleanup_processes() {
   local name pid
+  # NB: only a node this cluster directory started: the namespace may hold another's.
+  [ -d "$STATE" ] || [ "${1:-}" = all ] || return 0
   # NB: the kubelet first, so it restarts nothing; then the containers and their shims.
   for name in kubelet kube-proxy; do
     [ -s "$STATE/pids/$name" ] && kill -9 "$(cat "$STATE/pids/$name")" 2>/dev/null || true
@@ -445,8 +459,9 @@ cleanup_processes() {
   sleep 0.2
 }
 
-# The node's cgroups, deepest first.
+# The node's cgroups, deepest first (only if this cluster directory started the node).
 cleanup_host() {
+  [ -d "$STATE" ] || [ "$(cat "$OWNER" 2>/dev/null)" = "$NETNS" ] || return 0
   local d root
   for _ in 1 2 3 4 5 6 7 8 9 10; do
     local left=0
@@ -462,13 +477,19 @@ cleanup_host() {
 }
 
 down() {
-  cleanup_processes all
-  cleanup_host
-  if [ -e "$NETNS_PATH" ]; then ip netns del "$NETNS" || log "warning: ip netns del $NETNS failed"; fi
+  if [ "$(cat "$OWNER" 2>/dev/null)" = "$NETNS" ]; then
+    cleanup_processes all
+    cleanup_host
+    if [ -e "$NETNS_PATH" ]; then ip netns del "$NETNS" || log "warning: ip netns del $NETNS failed"; fi
+    rm -f "$OWNER"
+  else
+    cleanup_processes
+    cleanup_host
+  fi
   remove_run_netns_if_ours
   # NB: container layers and volumes were mounted in the node's mount namespace only, gone with it.
   rm -rf "$STATE"
-  log "node down, namespace $NETNS deleted"
+  log "node down"
 }
 
 case "${1:-}" in

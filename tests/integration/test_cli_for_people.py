@@ -319,6 +319,8 @@ def bare_cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
         "PERMAFROST_CLUSTER_DIR": str(tmp_path / "bare"),
         "PERMAFROST_CLUSTER_NAME": f"bare-{uuid.uuid4().hex[:6]}",
         "PERMAFROST_NODES": "1",
+        # NB: no real node: the shared cluster's has the network namespace (the one we run in).
+        "REAL_NODE": "0",
     }
     script = str(ROOT / "hack" / "cluster.sh")
     try:
