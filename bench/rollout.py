@@ -77,7 +77,7 @@ def permafrost_rollout(
         _patch_template(generation),
     )
     common.wait_for(
-        lambda: _selected(api, namespace, name) not in (None, before),
+        lambda: _selected(api, namespace, name) not in (None, "none", before),
         timeout=timeout,
         interval=POLL,
         what=f"{name}'s Service to select a new revision",

@@ -25,6 +25,9 @@ PLURAL = "guardedreleases"
 # Labels and annotations Permafrost puts on what it creates, or reads from the release.
 LABEL_RELEASE = "permafrost.dev/release"
 LABEL_REVISION = "permafrost.dev/revision"
+# The revision a release's Service selects while no revision is verified: no pod has it (revision
+# names are hashes), so the Service selects nothing and no unverified pod takes traffic.
+REVISION_NONE = "none"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_SNAPSHOT_OF = "permafrost.dev/snapshot-of"
 ANNOTATION_TEMPLATE_HASH = "permafrost.dev/template-hash"

@@ -581,15 +581,34 @@ def _progress(w: _Work, target: str, attempt: str | None) -> None:
 
 
 def _route(w: _Work) -> None:
+    """Point the Service at the stable revision; before there is one, at no pod at all.
+
+    Until a revision is verified, the Service selects :data:`models.REVISION_NONE` from the
+    moment the first revision exists or is about to be created: a selector the user wrote
+    (``app: web``) would match that revision's pods as soon as they are Ready, unverified. The
+    route then goes first in the plan, before the revision's Deployment is created.
+    """
     s = w.s
-    if s.spec.service is None or w.stable is None:
+    if s.spec.service is None:
         return
-    wanted = manifests.selector(s.release.name, w.stable)
+    revision = w.stable
+    if revision is None:
+        creating = any(isinstance(a, CreateRevision) for a in w.actions)
+        if not (creating or s.revisions):
+            return  # nothing of the release runs yet: whatever the Service serves is not ours
+        revision = models.REVISION_NONE
+    wanted = manifests.selector(s.release.name, revision)
     if s.service is None:
-        body = manifests.service(release=s.release, spec=s.spec.service, revision=w.stable)
-        w.actions.append(RouteService(s.spec.service.name, wanted, body))
+        body = manifests.service(release=s.release, spec=s.spec.service, revision=revision)
+        action = RouteService(s.spec.service.name, wanted, body)
     elif dict(s.service.selector) != wanted:
-        w.actions.append(RouteService(s.spec.service.name, wanted, None))
+        action = RouteService(s.spec.service.name, wanted, None)
+    else:
+        return
+    if w.stable is None:
+        w.actions.insert(0, action)
+    else:
+        w.actions.append(action)
 
 
 def _housekeeping(w: _Work, target: str | None) -> None:

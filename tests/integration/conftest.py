@@ -252,7 +252,8 @@ class SelectorSampler:
             revision = ((svc or {}).get("spec", {}).get("selector") or {}).get(
                 "permafrost.dev/revision"
             )
-            if revision:
+            # NB: "none" (no revision verified yet) selects no pod: nothing unverified served.
+            if revision and revision != "none":
                 pods = self.cluster.get(
                     "pods", namespace=self.namespace, selector=f"permafrost.dev/revision={revision}"
                 )["items"]

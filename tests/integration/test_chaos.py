@@ -140,7 +140,8 @@ class Observer:
             )
         for svc in by_kind.get("Service", []):
             selector = svc["spec"].get("selector") or {}
-            if "permafrost.dev/revision" in selector:
+            # NB: "none" (no revision verified yet) selects no pod: nothing unverified served.
+            if selector.get("permafrost.dev/revision", "none") != "none":
                 key = (
                     selector.get("permafrost.dev/release", ""),
                     selector["permafrost.dev/revision"],

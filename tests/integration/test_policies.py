@@ -205,7 +205,9 @@ def test_a_promote_policy_holds_traffic_until_the_release_is_approved(
     assert compliant is not None
     assert compliant["reason"] == "PromotionHeld"
     assert st.get("stableRevision") is None
-    assert crds.get("service", "shop", namespace=namespace) is None  # no traffic anywhere
+    # No traffic anywhere: the Service selects no pod while nothing is verified.
+    svc = crds.get("service", "shop", namespace=namespace)
+    assert svc["spec"]["selector"]["permafrost.dev/revision"] == "none"
     revision = st["desiredRevision"]
     assert crds.get("deployment", f"shop-{revision}", namespace=namespace) is not None
 

@@ -196,3 +196,76 @@ def test_a_guarded_release_rolls_out_on_the_real_node_and_a_crashing_one_rolls_b
         what="a good v2 promoted",
     )
     assert http_get(url)[2]["version"] == "v2"
+
+
+def test_the_first_release_serves_nothing_until_its_revision_is_verified(
+    crds: Cluster,
+    namespace: str,
+    operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+) -> None:
+    """A Service the user made (selector ``app: web``, which matches every revision's pods) is
+    taken over before the first revision's pods exist: its endpoints stay empty while the
+    revision's pods are Ready but not yet verified, then hold only the verified pods."""
+    crds.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+        namespace=namespace,
+    )
+    manifest = release("web", service="web", deadline=60, min_ready=4)
+    manifest["spec"]["template"]["spec"] = real_node.schedule(
+        {"containers": [container(demo_images["v1"])]}
+    )
+    crds.apply(manifest, namespace=namespace)
+
+    # Each sample: (stable revision, IPs of Ready pods, IPs the Service's endpoints hold).
+    samples: list[tuple[str | None, set[str], set[str]]] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        items = json.loads(
+            crds.kubectl(
+                "get", "guardedrelease,pods,endpointslices", "-o", "json", namespace=namespace
+            ).stdout
+        )["items"]
+        grel = next(i for i in items if i["kind"] == "GuardedRelease")
+        stable = (grel.get("status") or {}).get("stableRevision")
+        ready = {
+            p["status"]["podIP"]
+            for p in items
+            if p["kind"] == "Pod"
+            and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p["status"].get("conditions", [])
+            )
+        }
+        endpoints = {
+            address
+            for s in items
+            if s["kind"] == "EndpointSlice"
+            and s["metadata"]["labels"].get("kubernetes.io/service-name") == "web"
+            for e in s.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready")
+            for address in e["addresses"]
+        }
+        samples.append((stable, ready, endpoints))
+        if stable and endpoints:
+            break
+        time.sleep(0.1)
+
+    unverified = [(ready, endpoints) for stable, ready, endpoints in samples if stable is None]
+    # The window was seen: pods Ready, not yet verified...
+    assert any(ready for ready, _ in unverified), samples
+    # ...and no endpoint while nothing was verified.
+    assert all(not endpoints for _, endpoints in unverified), unverified
+    stable, ready, endpoints = samples[-1]
+    assert stable is not None
+    assert endpoints
+    assert endpoints <= ready
+    selector = crds.get("service", "web", namespace=namespace)["spec"]["selector"]
+    assert selector == {"permafrost.dev/release": "web", "permafrost.dev/revision": stable}
+    assert http_get(f"http://{cluster_ip(crds, namespace, 'web')}/")[2]["version"] == "v1"

@@ -113,18 +113,52 @@ class Step:
 STEPS = [
     # --- a first release ---
     pytest.param(
-        Step(situation(), {("create", V2)}, "Progressing", {V2: Outcome.PROGRESSING}, 120),
+        Step(
+            situation(),
+            {("route", models.REVISION_NONE, "create"), ("create", V2)},
+            "Progressing",
+            {V2: Outcome.PROGRESSING},
+            120,
+        ),
         id="the-first-release-creates-its-first-revision-and-waits-at-most-its-deadline",
     ),
     pytest.param(
         Step(
             situation(records=[progressing(V2, started=30)], views=[view(V2, pods=())]),
-            set(),
+            {("route", models.REVISION_NONE, "create")},
             "Progressing",
             {V2: Outcome.PROGRESSING},
             90,
         ),
         id="a-first-revision-without-pods-yet-waits-for-them",
+    ),
+    pytest.param(
+        Step(
+            situation(
+                records=[progressing(V2, started=30)],
+                views=[view(V2, pods=())],
+                service=routed_to(models.REVISION_NONE),
+            ),
+            set(),
+            "Progressing",
+            {V2: Outcome.PROGRESSING},
+            90,
+        ),
+        id="a-first-revision-being-verified-leaves-its-service-selecting-nothing",
+    ),
+    pytest.param(
+        Step(
+            situation(
+                records=[progressing(V2, started=30)],
+                views=[view(V2, pods=())],
+                service=planner.ServiceView(name=SERVICE, selector={"app": "checkout"}),
+            ),
+            {("route", models.REVISION_NONE, "patch")},
+            "Progressing",
+            {V2: Outcome.PROGRESSING},
+            90,
+        ),
+        id="a-users-service-selecting-an-unverified-first-revision-is-taken-over",
     ),
     pytest.param(
         Step(
@@ -153,7 +187,7 @@ STEPS = [
     pytest.param(
         Step(
             situation(records=[progressing(V2, started=120)], views=[view(V2, pods=())]),
-            {("scale", V2, 0)},
+            {("route", models.REVISION_NONE, "create"), ("scale", V2, 0)},
             "Degraded",
             {V2: Outcome.FAILED},
             None,
@@ -522,7 +556,8 @@ STEPS = [
                 views=[view(V3, pods=())],
                 service=routed_to(V1),
             ),
-            set(),
+            # NB: V1's pods are gone with it; the Service selects nothing until V3 is verified.
+            {("route", models.REVISION_NONE, "patch")},
             "Progressing",
             {V1: Outcome.RETIRED, V3: Outcome.PROGRESSING},
             30,  # the retired revision's scale-down delay comes first
@@ -829,7 +864,11 @@ def test_no_plan_routes_the_service_anywhere_but_the_new_stable_revision(step: S
     stable_revision = result.status.stable_revision
     for action in result.actions:
         if isinstance(action, planner.RouteService):
-            assert stable_revision is not None
+            if stable_revision is None:
+                # Nothing verified yet: the Service selects no pod at all.
+                assert action.selector == manifests.selector(RELEASE.name, models.REVISION_NONE)
+                assert action.name == SERVICE
+                continue
             assert action.selector == manifests.selector(RELEASE.name, stable_revision)
             assert outcome(result, stable_revision) == Outcome.STABLE
             assert action.name == SERVICE
@@ -939,7 +978,36 @@ def test_the_first_release_creates_the_desired_deployment_and_snapshots() -> Non
         "the-first-release-creates-its-first-revision-and-waits-at-most-its-deadline"
     )
     assert isinstance(s.desired, planner.Desired)
-    assert result.actions == (planner.CreateRevision(s.desired.deployment, s.desired.snapshots),)
+    route, create = result.actions
+    assert create == planner.CreateRevision(s.desired.deployment, s.desired.snapshots)
+    # The Service exists, selecting no pod, before the first revision's pods can: they are not
+    # verified, and a selector the user wrote (app: checkout) would match them once Ready.
+    assert isinstance(route, planner.RouteService)
+    assert route.selector == manifests.selector(RELEASE.name, models.REVISION_NONE)
+    assert route.create is not None
+    assert route.create["spec"]["selector"] == route.selector
+
+
+def test_a_users_service_is_taken_over_before_the_first_revision_is_created() -> None:
+    s = dataclasses.replace(
+        situation(), service=planner.ServiceView(name=SERVICE, selector={"app": "checkout"})
+    )
+    result = planner.plan(s)
+    assert [type(a) for a in result.actions] == [planner.RouteService, planner.CreateRevision]
+    route = result.actions[0]
+    assert isinstance(route, planner.RouteService)
+    assert route.create is None
+    assert route.selector[models.LABEL_REVISION] == models.REVISION_NONE
+
+
+def test_a_release_blocked_before_its_first_revision_leaves_the_service_alone() -> None:
+    """Nothing of the release runs: what the Service serves is not the release's to judge."""
+    s = dataclasses.replace(
+        situation(desired_=MISSING),
+        service=planner.ServiceView(name=SERVICE, selector={"app": "checkout"}),
+    )
+    result = planner.plan(s)
+    assert not any(isinstance(a, planner.RouteService) for a in result.actions)
 
 
 def test_the_first_release_records_a_progressing_revision_with_its_attempt() -> None:
