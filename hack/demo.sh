@@ -206,10 +206,16 @@ if [ "${DEMO_NONINTERACTIVE:-0}" = 1 ]; then
   at "DEMO_NONINTERACTIVE=1: stopping the demo's operator"
   exit 0
 fi
+# NB: with the real node, the cluster lives in its network namespace: so must the commands.
+shell_hint=""
+if [ -n "$(ip netns identify $$ 2>/dev/null)" ]; then
+  shell_hint="  make shell                                      # first: a shell where the cluster is (its network namespace)
+"
+fi
 cat <<EOF
 
 ${bold}The cluster and the operator keep running.${plain} Try:
-  eval "\$(hack/cluster.sh env)"                  # KUBECONFIG, and the built kubectl first on PATH
+${shell_hint}  eval "\$(hack/cluster.sh env)"                  # KUBECONFIG, and the built kubectl first on PATH
   .venv/bin/permafrost status -A                  # every release, and why one is not Stable
   .venv/bin/permafrost history checkout -n $NS    # revisions, who changed what, the timeline
   .venv/bin/permafrost rollback checkout -n $NS --to $FIRST --watch   # back to v1, verified first
