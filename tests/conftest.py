@@ -29,7 +29,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("real_node") is not None:
         reason = real_node_reason()
         if reason is not None:
-            pytest.skip(f"needs the real node, which this machine cannot run: {reason}")
+            pytest.skip(f"needs the real node, and the local cluster has none: {reason}")
 
 
 @pytest.fixture(scope="session")

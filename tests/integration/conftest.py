@@ -40,7 +40,7 @@ def real_node(cluster: Cluster) -> RealNode:
     """The real worker node, Ready; the test skips, saying why, where the cluster has none."""
     reason = real_node_reason()
     if reason is not None:
-        pytest.skip(f"needs the real node, which this machine cannot run: {reason}")
+        pytest.skip(f"needs the real node, and the local cluster has none: {reason}")
     node = RealNode()
     ready = cluster.kubectl(
         "get", "node", node.name,
