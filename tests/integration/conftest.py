@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -225,7 +225,29 @@ def wait_phase(
     return wait_for(probe, timeout=timeout, interval=0.5, what=f"{name} phase={phase} {fields}")
 
 
-class SelectorSampler:
+class Background:
+    """A loop run in a daemon thread for the duration of a ``with`` block: ``_run`` loops until
+    ``_stop`` is set, which leaving the block does (then waits up to ``join_timeout``)."""
+
+    join_timeout: float = 10
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.join_timeout)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class SelectorSampler(Background):
     """Samples a Service's selector in the background and checks what it points at.
 
     Every sample records the revision the selector names and whether, at that instant, that
@@ -233,18 +255,9 @@ class SelectorSampler:
     """
 
     def __init__(self, cluster: Cluster, namespace: str, service: str) -> None:
+        super().__init__()
         self.cluster, self.namespace, self.service = cluster, namespace, service
         self.samples: list[tuple[float, str, bool]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> SelectorSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while not self._stop.is_set():

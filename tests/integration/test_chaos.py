@@ -26,13 +26,12 @@ import hashlib
 import json
 import os
 import random
-import threading
 import time
 from typing import Any
 
 import pytest
 
-from conftest import Operator, release
+from conftest import Background, Operator, release
 from k8s_harness import Cluster, wait_for
 
 LONG = os.environ.get("PERMAFROST_CHAOS") == "long"
@@ -90,24 +89,17 @@ def spec_of(i: int, round_: int, *, again: bool = False) -> dict[str, Any]:
     return body
 
 
-class Observer:
+class Observer(Background):
     """Lists Services, Deployments, pods and GuardedReleases of the namespace continuously and
     records every invariant violation it sees (it knows nothing of the operator)."""
 
+    join_timeout = 60
+
     def __init__(self, cluster: Cluster, namespace: str) -> None:
+        super().__init__()
         self.cluster, self.namespace = cluster, namespace
         self.samples = 0
         self.violations: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Observer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -9,7 +9,6 @@ ClusterIPs as any process on a node would. They skip, saying why, where the node
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Operator, release, status, wait_phase
+from conftest import Background, Operator, release, status, wait_phase
 from k8s_harness import Cluster, RealNode, condition, wait_for
 
 pytestmark = pytest.mark.real_node
@@ -46,24 +45,15 @@ def cluster_ip(cluster: Cluster, namespace: str, service: str) -> str:
     return ip
 
 
-class Traffic:
+class Traffic(Background):
     """Steady GETs to a URL in the background (every ``interval`` s, at most ``limit`` requests):
     per request, the version that answered, or the error."""
 
     def __init__(self, url: str, *, interval: float = 0.1, limit: int = 3000) -> None:
+        super().__init__()
         self.url, self.interval, self.limit = url, interval, limit
         self.answers: list[str] = []
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while not self._stop.is_set() and len(self.answers) + len(self.failures) < self.limit:
