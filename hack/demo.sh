@@ -2,7 +2,9 @@
 # `make demo`: Permafrost at work on the local control plane, told as a story with a timeline.
 #
 #   hack/demo.sh          the story: ship v1, upgrade to v2, in-place edits and unpinned images
-#                         denied, a broken v3 rolled back automatically, the release's history
+#                         denied, a broken v3 rolled back automatically; with the real node,
+#                         real containers serving real requests through a crash and a rollout;
+#                         the releases' history
 #   hack/demo.sh down     stop the demo's operator and remove its webhook configuration
 #
 # The cluster must be up (`make demo` starts it). The operator runs in the background with its
@@ -197,7 +199,85 @@ SELECTED=$(sort -u "$SELECTIONS" | grep -v '^$' | paste -sd, -)
 ok "Service checkout selected only revision $SECOND during the v3 rollout (kubectl get -w saw every change of the Service)"
 run kubectl -n "$NS" get deploy -l permafrost.dev/release=checkout -L permafrost.dev/revision
 
-chapter 5 "What happened: permafrost status and permafrost history"
+# --- real containers, where the cluster has the real node (hack/node.sh) ------------------------
+web_release() {  # web_release IMAGE [ENV_NAME=VALUE]: the manifest of the release "web"
+  local env=""
+  [ -z "${2:-}" ] || env="        env: [{name: ${2%%=*}, value: \"${2#*=}\"}]"
+  cat <<YAML
+apiVersion: permafrost.dev/v1alpha1
+kind: GuardedRelease
+metadata: {name: web, namespace: $NS}
+spec:
+  replicas: 2
+  service: {name: web}
+  rollout: {progressDeadlineSeconds: 30, minReadySeconds: 2, scaleDownDelaySeconds: 2}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {permafrost.dev/real-node: "true"}
+      tolerations: [{key: permafrost.dev/real-node, operator: Exists, effect: NoSchedule}]
+      containers:
+      - name: app
+        image: $1
+$env
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+        securityContext: {runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}
+        resources: {limits: {cpu: 200m, memory: 64Mi}}
+YAML
+}
+web_status() { kubectl -n "$NS" get grel web -o jsonpath="{.status.$1}"; }
+
+if [ "$("$ROOT/hack/cluster.sh" real-node)" = 1 ] && kubectl get node permafrost-node >/dev/null 2>&1; then
+  chapter 5 "Real containers on the real node: every request answered, and only by a verified revision"
+  WEB1=$("$ROOT/hack/image.sh" build "$ROOT/examples/app" 127.0.0.1:5000/demo:v1 2>>"$STATE/images.log") \
+    || fail "the demo app's image did not build (see $STATE/images.log)"
+  WEB2=$("$ROOT/hack/image.sh" build "$ROOT/examples/app" 127.0.0.1:5000/demo:v2 2>>"$STATE/images.log") \
+    || fail "the demo app's image did not build (see $STATE/images.log)"
+  ok "examples/app built without Docker and pushed to the node's registry: $WEB1, $WEB2"
+  # The trusted-registries policy says to edit its list: the platform team trusts the local one.
+  sed "s|i\[1\].startsWith('ghcr.io/permafrost/')|& \|\| i[1].startsWith('127.0.0.1:5000/')|" \
+    "$ROOT/deploy/policies/permafrost-trusted-registries.yaml" | kubectl apply -f - >/dev/null
+  ok "permafrost-trusted-registries now trusts 127.0.0.1:5000/ too (its list edited, as it asks)"
+  web_release "$WEB1" | kubectl apply -f - >/dev/null
+  permafrost status web -n "$NS" --watch --timeout 120 | sed 's/^/    /' || true
+  [ "$(web_status phase)" = Stable ] || fail "web v1 did not become Stable ($(web_status phase))"
+  WEB_FIRST=$(web_status stableRevision)
+  URL="http://$(kubectl -n "$NS" get svc web -o jsonpath='{.spec.clusterIP}')/"
+  run curl -sS --max-time 2 "$URL"
+  ok "web v1 ($WEB_FIRST) answers through its ClusterIP and kube-proxy, from real pods"
+
+  ANSWERS="$STATE/answers.txt"
+  : >"$ANSWERS"
+  # Steady requests (10 a second, at most 3000) for the rest of the chapter: the version, or the error.
+  (for _ in $(seq 1 3000); do
+     curl -s --max-time 1 -o /dev/null -w '%{http_code} %header{x-app-version}\n' "$URL" >>"$ANSWERS" 2>/dev/null \
+       || echo "failed" >>"$ANSWERS"
+     sleep 0.1
+   done) &
+  WATCHER=$!
+  web_release "$WEB2" CRASH_ON_START=1 | kubectl apply -f - >/dev/null
+  at "spec.template changed: v2 with CRASH_ON_START=1, whose process exits as it starts (for real)"
+  permafrost status web -n "$NS" --watch --timeout 120 | sed 's/^/    /' || true
+  [ "$(web_status phase)" = RolledBack ] || fail "the crashing v2 was not rolled back ($(web_status phase))"
+  ok "the crashing v2 was rolled back ($(kubectl -n "$NS" get grel web -o jsonpath='{.status.conditions[?(@.type=="RolledBack")].reason}')): web v1 kept serving"
+  web_release "$WEB2" | kubectl apply -f - >/dev/null
+  at "spec.template changed: a good v2"
+  permafrost status web -n "$NS" --watch --timeout 120 | sed 's/^/    /' || true
+  [ "$(web_status phase)" = Stable ] && [ "$(web_status stableRevision)" != "$WEB_FIRST" ] \
+    || fail "the good v2 was not promoted ($(web_status phase))"
+  sleep 1
+  kill "$WATCHER" 2>/dev/null || true
+  wait "$WATCHER" 2>/dev/null || true
+  WATCHER=
+  TOTAL=$(wc -l <"$ANSWERS")
+  FAILED=$(grep -cv '^200 ' "$ANSWERS" || true)
+  VERSIONS=$(awk '$1 == 200 {print $2}' "$ANSWERS" | uniq | paste -sd' ' -)
+  [ "$FAILED" = 0 ] || fail "$FAILED of $TOTAL requests failed during the rollouts (see $ANSWERS)"
+  [ "$VERSIONS" = "v1 v2" ] || fail "requests were answered by: $VERSIONS (see $ANSWERS)"
+  ok "$TOTAL requests during both rollouts: 0 failed; answered by v1, then by v2 once it was verified"
+fi
+
+chapter 6 "What happened: permafrost status and permafrost history"
 run permafrost status -n "$NS"
 run permafrost history checkout -n "$NS"
 ok "the story is over: v2 ($SECOND) serves, v3 ($THIRD) is kept scaled to 0 for inspection"

@@ -11,17 +11,18 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import WEBHOOK_CONFIGURATION
-from k8s_harness import ROOT, Cluster
+from k8s_harness import ROOT, Cluster, RealNode
 
 NAMESPACE = "permafrost-demo"
 V2_IMAGE = "registry.example/shop/checkout:1.5.0@sha256:"
 V3_IMAGE = "registry.example/shop/checkout:1.6.0@sha256:"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def demo(crds: Cluster) -> Iterator[subprocess.CompletedProcess[str]]:
-    """The demo's run; afterwards, what it leaves on purpose goes too (the suite shares the
-    cluster): its namespace and the built-in policies, which apply cluster-wide."""
+    """The demo's run, once for the module's tests; afterwards, what it leaves on purpose goes
+    too (the suite shares the cluster): its namespace and the built-in policies, which apply
+    cluster-wide."""
     try:
         yield subprocess.run(
             [str(ROOT / "hack" / "demo.sh")],
@@ -84,3 +85,24 @@ def test_the_demo_ships_upgrades_is_denied_rolls_back_and_leaves_no_operator_beh
     cmdline = pathlib.Path(f"/proc/{pid.group(1)}/cmdline")
     assert not cmdline.exists() or b"permafrost" not in cmdline.read_bytes()
     assert crds.get("validatingwebhookconfiguration", WEBHOOK_CONFIGURATION) is None
+
+
+@pytest.mark.real_node
+@pytest.mark.timeout(600)
+def test_the_demo_shows_real_requests_answered_only_by_verified_revisions(
+    crds: Cluster, real_node: RealNode, demo: subprocess.CompletedProcess[str]
+) -> None:
+    """With the real node, the demo's chapter on real containers: a crashing v2 rolled back and
+    a good v2 promoted, under steady requests that all succeed, answered by v1, then v2."""
+    out = demo.stdout
+    assert demo.returncode == 0, out[-4000:] + demo.stderr[-2000:]
+    assert "Real containers on the real node" in out
+    assert "the crashing v2 was rolled back (CrashLoop): web v1 kept serving" in out
+    answered = re.search(
+        r"(\d+) requests during both rollouts: 0 failed; answered by v1, then", out
+    )
+    assert answered, out
+    assert int(answered.group(1)) >= 20
+    status = crds.get("guardedrelease", "web", namespace=NAMESPACE)["status"]
+    assert status["phase"] == "Stable"
+    assert sorted(r["outcome"] for r in status["revisions"]) == ["Failed", "Retired", "Stable"]
