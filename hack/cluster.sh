@@ -23,6 +23,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=hack/versions.env
 . "$ROOT/hack/versions.env"
+# shellcheck source=hack/node.env
+. "$ROOT/hack/node.env"
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/permafrost"
 K8S_BIN="$CACHE_ROOT/kubernetes-${K8S_VERSION}/bin"
 ETCD_BIN="$CACHE_ROOT/etcd-${ETCD_VERSION}/bin"
@@ -109,12 +111,12 @@ kwokctl_config() {
     # the real node to its kubelet.
     kwok-controller=manage-all-nodes=false
     kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
-    kube-apiserver=service-cluster-ip-range=10.96.0.0/16
+    "kube-apiserver=service-cluster-ip-range=$SERVICE_CIDR"
   )
   if [ "$(mode_name)" = real-node ]; then
     local pki="$KWOK_WORKDIR/clusters/$CLUSTER_NAME/pki"
     args+=(
-      kube-apiserver=advertise-address=10.210.0.2
+      "kube-apiserver=advertise-address=$NODE_IP"
       # NB: the node's name does not resolve; logs, exec and port-forward go to its InternalIP.
       kube-apiserver=kubelet-preferred-address-types=InternalIP
       "kube-apiserver=kubelet-client-certificate=$pki/admin.crt"
@@ -130,7 +132,7 @@ kwokctl_config() {
     echo "apiVersion: config.kwok.x-k8s.io/v1alpha1"
     echo "options:"
     # The names pods use for the apiserver: the kubernetes Service's IP, the advertised address.
-    echo '  kubeApiserverCertSANs: ["10.96.0.1", "10.210.0.2"]'
+    echo "  kubeApiserverCertSANs: [\"$KUBERNETES_SERVICE_IP\", \"$NODE_IP\"]"
     echo "componentsPatches:"
     local component arg
     for component in kwok-controller kube-apiserver; do

@@ -49,9 +49,8 @@ export KUBECONFIG PATH="$K8S_BIN:$CONTAINERD_BIN:$CRANE_BIN:/usr/sbin:/sbin:$PAT
 
 # The addresses, all inside the namespace.
 NODE_NAME=permafrost-node
-NODE_IP=10.210.0.2
-POD_CIDR=10.244.0.0/24
-SERVICE_CIDR=10.96.0.0/16
+# shellcheck source=hack/node.env
+. "$ROOT/hack/node.env"
 REGISTRY=127.0.0.1:5000
 PAUSE_IMAGE="$REGISTRY/pause:3.10"
 NODE_LABEL=permafrost.dev/real-node
