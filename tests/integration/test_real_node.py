@@ -213,16 +213,22 @@ def test_the_first_release_serves_nothing_until_its_revision_is_verified(
     )
     crds.apply(manifest, namespace=namespace)
 
-    # Each sample: (stable revision, IPs of Ready pods, IPs the Service's endpoints hold).
-    samples: list[tuple[str | None, set[str], set[str]]] = []
+    # Each sample, from one read: (the revision the Service selects, IPs of Ready pods, IPs the
+    # Service's endpoints hold, the stable revision in the status).
+    # NB: judged by the Service's selector, not the status: the operator routes the Service
+    # before it writes the status that names the new stable revision.
+    samples: list[tuple[str | None, set[str], set[str], str | None]] = []
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         items = json.loads(
             crds.kubectl(
-                "get", "guardedrelease,pods,endpointslices", "-o", "json", namespace=namespace
+                "get", "guardedrelease,service,pods,endpointslices", "-o", "json",
+                namespace=namespace,
             ).stdout
-        )["items"]
+        )["items"]  # fmt: skip
         grel = next(i for i in items if i["kind"] == "GuardedRelease")
+        svc = next(i for i in items if i["kind"] == "Service")
+        selected = (svc["spec"].get("selector") or {}).get("permafrost.dev/revision")
         stable = (grel.get("status") or {}).get("stableRevision")
         ready = {
             p["status"]["podIP"]
@@ -242,18 +248,27 @@ def test_the_first_release_serves_nothing_until_its_revision_is_verified(
             if (e.get("conditions") or {}).get("ready")
             for address in e["addresses"]
         }
-        samples.append((stable, ready, endpoints))
+        samples.append((selected, ready, endpoints, stable))
         if stable and endpoints:
             break
         time.sleep(0.1)
 
-    unverified = [(ready, endpoints) for stable, ready, endpoints in samples if stable is None]
+    stable = samples[-1][3]
+    assert stable is not None
+    # The user's selector (no revision in it) lasted only until the release took the Service
+    # over, before any of its pods existed; then the Service selected no pod, then the revision
+    # that was verified.
+    before = [(ready, endpoints) for selected, ready, endpoints, _ in samples if selected is None]
+    assert all(not ready and not endpoints for ready, endpoints in before), before
+    assert {selected for selected, *_ in samples} <= {None, "none", stable}, samples
+    unverified = [
+        (ready, endpoints) for selected, ready, endpoints, _ in samples if selected == "none"
+    ]
     # The window was seen: pods Ready, not yet verified...
     assert any(ready for ready, _ in unverified), samples
     # ...and no endpoint while nothing was verified.
     assert all(not endpoints for _, endpoints in unverified), unverified
-    stable, ready, endpoints = samples[-1]
-    assert stable is not None
+    _, ready, endpoints, _ = samples[-1]
     assert endpoints
     assert endpoints <= ready
     selector = crds.get("service", "web", namespace=namespace)["spec"]["selector"]
