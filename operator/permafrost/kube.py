@@ -73,10 +73,25 @@ async def _call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+def _read_json(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call a client method and read, parse and release its response (in the calling thread).
+
+    NB: with ``_preload_content=False`` the client returns as soon as the headers arrive; the
+    body is still on the socket. Reading it is network I/O and parsing it is CPU: both belong
+    in the worker thread, never on the event loop. The connection goes back to the pool only
+    once the body is read, so it is always read, whatever the caller needs of it.
+    """
+    response = fn(*args, _preload_content=False, **kwargs)
+    try:
+        data = response.data
+    finally:
+        response.release_conn()
+    return json.loads(data) if data else None
+
+
 async def _raw(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Call a client method and return the response body as raw JSON."""
-    response = await _call(fn, *args, _preload_content=False, **kwargs)
-    return json.loads(response.data)
+    """Call a client method in a thread and return the response body as raw JSON."""
+    return await _call(_read_json, fn, *args, **kwargs)
 
 
 async def _get_or_none(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -437,14 +452,13 @@ def _admission_patch(kind: str) -> Callable[..., Any]:
 async def apply_cluster_object(body: Mapping[str, Any]) -> None:
     """Server-side apply of an admissionregistration.k8s.io/v1 object Permafrost owns."""
     patch = _admission_patch(body["kind"])
-    await _call(
+    await _raw(
         patch,
         body["metadata"]["name"],
         dict(body),
         field_manager=models.MANAGER,
         force=True,
         _content_type="application/apply-patch+yaml",
-        _preload_content=False,
     )
 
 
@@ -496,13 +510,12 @@ async def patch_workload_metadata(
     if labels:
         metadata["labels"] = dict(labels)
     _, _, patch = _workload_methods(kind)
-    await _call(
+    await _raw(
         patch,
         name,
         namespace,
         {"metadata": metadata},
         _content_type="application/merge-patch+json",
-        _preload_content=False,
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 
+import pytest
 from kubernetes.client.exceptions import ApiException
 
 from permafrost import kube
@@ -27,3 +29,52 @@ def test_a_refusal_is_reported_with_the_apiserver_s_message() -> None:
 def test_a_refusal_without_a_usable_body_is_reported_with_its_http_reason() -> None:
     for body in (None, "", "not json", "[1, 2]", json.dumps({"kind": "Status"})):
         assert kube.status_message(_refusal(body)) == "Forbidden"
+
+
+class _Response:
+    """What the client returns with ``_preload_content=False``: the body is still unread."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.read_in: str | None = None
+        self.released = False
+
+    @property
+    def data(self) -> bytes:
+        self.read_in = threading.current_thread().name
+        return self._body
+
+    def release_conn(self) -> None:
+        self.released = True
+
+
+async def test_a_response_body_is_read_and_parsed_off_the_event_loop() -> None:
+    responses: list[_Response] = []
+
+    def call(*_: object, **kwargs: object) -> _Response:
+        assert kwargs["_preload_content"] is False
+        responses.append(_Response(b'{"kind": "ConfigMap"}'))
+        return responses[-1]
+
+    loop_thread = threading.current_thread().name
+    assert await kube._raw(call) == {"kind": "ConfigMap"}
+    (response,) = responses
+    assert response.read_in is not None
+    assert response.read_in != loop_thread
+    assert response.released
+
+
+async def test_a_response_is_released_to_the_pool_even_when_its_body_is_not_json() -> None:
+    responses: list[_Response] = []
+
+    def call(*_: object, **__: object) -> _Response:
+        responses.append(_Response(b"<html>proxy error</html>"))
+        return responses[-1]
+
+    with pytest.raises(json.JSONDecodeError):
+        await kube._raw(call)
+    assert responses[0].released
+
+
+async def test_an_empty_response_body_is_none() -> None:
+    assert await kube._raw(lambda *_, **__: _Response(b"")) is None
