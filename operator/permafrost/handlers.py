@@ -1,5 +1,9 @@
 """Kopf handlers: thin signals into the work queue. No decisions are made here.
 
+The event handlers are coroutines, so Kopf runs them on the event loop, one at a time, never in
+its thread pool: the work queues, the set of known releases and the policy store are touched
+from that one thread only, like everything else the operator keeps in memory.
+
 Every watched change — a GuardedRelease, one of its revision Deployments or their pods, a
 referenced ConfigMap/Secret, its Service — only enqueues the release it concerns; the queue runs
 :func:`permafrost.reconciler.reconcile` once per burst. Only ``on.event`` handlers and indexes
@@ -138,32 +142,52 @@ async def _refresh_store() -> None:
         store.STORE.forget_policy(gone)
     for body in bodies:
         _put_policy(body["metadata"]["name"], body.get("spec") or {})
-    labels = await kube.list_namespace_labels()
-    store.STORE.namespaces.clear()
-    store.STORE.namespaces.update(labels)
+    store.STORE.namespaces = await kube.list_namespace_labels()
 
 
-async def _reconcile(key: Key) -> float | None:
+# NB: every request has its own timeout (kube.OPERATOR_REQUEST_TIMEOUT); this bounds a whole
+# reconcile, so that no key ever stays "running" and its release is looked at again.
+RECONCILE_TIMEOUT_SECONDS = 300.0
+# How often every known release is looked at again, whatever the watches said: a lost event
+# (a watch that broke at the wrong moment) delays a reconcile by this much at most.
+RESYNC_SECONDS = 300.0
+RESYNC_JITTER = 0.1
+
+
+async def _reconcile(runtime: Runtime, key: Key) -> float | None:
     namespace, name = key
-    runtime = _RUNTIME
-    assert runtime is not None
     await runtime.active.wait()
-    return await reconciler.reconcile(namespace, name, policies=store.STORE)
+    async with asyncio.timeout(RECONCILE_TIMEOUT_SECONDS):
+        return await reconciler.reconcile(namespace, name, policies=store.STORE)
 
 
-async def _reconcile_workload(key: WorkloadKey) -> float | None:
+async def _reconcile_workload(runtime: Runtime, key: WorkloadKey) -> float | None:
     namespace, kind, name = key
-    runtime = _RUNTIME
-    assert runtime is not None
     await runtime.active.wait()
-    if kind == "*":
-        for workload_kind, workload in await reconciler.scan_namespace(namespace):
-            runtime.workloads.add((namespace, workload_kind, workload))
-        return None
-    return await reconciler.reconcile_workload(namespace, kind, name, namespaces=store.STORE)
+    async with asyncio.timeout(RECONCILE_TIMEOUT_SECONDS):
+        if kind == "*":
+            for workload_kind, workload in await reconciler.scan_namespace(namespace):
+                runtime.workloads.add((namespace, workload_kind, workload))
+            return None
+        return await reconciler.reconcile_workload(namespace, kind, name, namespaces=store.STORE)
 
 
-_RUNTIME: Runtime | None = None
+async def _resync(runtime: Runtime, *, every: float = RESYNC_SECONDS) -> None:
+    """Re-queue every release, listed afresh, every ``every`` seconds (jittered, so replicas
+    and restarts spread out). Releases whose ADDED event was lost are found here too."""
+    while True:
+        await asyncio.sleep(every * (1 + RESYNC_JITTER * (2 * random.random() - 1)))
+        if not runtime.active.is_set():
+            continue
+        try:
+            bodies = await kube.list_releases(None)
+        except Exception as exc:
+            logger.warning("resync: could not list the releases (%s); trying again later", exc)
+            continue
+        for body in bodies:
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            runtime.known_releases.add(key)
+            runtime.queue.add(key)
 
 
 def _runtime(memo: kopf.Memo) -> Runtime:
@@ -174,7 +198,6 @@ def _runtime(memo: kopf.Memo) -> Runtime:
 @kopf.on.startup()
 async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
     """Start the work queues; with admission enabled, TLS, the webhook server and policies."""
-    global _RUNTIME
     settings.posting.level = 30  # WARNING: Kopf's own per-object events only for problems
     settings.watching.server_timeout = 300
     # NB: with --peering, Kopf pauses every replica when two live ones share a priority, so
@@ -190,12 +213,19 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     options: webhooks.Options | None = memo.get("admission")
     if options is not None:
         await webhooks.setup(options, settings)
-    queue: workqueue.WorkQueue[Key] = workqueue.WorkQueue(worker=_reconcile)
-    workloads: workqueue.WorkQueue[WorkloadKey] = workqueue.WorkQueue(
-        worker=_reconcile_workload, concurrency=2
+    runtime = Runtime(
+        queue=workqueue.WorkQueue(worker=lambda key: _reconcile(runtime, key)),
+        workloads=workqueue.WorkQueue(
+            worker=lambda key: _reconcile_workload(runtime, key), concurrency=2
+        ),
+        tasks=[],
     )
-    tasks = [asyncio.create_task(queue.run()), asyncio.create_task(workloads.run())]
-    runtime = Runtime(queue=queue, workloads=workloads, tasks=tasks)
+    tasks = runtime.tasks
+    tasks += [
+        asyncio.create_task(runtime.queue.run()),
+        asyncio.create_task(runtime.workloads.run()),
+        asyncio.create_task(_resync(runtime)),
+    ]
     peering: Peering | None = memo.get("peering")
     if peering is None:
         runtime.active.set()
@@ -203,7 +233,7 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
         peering = dataclasses.replace(peering, priority=settings.peering.priority)
         settings.peering.lifetime = memo.get("peering_lifetime") or settings.peering.lifetime
         tasks.append(asyncio.create_task(_follow_peering(runtime, peering)))
-    _RUNTIME = memo["permafrost"] = runtime
+    memo["permafrost"] = runtime
 
 
 @kopf.on.cleanup()
@@ -238,7 +268,9 @@ def releases_by_dependency(
 
 
 @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
-def release_changed(type: str, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def release_changed(
+    type: str, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
     if not namespace:
         return
     runtime = _runtime(memo)
@@ -251,7 +283,9 @@ def release_changed(type: str, namespace: str | None, name: str, memo: kopf.Memo
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={models.LABEL_RELEASE: kopf.PRESENT})
-def revision_changed(namespace: str | None, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+async def revision_changed(
+    namespace: str | None, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+) -> None:
     for owner in meta.get("ownerReferences") or []:
         if owner.get("kind") == models.KIND and namespace:
             _runtime(memo).queue.add((namespace, owner["name"]))
@@ -268,7 +302,9 @@ DependencyIndex = kopf.Index[tuple[str | None, str, str], str]
     "pods",
     labels={models.LABEL_RELEASE: kopf.PRESENT, models.LABEL_REVISION: kopf.PRESENT},
 )
-def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+async def pod_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
     index: LabelIndex = kwargs["releases_by_label"]
     if namespace:
         for name in index.get((namespace, labels[models.LABEL_RELEASE]), ()):
@@ -285,17 +321,19 @@ def _dependency_changed(
 
 
 @kopf.on.event("", "v1", "configmaps", labels={models.LABEL_MANAGED_BY: kopf.ABSENT})
-def configmap_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def configmap_changed(
+    namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
     _dependency_changed("ConfigMap", namespace, name, memo, kwargs)
 
 
 @kopf.on.event("", "v1", "secrets", labels={models.LABEL_MANAGED_BY: kopf.ABSENT})
-def secret_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def secret_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     _dependency_changed("Secret", namespace, name, memo, kwargs)
 
 
 @kopf.on.event("", "v1", "services")
-def service_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def service_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     _dependency_changed("Service", namespace, name, memo, kwargs)
 
 
@@ -308,17 +346,17 @@ def _workload_changed(kind: str, namespace: str | None, name: str, memo: kopf.Me
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={models.LABEL_RELEASE: kopf.ABSENT})
-def deployment_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def deployment_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     _workload_changed("Deployment", namespace, name, memo)
 
 
 @kopf.on.event("apps", "v1", "statefulsets")
-def statefulset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def statefulset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     _workload_changed("StatefulSet", namespace, name, memo)
 
 
 @kopf.on.event("apps", "v1", "daemonsets")
-def daemonset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def daemonset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     _workload_changed("DaemonSet", namespace, name, memo)
 
 
@@ -332,20 +370,22 @@ def _put_policy(name: str, spec: Any) -> None:
 
 
 @kopf.on.event(models.GROUP, models.VERSION, models.POLICY_PLURAL)
-def policy_changed(type: str, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+async def policy_changed(type: str, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     """Keep the compiled library current, and look at every release again (verdicts change)."""
     if type == "DELETED":
         store.STORE.forget_policy(name)
     else:
         _put_policy(name, dict(spec))
-    runtime = _RUNTIME
+    runtime: Runtime | None = memo.get("permafrost")
     if runtime is not None and type is not None:
-        for key in runtime.known_releases:
+        for key in list(runtime.known_releases):
             runtime.queue.add(key)
 
 
 @kopf.on.event("", "v1", "namespaces")
-def namespace_changed(type: str, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def namespace_changed(
+    type: str, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
     if type == "DELETED":
         store.STORE.namespaces.pop(name, None)
         return

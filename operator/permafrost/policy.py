@@ -208,10 +208,15 @@ def compile_policy(name: str, spec: models.GuardrailPolicySpec) -> Policy:
 
 
 class Library:
-    """Compiled policies, each compiled once per distinct spec (a cache, not state)."""
+    """Compiled policies, each compiled once per distinct spec (a cache, not state).
+
+    NB: copy on write: a change replaces the whole mapping, never mutates it, so a reader in
+    another thread (an admission review) iterates a consistent snapshot and never sees "changed
+    size during iteration".
+    """
 
     def __init__(self) -> None:
-        self._compiled: dict[str, tuple[str, Policy]] = {}
+        self._compiled: Mapping[str, tuple[str, Policy]] = {}
 
     @staticmethod
     def _key(spec: models.GuardrailPolicySpec) -> str:
@@ -222,17 +227,19 @@ class Library:
         cached = self._compiled.get(name)
         if cached is None or cached[0] != key:
             cached = (key, compile_policy(name, spec))
-            self._compiled[name] = cached
+            self._compiled = {**self._compiled, name: cached}
         return cached[1]
 
     def put(self, name: str, spec: models.GuardrailPolicySpec) -> Policy:
         return self.get(name, spec)
 
     def forget(self, name: str) -> None:
-        self._compiled.pop(name, None)
+        if name in self._compiled:
+            self._compiled = {k: v for k, v in self._compiled.items() if k != name}
 
     def policies(self) -> list[Policy]:
-        return [policy for _, policy in sorted(self._compiled.values(), key=lambda p: p[1].name)]
+        compiled = self._compiled
+        return [policy for _, policy in sorted(compiled.values(), key=lambda p: p[1].name)]
 
 
 # --- matching ----------------------------------------------------------------------------------

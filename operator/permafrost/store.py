@@ -41,8 +41,16 @@ def _broken(name: str, spec: Mapping[str, Any], error: str) -> policy.Policy:
 
 @dataclasses.dataclass
 class Store:
+    """The policies (compiled, or broken) and the labels of every namespace.
+
+    NB: written on the event loop only (by the watch handlers); read there and maybe from other
+    threads. What readers iterate (the policies) is replaced on every change, never mutated in
+    place; the namespaces are only ever read one key at a time, which is atomic, and are
+    updated in place (a copy per event would cost O(namespaces) on every namespace event).
+    """
+
     library: policy.Library = dataclasses.field(default_factory=policy.Library)
-    broken: dict[str, policy.Policy] = dataclasses.field(default_factory=dict)
+    broken: Mapping[str, policy.Policy] = dataclasses.field(default_factory=dict)
     namespaces: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     def put_policy(self, name: str, spec: Mapping[str, Any]) -> str | None:
@@ -51,14 +59,18 @@ class Store:
             self.library.put(name, models.GuardrailPolicySpec.model_validate(dict(spec)))
         except (pydantic.ValidationError, policy.PolicyError) as exc:
             self.library.forget(name)
-            self.broken[name] = _broken(name, spec, str(exc))
+            self.broken = {**self.broken, name: _broken(name, spec, str(exc))}
             return str(exc)
-        self.broken.pop(name, None)
+        self._unbreak(name)
         return None
 
     def forget_policy(self, name: str) -> None:
         self.library.forget(name)
-        self.broken.pop(name, None)
+        self._unbreak(name)
+
+    def _unbreak(self, name: str) -> None:
+        if name in self.broken:
+            self.broken = {k: v for k, v in self.broken.items() if k != name}
 
     def policies(self) -> list[policy.Policy]:
         return [*self.library.policies(), *self.broken.values()]

@@ -5,12 +5,18 @@ pods, a referenced ConfigMap); the queue turns those signals into reconciles of 
 like controller-runtime's work queue: a burst of events for one release becomes one reconcile,
 and a release is never reconciled by two workers at once. The queue holds only keys, never
 state: everything a reconcile needs is read from the cluster.
+
+The queue belongs to the event loop that runs it: its sets and timers are touched only there.
+``add`` may be called from any thread (Kopf runs synchronous handlers in a thread pool); from
+another thread it hands the key over to the loop instead of touching the queue itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import threading
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -25,7 +31,8 @@ class WorkQueue(Generic[K]):
 
     - ``add(key)`` while the key waits: merged. While it runs: it runs once more afterwards.
     - A worker that raises is retried with exponential backoff (``retry_base`` doubling up to
-      ``retry_max`` seconds); a success resets the backoff.
+      ``retry_max`` seconds, with up to ``jitter`` of it added at random, so that keys failing
+      together do not retry in lockstep); a success resets the backoff.
     """
 
     def __init__(
@@ -35,11 +42,15 @@ class WorkQueue(Generic[K]):
         concurrency: int = 4,
         retry_base: float = 0.5,
         retry_max: float = 60.0,
+        jitter: float = 0.2,
     ) -> None:
         self._worker = worker
         self._concurrency = concurrency
         self._retry_base = retry_base
         self._retry_max = retry_max
+        self._jitter = jitter
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._waiting: set[K] = set()
         self._running: set[K] = set()
@@ -48,7 +59,18 @@ class WorkQueue(Generic[K]):
         self._timers: dict[K, asyncio.TimerHandle] = {}
 
     def add(self, key: K, *, after: float = 0) -> None:
-        """Schedule ``key`` now, or in ``after`` seconds (the earliest schedule wins)."""
+        """Schedule ``key`` now, or in ``after`` seconds (the earliest schedule wins).
+
+        Safe to call from any thread once :meth:`run` has started; before that, only from the
+        loop that will run the queue.
+        """
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._add, key, after)
+            return
+        self._add(key, after)
+
+    def _add(self, key: K, after: float) -> None:
         if after > 0:
             loop = asyncio.get_running_loop()
             timer = self._timers.get(key)
@@ -67,10 +89,12 @@ class WorkQueue(Generic[K]):
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
-        self.add(key)
+        self._add(key, 0)
 
     async def run(self) -> None:
         """Process keys until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
         try:
             await asyncio.gather(*workers)
@@ -94,6 +118,7 @@ class WorkQueue(Generic[K]):
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
                 delay = min(self._retry_base * 2 ** (failures - 1), self._retry_max)
+                delay += delay * self._jitter * random.random()
                 logger.exception(
                     "reconcile of %s failed (attempt %d); retrying in %.1fs", key, failures, delay
                 )
@@ -104,6 +129,6 @@ class WorkQueue(Generic[K]):
                 self._running.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
-                self.add(key)
+                self._add(key, 0)
             elif again is not None:
-                self.add(key, after=again)
+                self._add(key, again)
