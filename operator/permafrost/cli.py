@@ -96,6 +96,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="how long a silent replica counts as alive: the takeover time (default: %(default)s)",
     )
     run.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up on an API request that sends nothing for this long, and retry it: a "
+        "half-open connection never hangs a reconcile (default: %(default)s)",
+    )
+    run.add_argument(
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
     run.add_argument(
@@ -357,11 +365,11 @@ def _not_an_admission_denial(record: logging.LogRecord) -> bool:
     return not (message.startswith("Webhook ") and "failed permanently" in message)
 
 
-def _preflight(namespaces: Sequence[str]) -> None:
+def _preflight(namespaces: Sequence[str], *, request_timeout: float) -> None:
     """Fail fast, in one line, when the operator could not work: no usable kubeconfig, no API
     server, no CRDs (Kopf would log a traceback and retry every minute)."""
     _against_the_api(kube.list_releases(namespaces[0] if namespaces else None))
-    kube.bound_requests(seconds=None)
+    kube.bound_requests(seconds=request_timeout)
 
 
 def _configure_logging(*, verbose: bool, log_format: str = "text") -> None:
@@ -382,7 +390,7 @@ def _configure_logging(*, verbose: bool, log_format: str = "text") -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _preflight(args.namespace)
+    _preflight(args.namespace, request_timeout=args.request_timeout)
     _configure_logging(verbose=args.verbose, log_format=args.log_format)
     from permafrost import (
         handlers,
@@ -394,6 +402,7 @@ def _run(args: argparse.Namespace) -> int:
 
         metrics.serve(port=args.metrics_port)
     memo = kopf.Memo()
+    memo["request_timeout"] = args.request_timeout
     if args.admission:
         host, _, port = args.webhook_listen.rpartition(":")
         memo["admission"] = webhooks.Options(

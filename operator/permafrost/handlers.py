@@ -200,6 +200,13 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     """Start the work queues; with admission enabled, TLS, the webhook server and policies."""
     settings.posting.level = 30  # WARNING: Kopf's own per-object events only for problems
     settings.watching.server_timeout = 300
+    # NB: Kopf's own requests (patches, peering, events) are bounded like Permafrost's; a watch
+    # stream that falls silent is dropped after settings.watching.inactivity_timeout (70 s:
+    # the apiserver sends a bookmark every minute) and opened again.
+    request_timeout: float = memo.get("request_timeout") or 30.0
+    settings.networking.request_timeout = request_timeout * 2
+    settings.networking.connect_timeout = min(kube.CONNECT_TIMEOUT, request_timeout)
+    settings.watching.connect_timeout = min(kube.CONNECT_TIMEOUT, request_timeout)
     # NB: with --peering, Kopf pauses every replica when two live ones share a priority, so
     # identical replicas (one Deployment) would all stand still. A random priority per start
     # makes one of them active (the highest); the others take over when it is gone.

@@ -55,21 +55,25 @@ def clients() -> Clients:
     return Clients(kubernetes.client.ApiClient(configuration))
 
 
-# NB: the operator waits as long as a request takes (the client retries); a person at a terminal
-# must not: the command line bounds every request (see bound_requests).
+# NB: every request is bounded: without a timeout, a half-open connection (a peer gone without a
+# reset: a NAT or load-balancer drop, a stalled apiserver) hangs the calling thread for ever,
+# and with it the reconcile that waits for it. The operator and the command line each set it.
 _REQUEST_TIMEOUT: float | None = None
+CONNECT_TIMEOUT = 10.0
 
 
 def bound_requests(*, seconds: float | None) -> None:
-    """Give up on any request that takes longer than ``seconds`` (for the command line);
-    ``None``: wait as long as a request takes (the operator)."""
+    """Give up on any request that connects in no more than :data:`CONNECT_TIMEOUT` or then
+    sends nothing for ``seconds`` (``None``: wait for ever; only for tests of this module)."""
     global _REQUEST_TIMEOUT
     _REQUEST_TIMEOUT = seconds
 
 
 async def _call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     if _REQUEST_TIMEOUT is not None:
-        kwargs.setdefault("_request_timeout", _REQUEST_TIMEOUT)
+        kwargs.setdefault(
+            "_request_timeout", (min(CONNECT_TIMEOUT, _REQUEST_TIMEOUT), _REQUEST_TIMEOUT)
+        )
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import itertools
 import threading
 from collections.abc import AsyncIterator, Callable
 
@@ -53,9 +54,9 @@ async def running() -> AsyncIterator[Callable[..., workqueue.WorkQueue[str]]]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _until(predicate: Callable[[], bool], *, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def _until(predicate: Callable[[], bool], *, within: float = 10) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 (the workers do not signal; they are polled)
             await asyncio.sleep(0.01)
 
 
@@ -117,7 +118,7 @@ async def test_a_failing_key_is_retried_with_a_growing_jittered_delay(
     queue = running(worker, retry_base=0.05, retry_max=1.0, jitter=0.5)
     queue.add("web")
     await _until(lambda: len(times) == 4)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     for attempt, gap in enumerate(gaps, start=1):
         base = 0.05 * 2 ** (attempt - 1)
         assert base * 0.9 <= gap <= base * 1.5 + 0.2, (attempt, gaps)
