@@ -251,6 +251,38 @@ def review(request: Request, settings: Settings) -> Decision:
     )
 
 
+# --- what really landed ------------------------------------------------------------------------
+
+
+def landed(reviewed: Mapping[str, Any] | None, live: Mapping[str, Any] | None) -> bool:
+    """Whether the object under review, as the webhook admitted it, is what the cluster now holds.
+
+    A review is only a claim: anyone who reaches the webhook can post one, with any user in it.
+    Side effects of an admission (the break-glass record) wait until the change is seen in the
+    cluster: the same object (uid), carrying the same break-glass annotation and running what
+    the review said it would run. A forged review, or a request the apiserver then refused (a
+    later webhook, a conflict), changes nothing there and is never recorded.
+    """
+    if reviewed is None or live is None:
+        return False
+    meta, live_meta = reviewed.get("metadata") or {}, live.get("metadata") or {}
+    if not meta.get("uid") or meta.get("uid") != live_meta.get("uid"):
+        return False
+    if _annotations(reviewed).get(ANNOTATION_BREAK_GLASS) != _annotations(live).get(
+        ANNOTATION_BREAK_GLASS
+    ):
+        return False
+    return _what_runs(reviewed) == _what_runs(live)
+
+
+def _what_runs(obj: Mapping[str, Any]) -> str:
+    spec = _spec(obj)
+    if "template" in spec or "selector" in spec:
+        return fingerprint(obj)
+    pod = {k: spec.get(k) for k in ("initContainers", "containers", "ephemeralContainers")}
+    return hashing.short_digest(json.dumps(pod, sort_keys=True, separators=(",", ":")), length=16)
+
+
 # --- drift -------------------------------------------------------------------------------------
 
 

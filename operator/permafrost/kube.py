@@ -484,6 +484,26 @@ def _workload_methods(
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 
 
+async def find_frozen(namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+    """A frozen object (a workload, a ReplicaSet or a Pod) as the cluster holds it now.
+
+    NB: listed by name rather than read: the operator lists these kinds (it watches them) and
+    needs no ``get`` on Pods and ReplicaSets for this.
+    """
+    c = clients()
+    if kind in WORKLOAD_KINDS:
+        _, list_, _ = _workload_methods(kind)
+    elif kind == "ReplicaSet":
+        list_ = c.apps.list_namespaced_replica_set
+    elif kind == "Pod":
+        list_ = c.core.list_namespaced_pod
+    else:
+        return None
+    body = await _raw(list_, namespace, field_selector=f"metadata.name={name}")
+    items = [i for i in (body or {}).get("items", []) if isinstance(i, dict)]
+    return items[0] if items else None
+
+
 async def read_workload(namespace: str, kind: str, name: str) -> dict[str, Any] | None:
     read, _, _ = _workload_methods(kind)
     result: dict[str, Any] | None = await _get_or_none(read, name, namespace)

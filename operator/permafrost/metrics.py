@@ -38,8 +38,13 @@ ADMISSION_DURATION = prometheus_client.Histogram(
 )
 BREAK_GLASS = prometheus_client.Counter(
     "permafrost_break_glass_total",
-    "Mutations let through (or refused) under break-glass.",
+    "Mutations let through under break-glass and seen in the cluster (used), or refused.",
     ["result"],
+    registry=REGISTRY,
+)
+ADMISSION_SIDE_EFFECTS_DROPPED = prometheus_client.Counter(
+    "permafrost_admission_side_effects_dropped_total",
+    "Side effects of admission reviews (Events) dropped because too many were pending.",
     registry=REGISTRY,
 )
 

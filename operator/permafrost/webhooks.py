@@ -23,6 +23,7 @@ import pathlib
 import ssl
 import tempfile
 import urllib.parse
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -113,6 +114,13 @@ class Server(kopf.WebhookServer):
 
     @staticmethod
     async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        # NB: at most MAX_CONCURRENT_REVIEWS bodies are read and held at once; the others wait
+        # their turn (bounded memory under a flood, whoever sends it).
+        async with _concurrent_reviews():
+            return await Server._serve_one(request)
+
+    @staticmethod
+    async def _serve_one(request: aiohttp.web.Request) -> aiohttp.web.Response:
         declared = request.content_length
         if declared is not None and declared > MAX_REVIEW_BYTES:
             raise aiohttp.web.HTTPRequestEntityTooLarge(
@@ -147,6 +155,19 @@ class Server(kopf.WebhookServer):
 
 
 MAX_REVIEW_BYTES = 8 * 1024 * 1024
+MAX_CONCURRENT_REVIEWS = 32
+_REVIEW_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _concurrent_reviews() -> asyncio.Semaphore:
+    """The semaphore bounding the reviews served at once (one per event loop)."""
+    loop = asyncio.get_running_loop()
+    slots = _REVIEW_SLOTS.get(loop)
+    if slots is None:
+        slots = _REVIEW_SLOTS[loop] = asyncio.Semaphore(MAX_CONCURRENT_REVIEWS)
+    return slots
 
 
 def malformed(review: Any) -> str | None:
@@ -175,14 +196,39 @@ def malformed(review: Any) -> str | None:
 # --- runtime -----------------------------------------------------------------------------------
 
 
+# NB: reviews are answered without waiting on the network, but their side effects (Events,
+# break-glass confirmations) run afterwards in tasks: a flood of reviews must not become an
+# unbounded number of tasks and requests.
+MAX_BACKGROUND_TASKS = 256
+# How long a break-glass change may take to appear in the cluster after it was admitted (the
+# apiserver writes it after every webhook answered; a slow etcd may take a while).
+CONFIRM_SECONDS = 15.0
+CONFIRM_INTERVAL = 0.5
+
+
 @dataclasses.dataclass
 class Runtime:
     options: Options
     server: Server
     directory: pathlib.Path
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    dropped: int = 0
 
     def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, unless :data:`MAX_BACKGROUND_TASKS` already run: then
+        it is dropped (and counted, and logged once per burst)."""
+        if len(self.tasks) >= MAX_BACKGROUND_TASKS:
+            coro.close()
+            if not self.dropped:
+                logger.warning(
+                    "admission: %d background tasks are running; dropping the side effects of "
+                    "further reviews (Events) until they finish",
+                    len(self.tasks),
+                )
+            self.dropped += 1
+            metrics.ADMISSION_SIDE_EFFECTS_DROPPED.inc()
+            return
+        self.dropped = 0
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -361,8 +407,8 @@ async def _frozen_workload(scope: admission.Scope, **kwargs: Any) -> None:
             allowed=decision.allowed,
             violations=violations,
         )
-        if decision.reason in (admission.BREAK_GLASS_USED, admission.BREAK_GLASS_REFUSED):
-            metrics.BREAK_GLASS.labels(result="used" if decision.allowed else "refused").inc()
+        if decision.reason == admission.BREAK_GLASS_REFUSED:
+            metrics.BREAK_GLASS.labels(result="refused").inc()
     if decision.event_type is not None:
         _log_decision(
             webhook=f"frozen-{scope}",
@@ -373,7 +419,9 @@ async def _frozen_workload(scope: admission.Scope, **kwargs: Any) -> None:
             username=request.username,
             violations=violations,
         )
-        if not dryrun:
+        if not dryrun and decision.reason == admission.BREAK_GLASS_USED:
+            runtime.spawn(_record_break_glass(request, decision, dict(body)))
+        elif not dryrun:
             runtime.spawn(
                 kube.post_object_event(
                     involved=dict(body),
@@ -381,11 +429,57 @@ async def _frozen_workload(scope: admission.Scope, **kwargs: Any) -> None:
                     reason=decision.reason,
                     message=decision.message,
                     now=datetime.datetime.now(datetime.UTC),
-                    key=_occurrence(request, decision),
                 )
             )
     if not decision.allowed:
         raise kopf.AdmissionError(decision.message, code=403)
+
+
+async def _record_break_glass(
+    request: admission.Request, decision: admission.Decision, body: Mapping[str, Any]
+) -> None:
+    """Record a break-glass use (Event, metric) once the change is seen in the cluster.
+
+    NB: the webhook cannot tell a review the apiserver sent from one anybody posted: until the
+    admitted change is there to see (:func:`admission.landed`), it is a claim, and a forged
+    claim must not write Events in any namespace or move the break-glass counter.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + CONFIRM_SECONDS
+    while True:
+        try:
+            live = await kube.find_frozen(request.namespace, request.kind, request.name)
+        except Exception as exc:
+            logger.warning(
+                "break-glass on %s %s/%s: could not look at it (%s); not recorded",
+                request.kind,
+                request.namespace,
+                request.name,
+                exc,
+            )
+            return
+        if admission.landed(request.new, live):
+            break
+        if loop.time() >= give_up:
+            logger.warning(
+                "break-glass on %s %s/%s by %s was admitted, but the change never appeared in "
+                "the cluster (refused later, or a review not sent by the apiserver): not recorded",
+                request.kind,
+                request.namespace,
+                request.name,
+                request.username,
+            )
+            return
+        await asyncio.sleep(CONFIRM_INTERVAL)
+    metrics.BREAK_GLASS.labels(result="used").inc()
+    await kube.post_object_event(
+        involved=body,
+        type_=decision.event_type or "Warning",
+        reason=decision.reason,
+        message=decision.message,
+        now=datetime.datetime.now(datetime.UTC),
+        key=_occurrence(request, decision),
+    )
 
 
 def settings_from(

@@ -426,6 +426,31 @@ def test_a_break_glass_use_is_let_through_and_recorded_by_the_webhook(
     )
     assert reason in event["message"]
 
+    # A revision's ReplicaSet is frozen too; its break-glass change is looked for (listed) by
+    # the operator before it is recorded. (A new reason: the Deployment's is copied to it.)
+    replicaset = c.get(
+        "replicasets", namespace=namespace, selector=f"permafrost.dev/revision={stable}"
+    )["items"][0]
+    patch["metadata"]["annotations"]["permafrost.dev/break-glass"] = f"{reason} (rs)"
+    proc = c.kubectl(
+        "patch",
+        "replicaset",
+        replicaset["metadata"]["name"],
+        "--as=alice",
+        "--as-group=permafrost:break-glass",
+        "--as-group=system:authenticated",
+        "-p",
+        json.dumps(patch),
+        namespace=namespace,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    wait_for(
+        lambda: _events(c, namespace, reason="BreakGlassUsed", name=replicaset["metadata"]["name"]),
+        timeout=30,
+        what="the BreakGlassUsed Event of the ReplicaSet",
+    )
+
 
 def test_workloads_in_an_enforced_namespace_are_fingerprinted(op: Deployed, namespace: str) -> None:
     c = op.cluster

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 from test_admission_vectors import MEMBER, webhook_port
+from test_fuzz_webhook import post
 
-from conftest import Operator, release, start_guarded, stop_guarded, wait_phase
+from conftest import BREAK_GLASS_GROUP, Operator, release, start_guarded, stop_guarded, wait_phase
 from k8s_harness import Cluster, wait_for
 from permafrost import certs
 
@@ -252,3 +253,82 @@ def test_secrets_never_appear_in_logs_events_or_status(
     ]
     assert leaks == []
     assert len(haystacks["the operator log"]) > 1000  # the log is not empty: it was scanned
+
+
+def _forged_review(target: dict[str, Any], *, reason: str, user: str) -> bytes:
+    """An AdmissionReview as the apiserver would send it for a break-glass edit of ``target``
+    by ``user`` — but posted by a client that is not the apiserver."""
+    new = json.loads(json.dumps(target))
+    new["metadata"].setdefault("annotations", {})["permafrost.dev/break-glass"] = reason
+    new["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "FORGED", "value": "1"}]
+    meta = target["metadata"]
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": str(uuid.uuid4()),
+                "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+                "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "operation": "UPDATE",
+                "userInfo": {
+                    "username": user,
+                    "groups": [BREAK_GLASS_GROUP, "system:authenticated"],
+                },
+                "object": new,
+                "oldObject": target,
+                "dryRun": False,
+            },
+        }
+    ).encode()
+
+
+def test_forged_break_glass_reviews_leave_no_event_and_no_count(
+    crds: Cluster, namespace: str, guarded_operator: Operator
+) -> None:
+    """Anyone who reaches the webhook can post a review naming any user; the webhook answers
+    it (it cannot tell), but only a change the apiserver really made is recorded."""
+    crds.apply(release("shop", replicas=1), namespace=namespace)
+    stable = wait_phase(crds, namespace, "shop", "Stable", timeout=90)["stableRevision"]
+    target = crds.get("deployment", f"shop-{stable}", namespace=namespace)
+    port = webhook_port(guarded_operator)
+    forged = [f"INC-forged-{i}" for i in range(5)]
+    for reason in forged:
+        status_code, answer = post(
+            port, "/frozen-managed", _forged_review(target, reason=reason, user="mallory")
+        )
+        assert status_code == 200, answer
+        assert json.loads(answer)["response"]["allowed"] is True  # the review itself says so
+
+    # The control: a real break-glass edit by a member, through the apiserver, is recorded.
+    crds.kubectl(
+        "create", "rolebinding", "alice", "--clusterrole=edit", "--user=alice", namespace=namespace
+    )
+    patch = {
+        "metadata": {"annotations": {"permafrost.dev/break-glass": "INC-real"}},
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "env": []}]}}},
+    }
+    crds.kubectl(
+        "patch", "deployment", f"shop-{stable}", "-p", json.dumps(patch), *MEMBER,
+        namespace=namespace,
+    )  # fmt: skip
+
+    def recorded() -> list[str]:
+        return [
+            e["message"]
+            for e in crds.get("events", namespace=namespace)["items"]
+            if e["reason"] == "BreakGlassUsed"
+        ]
+
+    (real,) = wait_for(recorded, timeout=30, what="the real BreakGlassUsed Event")
+    assert "INC-real" in real
+
+    def given_up() -> bool:
+        log = guarded_operator.log.read_text(errors="replace")
+        return log.count("but the change never appeared in the cluster") == len(forged)
+
+    wait_for(given_up, timeout=60, what="the operator to give up on every forged review")
+    assert recorded() == [real]
+    assert "mallory" not in real

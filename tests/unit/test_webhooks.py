@@ -31,7 +31,12 @@ def deployment(image: str = "registry.example/web@sha256:" + "a" * 64) -> dict[s
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": NS, "labels": {models.LABEL_RELEASE: "web"}},
+        "metadata": {
+            "name": "web",
+            "namespace": NS,
+            "uid": "6a0c3f5e-0000-4000-8000-000000000001",
+            "labels": {models.LABEL_RELEASE: "web"},
+        },
         "spec": {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
@@ -449,7 +454,25 @@ def posted(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> list[dict
     monkeypatch.setattr(webhooks, "_RUNTIME", runtime)
     monkeypatch.setattr(kube, "post_object_event", record)
     monkeypatch.setattr(store, "STORE", store.Store())
+    monkeypatch.setattr(webhooks, "CONFIRM_SECONDS", 0.2)
+    monkeypatch.setattr(webhooks, "CONFIRM_INTERVAL", 0.05)
     return events
+
+
+# What the cluster holds, by name, as the break-glass confirmation reads it (the adapter's
+# find_frozen): a change the webhook admitted is there only if the test puts it there.
+Holds = dict[str, dict[str, Any]]
+
+
+@pytest.fixture
+def holds(monkeypatch: pytest.MonkeyPatch) -> Holds:
+    objects: Holds = {}
+
+    async def find_frozen(namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        return objects.get(name)
+
+    monkeypatch.setattr(kube, "find_frozen", find_frozen)
+    return objects
 
 
 def handler_kwargs(
@@ -516,12 +539,13 @@ async def test_a_dry_run_is_refused_alike_but_records_no_event(
 
 
 async def test_break_glass_is_let_through_with_a_warning_to_the_client_and_an_event(
-    posted: list[dict[str, Any]],
+    posted: list[dict[str, Any]], holds: Holds
 ) -> None:
     new = copy.deepcopy(SET_IMAGE)
     new["metadata"]["annotations"] = {models.ANNOTATION_BREAK_GLASS: "INC-42"}
     kwargs = handler_kwargs(new, deployment(), user="alice", groups=("permafrost:break-glass",))
     assert await webhooks.frozen_workload(**kwargs) is None
+    holds["web"] = copy.deepcopy(new)  # the apiserver wrote what was admitted
     await settle()
     (warning,) = kwargs["warnings"]
     assert "break-glass" in warning
@@ -583,7 +607,50 @@ def counter(name: str, **labels: str) -> float:
     return value or 0.0
 
 
-async def test_decisions_and_break_glass_uses_are_counted(posted: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize(
+    "cluster_holds",
+    [
+        pytest.param(None, id="no-such-object"),
+        pytest.param(deployment(), id="the-object-unchanged"),
+        pytest.param(
+            {**deployment(), "metadata": {**deployment()["metadata"], "uid": "other"}},
+            id="another-object-of-that-name",
+        ),
+    ],
+)
+async def test_a_break_glass_review_whose_change_never_lands_is_not_recorded(
+    posted: list[dict[str, Any]], holds: Holds, cluster_holds: dict[str, Any] | None
+) -> None:
+    """A forged review (posted to the webhook by anyone but the apiserver), or a change refused
+    after this webhook admitted it: no Event, no break-glass count."""
+    if cluster_holds is not None:
+        holds["web"] = cluster_holds
+    used = counter("permafrost_break_glass_total", result="used")
+    new = copy.deepcopy(SET_IMAGE)
+    new["metadata"]["annotations"] = {models.ANNOTATION_BREAK_GLASS: "INC-666"}
+    kwargs = handler_kwargs(new, deployment(), user="mallory", groups=("permafrost:break-glass",))
+    assert await webhooks.frozen_workload(**kwargs) is None
+    await settle()
+    assert posted == []
+    assert counter("permafrost_break_glass_total", result="used") == used
+
+
+async def test_side_effects_beyond_the_bound_are_dropped_and_counted(
+    posted: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks, "MAX_BACKGROUND_TASKS", 3)
+    dropped = counter("permafrost_admission_side_effects_dropped_total")
+    for _ in range(5):
+        with pytest.raises(kopf.AdmissionError):
+            await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment()))
+    await settle()
+    assert len(posted) == 3
+    assert counter("permafrost_admission_side_effects_dropped_total") == dropped + 2
+
+
+async def test_decisions_and_break_glass_uses_are_counted(
+    posted: list[dict[str, Any]], holds: Holds
+) -> None:
     decision = {
         "webhook": "frozen-managed",
         "reason": admission.TEMPLATE_FROZEN,
@@ -600,6 +667,7 @@ async def test_decisions_and_break_glass_uses_are_counted(posted: list[dict[str,
     await webhooks.frozen_workload(
         **handler_kwargs(new, deployment(), user="alice", groups=("permafrost:break-glass",))
     )
+    holds["web"] = copy.deepcopy(new)
     with pytest.raises(kopf.AdmissionError):  # dry runs are not counted
         await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment(), dryrun=True))
     await settle()
