@@ -40,6 +40,48 @@ class Runtime:
     active: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     # Releases seen and not deleted: re-queued when a policy changes (their verdicts may).
     known_releases: set[Key] = dataclasses.field(default_factory=set)
+    # With peering: how recently this replica's right to act was confirmed (None: standalone).
+    lease: Lease | None = None
+
+    def may_write(self) -> bool:
+        """Whether this replica may write now: standalone, or its lease is fresh (see Lease)."""
+        if self.lease is None:
+            return True
+        return self.lease.valid(now=asyncio.get_running_loop().time())
+
+
+@dataclasses.dataclass
+class Lease:
+    """A replica's right to act, as fresh as its last confirmation (pure; time injected).
+
+    Each poll of the peering object says whether this replica may act (:func:`may_act`). A
+    confirmation counts for ``ttl`` seconds; after a gap — a replica paused (SIGSTOP, a frozen
+    VM), or an apiserver it could not read — the right holds again only once confirmed
+    continuously for ``grace`` seconds, long enough for a peer that took over meanwhile to see
+    this one back and stand down. Writes are fenced by :meth:`valid`, checked just before each
+    one: a replica resumed after its peers took over never writes from what it planned before.
+    """
+
+    ttl: float
+    grace: float
+    confirmed_at: float | None = None
+    since: float | None = None  # when the current unbroken run of confirmations began
+
+    def observe(self, *, allowed: bool, now: float) -> None:
+        if not allowed:
+            self.confirmed_at = self.since = None
+            return
+        if self.confirmed_at is None or now - self.confirmed_at > self.ttl:
+            self.since = now
+        self.confirmed_at = now
+
+    def valid(self, *, now: float) -> bool:
+        return (
+            self.confirmed_at is not None
+            and self.since is not None
+            and now - self.confirmed_at <= self.ttl
+            and now - self.since >= self.grace
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +95,9 @@ class Peering:
 
 
 PEERING_POLL_SECONDS = 1.0
+# After a gap in its confirmations, a replica waits this many polls before it acts again: a
+# peer polls once a second, and stands down at its next poll once it sees this one back.
+TAKEOVER_GRACE_POLLS = 3
 STANDBY_REFRESH_SECONDS = 5.0
 
 
@@ -65,10 +110,14 @@ def may_act(
 
     NB: Kopf resumes a replica that sees no peers, even before its own first announcement; two
     replicas starting together may then both act for a moment. Waiting for its own entry makes
-    every replica visible to the others before it acts.
+    every replica visible to the others before it acts. Its own entry must be live too: once
+    it has expired (its announcements failed, or it was paused), the others may act already.
     """
-    if identity not in peers:
+    own = peers.get(identity)
+    if not isinstance(own, Mapping):
         return False
+    if not _live(own, now=now):
+        return False  # NB: the others count this replica as gone, and one of them acts
     for peer, info in peers.items():
         if peer == identity or not isinstance(info, Mapping):
             continue
@@ -83,6 +132,17 @@ def may_act(
         if lastseen + lifetime > now and other >= priority:
             return False
     return True
+
+
+def _live(info: Mapping[str, Any], *, now: datetime.datetime) -> bool:
+    try:
+        lastseen = datetime.datetime.fromisoformat(str(info.get("lastseen")))
+        lifetime = datetime.timedelta(seconds=int(info.get("lifetime", 60)))
+    except (TypeError, ValueError):
+        return False
+    if lastseen.tzinfo is None:
+        lastseen = lastseen.replace(tzinfo=datetime.UTC)
+    return lastseen + lifetime > now
 
 
 async def _follow_peering(runtime: Runtime, peering: Peering) -> None:
@@ -107,11 +167,23 @@ async def _follow_peering(runtime: Runtime, peering: Peering) -> None:
                     peers, identity=peering.identity, priority=peering.priority, now=now
                 )
                 verdicts.append(body is not None and verdict)
-            if all(verdicts) and not runtime.active.is_set():
+            lease = runtime.lease
+            assert lease is not None
+            lease.observe(allowed=all(verdicts), now=loop.time())
+            writable = lease.valid(now=loop.time())
+            if writable and not runtime.active.is_set():
                 logger.info("peering %s: this replica is active", peering.name)
                 runtime.active.set()
-            elif not all(verdicts) and (runtime.active.is_set() or not refreshed):
-                logger.info("peering %s: another replica is active; standing by", peering.name)
+            elif not writable and (runtime.active.is_set() or not refreshed):
+                if all(verdicts):
+                    logger.info(
+                        "peering %s: this replica may act; waiting %.0fs for any peer that acted "
+                        "meanwhile to stand down",
+                        peering.name,
+                        lease.grace,
+                    )
+                else:
+                    logger.info("peering %s: another replica is active; standing by", peering.name)
                 runtime.active.clear()
             if not runtime.active.is_set() and loop.time() - refreshed > STANDBY_REFRESH_SECONDS:
                 await _refresh_store()
@@ -130,6 +202,8 @@ async def _follow_peering(runtime: Runtime, peering: Peering) -> None:
                     exc,
                 )
                 failing = True
+            if runtime.lease is not None:
+                runtime.lease.observe(allowed=False, now=loop.time())
             runtime.active.clear()
         await asyncio.sleep(PEERING_POLL_SECONDS)
 
@@ -157,19 +231,31 @@ RESYNC_JITTER = 0.1
 async def _reconcile(runtime: Runtime, key: Key) -> float | None:
     namespace, name = key
     await runtime.active.wait()
-    async with asyncio.timeout(RECONCILE_TIMEOUT_SECONDS):
-        return await reconciler.reconcile(namespace, name, policies=store.STORE)
+    try:
+        async with asyncio.timeout(RECONCILE_TIMEOUT_SECONDS):
+            return await reconciler.reconcile(
+                namespace, name, policies=store.STORE, fence=runtime.may_write
+            )
+    except reconciler.Fenced as exc:
+        logger.warning("release %s/%s: %s", namespace, name, exc)
+        return PEERING_POLL_SECONDS  # NB: then waits until this replica is active again
 
 
 async def _reconcile_workload(runtime: Runtime, key: WorkloadKey) -> float | None:
     namespace, kind, name = key
     await runtime.active.wait()
-    async with asyncio.timeout(RECONCILE_TIMEOUT_SECONDS):
-        if kind == "*":
-            for workload_kind, workload in await reconciler.scan_namespace(namespace):
-                runtime.workloads.add((namespace, workload_kind, workload))
-            return None
-        return await reconciler.reconcile_workload(namespace, kind, name, namespaces=store.STORE)
+    try:
+        async with asyncio.timeout(RECONCILE_TIMEOUT_SECONDS):
+            if kind == "*":
+                for workload_kind, workload in await reconciler.scan_namespace(namespace):
+                    runtime.workloads.add((namespace, workload_kind, workload))
+                return None
+            return await reconciler.reconcile_workload(
+                namespace, kind, name, namespaces=store.STORE, fence=runtime.may_write
+            )
+    except reconciler.Fenced as exc:
+        logger.warning("%s %s/%s: %s", kind, namespace, name, exc)
+        return PEERING_POLL_SECONDS
 
 
 async def _resync(runtime: Runtime, *, every: float = RESYNC_SECONDS) -> None:
@@ -239,6 +325,9 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     else:
         peering = dataclasses.replace(peering, priority=settings.peering.priority)
         settings.peering.lifetime = memo.get("peering_lifetime") or settings.peering.lifetime
+        runtime.lease = Lease(
+            ttl=settings.peering.lifetime / 2, grace=TAKEOVER_GRACE_POLLS * PEERING_POLL_SECONDS
+        )
         tasks.append(asyncio.create_task(_follow_peering(runtime, peering)))
     memo["permafrost"] = runtime
 

@@ -360,21 +360,43 @@ async def apply(namespace: str, action: planner.Action) -> None:
             await delete_revision(namespace, name)
 
 
-async def patch_status(namespace: str, name: str, status: models.GuardedReleaseStatus) -> None:
-    """Write the whole status with one merge patch (top-level fields set to null are cleared)."""
+async def patch_status(
+    namespace: str,
+    name: str,
+    status: models.GuardedReleaseStatus,
+    *,
+    resource_version: str | None = None,
+) -> None:
+    """Write the whole status with one merge patch (top-level fields set to null are cleared).
+
+    With ``resource_version``, only if the release is still at that version (else the apiserver
+    answers 409 Conflict): a status planned from an older release is never written.
+    """
     body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     for field in models.GuardedReleaseStatus.model_fields.values():
         body.setdefault(field.alias or "", None)
     body.pop("", None)
-    await _call(
-        clients().custom.patch_namespaced_custom_object_status,
-        models.GROUP,
-        models.VERSION,
-        namespace,
-        models.PLURAL,
-        name,
-        {"status": body},
-    )
+    patch: dict[str, Any] = {"status": body}
+    if resource_version is not None:
+        patch["metadata"] = {"resourceVersion": resource_version}
+    try:
+        await _call(
+            clients().custom.patch_namespaced_custom_object_status,
+            models.GROUP,
+            models.VERSION,
+            namespace,
+            models.PLURAL,
+            name,
+            patch,
+        )
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(status_message(exc)) from None
+        raise
+
+
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409 on a write with a resourceVersion)."""
 
 
 async def patch_release_annotations(

@@ -32,6 +32,20 @@ from permafrost import (
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime.datetime]
+# Whether this replica may write now (peering); checked right before every write.
+Fence = Callable[[], bool]
+
+
+class Fenced(Exception):
+    """This replica lost (or has not yet confirmed) its right to act: nothing more is written."""
+
+
+def _check(fence: Fence | None) -> None:
+    if fence is not None and not fence():
+        raise Fenced(
+            "not written: this replica's right to act is not confirmed (it was paused, or "
+            "another replica is active); the plan is dropped and made again once it is"
+        )
 
 
 def utcnow() -> datetime.datetime:
@@ -44,11 +58,16 @@ async def reconcile(
     *,
     clock: Clock = utcnow,
     policies: store.Store | None = None,
+    fence: Fence | None = None,
 ) -> float | None:
     """Bring one release one step closer to its spec; return seconds until it needs a new look.
 
     Every decision is logged with the fields ``release``, ``namespace``, ``revision`` and
     ``reason`` (top-level keys in ``permafrost run --log-format json``).
+
+    With ``fence``, every write is preceded by it: :class:`Fenced` is raised when it says no.
+    The status is written with the release's resourceVersion as read, so a status planned from
+    a release that changed meanwhile is refused (409) and planned again.
     """
     body = await kube.read_release(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
@@ -124,6 +143,7 @@ async def reconcile(
                 action=type(action).__name__,
             ),
         )
+        _check(fence)
         await kube.apply(namespace, action)
     applied_at = clock()
     for event in result.events:
@@ -142,7 +162,19 @@ async def reconcile(
             release=release, type_=event.type, reason=event.reason, message=event.message, now=now
         )
     if result.status != status:
-        await kube.patch_status(namespace, name, result.status)
+        _check(fence)
+        try:
+            await kube.patch_status(
+                namespace, name, result.status, resource_version=metadata.get("resourceVersion")
+            )
+        except kube.Conflict:
+            logger.info(
+                "release %s/%s changed while it was reconciled; planning again",
+                namespace,
+                name,
+                extra=_fields(namespace, name, revision=None, reason="Conflict"),
+            )
+            return 0
     ends = metrics.rollout_ends(
         before=status, after=result.status, spec=spec, planned_at=now, applied_at=applied_at
     )
@@ -230,6 +262,7 @@ async def reconcile_workload(
     *,
     namespaces: store.Store,
     clock: Clock = utcnow,
+    fence: Fence | None = None,
 ) -> float | None:
     """Fingerprint, accept or report drift of one workload in an enforced namespace.
 
@@ -245,6 +278,7 @@ async def reconcile_workload(
     obj = {**obj, "kind": kind}
     verdict = admission.workload_drift(obj, now=conditions.timestamp(clock()))
     if verdict.annotations or verdict.labels:
+        _check(fence)
         await kube.patch_workload_metadata(
             namespace, kind, name, annotations=verdict.annotations, labels=verdict.labels
         )
