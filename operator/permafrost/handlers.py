@@ -5,7 +5,7 @@ its thread pool: the work queues, the set of known releases and the policy store
 from that one thread only, like everything else the operator keeps in memory.
 
 Every watched change — a GuardedRelease, one of its revision Deployments or their pods, a
-referenced ConfigMap/Secret, its Service — only enqueues the release it concerns; the queue runs
+referenced ConfigMap, its Service — only enqueues the release it concerns; the queue runs
 :func:`permafrost.reconciler.reconcile` once per burst. Only ``on.event`` handlers and indexes
 are used: they add no finalizers, so deleting a release never waits for the operator, and the
 garbage collector cascades through the ownerReferences.
@@ -421,11 +421,6 @@ async def configmap_changed(
     namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     _dependency_changed("ConfigMap", namespace, name, memo, kwargs)
-
-
-@kopf.on.event("", "v1", "secrets", labels={models.LABEL_MANAGED_BY: kopf.ABSENT})
-async def secret_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    _dependency_changed("Secret", namespace, name, memo, kwargs)
 
 
 @kopf.on.event("", "v1", "services")

@@ -147,14 +147,32 @@ def _owned_by(obj: Mapping[str, Any], release: str) -> bool:
     )
 
 
+class ConfigForbidden(Exception):
+    """The operator may not read a referenced ConfigMap/Secret (HTTP 403)."""
+
+    def __init__(self, kind: str, name: str, detail: str) -> None:
+        super().__init__(f"{kind} {name}: {detail}")
+        self.kind, self.name, self.detail = kind, name, detail
+
+
 async def read_config(namespace: str, ref: models.ConfigRef) -> dict[str, Any] | None:
+    """A referenced ConfigMap/Secret; ``None`` if it does not exist.
+
+    Raises :class:`ConfigForbidden` if the operator may not read it (Secrets are granted per
+    namespace).
+    """
     c = clients()
     read = (
         c.core.read_namespaced_config_map
         if ref.kind == "ConfigMap"
         else (c.core.read_namespaced_secret)
     )
-    result: dict[str, Any] | None = await _get_or_none(read, ref.name, namespace)
+    try:
+        result: dict[str, Any] | None = await _get_or_none(read, ref.name, namespace)
+    except ApiException as exc:
+        if exc.status == 403:
+            raise ConfigForbidden(ref.kind, ref.name, status_message(exc)) from None
+        raise
     return result
 
 

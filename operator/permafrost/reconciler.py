@@ -32,6 +32,11 @@ from permafrost import (
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime.datetime]
+# NB: the operator may not list or watch Secrets (least privilege: it reads only those that
+# releases name, in namespaces that grant it); a referenced Secret is read again this often,
+# so a change of it rolls out within this time.
+SECRET_POLL_SECONDS = 30.0
+CONFIG_FORBIDDEN = "ConfigForbidden"
 # Whether this replica may write now (peering); checked right before every write.
 Fence = Callable[[], bool]
 
@@ -93,12 +98,31 @@ async def reconcile(
         )
         return None
 
-    sources_list, deployments, pods, service = await asyncio.gather(
-        asyncio.gather(*(kube.read_config(namespace, ref) for ref in spec.config_refs)),
-        kube.list_revision_deployments(namespace, name),
-        kube.list_revision_pods(namespace, name),
-        kube.read_service(namespace, spec.service.name) if spec.service else _none(),
-    )
+    try:
+        sources_list, deployments, pods, service = await asyncio.gather(
+            asyncio.gather(*(kube.read_config(namespace, ref) for ref in spec.config_refs)),
+            kube.list_revision_deployments(namespace, name),
+            kube.list_revision_pods(namespace, name),
+            kube.read_service(namespace, spec.service.name) if spec.service else _none(),
+        )
+    except kube.ConfigForbidden as exc:
+        # NB: a Secret in a namespace that did not grant the operator its Secrets: nothing is
+        # planned from a partial view; said once per look, in one line, not as a traceback.
+        message = (
+            f"the operator may not read {exc.kind} {namespace}/{exc.name} ({exc.detail}); "
+            f"bind the ClusterRole permafrost-secrets in {namespace} (docs/install.md)"
+        )
+        logger.warning(
+            "release %s/%s: %s",
+            namespace,
+            name,
+            message,
+            extra=_fields(namespace, name, revision=None, reason=CONFIG_FORBIDDEN),
+        )
+        await kube.post_event(
+            release=release, type_="Warning", reason=CONFIG_FORBIDDEN, message=message, now=clock()
+        )
+        return SECRET_POLL_SECONDS
     now = clock()
     sources = {
         observations.config_key(r): s for r, s in zip(spec.config_refs, sources_list, strict=True)
@@ -198,7 +222,12 @@ async def reconcile(
         )
     metrics.PHASES.set(namespace, name, result.status.phase)
     # NB: actions change the cluster; their effects arrive as watch events, which re-queue the
-    # release. The requeue below is only for changes that time alone brings (deadlines, delays).
+    # release. The requeue below is only for changes that time alone brings (deadlines, delays),
+    # and for referenced Secrets, which are read, never watched (see SECRET_POLL_SECONDS).
+    if any(ref.kind == "Secret" for ref in spec.config_refs):
+        if result.requeue_after is None:
+            return SECRET_POLL_SECONDS
+        return min(result.requeue_after, SECRET_POLL_SECONDS)
     return result.requeue_after
 
 

@@ -69,14 +69,19 @@ API_REQUEST = re.compile(r'"(GET|POST|PUT|PATCH|DELETE) (/apis?/[^ ?"]+)(\S*) HT
 # and the lists that start its watches. NB: a server-side apply that creates its object is
 # logged as a PATCH; the "create" it also needs is not visible here.
 KOPF_ONLY = {("permafrost.dev", "guardedreleases", "list")} | {
-    ("", resource, "list") for resource in ("configmaps", "secrets", "services")
+    ("", resource, "list") for resource in ("configmaps", "services")
 }
+GUARD = "permafrost-operator-writes"  # deploy/operator-guard.yaml
 RECORD = re.compile(r"^(?=\[\d{4}-\d\d-\d\d )", re.MULTILINE)  # where a log record starts
 
 
 def _identity_manifests(cluster: Cluster) -> list[dict[str, Any]]:
     rendered = cluster.kubectl("kustomize", str(ROOT / "deploy")).stdout
-    return [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in IDENTITY_KINDS]
+    return [
+        d
+        for d in yaml.safe_load_all(rendered)
+        if d and (d["kind"] in IDENTITY_KINDS or d["metadata"]["name"] == GUARD)
+    ]
 
 
 def _kubeconfig_with_token(cluster: Cluster, token: str, path: pathlib.Path) -> pathlib.Path:
@@ -253,7 +258,16 @@ def _events(cluster: Cluster, namespace: str, *, reason: str, name: str) -> list
     return items
 
 
+def _grant_secrets(cluster: Cluster, namespace: str) -> None:
+    """What docs/install.md asks for in a namespace whose releases reference Secrets."""
+    cluster.kubectl(
+        "create", "rolebinding", "permafrost-secrets", "--clusterrole=permafrost-secrets",
+        f"--serviceaccount={OPERATOR_NAMESPACE}:permafrost", namespace=namespace,
+    )  # fmt: skip
+
+
 def _stable(cluster: Cluster, namespace: str, *, deadline: int = 15) -> str:
+    _grant_secrets(cluster, namespace)
     cluster.apply(
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"a": "1"}},
         namespace=namespace,
@@ -336,12 +350,70 @@ def test_a_release_with_config_rolls_out_to_stable_and_on_to_a_new_revision(
     second = _new_stable(c, namespace, not_in={first})
     selector = c.get("service", "shop", namespace=namespace)["spec"]["selector"]
     assert selector["permafrost.dev/revision"] == second
-    # A Secret change rolls out too (the operator watches and snapshots Secrets).
+    # A Secret change rolls out too (the operator reads it again every 30 s, and snapshots it).
     c.apply(
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "key"}, "data": {"k": "Mg=="}},
         namespace=namespace,
     )
     _new_stable(c, namespace, not_in={first, second})
+
+
+def _as_operator(op: Deployed, *args: str, namespace: str | None = None) -> Any:
+    return op.cluster.kubectl(
+        *args, f"--kubeconfig={op.operator.kubeconfig}", namespace=namespace, check=False
+    )
+
+
+def test_the_operator_s_token_cannot_mint_tokens_read_unrelated_secrets_or_touch_kube_system(
+    op: Deployed, namespace: str
+) -> None:
+    c = op.cluster
+    _grant_secrets(c, namespace)  # the most it is ever granted: Secrets in a release's namespace
+    other = f"{namespace}-other"[:63]
+    c.kubectl("create", "namespace", other)
+    try:
+        c.kubectl("create", "secret", "generic", "db", "--from-literal=password=x", namespace=other)
+        refused = {
+            "a token by TokenRequest": _as_operator(
+                op, "create", "token", "default", namespace=namespace
+            ),
+            "a Secret where none is granted": _as_operator(
+                op, "get", "secret", "db", namespace=other
+            ),
+            "every Secret of the cluster": _as_operator(op, "get", "secrets", "-A"),
+            "a Secret in kube-system": _as_operator(
+                op, "get", "secrets", namespace="kube-system"
+            ),
+            "a Deployment in kube-system": _as_operator(
+                op, "create", "deployment", "x", "--image=registry.example/x" + NEW_DIGEST,
+                namespace="kube-system",
+            ),
+        }  # fmt: skip
+    finally:
+        c.kubectl("delete", "namespace", other, "--wait=false", check=False)
+    token_secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/service-account-token",
+        "metadata": {
+            "name": "stolen",
+            "annotations": {"kubernetes.io/service-account.name": "default"},
+            "labels": {"app.kubernetes.io/managed-by": "permafrost"},
+        },
+    }
+    refused["a service-account token Secret"] = op.cluster.kubectl(
+        "create", "-f", "-", f"--kubeconfig={op.operator.kubeconfig}", namespace=namespace,
+        stdin=json.dumps(token_secret), check=False,
+    )  # fmt: skip
+    for what, proc in refused.items():
+        assert proc.returncode != 0, f"{what}: allowed ({proc.stdout})"
+        assert "forbidden" in proc.stderr.lower() or "denied" in proc.stderr.lower(), (
+            what,
+            proc.stderr,
+        )
+    assert "permafrost-operator-writes" in refused["a service-account token Secret"].stderr
+    assert "permafrost-operator-writes" in refused["a Deployment in kube-system"].stderr
+    assert c.get("secret", "stolen", namespace=namespace) is None
 
 
 def test_a_failing_revision_is_rolled_back_automatically(op: Deployed, namespace: str) -> None:
