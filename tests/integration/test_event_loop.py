@@ -57,7 +57,8 @@ async def _longest_stall(work: asyncio.Task[object]) -> float:
 async def test_a_slow_answer_from_the_apiserver_does_not_stall_the_event_loop(
     cluster: Cluster, namespace: str, slow_apiserver: Proxy
 ) -> None:
-    cluster.apply(
+    # NB: created, not applied: apply would copy the ~600 KiB into an annotation (too long).
+    cluster.create(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",

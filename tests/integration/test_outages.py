@@ -81,19 +81,29 @@ def restart_apiserver(cluster: Cluster) -> float:
     pidfile.write_text(str(restarted.pid))
     wait_for(lambda: apiserver_ready(cluster), timeout=120, interval=0.5, what="/readyz")
     down = time.monotonic() - stopped
-    # The controller-manager and the scheduler exit when they cannot renew their leases;
-    # kwokctl starts again what is not running (the apiserver now is).
+    start_what_exited(cluster)
+    return down
+
+
+def start_what_exited(cluster: Cluster, *, settle: float = 0) -> None:
+    """Start the control-plane components that exited while the apiserver was away (after
+    ``settle`` seconds, the time they may take to notice that they lost their leases).
+
+    NB: the controller-manager and the scheduler exit when they cannot renew their leases;
+    kwokctl starts again what is not running (the apiserver now is).
+    """
+    time.sleep(settle)
+    pids = pathlib.Path(cluster.logs_dir).parent / "pids"
     subprocess.run(
-        ["kwokctl", "start", "cluster", "--name", pidfile.parent.parent.name],
-        env={**cluster.env, "KWOK_WORKDIR": str(pidfile.parent.parent.parent.parent)},
+        ["kwokctl", "start", "cluster", "--name", pids.parent.name],
+        env={**cluster.env, "KWOK_WORKDIR": str(pids.parent.parent.parent)},
         check=True,
         capture_output=True,
         timeout=180,
     )
     for component in ("kube-controller-manager", "kube-scheduler"):
-        pid = int((pidfile.parent / f"{component}.pid").read_text().strip())
+        pid = int((pids / f"{component}.pid").read_text().strip())
         assert running(pid), f"{component} is not running"
-    return down
 
 
 def running(pid: int) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
+from test_outages import start_what_exited
 
 from conftest import Operator, release, status, wait_phase
 from k8s_harness import Cluster, wait_for
@@ -66,8 +67,9 @@ def _rolling_out(cluster: Cluster, namespace: str, name: str, *, past: str) -> s
 
 def _v2(name: str) -> dict[str, object]:
     # NB: verification takes a while (minReadySeconds), so the operator is busy with requests
-    # and timers when its connections go silent.
-    return release(name, replicas=1, image="registry.example/shop/v2", min_ready=4)
+    # and timers when its connections go silent; the deadline outlasts the stall (else the
+    # right outcome would be a rollback).
+    return release(name, replicas=1, image="registry.example/shop/v2", min_ready=4, deadline=120)
 
 
 def _operator(
@@ -141,6 +143,9 @@ def test_releases_converge_after_the_apiserver_was_stopped_longer_than_the_timeo
             time.sleep(STALL_SECONDS)
         finally:
             os.kill(pid, signal.SIGCONT)
+        # NB: the controller-manager and the scheduler lost their leases meanwhile and exit
+        # (within their 10 s renew deadline): the cluster's own components are brought back.
+        start_what_exited(crds, settle=12)
         crds.apply(_v2("api"), namespace=namespace)
         wait_phase(crds, namespace, "web", "Stable", timeout=120, stableRevision=second)
         wait_for(
