@@ -259,18 +259,20 @@ def landed(reviewed: Mapping[str, Any] | None, live: Mapping[str, Any] | None) -
 
     A review is only a claim: anyone who reaches the webhook can post one, with any user in it.
     Side effects of an admission (the break-glass record) wait until the change is seen in the
-    cluster: the same object (uid), carrying the same break-glass annotation and running what
-    the review said it would run. A forged review, or a request the apiserver then refused (a
-    later webhook, a conflict), changes nothing there and is never recorded.
+    cluster: the same object (uid), with the labels and running what the review said. A forged
+    review, or a request the apiserver then refused (a later webhook, a conflict), changes
+    nothing there and is never recorded.
+
+    NB: the break-glass annotation itself is not compared: a Deployment's controller copies
+    the Deployment's annotations onto its ReplicaSets, overwriting the one a ReplicaSet's own
+    break-glass change set.
     """
     if reviewed is None or live is None:
         return False
     meta, live_meta = reviewed.get("metadata") or {}, live.get("metadata") or {}
     if not meta.get("uid") or meta.get("uid") != live_meta.get("uid"):
         return False
-    if _annotations(reviewed).get(ANNOTATION_BREAK_GLASS) != _annotations(live).get(
-        ANNOTATION_BREAK_GLASS
-    ):
+    if _labels(reviewed) != _labels(live):
         return False
     return _what_runs(reviewed) == _what_runs(live)
 

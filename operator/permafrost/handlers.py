@@ -475,11 +475,14 @@ async def policy_changed(type: str, name: str, spec: kopf.Spec, memo: kopf.Memo,
 
 @kopf.on.event("", "v1", "namespaces")
 async def namespace_changed(
-    type: str, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    type: str, name: str, labels: kopf.Labels, meta: kopf.Meta, memo: kopf.Memo, **_: Any
 ) -> None:
     if type == "DELETED":
         store.STORE.namespaces.pop(name, None)
+        store.STORE.terminating.discard(name)
         return
     store.STORE.namespaces[name] = dict(labels)
+    if meta.get("deletionTimestamp"):
+        store.STORE.terminating.add(name)
     if labels.get(models.LABEL_ENFORCE) == "true":
         _runtime(memo).workloads.add((name, "*", ""))

@@ -74,7 +74,8 @@ async def reconcile(
     The status is written with the release's resourceVersion as read, so a status planned from
     a release that changed meanwhile is refused (409) and planned again.
     """
-    body = await kube.read_release(namespace, name)
+    terminating = policies is not None and namespace in policies.terminating
+    body = None if terminating else await kube.read_release(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         metrics.PHASES.forget(namespace, name)
         return None

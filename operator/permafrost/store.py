@@ -52,6 +52,9 @@ class Store:
     library: policy.Library = dataclasses.field(default_factory=policy.Library)
     broken: Mapping[str, policy.Policy] = dataclasses.field(default_factory=dict)
     namespaces: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    # Namespaces being deleted: nothing is planned there any more (the garbage collector and the
+    # namespace controller remove everything, and what the operator may read goes first).
+    terminating: set[str] = dataclasses.field(default_factory=set)
 
     def put_policy(self, name: str, spec: Mapping[str, Any]) -> str | None:
         """Compile and keep a policy; returns the compile error, if any (kept as broken)."""

@@ -264,6 +264,23 @@ def _grant_secrets(cluster: Cluster, namespace: str) -> None:
         "create", "rolebinding", "permafrost-secrets", "--clusterrole=permafrost-secrets",
         f"--serviceaccount={OPERATOR_NAMESPACE}:permafrost", namespace=namespace,
     )  # fmt: skip
+    # NB: the authorizer learns of a new binding through its cache: wait until it applies.
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "auth",
+                "can-i",
+                "get",
+                "secrets",
+                f"--as={ACCOUNT}",
+                namespace=namespace,
+                check=False,
+            ).stdout.strip()
+            == "yes"
+        ),
+        timeout=30,
+        what="the permafrost-secrets binding to apply",
+    )
 
 
 def _stable(cluster: Cluster, namespace: str, *, deadline: int = 15) -> str:
@@ -504,6 +521,7 @@ def test_a_break_glass_use_is_let_through_and_recorded_by_the_webhook(
         "replicasets", namespace=namespace, selector=f"permafrost.dev/revision={stable}"
     )["items"][0]
     patch["metadata"]["annotations"]["permafrost.dev/break-glass"] = f"{reason} (rs)"
+    patch["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "DEBUG", "value": "2"}]
     proc = c.kubectl(
         "patch",
         "replicaset",
