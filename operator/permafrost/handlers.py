@@ -286,6 +286,9 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     """Start the work queues; with admission enabled, TLS, the webhook server and policies."""
     settings.posting.level = 30  # WARNING: Kopf's own per-object events only for problems
     settings.watching.server_timeout = 300
+    # NB: the first listing of a watched kind comes in pages, not as one body holding every
+    # ConfigMap, pod and Service of the cluster at once.
+    settings.watching.chunk_size = 500
     # NB: Kopf's own requests (patches, peering, events) are bounded like Permafrost's; a watch
     # stream that falls silent is dropped after settings.watching.inactivity_timeout (70 s:
     # the apiserver sends a bookmark every minute) and opened again.

@@ -37,6 +37,8 @@ Clock = Callable[[], datetime.datetime]
 # so a change of it rolls out within this time.
 SECRET_POLL_SECONDS = 30.0
 CONFIG_FORBIDDEN = "ConfigForbidden"
+PLAN_FAILED = "PlanFailed"
+PLAN_RETRY_SECONDS = 30.0
 # Whether this replica may write now (peering); checked right before every write.
 Fence = Callable[[], bool]
 
@@ -151,7 +153,23 @@ async def reconcile(
         create_verdict=create_verdict,
         promote_verdict=promote_verdict,
     )
-    result = planner.plan(situation)
+    try:
+        result = planner.plan(situation)
+    except planner.PlanError as exc:
+        # NB: the status contradicts the cluster (e.g. a stable revision with no record): said
+        # in one line and an Event, then looked at again later, not a traceback a minute.
+        message = f"cannot plan this release: {exc}"
+        logger.error(
+            "release %s/%s: %s",
+            namespace,
+            name,
+            message,
+            extra=_fields(namespace, name, revision=None, reason=PLAN_FAILED),
+        )
+        await kube.post_event(
+            release=release, type_="Warning", reason=PLAN_FAILED, message=message, now=now
+        )
+        return PLAN_RETRY_SECONDS
 
     by_name = {view.name: revision for revision, view in revisions.items()}
     for action in result.actions:

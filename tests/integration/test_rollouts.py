@@ -471,3 +471,27 @@ def test_rollback_to_an_unknown_revision_is_refused_with_the_retained_ones_liste
     assert proc.returncode == 1
     assert "not retained" in proc.stderr
     assert stable in proc.stderr
+
+
+def test_a_status_that_contradicts_the_cluster_is_reported_not_retried_in_silence(
+    crds: Cluster, namespace: str, operator: Operator
+) -> None:
+    """A status naming a stable revision it has no record of cannot be planned from: the
+    operator says so in one line and a Warning Event, and looks again later."""
+    crds.apply(release("web", replicas=1), namespace=namespace)
+    wait_phase(crds, namespace, "web", "Stable", timeout=60)
+    crds.kubectl(
+        "patch", "guardedrelease", "web", "--subresource=status", "--type=merge",
+        "-p", '{"status": {"stableRevision": "0123456789", "revisions": []}}',
+        namespace=namespace,
+    )  # fmt: skip
+
+    def reported() -> list[str]:
+        items = crds.get("events", namespace=namespace)["items"]
+        return [e["message"] for e in items if e["reason"] == "PlanFailed"]
+
+    (message, *_) = wait_for(reported, timeout=30, what="the PlanFailed Event")
+    assert "0123456789" in message
+    log = operator.log.read_text(errors="replace")
+    assert "cannot plan this release" in log
+    assert "PlanError" not in log  # no traceback of it
