@@ -36,6 +36,11 @@ AUTOMATIC_ROLLBACK_DISABLED = "AutomaticRollbackDisabled"
 # Policies.
 POLICY_VIOLATION = "PolicyViolation"
 PROMOTION_HELD = "PromotionHeld"
+# NB: an Enforce violation by a release whose revision already runs (a policy tightened after
+# it was created): reported, never a reason to stop what runs; the phase is not Held.
+ENFORCED_POLICY_VIOLATED = "EnforcedPolicyViolated"
+# The reasons of PolicyCompliant=False that hold a rollout (phase Held).
+HOLDING_REASONS = frozenset({POLICY_VIOLATION, PROMOTION_HELD})
 POLICY_WARNINGS = "PolicyWarnings"
 ALL_POLICIES_PASS = "AllPoliciesPass"
 NO_POLICY_APPLIES = "NoPolicyApplies"

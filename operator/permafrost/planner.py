@@ -761,23 +761,49 @@ def _conditions(
             )
         else:
             rolled_back = make(conditions.ROLLED_BACK, F, conditions.NO_ROLLBACK, "")
-    return [ready, progressing, degraded, rolled_back, _policy_condition(w, make)]
+    return [ready, progressing, degraded, rolled_back, _policy_condition(w, make, target)]
 
 
 def _policy_condition(
-    w: _Work, make: Callable[[str, ConditionStatus, str, str], models.Condition]
+    w: _Work,
+    make: Callable[[str, ConditionStatus, str, str], models.Condition],
+    target: str | None,
 ) -> models.Condition:
+    """Whether the release complies with every policy that applies to it now.
+
+    The create stage judges the spec, always: an Enforce violation of a release already running
+    (the policy was tightened after its revision was created) is ``False``
+    (``EnforcedPolicyViolated``), the revision keeps running and the phase does not change. The
+    promote stage judges a move of traffic, so it applies only while a revision awaits
+    promotion; a release with nothing to promote is not judged by it (a change-freeze window
+    does not make every stable release non-compliant).
+    """
     s = w.s
-    verdicts = [v for v in (s.create_verdict, s.promote_verdict) if v is not None]
     if w.hold is not None:
         reason, message = w.hold
         return make(conditions.POLICY_COMPLIANT, ConditionStatus.FALSE, reason, message)
-    if not verdicts:
+    promoting = target is not None and target != w.stable and w.state == "Progressing"
+    verdicts = [
+        v for v in (s.create_verdict, s.promote_verdict if promoting else None) if v is not None
+    ]
+    if not verdicts and s.create_verdict is None and s.promote_verdict is None:
         return make(
             conditions.POLICY_COMPLIANT,
             ConditionStatus.UNKNOWN,
             conditions.NO_POLICY_ENGINE,
             "no policies are evaluated for this release",
+        )
+    violations = [r for v in verdicts for r in v.violations]
+    if violations:
+        found = "; ".join(f"{r.enforcement} {r.policy}/{r.rule}: {r.message}" for r in violations)
+        after = [f"revision {w.stable} keeps serving"] if w.stable is not None else []
+        if promoting and s.promote_verdict is not None and s.promote_verdict.violations:
+            after.append(f"revision {target} will not be promoted while this holds")
+        return make(
+            conditions.POLICY_COMPLIANT,
+            ConditionStatus.FALSE,
+            conditions.ENFORCED_POLICY_VIOLATED,
+            found + "".join(f" ({a})" for a in after),
         )
     reported = [r for v in verdicts for r in (*v.warnings, *v.audits)]
     if reported:
@@ -826,7 +852,7 @@ def _phase(conds: Sequence[models.Condition]) -> str:
     if conditions.is_true(conds, conditions.DEGRADED):
         return "Degraded"
     compliant = conditions.find(conds, conditions.POLICY_COMPLIANT)
-    if compliant is not None and compliant.status == ConditionStatus.FALSE:
+    if compliant is not None and compliant.reason in conditions.HOLDING_REASONS:
         return "Held"
     if conditions.is_true(conds, conditions.PROGRESSING):
         return "Progressing"
