@@ -18,7 +18,8 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 ROLLED_BACK = "RolledBack"
 POLICY_COMPLIANT = "PolicyCompliant"
-TYPES = (READY, PROGRESSING, DEGRADED, ROLLED_BACK, POLICY_COMPLIANT)
+TRAFFIC_GUARDED = "TrafficGuarded"
+TYPES = (READY, PROGRESSING, DEGRADED, ROLLED_BACK, POLICY_COMPLIANT, TRAFFIC_GUARDED)
 
 # Reasons.
 ALL_REPLICAS_READY = "AllReplicasReady"
@@ -45,6 +46,11 @@ POLICY_WARNINGS = "PolicyWarnings"
 ALL_POLICIES_PASS = "AllPoliciesPass"
 NO_POLICY_APPLIES = "NoPolicyApplies"
 NO_POLICY_ENGINE = "NoPolicyEngine"
+# Services (TrafficGuarded).
+SERVICE_ROUTED = "ServiceRouted"
+SERVICE_CREATED = "ServiceCreated"
+NO_SERVICE = "NoService"
+UNGUARDED_SERVICE = "UnguardedService"
 # Why a revision failed verification (also used as reasons of Degraded/RolledBack and Events).
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 CRASH_LOOP = "CrashLoop"

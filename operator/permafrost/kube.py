@@ -139,11 +139,10 @@ async def read_config(namespace: str, ref: models.ConfigRef) -> dict[str, Any] |
     return result
 
 
-async def read_service(namespace: str, name: str) -> dict[str, Any] | None:
-    result: dict[str, Any] | None = await _get_or_none(
-        clients().core.read_namespaced_service, name, namespace
-    )
-    return result
+async def list_services(namespace: str) -> list[dict[str, Any]]:
+    """Every Service of the namespace (a release's Service, and others that may select its pods)."""
+    body = await _raw(clients().core.list_namespaced_service, namespace)
+    return list(body.get("items") or [])
 
 
 class ApiProblem(Exception):

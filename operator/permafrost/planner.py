@@ -74,6 +74,7 @@ class RevisionView:
     break_glass_accepted: str | None = None
     drift_reported: bool = False
     version: str | None = None  # the template's app.kubernetes.io/version label
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)  # its pods' labels
 
 
 def stable_summary(view: RevisionView | None) -> dict[str, Any] | None:
@@ -92,6 +93,10 @@ def stable_summary(view: RevisionView | None) -> dict[str, Any] | None:
 class ServiceView:
     name: str
     selector: Mapping[str, str]
+    owned: bool = False  # created by Permafrost for this release (its owner is the release)
+    # The Service's owner accepts that it reaches every revision's pods (e.g. for metrics):
+    # the annotation permafrost.dev/selects-unverified-pods is "true".
+    acknowledged: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +131,9 @@ class Situation:
     # same engine as admission and `permafrost check` (None: no policy engine in use).
     create_verdict: policy.Verdict | None = None
     promote_verdict: policy.Verdict | None = None
+    # Every other Service of the namespace (not spec.service): one whose selector matches the
+    # release's pods sends traffic to revisions that are not verified.
+    other_services: tuple[ServiceView, ...] = ()
 
 
 # --- what the shell does -----------------------------------------------------------------------
@@ -601,6 +609,12 @@ def _route(w: _Work) -> None:
     if s.service is None:
         body = manifests.service(release=s.release, spec=s.spec.service, revision=revision)
         action = RouteService(s.spec.service.name, wanted, body)
+        w.event(
+            "Normal",
+            conditions.SERVICE_CREATED,
+            _created_message(s.spec.service.name),
+            revision=w.stable,
+        )
     elif dict(s.service.selector) != wanted:
         action = RouteService(s.spec.service.name, wanted, None)
     else:
@@ -761,7 +775,101 @@ def _conditions(
             )
         else:
             rolled_back = make(conditions.ROLLED_BACK, F, conditions.NO_ROLLBACK, "")
-    return [ready, progressing, degraded, rolled_back, _policy_condition(w, make, target)]
+    return [
+        ready,
+        progressing,
+        degraded,
+        rolled_back,
+        _policy_condition(w, make, target),
+        _traffic_condition(w, make),
+    ]
+
+
+def _created_message(name: str) -> str:
+    return (
+        f"Service {name} did not exist: Permafrost created it (owned by the release); "
+        f"if spec.service.name was meant to name an existing Service, correct it"
+    )
+
+
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a Service selector matches pods with ``labels`` (an empty one selects nothing)."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def unguarded_services(s: Situation) -> list[ServiceView]:
+    """The other Services whose selector matches the pods of some revision of the release.
+
+    The pods of every revision carry the template's labels: a Service selecting them (a second
+    Service, a headless one, one left from before Permafrost) reaches revisions that are not
+    verified, whatever ``spec.service`` selects. Acknowledged Services are left out.
+    """
+    pod_labels = [dict(v.labels) for v in s.revisions.values()]
+    if isinstance(s.desired, Desired):
+        template = s.desired.deployment["spec"]["template"]
+        pod_labels.append(dict((template.get("metadata") or {}).get("labels") or {}))
+    return [
+        svc
+        for svc in s.other_services
+        if not svc.acknowledged
+        and (s.spec.service is None or svc.name != s.spec.service.name)
+        and any(_selects(svc.selector, labels) for labels in pod_labels)
+    ]
+
+
+def _traffic_condition(
+    w: _Work, make: Callable[[str, ConditionStatus, str, str], models.Condition]
+) -> models.Condition:
+    """``TrafficGuarded``: whether only a verified revision can be reached through Services."""
+    s = w.s
+    unguarded = unguarded_services(s)
+    if unguarded:
+        names = ", ".join(
+            f"{svc.name} ({','.join(f'{k}={v}' for k, v in sorted(svc.selector.items()))})"
+            for svc in sorted(unguarded, key=lambda v: v.name)
+        )
+        return make(
+            conditions.TRAFFIC_GUARDED,
+            ConditionStatus.FALSE,
+            conditions.UNGUARDED_SERVICE,
+            f"Service {names} selects the release's pods, unverified revisions included: point "
+            "it at "
+            f"spec.service ({s.spec.service.name if s.spec.service else 'unset'}) or delete it, "
+            f"or annotate it {models.ANNOTATION_SELECTS_UNVERIFIED}=true if that is meant",
+        )
+    if s.spec.service is None:
+        return make(
+            conditions.TRAFFIC_GUARDED,
+            ConditionStatus.TRUE,
+            conditions.NO_SERVICE,
+            "spec.service is unset: Permafrost routes no traffic and no Service selects the pods",
+        )
+    name = s.spec.service.name
+    if s.service is None or s.service.owned:
+        return make(
+            conditions.TRAFFIC_GUARDED,
+            ConditionStatus.TRUE,
+            conditions.SERVICE_CREATED,
+            _created_message(name),
+        )
+    return make(
+        conditions.TRAFFIC_GUARDED,
+        ConditionStatus.TRUE,
+        conditions.SERVICE_ROUTED,
+        f"Service {name} selects "
+        + (f"revision {w.stable}" if w.stable else "no pod until a revision is verified"),
+    )
+
+
+def _traffic_events(w: _Work, conds: Sequence[models.Condition]) -> None:
+    """A Warning Event when other Services that select the release's pods appear or change."""
+    new = conditions.find(conds, conditions.TRAFFIC_GUARDED)
+    old = conditions.find(w.s.status.conditions, conditions.TRAFFIC_GUARDED)
+    if new is None or new.status != ConditionStatus.FALSE:
+        return
+    if old is not None and (old.status, old.message) == (new.status, new.message):
+        return
+    w.event("Warning", new.reason, new.message, revision=None)
 
 
 def _policy_condition(
@@ -957,6 +1065,7 @@ def plan(s: Situation) -> Plan:
 
     conds = _conditions(w, target, problem, manual)
     _policy_events(w, conds, target)
+    _traffic_events(w, conds)
     stable_view = s.revisions.get(w.stable) if w.stable else None
     headline = next((c.message for c in conds if c.type == conditions.PROGRESSING), "")
     status = models.GuardedReleaseStatus(

@@ -74,12 +74,14 @@ async def reconcile(
         )
         return None
 
-    sources_list, deployments, pods, service = await asyncio.gather(
+    sources_list, deployments, pods, services = await asyncio.gather(
         asyncio.gather(*(kube.read_config(namespace, ref) for ref in spec.config_refs)),
         kube.list_revision_deployments(namespace, name),
         kube.list_revision_pods(namespace, name),
-        kube.read_service(namespace, spec.service.name) if spec.service else _none(),
+        kube.list_services(namespace),
     )
+    named = spec.service.name if spec.service else None
+    service = next((s for s in services if s["metadata"]["name"] == named), None)
     now = clock()
     sources = {
         observations.config_key(r): s for r, s in zip(spec.config_refs, sources_list, strict=True)
@@ -102,10 +104,11 @@ async def reconcile(
         annotations=metadata.get("annotations") or {},
         desired=observations.desired(release=release, spec=spec, sources=sources),
         revisions=revisions,
-        service=observations.service_view(service),
+        service=observations.service_view(service, release_uid=release.uid),
         now=now,
         create_verdict=create_verdict,
         promote_verdict=promote_verdict,
+        other_services=observations.other_services(services, named=named),
     )
     result = planner.plan(situation)
 
@@ -168,10 +171,6 @@ async def reconcile(
     # NB: actions change the cluster; their effects arrive as watch events, which re-queue the
     # release. The requeue below is only for changes that time alone brings (deadlines, delays).
     return result.requeue_after
-
-
-async def _none() -> None:
-    return None
 
 
 def _fields(

@@ -1039,7 +1039,7 @@ def test_the_first_release_reports_progressing_and_not_ready() -> None:
     )
     assert condition(result, "Degraded").status == F
     assert condition(result, "RolledBack").status == F
-    assert event_reasons(result) == ["RevisionCreated"]
+    assert event_reasons(result) == ["RevisionCreated", "ServiceCreated"]  # no Service existed
     assert result.status.message == condition(result, "Progressing").message
 
 
