@@ -30,13 +30,17 @@ import pathlib
 import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import kopf
 
 import permafrost
 from permafrost import checking, documents, kube, models, presenting
+
+if TYPE_CHECKING:
+    from permafrost import webhooks
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_NO_CLUSTER, EXIT_NOT_INSTALLED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 3, 4, 5, 130
@@ -128,7 +132,8 @@ def _build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--webhook-url",
         metavar="URL",
-        help="how the apiserver reaches the webhooks, e.g. https://127.0.0.1:9443",
+        help="how the apiserver reaches the webhooks, e.g. https://127.0.0.1:9443 "
+        "(default: https://localhost:PORT, the port of --webhook-listen)",
     )
     where.add_argument(
         "--webhook-service",
@@ -139,7 +144,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--operator-namespace",
         default="permafrost-system",
         metavar="NS",
-        help="the operator's namespace: holds the TLS Secret, never frozen",
+        help="the operator's namespace, which must exist: holds the TLS Secret, never frozen "
+        "(default: %(default)s)",
+    )
+    guard.add_argument(
+        "--webhook-takeover",
+        action="store_true",
+        help="re-point webhooks registered for another operator that still answers at this one "
+        "(without it, run refuses to start)",
     )
     guard.add_argument(
         "--tls-secret",
@@ -381,6 +393,59 @@ def _configure_logging(*, verbose: bool, log_format: str = "text") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def _admission_preflight(options: webhooks.Options, *, takeover: bool) -> None:
+    """Fail fast, in one line, when admission could not be served as asked: the operator's
+    namespace is missing (Kopf would log a traceback every minute and reconcile nothing), or the
+    webhooks are registered for another operator that still answers (re-pointing them would
+    break its TLS and let the release webhook fail open)."""
+    try:
+        _check_admission(options, takeover=takeover)
+    finally:
+        kube.bound_requests(seconds=None)  # NB: the operator waits as long as a request takes
+
+
+def _check_admission(options: webhooks.Options, *, takeover: bool) -> None:
+    from permafrost import webhooks
+
+    namespace = options.namespace
+    if not _against_the_api(kube.namespace_exists(namespace)):
+        raise NotFound(
+            f"the operator's namespace {namespace} does not exist",
+            hint=f"Create it (kubectl create namespace {namespace}, or kubectl apply -f "
+            "deploy/namespace.yaml), or name another one: --operator-namespace NS",
+        )
+    existing = _against_the_api(kube.read_webhook_configuration(webhooks.WEBHOOK_CONFIGURATION))
+    registered, ours = webhooks.registered_target(existing), options.target()
+    if registered is None or registered == ours:
+        return
+    if takeover or not _answers(registered):
+        logging.getLogger(__name__).warning(
+            "the webhooks pointed at %s (%s); re-pointing them at %s",
+            registered,
+            "--webhook-takeover" if takeover else "it does not answer",
+            ours,
+        )
+        return
+    raise NotFound(
+        f"the webhooks are registered for another operator at {registered}, which answers; "
+        f"this one would re-point them at {ours}",
+        hint="Stop the other operator, or give the same --webhook-url/--webhook-service, or "
+        "pass --webhook-takeover to re-point them",
+    )
+
+
+def _answers(target: str) -> bool:
+    """Whether something accepts a TCP connection at a URL target (a Service: assumed so)."""
+    url = urllib.parse.urlsplit(target)
+    if not url.hostname:
+        return True
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def _run(args: argparse.Namespace) -> int:
     _preflight(args.namespace)
     _configure_logging(verbose=args.verbose, log_format=args.log_format)
@@ -410,6 +475,7 @@ def _run(args: argparse.Namespace) -> int:
                 namespace=args.operator_namespace,
             ),
         )
+        _admission_preflight(memo["admission"], takeover=args.webhook_takeover)
     identity = os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
     if args.peering is not None:
         memo["peering"] = handlers.Peering(

@@ -433,6 +433,19 @@ def _admission_patch(kind: str) -> Callable[..., Any]:
     return patch
 
 
+async def namespace_exists(name: str) -> bool:
+    return await _get_or_none(clients().core.read_namespace, name) is not None
+
+
+async def read_webhook_configuration(name: str) -> dict[str, Any] | None:
+    """A ValidatingWebhookConfiguration, or ``None`` if there is none of that name."""
+    api = kubernetes.client.AdmissionregistrationV1Api(clients().api)
+    result: dict[str, Any] | None = await _get_or_none(
+        api.read_validating_webhook_configuration, name
+    )
+    return result
+
+
 async def apply_cluster_object(body: Mapping[str, Any]) -> None:
     """Server-side apply of an admissionregistration.k8s.io/v1 object Permafrost owns."""
     patch = _admission_patch(body["kind"])

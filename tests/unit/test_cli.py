@@ -164,3 +164,10 @@ def test_commands_for_people_refuse_contradictions_as_usage_errors(
         cli.main(argv)
     assert exc.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_run_help_shows_the_defaults_of_the_operator_namespace_and_the_webhook_url() -> None:
+    text = " ".join(run_parser().format_help().split())
+    assert "(default: permafrost-system)" in text
+    assert "(default: https://localhost:PORT, the port of --webhook-listen)" in text
+    assert "--webhook-takeover" in text
