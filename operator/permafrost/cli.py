@@ -528,6 +528,17 @@ def _against_the_api(work: Coroutine[Any, Any, T]) -> T:
 async def _release(namespace: str, name: str) -> dict[str, Any]:
     body = await kube.find_release(namespace, name)
     if body is None:
+        elsewhere = sorted(
+            r["metadata"]["namespace"]
+            for r in await _releases_everywhere()
+            if r["metadata"]["name"] == name
+        )
+        if elsewhere:
+            raise NotFound(
+                f"GuardedRelease {namespace}/{name} not found; there is one named {name} in "
+                f"namespace {', '.join(elsewhere)}",
+                hint=f"Name the namespace: permafrost status {name} -n {elsewhere[0]}",
+            )
         names = [r["metadata"]["name"] for r in await kube.list_releases(namespace)]
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -536,6 +547,17 @@ async def _release(namespace: str, name: str) -> dict[str, Any]:
             hint=f"{hint}List every release: permafrost status -A",
         )
     return body
+
+
+async def _releases_everywhere() -> list[dict[str, Any]]:
+    """Every release the caller may list cluster-wide; none if that is forbidden."""
+    try:
+        return await kube.list_releases(None)
+    except Exception as exc:
+        problem = kube.problem_of(exc)
+        if problem is not None and problem.kind == kube.ApiProblem.FORBIDDEN:
+            return []
+        raise
 
 
 async def _rollback(namespace: str, name: str, to: str) -> str:
@@ -576,7 +598,17 @@ async def _rollback(namespace: str, name: str, to: str) -> str:
 
 
 async def _retry(namespace: str, name: str) -> None:
-    await _release(namespace, name)
+    body = await _release(namespace, name)
+    status = models.GuardedReleaseStatus.model_validate(body.get("status") or {})
+    desired = next((r for r in status.revisions if r.hash == status.desired_revision), None)
+    if desired is None or desired.outcome != models.Outcome.FAILED:
+        what = f"revision {desired.hash} is {desired.outcome}" if desired else "no revision yet"
+        phase = status.phase or "not reconciled yet"
+        raise NotFound(
+            f"{namespace}/{name} has no failed revision to retry ({phase}: {what})",
+            hint="retry starts a new attempt of a failed revision; to roll out again, "
+            "change the spec",
+        )
     token = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     await kube.patch_release_annotations(
         namespace, name, {models.ANNOTATION_RETRY: token}, manager=MANAGER
@@ -742,12 +774,17 @@ def _explain(problem: kube.ApiProblem) -> tuple[str, str, int]:
     detail = problem.detail.rstrip(".")
     if problem.kind == kube.ApiProblem.KUBECONFIG:
         where = os.environ.get("KUBECONFIG") or "~/.kube/config"
-        return (
-            f"no usable kubeconfig ({where}): {detail}",
-            "Point KUBECONFIG at one; for the local cluster: make cluster-up && "
-            "export KUBECONFIG=$PWD/.cluster/kubeconfig",
-            EXIT_NO_CLUSTER,
+        hint = (
+            "Point KUBECONFIG at your cluster's kubeconfig (the one kubectl uses); "
+            "in a Permafrost checkout, its local cluster: make cluster-up && "
+            "export KUBECONFIG=$PWD/.cluster/kubeconfig"
         )
+        paths = [pathlib.Path(p).expanduser() for p in where.split(os.pathsep) if p]
+        if not any(p.exists() for p in paths):
+            # NB: the client says "Invalid kube-config file" for a file that is not there.
+            missing = "does not exist" if len(paths) == 1 else "do not exist"
+            return f"no kubeconfig: {where} {missing}", hint, EXIT_NO_CLUSTER
+        return f"no usable kubeconfig ({where}): {detail}", hint, EXIT_NO_CLUSTER
     if problem.kind == kube.ApiProblem.UNREACHABLE:
         return (
             f"cannot reach the Kubernetes API at {kube.server_address()}: {detail}",

@@ -266,6 +266,19 @@ def test_a_promote_policy_holds_traffic_until_the_release_is_approved(
     revision = st["desiredRevision"]
     assert crds.get("deployment", f"shop-{revision}", namespace=namespace) is not None
 
+    # A held rollout has settled: `status --watch` exits 1 at once, not after its timeout.
+    command = ["permafrost", "status", "shop", "-n", namespace, "-w", "--timeout", "60"]
+    watch = subprocess.run(
+        [sys.executable, "-m", *command],
+        env=crds.env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert watch.returncode == 1, watch.stdout + watch.stderr
+    assert watch.stdout.splitlines()[-1].endswith("settled: Held")
+
     crds.kubectl(
         "annotate", "grel", "shop", "permafrost.dev/approved-by=alice", namespace=namespace
     )
