@@ -800,8 +800,8 @@ def _explain(problem: kube.ApiProblem) -> tuple[str, str, int]:
     if problem.kind == kube.ApiProblem.NOT_INSTALLED:
         return (
             f"Permafrost's CRDs are not installed in this cluster ({detail} is unknown)",
-            "Install them: kubectl apply --server-side -k crds/, then wait until they are "
-            "Established (docs/install.md shows how)",
+            "Install them: kubectl apply --server-side -k crds/, wait until they are "
+            "Established, then the policies and the operator (docs/install.md shows how)",
             EXIT_NOT_INSTALLED,
         )
     return f"the Kubernetes API refused the request: {detail}", "", EXIT_FAILED

@@ -434,7 +434,9 @@ def _admission_patch(kind: str) -> Callable[..., Any]:
 
 
 async def namespace_exists(name: str) -> bool:
-    return await _get_or_none(clients().core.read_namespace, name) is not None
+    # NB: listed by name, not read: the operator may list namespaces, not get them.
+    body = await _raw(clients().core.list_namespace, field_selector=f"metadata.name={name}")
+    return bool(body.get("items"))
 
 
 async def read_webhook_configuration(name: str) -> dict[str, Any] | None:
