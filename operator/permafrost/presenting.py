@@ -134,6 +134,12 @@ def explanation(release: Mapping[str, Any]) -> str:
             return (
                 f"generation {generation} not observed yet (observed {status.observed_generation})"
             )
+        # NB: a Stable release may still break an Enforce policy or be reachable through another
+        # Service; neither changes the phase, so the explanation says it.
+        for type_ in (conditions.POLICY_COMPLIANT, conditions.TRAFFIC_GUARDED):
+            cond = conditions.find(status.conditions, type_)
+            if cond is not None and cond.status == models.ConditionStatus.FALSE:
+                return f"{cond.reason}: {cond.message}"
         return ""
     cond = conditions.find(status.conditions, EXPLAINED_BY.get(status.phase, conditions.READY))
     if cond is None:

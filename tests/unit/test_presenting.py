@@ -535,3 +535,21 @@ def test_status_detail_names_the_spec_revision_during_a_manual_rollback() -> Non
     assert "Desired:     aaaaaaaaaa (manual rollback; the spec's revision is cccccccccc)" in text
     plain = presenting.status_detail(rolled_back_release(), now=NOW)
     assert "Desired:     cccccccccc\n" in plain
+
+
+def test_a_stable_release_that_breaks_an_enforced_policy_or_leaks_traffic_says_so() -> None:
+    release = stable_release()
+    assert presenting.explanation(release) == ""
+    release["status"]["conditions"].append(
+        condition(
+            "TrafficGuarded",
+            "False",
+            "UnguardedService",
+            "Service old (app=checkout) selects the release's pods",
+        )
+    )
+    assert presenting.explanation(release).startswith("UnguardedService: Service old")
+    release["status"]["conditions"].append(
+        condition("PolicyCompliant", "False", "EnforcedPolicyViolated", "Enforce p/r: no")
+    )
+    assert presenting.explanation(release) == "EnforcedPolicyViolated: Enforce p/r: no"
