@@ -49,6 +49,7 @@ NO_POLICY_ENGINE = "NoPolicyEngine"
 # Services (TrafficGuarded).
 SERVICE_ROUTED = "ServiceRouted"
 SERVICE_CREATED = "ServiceCreated"
+SERVICE_NOT_FOUND = "ServiceNotFound"
 NO_SERVICE = "NoService"
 UNGUARDED_SERVICE = "UnguardedService"
 # Why a revision failed verification (also used as reasons of Degraded/RolledBack and Events).

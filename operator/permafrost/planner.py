@@ -845,6 +845,15 @@ def _traffic_condition(
             "spec.service is unset: Permafrost routes no traffic and no Service selects the pods",
         )
     name = s.spec.service.name
+    creating = any(isinstance(a, RouteService) and a.create is not None for a in w.actions)
+    if s.service is None and not creating:
+        return make(
+            conditions.TRAFFIC_GUARDED,
+            ConditionStatus.TRUE,
+            conditions.SERVICE_NOT_FOUND,
+            f"Service {name} does not exist: Permafrost creates it with the first revision; "
+            "if spec.service.name was meant to name an existing Service, correct it",
+        )
     if s.service is None or s.service.owned:
         return make(
             conditions.TRAFFIC_GUARDED,

@@ -115,6 +115,16 @@ def test_a_missing_service_is_created_with_an_event_and_a_lasting_condition() ->
     assert "ServiceCreated" not in event_reasons(later)
 
 
+def test_a_missing_service_is_reported_before_anything_creates_it() -> None:
+    # The ConfigMap is missing: no revision, so no Service is created yet; it is said so.
+    missing = planner.ConfigMissing(("ConfigMap/checkout-config",))
+    plan = planner.plan(situation(service=None, desired_=missing))
+    assert not any(isinstance(a, planner.RouteService) for a in plan.actions)
+    guarded = condition(plan, "TrafficGuarded")
+    assert (guarded.status, guarded.reason) == ("True", "ServiceNotFound")
+    assert f"Service {SERVICE} does not exist" in guarded.message
+
+
 def test_a_misspelt_service_name_shows_the_real_service_selecting_unverified_pods() -> None:
     # spec.service.name says "chekout"; the user's "checkout" selects app=checkout.
     spec = make_spec()
