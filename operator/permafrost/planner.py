@@ -797,23 +797,33 @@ def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def unguarded_services(s: Situation) -> list[ServiceView]:
-    """The other Services whose selector matches the pods of some revision of the release.
+def unguarded_services(s: Situation, *, stable: str | None) -> list[ServiceView]:
+    """The other Services that select, or will select, the pods of a revision not verified.
 
     The pods of every revision carry the template's labels: a Service selecting them (a second
-    Service, a headless one, one left from before Permafrost) reaches revisions that are not
-    verified, whatever ``spec.service`` selects. Acknowledged Services are left out.
+    Service, a headless one, one left from before Permafrost) reaches every revision, verified
+    or not, whatever ``spec.service`` selects; the next one too. Reported: a Service whose
+    selector matches the pods of a revision that is not the stable one, or would match any
+    revision's pods whatever its ``permafrost.dev/revision``. Not reported: one pinned to the
+    stable revision (created by Permafrost under an earlier ``spec.service.name``), and one
+    acknowledged by its annotation.
     """
-    pod_labels = [dict(v.labels) for v in s.revisions.values()]
+    labels = {r: dict(v.labels) for r, v in s.revisions.items()}
     if isinstance(s.desired, Desired):
         template = s.desired.deployment["spec"]["template"]
-        pod_labels.append(dict((template.get("metadata") or {}).get("labels") or {}))
+        labels.setdefault(
+            s.desired.revision, dict((template.get("metadata") or {}).get("labels") or {})
+        )
+    unverified = [pods for r, pods in labels.items() if r != stable]
+    any_revision = [
+        {k: v for k, v in pods.items() if k != models.LABEL_REVISION} for pods in labels.values()
+    ]
     return [
         svc
         for svc in s.other_services
         if not svc.acknowledged
         and (s.spec.service is None or svc.name != s.spec.service.name)
-        and any(_selects(svc.selector, labels) for labels in pod_labels)
+        and any(_selects(svc.selector, pods) for pods in (*unverified, *any_revision))
     ]
 
 
@@ -822,7 +832,7 @@ def _traffic_condition(
 ) -> models.Condition:
     """``TrafficGuarded``: whether only a verified revision can be reached through Services."""
     s = w.s
-    unguarded = unguarded_services(s)
+    unguarded = unguarded_services(s, stable=w.stable)
     if unguarded:
         names = ", ".join(
             f"{svc.name} ({','.join(f'{k}={v}' for k, v in sorted(svc.selector.items()))})"

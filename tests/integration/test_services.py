@@ -75,7 +75,9 @@ def test_a_misspelt_service_name_is_visible_and_the_real_service_is_named(
     assert "UnguardedService" in shown
     assert st["stableRevision"]
 
-    # Fixing the name: the real Service is taken over and nothing is reported any more.
+    # Fixing the name: the real Service is taken over and nothing is reported any more (the
+    # Service created for the misspelt name stays, owned by the release, selecting only the
+    # stable revision).
     fixed = release("shop", service="shop")
     crds.apply(fixed, namespace=namespace)
 
@@ -94,7 +96,8 @@ def test_a_second_service_selecting_the_pods_is_reported_until_acknowledged(
 ) -> None:
     crds.apply(release("shop", service="shop"), namespace=namespace)
     wait_phase(crds, namespace, "shop", "Stable", timeout=90)
-    assert traffic(crds, namespace, "shop")["reason"] == "ServiceRouted"  # type: ignore[index]
+    # No Service "shop" existed: Permafrost created it, and says so.
+    assert traffic(crds, namespace, "shop")["reason"] == "ServiceCreated"  # type: ignore[index]
 
     # A headless Service added later, selecting the template's labels.
     headless = service("shop-peers", {"app": "shop"})
@@ -122,5 +125,5 @@ def test_a_second_service_selecting_the_pods_is_reported_until_acknowledged(
         return found if found and found["status"] == "True" else None
 
     assert wait_for(cleared, timeout=30, interval=0.5, what="acknowledged")["reason"] == (
-        "ServiceRouted"
+        "ServiceCreated"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from planner_fixtures import (
+    RELEASE,
     SERVICE,
     V1,
     V2,
@@ -24,7 +25,7 @@ from planner_fixtures import (
     view,
 )
 
-from permafrost import models, observations, planner
+from permafrost import manifests, models, observations, planner
 
 APP = {"app": "checkout"}
 
@@ -35,14 +36,19 @@ def other(
     return planner.ServiceView(name=name, selector=selector, acknowledged=acknowledged)
 
 
+def pod_labels(revision: str) -> dict[str, str]:
+    """The labels of a revision's pods: the template's and Permafrost's."""
+    return {**APP, **manifests.selector(RELEASE.name, revision)}
+
+
 def verifying(*services: planner.ServiceView) -> planner.Situation:
     """V1 stable and routed, V2 (the spec's) being verified, and ``services`` beside them."""
     s = situation(
         records=[stable(V1), progressing(V2, started=30)],
         stable_revision=V1,
         views=[
-            dataclasses.replace(view(V1), labels=APP),
-            dataclasses.replace(view(V2, pods=unready_pods(2)), labels=APP),
+            dataclasses.replace(view(V1), labels=pod_labels(V1)),
+            dataclasses.replace(view(V2, pods=unready_pods(2)), labels=pod_labels(V2)),
         ],
         service=routed_to(V1),
     )
@@ -86,6 +92,17 @@ def test_services_that_select_other_pods_or_nothing_or_are_acknowledged_are_not_
     assert (guarded.status, guarded.reason) == ("True", "ServiceRouted")
     assert guarded.message == f"Service {SERVICE} selects revision {V1}"
     assert "UnguardedService" not in event_reasons(plan)
+
+
+def test_a_service_pinned_to_the_stable_revision_is_not_reported_one_pinned_to_another_is() -> None:
+    # E.g. the Service Permafrost created under an earlier spec.service.name.
+    pinned = {**manifests.selector(RELEASE.name, V1)}
+    s = verifying(other("checkout-old-name", pinned))
+    assert condition(planner.plan(s), "TrafficGuarded").status == "True"
+    unverified = dataclasses.replace(
+        s, other_services=(other("checkout-next", manifests.selector(RELEASE.name, V2)),)
+    )
+    assert condition(planner.plan(unverified), "TrafficGuarded").status == "False"
 
 
 def test_before_its_first_revision_the_spec_template_labels_are_what_is_matched() -> None:
@@ -172,3 +189,17 @@ def test_observed_services_say_who_owns_them_and_whether_they_are_acknowledged()
     assert [(o.name, o.acknowledged, dict(o.selector)) for o in others] == [
         ("checkout-metrics", True, APP)
     ]
+
+
+def test_a_service_selecting_the_template_labels_is_reported_even_when_only_the_stable_runs() -> (
+    None
+):
+    # Nothing but the stable revision runs now; the next revision's pods will match too.
+    s = situation(
+        records=[stable(V2)],
+        stable_revision=V2,
+        views=[dataclasses.replace(view(V2), labels=pod_labels(V2))],
+        service=routed_to(V2),
+    )
+    plan = planner.plan(dataclasses.replace(s, other_services=(other("legacy", APP),)))
+    assert condition(plan, "TrafficGuarded").status == "False"
