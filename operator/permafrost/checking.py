@@ -57,7 +57,16 @@ SKIPPED_KINDS = frozenset(
         "MutatingWebhookConfiguration",
     }
 )
+# Kinds that run pods but that Permafrost does not guard (admission judges GuardedReleases,
+# Deployments, StatefulSets, DaemonSets and Pods): skipped too, saying so, so that `check` gives
+# the cluster's verdict and a manifest directory holding a Job can still be checked.
+UNGUARDED_KINDS = frozenset({"Job", "CronJob", "ReplicaSet", "ReplicationController"})
 EXIT_OK, EXIT_VIOLATION, EXIT_UNUSABLE = 0, 1, 2
+
+
+def skip_reason(kind: str) -> str:
+    """Why a document of ``kind`` is skipped (in the table and the JSON ``reason``)."""
+    return "not guarded by Permafrost" if kind in UNGUARDED_KINDS else "runs nothing"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +132,7 @@ def check(
     checked, skipped = [], []
     for source, text in inputs:
         for doc in documents.load_all(text, source=source):
-            if doc.kind in SKIPPED_KINDS:
+            if doc.kind in SKIPPED_KINDS or doc.kind in UNGUARDED_KINDS:
                 skipped.append(doc)
                 continue
             if doc.kind not in CHECKABLE_KINDS:
@@ -166,7 +175,13 @@ def to_json(report: Report) -> dict[str, Any]:
             for c in report.checked
         ],
         "skipped": [
-            {"source": d.source, "document": d.index, "kind": d.kind, "name": d.name}
+            {
+                "source": d.source,
+                "document": d.index,
+                "kind": d.kind,
+                "name": d.name,
+                "reason": skip_reason(d.kind),
+            }
             for d in report.skipped
         ],
         "violations": sum(len(c.verdict.violations) for c in report.checked),
@@ -197,7 +212,9 @@ def render_table(report: Report) -> str:
         if passed:
             lines.append(f"  {passed} rule(s) passed")
     for d in report.skipped:
-        lines.append(f"{d.where}  {d.kind}/{d.name or '(unnamed)'}  [skipped: runs nothing]")
+        lines.append(
+            f"{d.where}  {d.kind}/{d.name or '(unnamed)'}  [skipped: {skip_reason(d.kind)}]"
+        )
     data = to_json(report)
     lines.append(
         f"{len(report.checked)} input(s), stage {report.stage}: {data['violations']} "

@@ -30,13 +30,17 @@ import pathlib
 import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import kopf
 
 import permafrost
 from permafrost import checking, documents, kube, models, presenting
+
+if TYPE_CHECKING:
+    from permafrost import webhooks
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_NO_CLUSTER, EXIT_NOT_INSTALLED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 3, 4, 5, 130
@@ -136,7 +140,8 @@ def _build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--webhook-url",
         metavar="URL",
-        help="how the apiserver reaches the webhooks, e.g. https://127.0.0.1:9443",
+        help="how the apiserver reaches the webhooks, e.g. https://127.0.0.1:9443 "
+        "(default: https://localhost:PORT, the port of --webhook-listen)",
     )
     where.add_argument(
         "--webhook-service",
@@ -147,7 +152,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--operator-namespace",
         default="permafrost-system",
         metavar="NS",
-        help="the operator's namespace: holds the TLS Secret, never frozen",
+        help="the operator's namespace, which must exist: holds the TLS Secret, never frozen "
+        "(default: %(default)s)",
+    )
+    guard.add_argument(
+        "--webhook-takeover",
+        action="store_true",
+        help="re-point webhooks registered for another operator that still answers at this one "
+        "(without it, run refuses to start)",
     )
     guard.add_argument(
         "--tls-secret",
@@ -389,6 +401,59 @@ def _configure_logging(*, verbose: bool, log_format: str = "text") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def _admission_preflight(options: webhooks.Options, *, takeover: bool) -> None:
+    """Fail fast, in one line, when admission could not be served as asked: the operator's
+    namespace is missing (Kopf would log a traceback every minute and reconcile nothing), or the
+    webhooks are registered for another operator that still answers (re-pointing them would
+    break its TLS and let the release webhook fail open)."""
+    try:
+        _check_admission(options, takeover=takeover)
+    finally:
+        kube.bound_requests(seconds=None)  # NB: the operator waits as long as a request takes
+
+
+def _check_admission(options: webhooks.Options, *, takeover: bool) -> None:
+    from permafrost import webhooks
+
+    namespace = options.namespace
+    if not _against_the_api(kube.namespace_exists(namespace)):
+        raise NotFound(
+            f"the operator's namespace {namespace} does not exist",
+            hint=f"Create it (kubectl create namespace {namespace}, or kubectl apply -f "
+            "deploy/namespace.yaml), or name another one: --operator-namespace NS",
+        )
+    existing = _against_the_api(kube.read_webhook_configuration(webhooks.WEBHOOK_CONFIGURATION))
+    registered, ours = webhooks.registered_target(existing), options.target()
+    if registered is None or registered == ours:
+        return
+    if takeover or not _answers(registered):
+        logging.getLogger(__name__).warning(
+            "the webhooks pointed at %s (%s); re-pointing them at %s",
+            registered,
+            "--webhook-takeover" if takeover else "it does not answer",
+            ours,
+        )
+        return
+    raise NotFound(
+        f"the webhooks are registered for another operator at {registered}, which answers; "
+        f"this one would re-point them at {ours}",
+        hint="Stop the other operator, or give the same --webhook-url/--webhook-service, or "
+        "pass --webhook-takeover to re-point them",
+    )
+
+
+def _answers(target: str) -> bool:
+    """Whether something accepts a TCP connection at a URL target (a Service: assumed so)."""
+    url = urllib.parse.urlsplit(target)
+    if not url.hostname:
+        return True
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def _run(args: argparse.Namespace) -> int:
     _preflight(args.namespace, request_timeout=args.request_timeout)
     _configure_logging(verbose=args.verbose, log_format=args.log_format)
@@ -419,6 +484,7 @@ def _run(args: argparse.Namespace) -> int:
                 namespace=args.operator_namespace,
             ),
         )
+        _admission_preflight(memo["admission"], takeover=args.webhook_takeover)
     identity = os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
     if args.peering is not None:
         memo["peering"] = handlers.Peering(
@@ -471,6 +537,17 @@ def _against_the_api(work: Coroutine[Any, Any, T]) -> T:
 async def _release(namespace: str, name: str) -> dict[str, Any]:
     body = await kube.find_release(namespace, name)
     if body is None:
+        elsewhere = sorted(
+            r["metadata"]["namespace"]
+            for r in await _releases_everywhere()
+            if r["metadata"]["name"] == name
+        )
+        if elsewhere:
+            raise NotFound(
+                f"GuardedRelease {namespace}/{name} not found; there is one named {name} in "
+                f"namespace {', '.join(elsewhere)}",
+                hint=f"Name the namespace: permafrost status {name} -n {elsewhere[0]}",
+            )
         names = [r["metadata"]["name"] for r in await kube.list_releases(namespace)]
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -479,6 +556,17 @@ async def _release(namespace: str, name: str) -> dict[str, Any]:
             hint=f"{hint}List every release: permafrost status -A",
         )
     return body
+
+
+async def _releases_everywhere() -> list[dict[str, Any]]:
+    """Every release the caller may list cluster-wide; none if that is forbidden."""
+    try:
+        return await kube.list_releases(None)
+    except Exception as exc:
+        problem = kube.problem_of(exc)
+        if problem is not None and problem.kind == kube.ApiProblem.FORBIDDEN:
+            return []
+        raise
 
 
 async def _rollback(namespace: str, name: str, to: str) -> str:
@@ -519,7 +607,17 @@ async def _rollback(namespace: str, name: str, to: str) -> str:
 
 
 async def _retry(namespace: str, name: str) -> None:
-    await _release(namespace, name)
+    body = await _release(namespace, name)
+    status = models.GuardedReleaseStatus.model_validate(body.get("status") or {})
+    desired = next((r for r in status.revisions if r.hash == status.desired_revision), None)
+    if desired is None or desired.outcome != models.Outcome.FAILED:
+        what = f"revision {desired.hash} is {desired.outcome}" if desired else "no revision yet"
+        phase = status.phase or "not reconciled yet"
+        raise NotFound(
+            f"{namespace}/{name} has no failed revision to retry ({phase}: {what})",
+            hint="retry starts a new attempt of a failed revision; to roll out again, "
+            "change the spec",
+        )
     token = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     await kube.patch_release_annotations(
         namespace, name, {models.ANNOTATION_RETRY: token}, manager=MANAGER
@@ -685,12 +783,17 @@ def _explain(problem: kube.ApiProblem) -> tuple[str, str, int]:
     detail = problem.detail.rstrip(".")
     if problem.kind == kube.ApiProblem.KUBECONFIG:
         where = os.environ.get("KUBECONFIG") or "~/.kube/config"
-        return (
-            f"no usable kubeconfig ({where}): {detail}",
-            "Point KUBECONFIG at one; for the local cluster: make cluster-up && "
-            "export KUBECONFIG=$PWD/.cluster/kubeconfig",
-            EXIT_NO_CLUSTER,
+        hint = (
+            "Point KUBECONFIG at your cluster's kubeconfig (the one kubectl uses); "
+            "in a Permafrost checkout, its local cluster: make cluster-up && "
+            "export KUBECONFIG=$PWD/.cluster/kubeconfig"
         )
+        paths = [pathlib.Path(p).expanduser() for p in where.split(os.pathsep) if p]
+        if not any(p.exists() for p in paths):
+            # NB: the client says "Invalid kube-config file" for a file that is not there.
+            missing = "does not exist" if len(paths) == 1 else "do not exist"
+            return f"no kubeconfig: {where} {missing}", hint, EXIT_NO_CLUSTER
+        return f"no usable kubeconfig ({where}): {detail}", hint, EXIT_NO_CLUSTER
     if problem.kind == kube.ApiProblem.UNREACHABLE:
         return (
             f"cannot reach the Kubernetes API at {kube.server_address()}: {detail}",
@@ -706,8 +809,8 @@ def _explain(problem: kube.ApiProblem) -> tuple[str, str, int]:
     if problem.kind == kube.ApiProblem.NOT_INSTALLED:
         return (
             f"Permafrost's CRDs are not installed in this cluster ({detail} is unknown)",
-            "Install them: kubectl apply --server-side -k crds/, then wait until they are "
-            "Established (docs/install.md shows how)",
+            "Install them: kubectl apply --server-side -k crds/, wait until they are "
+            "Established, then the policies and the operator (docs/install.md shows how)",
             EXIT_NOT_INSTALLED,
         )
     return f"the Kubernetes API refused the request: {detail}", "", EXIT_FAILED

@@ -18,7 +18,8 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 ROLLED_BACK = "RolledBack"
 POLICY_COMPLIANT = "PolicyCompliant"
-TYPES = (READY, PROGRESSING, DEGRADED, ROLLED_BACK, POLICY_COMPLIANT)
+TRAFFIC_GUARDED = "TrafficGuarded"
+TYPES = (READY, PROGRESSING, DEGRADED, ROLLED_BACK, POLICY_COMPLIANT, TRAFFIC_GUARDED)
 
 # Reasons.
 ALL_REPLICAS_READY = "AllReplicasReady"
@@ -36,10 +37,21 @@ AUTOMATIC_ROLLBACK_DISABLED = "AutomaticRollbackDisabled"
 # Policies.
 POLICY_VIOLATION = "PolicyViolation"
 PROMOTION_HELD = "PromotionHeld"
+# NB: an Enforce violation by a release whose revision already runs (a policy tightened after
+# it was created): reported, never a reason to stop what runs; the phase is not Held.
+ENFORCED_POLICY_VIOLATED = "EnforcedPolicyViolated"
+# The reasons of PolicyCompliant=False that hold a rollout (phase Held).
+HOLDING_REASONS = frozenset({POLICY_VIOLATION, PROMOTION_HELD})
 POLICY_WARNINGS = "PolicyWarnings"
 ALL_POLICIES_PASS = "AllPoliciesPass"
 NO_POLICY_APPLIES = "NoPolicyApplies"
 NO_POLICY_ENGINE = "NoPolicyEngine"
+# Services (TrafficGuarded).
+SERVICE_ROUTED = "ServiceRouted"
+SERVICE_CREATED = "ServiceCreated"
+SERVICE_NOT_FOUND = "ServiceNotFound"
+NO_SERVICE = "NoService"
+UNGUARDED_SERVICE = "UnguardedService"
 # Why a revision failed verification (also used as reasons of Degraded/RolledBack and Events).
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 CRASH_LOOP = "CrashLoop"

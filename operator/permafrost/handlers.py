@@ -428,7 +428,12 @@ async def configmap_changed(
 
 @kopf.on.event("", "v1", "services")
 async def service_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Any Service may be a release's own or select a release's pods: look at its namespace's."""
     _dependency_changed("Service", namespace, name, memo, kwargs)
+    runtime = _runtime(memo)
+    for key in list(runtime.known_releases):
+        if key[0] == namespace:
+            runtime.queue.add(key)
 
 
 # --- workloads in enforced namespaces (drift of what Permafrost does not manage) -------------

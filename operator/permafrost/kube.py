@@ -176,11 +176,10 @@ async def read_config(namespace: str, ref: models.ConfigRef) -> dict[str, Any] |
     return result
 
 
-async def read_service(namespace: str, name: str) -> dict[str, Any] | None:
-    result: dict[str, Any] | None = await _get_or_none(
-        clients().core.read_namespaced_service, name, namespace
-    )
-    return result
+async def list_services(namespace: str) -> list[dict[str, Any]]:
+    """Every Service of the namespace (a release's Service, and others that may select its pods)."""
+    body = await _raw(clients().core.list_namespaced_service, namespace)
+    return list(body.get("items") or [])
 
 
 class ApiProblem(Exception):
@@ -491,6 +490,21 @@ def _admission_patch(kind: str) -> Callable[..., Any]:
     }[kind]
     patch: Callable[..., Any] = getattr(api, f"patch_{suffix}")
     return patch
+
+
+async def namespace_exists(name: str) -> bool:
+    # NB: listed by name, not read: the operator may list namespaces, not get them.
+    body = await _raw(clients().core.list_namespace, field_selector=f"metadata.name={name}")
+    return bool(body.get("items"))
+
+
+async def read_webhook_configuration(name: str) -> dict[str, Any] | None:
+    """A ValidatingWebhookConfiguration, or ``None`` if there is none of that name."""
+    api = kubernetes.client.AdmissionregistrationV1Api(clients().api)
+    result: dict[str, Any] | None = await _get_or_none(
+        api.read_validating_webhook_configuration, name
+    )
+    return result
 
 
 async def apply_cluster_object(body: Mapping[str, Any]) -> None:

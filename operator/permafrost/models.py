@@ -40,6 +40,8 @@ ANNOTATION_BREAK_GLASS_ACCEPTED = "permafrost.dev/break-glass-accepted"
 ANNOTATION_FINGERPRINT = "permafrost.dev/template-fingerprint"
 ANNOTATION_DRIFT = "permafrost.dev/drift-detected-at"
 LABEL_ENFORCE = "permafrost.dev/enforce"
+# On a Service other than the release's: it is meant to reach every revision's pods (metrics).
+ANNOTATION_SELECTS_UNVERIFIED = "permafrost.dev/selects-unverified-pods"
 LABEL_DRIFT = "permafrost.dev/drift"
 MANAGER = "permafrost"
 

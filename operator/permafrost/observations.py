@@ -76,6 +76,12 @@ def revision_views(
         spec = deployment.get("spec") or {}
         status = deployment.get("status") or {}
         annotations = metadata.get("annotations") or {}
+        template_labels = {
+            str(k): str(v)
+            for k, v in (
+                ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+            ).items()
+        }
         views[revision] = planner.RevisionView(
             name=str(metadata.get("name", "")),
             revision=revision,
@@ -91,20 +97,37 @@ def revision_views(
             break_glass=annotations.get(models.ANNOTATION_BREAK_GLASS) or None,
             break_glass_accepted=annotations.get(models.ANNOTATION_BREAK_GLASS_ACCEPTED),
             drift_reported=models.ANNOTATION_DRIFT in annotations,
-            version=(((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}).get(
-                VERSION_LABEL
-            ),
+            version=template_labels.get(VERSION_LABEL),
+            labels=template_labels,
         )
     return views
 
 
-def service_view(service: Mapping[str, Any] | None) -> planner.ServiceView | None:
+def service_view(
+    service: Mapping[str, Any] | None, *, release_uid: str = ""
+) -> planner.ServiceView | None:
+    """The Service as the planner sees it; ``owned`` if the release with ``release_uid`` owns it."""
     if service is None:
         return None
+    metadata = service.get("metadata") or {}
+    owners = metadata.get("ownerReferences") or []
+    annotations = metadata.get("annotations") or {}
     return planner.ServiceView(
-        name=str((service.get("metadata") or {}).get("name", "")),
-        selector=dict((service.get("spec") or {}).get("selector") or {}),
+        name=str(metadata.get("name", "")),
+        selector={
+            str(k): str(v) for k, v in ((service.get("spec") or {}).get("selector") or {}).items()
+        },
+        owned=bool(release_uid) and any(o.get("uid") == release_uid for o in owners),
+        acknowledged=annotations.get(models.ANNOTATION_SELECTS_UNVERIFIED) == "true",
     )
+
+
+def other_services(
+    services: Iterable[Mapping[str, Any]], *, named: str | None
+) -> tuple[planner.ServiceView, ...]:
+    """Every Service of the namespace but the release's own (``named``)."""
+    views = (service_view(s) for s in services)
+    return tuple(v for v in views if v is not None and v.name != named)
 
 
 def config_key(ref: models.ConfigRef) -> str:

@@ -74,6 +74,7 @@ class RevisionView:
     break_glass_accepted: str | None = None
     drift_reported: bool = False
     version: str | None = None  # the template's app.kubernetes.io/version label
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)  # its pods' labels
 
 
 def stable_summary(view: RevisionView | None) -> dict[str, Any] | None:
@@ -92,6 +93,10 @@ def stable_summary(view: RevisionView | None) -> dict[str, Any] | None:
 class ServiceView:
     name: str
     selector: Mapping[str, str]
+    owned: bool = False  # created by Permafrost for this release (its owner is the release)
+    # The Service's owner accepts that it reaches every revision's pods (e.g. for metrics):
+    # the annotation permafrost.dev/selects-unverified-pods is "true".
+    acknowledged: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +131,9 @@ class Situation:
     # same engine as admission and `permafrost check` (None: no policy engine in use).
     create_verdict: policy.Verdict | None = None
     promote_verdict: policy.Verdict | None = None
+    # Every other Service of the namespace (not spec.service): one whose selector matches the
+    # release's pods sends traffic to revisions that are not verified.
+    other_services: tuple[ServiceView, ...] = ()
 
 
 # --- what the shell does -----------------------------------------------------------------------
@@ -601,6 +609,12 @@ def _route(w: _Work) -> None:
     if s.service is None:
         body = manifests.service(release=s.release, spec=s.spec.service, revision=revision)
         action = RouteService(s.spec.service.name, wanted, body)
+        w.event(
+            "Normal",
+            conditions.SERVICE_CREATED,
+            _created_message(s.spec.service.name),
+            revision=w.stable,
+        )
     elif dict(s.service.selector) != wanted:
         action = RouteService(s.spec.service.name, wanted, None)
     else:
@@ -761,23 +775,162 @@ def _conditions(
             )
         else:
             rolled_back = make(conditions.ROLLED_BACK, F, conditions.NO_ROLLBACK, "")
-    return [ready, progressing, degraded, rolled_back, _policy_condition(w, make)]
+    return [
+        ready,
+        progressing,
+        degraded,
+        rolled_back,
+        _policy_condition(w, make, target),
+        _traffic_condition(w, make),
+    ]
+
+
+def _created_message(name: str) -> str:
+    return (
+        f"Service {name} did not exist: Permafrost created it (owned by the release); "
+        f"if spec.service.name was meant to name an existing Service, correct it"
+    )
+
+
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a Service selector matches pods with ``labels`` (an empty one selects nothing)."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def unguarded_services(s: Situation, *, stable: str | None) -> list[ServiceView]:
+    """The other Services that select, or will select, the pods of a revision not verified.
+
+    The pods of every revision carry the template's labels: a Service selecting them (a second
+    Service, a headless one, one left from before Permafrost) reaches every revision, verified
+    or not, whatever ``spec.service`` selects; the next one too. Reported: a Service whose
+    selector matches the pods of a revision that is not the stable one, or would match any
+    revision's pods whatever its ``permafrost.dev/revision``. Not reported: one pinned to the
+    stable revision (created by Permafrost under an earlier ``spec.service.name``), and one
+    acknowledged by its annotation.
+    """
+    labels = {r: dict(v.labels) for r, v in s.revisions.items()}
+    if isinstance(s.desired, Desired):
+        template = s.desired.deployment["spec"]["template"]
+        labels.setdefault(
+            s.desired.revision, dict((template.get("metadata") or {}).get("labels") or {})
+        )
+    unverified = [pods for r, pods in labels.items() if r != stable]
+    any_revision = [
+        {k: v for k, v in pods.items() if k != models.LABEL_REVISION} for pods in labels.values()
+    ]
+    return [
+        svc
+        for svc in s.other_services
+        if not svc.acknowledged
+        and (s.spec.service is None or svc.name != s.spec.service.name)
+        and any(_selects(svc.selector, pods) for pods in (*unverified, *any_revision))
+    ]
+
+
+def _traffic_condition(
+    w: _Work, make: Callable[[str, ConditionStatus, str, str], models.Condition]
+) -> models.Condition:
+    """``TrafficGuarded``: whether only a verified revision can be reached through Services."""
+    s = w.s
+    unguarded = unguarded_services(s, stable=w.stable)
+    if unguarded:
+        names = ", ".join(
+            f"{svc.name} ({','.join(f'{k}={v}' for k, v in sorted(svc.selector.items()))})"
+            for svc in sorted(unguarded, key=lambda v: v.name)
+        )
+        return make(
+            conditions.TRAFFIC_GUARDED,
+            ConditionStatus.FALSE,
+            conditions.UNGUARDED_SERVICE,
+            f"Service {names} selects the release's pods, unverified revisions included: point "
+            "it at "
+            f"spec.service ({s.spec.service.name if s.spec.service else 'unset'}) or delete it, "
+            f"or annotate it {models.ANNOTATION_SELECTS_UNVERIFIED}=true if that is meant",
+        )
+    if s.spec.service is None:
+        return make(
+            conditions.TRAFFIC_GUARDED,
+            ConditionStatus.TRUE,
+            conditions.NO_SERVICE,
+            "spec.service is unset: Permafrost routes no traffic and no Service selects the pods",
+        )
+    name = s.spec.service.name
+    creating = any(isinstance(a, RouteService) and a.create is not None for a in w.actions)
+    if s.service is None and not creating:
+        return make(
+            conditions.TRAFFIC_GUARDED,
+            ConditionStatus.TRUE,
+            conditions.SERVICE_NOT_FOUND,
+            f"Service {name} does not exist: Permafrost creates it with the first revision; "
+            "if spec.service.name was meant to name an existing Service, correct it",
+        )
+    if s.service is None or s.service.owned:
+        return make(
+            conditions.TRAFFIC_GUARDED,
+            ConditionStatus.TRUE,
+            conditions.SERVICE_CREATED,
+            _created_message(name),
+        )
+    return make(
+        conditions.TRAFFIC_GUARDED,
+        ConditionStatus.TRUE,
+        conditions.SERVICE_ROUTED,
+        f"Service {name} selects "
+        + (f"revision {w.stable}" if w.stable else "no pod until a revision is verified"),
+    )
+
+
+def _traffic_events(w: _Work, conds: Sequence[models.Condition]) -> None:
+    """A Warning Event when other Services that select the release's pods appear or change."""
+    new = conditions.find(conds, conditions.TRAFFIC_GUARDED)
+    old = conditions.find(w.s.status.conditions, conditions.TRAFFIC_GUARDED)
+    if new is None or new.status != ConditionStatus.FALSE:
+        return
+    if old is not None and (old.status, old.message) == (new.status, new.message):
+        return
+    w.event("Warning", new.reason, new.message, revision=None)
 
 
 def _policy_condition(
-    w: _Work, make: Callable[[str, ConditionStatus, str, str], models.Condition]
+    w: _Work,
+    make: Callable[[str, ConditionStatus, str, str], models.Condition],
+    target: str | None,
 ) -> models.Condition:
+    """Whether the release complies with every policy that applies to it now.
+
+    The create stage judges the spec, always: an Enforce violation of a release already running
+    (the policy was tightened after its revision was created) is ``False``
+    (``EnforcedPolicyViolated``), the revision keeps running and the phase does not change. The
+    promote stage judges a move of traffic, so it applies only while a revision awaits
+    promotion; a release with nothing to promote is not judged by it (a change-freeze window
+    does not make every stable release non-compliant).
+    """
     s = w.s
-    verdicts = [v for v in (s.create_verdict, s.promote_verdict) if v is not None]
     if w.hold is not None:
         reason, message = w.hold
         return make(conditions.POLICY_COMPLIANT, ConditionStatus.FALSE, reason, message)
-    if not verdicts:
+    promoting = target is not None and target != w.stable and w.state == "Progressing"
+    verdicts = [
+        v for v in (s.create_verdict, s.promote_verdict if promoting else None) if v is not None
+    ]
+    if not verdicts and s.create_verdict is None and s.promote_verdict is None:
         return make(
             conditions.POLICY_COMPLIANT,
             ConditionStatus.UNKNOWN,
             conditions.NO_POLICY_ENGINE,
             "no policies are evaluated for this release",
+        )
+    violations = [r for v in verdicts for r in v.violations]
+    if violations:
+        found = "; ".join(f"{r.enforcement} {r.policy}/{r.rule}: {r.message}" for r in violations)
+        after = [f"revision {w.stable} keeps serving"] if w.stable is not None else []
+        if promoting and s.promote_verdict is not None and s.promote_verdict.violations:
+            after.append(f"revision {target} will not be promoted while this holds")
+        return make(
+            conditions.POLICY_COMPLIANT,
+            ConditionStatus.FALSE,
+            conditions.ENFORCED_POLICY_VIOLATED,
+            found + "".join(f" ({a})" for a in after),
         )
     reported = [r for v in verdicts for r in (*v.warnings, *v.audits)]
     if reported:
@@ -826,7 +979,7 @@ def _phase(conds: Sequence[models.Condition]) -> str:
     if conditions.is_true(conds, conditions.DEGRADED):
         return "Degraded"
     compliant = conditions.find(conds, conditions.POLICY_COMPLIANT)
-    if compliant is not None and compliant.status == ConditionStatus.FALSE:
+    if compliant is not None and compliant.reason in conditions.HOLDING_REASONS:
         return "Held"
     if conditions.is_true(conds, conditions.PROGRESSING):
         return "Progressing"
@@ -931,6 +1084,7 @@ def plan(s: Situation) -> Plan:
 
     conds = _conditions(w, target, problem, manual)
     _policy_events(w, conds, target)
+    _traffic_events(w, conds)
     stable_view = s.revisions.get(w.stable) if w.stable else None
     headline = next((c.message for c in conds if c.type == conditions.PROGRESSING), "")
     status = models.GuardedReleaseStatus(

@@ -134,6 +134,12 @@ def explanation(release: Mapping[str, Any]) -> str:
             return (
                 f"generation {generation} not observed yet (observed {status.observed_generation})"
             )
+        # NB: a Stable release may still break an Enforce policy or be reachable through another
+        # Service; neither changes the phase, so the explanation says it.
+        for type_ in (conditions.POLICY_COMPLIANT, conditions.TRAFFIC_GUARDED):
+            cond = conditions.find(status.conditions, type_)
+            if cond is not None and cond.status == models.ConditionStatus.FALSE:
+                return f"{cond.reason}: {cond.message}"
         return ""
     cond = conditions.find(status.conditions, EXPLAINED_BY.get(status.phase, conditions.READY))
     if cond is None:
@@ -214,11 +220,13 @@ def status_detail(release: Mapping[str, Any], *, now: datetime.datetime) -> str:
     lines = [
         f"Name:        {meta.get('namespace')}/{meta.get('name')}",
         f"Phase:       {s['phase'] or '<none>'}",
-        f"Desired:     {s['desiredRevision'] or '<none>'}",
+        f"Desired:     {s['desiredRevision'] or '<none>'}" + _rolled_back_from(release),
         f"Stable:      {s['stableRevision'] or '<none>'}"
         + (f" (Service {service} selects it)" if service and s["stableRevision"] else ""),
         f"Ready:       {s['ready'] or '<none>'}",
-        f"Generation:  {meta.get('generation')} (observed: {status.observed_generation})",
+        f"Generation:  {meta.get('generation')} (observed: "
+        + ("not yet" if status.observed_generation is None else str(status.observed_generation))
+        + ")",
         f"Age:         {s['age']}",
     ]
     if s["message"]:
@@ -238,6 +246,17 @@ def status_detail(release: Mapping[str, Any], *, now: datetime.datetime) -> str:
     else:
         lines.append("  <none>")
     return "\n".join(lines)
+
+
+def _rolled_back_from(release: Mapping[str, Any]) -> str:
+    """`` (manual rollback; the spec's revision is X)`` while a manual rollback is in effect."""
+    annotations = (release.get("metadata") or {}).get("annotations") or {}
+    to = annotations.get(models.ANNOTATION_ROLLBACK_TO)
+    origin = annotations.get(models.ANNOTATION_ROLLBACK_FROM)
+    desired = _status(release).desired_revision
+    if to and origin and desired is not None and desired != origin and to == desired:
+        return f" (manual rollback; the spec's revision is {origin})"
+    return ""
 
 
 def _indent(text: str) -> str:
@@ -271,7 +290,11 @@ def settled(release: Mapping[str, Any]) -> bool:
         return False
     if status.phase not in SETTLED_PHASES:
         return False
-    if any(r.outcome == models.Outcome.PROGRESSING for r in status.revisions):
+    # NB: a held rollout (PromotionHeld: verified, waiting for an approval or the end of a
+    # freeze) keeps its revision Progressing, but nothing moves until a person or time acts.
+    if status.phase != "Held" and any(
+        r.outcome == models.Outcome.PROGRESSING for r in status.revisions
+    ):
         return False
     annotations = meta.get("annotations") or {}
     to = annotations.get(models.ANNOTATION_ROLLBACK_TO)

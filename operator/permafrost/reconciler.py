@@ -102,11 +102,11 @@ async def reconcile(
         return None
 
     try:
-        sources_list, deployments, pods, service = await asyncio.gather(
+        sources_list, deployments, pods, services = await asyncio.gather(
             asyncio.gather(*(kube.read_config(namespace, ref) for ref in spec.config_refs)),
             kube.list_revision_deployments(namespace, name),
             kube.list_revision_pods(namespace, name),
-            kube.read_service(namespace, spec.service.name) if spec.service else _none(),
+            kube.list_services(namespace),
         )
     except kube.ConfigForbidden as exc:
         # NB: a Secret in a namespace that did not grant the operator its Secrets: nothing is
@@ -126,6 +126,8 @@ async def reconcile(
             release=release, type_="Warning", reason=CONFIG_FORBIDDEN, message=message, now=clock()
         )
         return SECRET_POLL_SECONDS
+    named = spec.service.name if spec.service else None
+    service = next((s for s in services if s["metadata"]["name"] == named), None)
     now = clock()
     sources = {
         observations.config_key(r): s for r, s in zip(spec.config_refs, sources_list, strict=True)
@@ -148,10 +150,11 @@ async def reconcile(
         annotations=metadata.get("annotations") or {},
         desired=observations.desired(release=release, spec=spec, sources=sources),
         revisions=revisions,
-        service=observations.service_view(service),
+        service=observations.service_view(service, release_uid=release.uid),
         now=now,
         create_verdict=create_verdict,
         promote_verdict=promote_verdict,
+        other_services=observations.other_services(services, named=named),
     )
     try:
         result = planner.plan(situation)
@@ -248,10 +251,6 @@ async def reconcile(
             return SECRET_POLL_SECONDS
         return min(result.requeue_after, SECRET_POLL_SECONDS)
     return result.requeue_after
-
-
-async def _none() -> None:
-    return None
 
 
 def _fields(

@@ -77,6 +77,10 @@ class Options:
                 names.append(host)
         return names or ["localhost"]
 
+    def target(self) -> str:
+        """Where the apiserver is sent: ``service NS/NAME:PORT`` or the URL (no path)."""
+        return target_of(self.client_config(b""))
+
     def client_config(self, ca: bytes) -> dict[str, Any]:
         config: dict[str, Any] = {"caBundle": base64.b64encode(ca).decode()}
         if self.service:
@@ -86,6 +90,22 @@ class Options:
         else:
             config["url"] = self.url or f"https://localhost:{self.listen_port}"
         return config
+
+
+def target_of(client_config: Mapping[str, Any]) -> str:
+    """The target of a webhook's ``clientConfig``, as :meth:`Options.target` writes it."""
+    if service := client_config.get("service"):
+        return (
+            f"service {service.get('namespace')}/{service.get('name')}:{service.get('port', 443)}"
+        )
+    url = urllib.parse.urlsplit(str(client_config.get("url") or ""))
+    return f"{url.scheme}://{url.netloc}"
+
+
+def registered_target(configuration: Mapping[str, Any] | None) -> str | None:
+    """Where an existing webhook configuration sends the apiserver (``None``: nowhere yet)."""
+    hooks = (configuration or {}).get("webhooks") or []
+    return target_of(hooks[0].get("clientConfig") or {}) if hooks else None
 
 
 class Server(kopf.WebhookServer):

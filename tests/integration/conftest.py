@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Self
 
@@ -298,6 +299,16 @@ def sampler_factory(crds: Cluster, namespace: str) -> Any:
 OPERATOR_NAMESPACE = "permafrost-system"
 BREAK_GLASS_GROUP = "permafrost:break-glass"
 WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
+
+
+def webhook_target(cluster: Cluster) -> str | None:
+    """Where the registered webhook configuration sends the apiserver (scheme://host:port)."""
+    config = cluster.get("validatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
+    hooks = (config or {}).get("webhooks") or []
+    if not hooks:
+        return None
+    url = urllib.parse.urlsplit(hooks[0]["clientConfig"].get("url") or "")
+    return f"{url.scheme}://{url.netloc}"
 
 
 def free_port() -> int:

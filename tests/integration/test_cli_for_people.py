@@ -169,9 +169,18 @@ def test_rollback_with_watch_verifies_the_target_and_history_records_who_asked(
     detail = permafrost("status", "shop", "-n", namespace, env=crds.env).stdout
     assert "ManualRollback" in detail
 
+    # Nothing failed: retry changes nothing and says so (it printed "a new attempt starts").
     retry = permafrost("retry", "shop", "-n", namespace, env=crds.env)
-    assert retry.returncode == 0
-    assert f"{namespace}/shop: a new attempt starts" in retry.stdout
+    assert retry.returncode == 1
+    assert (
+        f"{namespace}/shop has no failed revision to retry (Stable: revision {first} is Stable)"
+        in (retry.stderr)
+    )
+    annotations = (
+        crds.get("guardedrelease", "shop", namespace=namespace)["metadata"].get("annotations") or {}
+    )
+    assert "permafrost.dev/retry" not in annotations
+    no_traceback(retry)
 
 
 def test_an_unknown_release_is_reported_with_a_suggestion_and_exit_one(
@@ -188,6 +197,20 @@ def test_an_unknown_release_is_reported_with_a_suggestion_and_exit_one(
     proc = permafrost("rollback", "chekout", "--to", "x", "-n", namespace, env=crds.env)
     assert proc.returncode == 1
     assert "not found" in proc.stderr
+
+
+def test_a_release_in_another_namespace_is_named_with_its_namespace(
+    crds: Cluster, namespace: str
+) -> None:
+    crds.apply(release("checkout"), namespace=namespace)
+    proc = permafrost("status", "checkout", "-n", "default", env=crds.env)
+    assert proc.returncode == 1
+    assert (
+        f"GuardedRelease default/checkout not found; there is one named checkout in namespace "
+        f"{namespace}" in proc.stderr
+    )
+    assert f"permafrost status checkout -n {namespace}" in proc.stderr
+    no_traceback(proc)
 
 
 def test_without_n_the_namespace_is_the_kubeconfig_contexts_as_for_kubectl(
@@ -278,12 +301,14 @@ def test_a_missing_kubeconfig_is_reported_with_exit_three(tmp_path: pathlib.Path
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "missing")}
     proc = permafrost("status", env=env)
     assert proc.returncode == 3
-    assert f"no usable kubeconfig ({tmp_path / 'missing'})" in proc.stderr
+    # Called missing, not "Invalid kube-config file"; the hint starts with real clusters.
+    assert f"no kubeconfig: {tmp_path / 'missing'} does not exist" in proc.stderr
+    assert "Point KUBECONFIG at your cluster's kubeconfig" in proc.stderr
     assert "export KUBECONFIG=" in proc.stderr
     no_traceback(proc)
     operator = permafrost("run", "-n", "shop", env=env, timeout=60)
     assert operator.returncode == 3
-    assert "no usable kubeconfig" in operator.stderr
+    assert "does not exist" in operator.stderr
     no_traceback(operator)
 
 

@@ -170,6 +170,61 @@ def test_a_create_policy_holds_a_revision_that_was_admitted_before_the_policy_ex
     wait_phase(crds, namespace, "shop", "Stable", timeout=60)
 
 
+def test_switching_a_failing_policy_to_enforce_makes_a_running_release_say_so(
+    crds: Cluster, namespace: str, operator: Operator, policies: list[str]
+) -> None:
+    # A create-stage policy the running release fails, first in Warn, then in Enforce: the
+    # release never claims that every policy passes, and what runs keeps serving.
+    name = unique("no-shop-running")
+    policy = guardrail(
+        name,
+        stages=["create"],
+        enforcement="Warn",
+        match={"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
+        rules=[
+            {
+                "name": "closed",
+                "expression": "object.metadata.name != 'shop'",
+                "message": "shop takes no new revisions",
+            }
+        ],
+    )
+    crds.apply(policy)
+    policies.append(name)
+    crds.apply(release("shop", service="shop"), namespace=namespace)
+    st = wait_phase(crds, namespace, "shop", "Stable", timeout=90)
+    revision = st["stableRevision"]
+    compliant = condition({"status": st}, "PolicyCompliant")
+    assert compliant is not None
+    assert (compliant["status"], compliant["reason"]) == ("True", "PolicyWarnings")
+
+    policy["spec"]["enforcement"] = "Enforce"
+    crds.apply(policy)
+
+    def violated() -> dict[str, Any] | None:
+        found = condition({"status": status(crds, namespace, "shop")}, "PolicyCompliant")
+        return found if found and found["reason"] == "EnforcedPolicyViolated" else None
+
+    compliant = wait_for(violated, timeout=60, interval=0.5, what="the release to re-evaluate")
+    assert compliant["status"] == "False"
+    assert f"Enforce {name}/closed: shop takes no new revisions" in compliant["message"]
+    assert f"revision {revision} keeps serving" in compliant["message"]
+    st = status(crds, namespace, "shop")
+    assert (st["phase"], st["stableRevision"]) == ("Stable", revision)
+    svc = crds.get("service", "shop", namespace=namespace)
+    assert svc["spec"]["selector"]["permafrost.dev/revision"] == revision
+    events = crds.kubectl(
+        "get",
+        "events",
+        "--field-selector",
+        "reason=EnforcedPolicyViolated",
+        "-o",
+        "jsonpath={.items[*].message}",
+        namespace=namespace,
+    ).stdout
+    assert f"{name}/closed" in events
+
+
 def test_a_promote_policy_holds_traffic_until_the_release_is_approved(
     crds: Cluster, namespace: str, operator: Operator, policies: list[str]
 ) -> None:
@@ -210,6 +265,19 @@ def test_a_promote_policy_holds_traffic_until_the_release_is_approved(
     assert svc["spec"]["selector"]["permafrost.dev/revision"] == "none"
     revision = st["desiredRevision"]
     assert crds.get("deployment", f"shop-{revision}", namespace=namespace) is not None
+
+    # A held rollout has settled: `status --watch` exits 1 at once, not after its timeout.
+    command = ["permafrost", "status", "shop", "-n", namespace, "-w", "--timeout", "60"]
+    watch = subprocess.run(
+        [sys.executable, "-m", *command],
+        env=crds.env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert watch.returncode == 1, watch.stdout + watch.stderr
+    assert watch.stdout.splitlines()[-1].endswith("settled: Held")
 
     crds.kubectl(
         "annotate", "grel", "shop", "permafrost.dev/approved-by=alice", namespace=namespace

@@ -115,9 +115,31 @@ def test_json_output_has_the_documented_shape(
     assert {r["outcome"] for r in item["results"]} == {"Fail"}
     assert set(item["results"][0]) == {"policy", "rule", "enforcement", "outcome", "message"}
     assert report["skipped"] == [
-        {"source": str(path), "document": 2, "kind": "ConfigMap", "name": "cfg"}
+        {
+            "source": str(path),
+            "document": 2,
+            "kind": "ConfigMap",
+            "name": "cfg",
+            "reason": "runs nothing",
+        }
     ]
     assert (report["violations"], report["warnings"], report["audits"]) == (1, 1, 0)
+
+
+def test_a_job_beside_a_release_is_skipped_not_an_unusable_input(
+    tmp_path: pathlib.Path, policy_file: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        deployment("web", "nginx:1.27") + "---\napiVersion: batch/v1\nkind: Job\n"
+        "metadata: {name: migrate}\nspec:\n  template:\n    spec:\n      containers:\n"
+        "      - {name: m, image: nginx:1.27}\n      restartPolicy: Never\n"
+    )
+    # The Deployment's verdict decides the exit code (1), not the Job (was 2 for the run).
+    assert check("--stage", "create", "-p", str(policy_file), str(path)) == 1
+    out = capsys.readouterr().out
+    assert f"{path}#2  Job/migrate  [skipped: not guarded by Permafrost]" in out
+    assert "Deployment/web  [DENIED]" in out
 
 
 def test_the_built_in_library_is_used_without_policy_files(

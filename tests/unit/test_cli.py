@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pathlib
 
 import pytest
 
 import permafrost
-from permafrost import cli
+from permafrost import cli, kube
 
 
 def test_help_lists_the_program_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,3 +165,25 @@ def test_commands_for_people_refuse_contradictions_as_usage_errors(
         cli.main(argv)
     assert exc.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_run_help_shows_the_defaults_of_the_operator_namespace_and_the_webhook_url() -> None:
+    text = " ".join(run_parser().format_help().split())
+    assert "(default: permafrost-system)" in text
+    assert "(default: https://localhost:PORT, the port of --webhook-listen)" in text
+    assert "--webhook-takeover" in text
+
+
+def test_a_kubeconfig_that_does_not_exist_is_called_missing_not_invalid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    problem = kube.ApiProblem(kube.ApiProblem.KUBECONFIG, "Invalid kube-config file.")
+    message, hint, code = cli._explain(problem)
+    assert message == f"no kubeconfig: {tmp_path / 'missing'} does not exist"
+    assert code == 3
+    assert hint.startswith("Point KUBECONFIG at your cluster's kubeconfig")
+    (tmp_path / "broken").write_text("clusters: [\n")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "broken"))
+    message, _, _ = cli._explain(problem)
+    assert message == f"no usable kubeconfig ({tmp_path / 'broken'}): Invalid kube-config file"

@@ -96,8 +96,15 @@ def test_a_condition_has_its_type_status_reason_and_message() -> None:
     )
 
 
-def test_the_condition_types_are_the_five_permafrost_sets() -> None:
-    assert conditions.TYPES == ("Ready", "Progressing", "Degraded", "RolledBack", "PolicyCompliant")
+def test_the_condition_types_are_the_six_permafrost_sets() -> None:
+    assert conditions.TYPES == (
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "RolledBack",
+        "PolicyCompliant",
+        "TrafficGuarded",
+    )
 
 
 @pytest.mark.parametrize(

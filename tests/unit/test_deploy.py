@@ -377,8 +377,7 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
     ("", "secrets", "get"): ("kube.py", (r"core\.read_namespaced_secret",)),
     ("", "secrets", "create"): ("kube.py", (r"core\.create_namespaced_secret",)),
     ("", "secrets", "update"): ("kube.py", (r"core\.replace_namespaced_secret,",)),
-    ("", "services", "get"): ("kube.py", (r"core\.read_namespaced_service,",)),
-    ("", "services", "list"): ("handlers.py", (r'on\.event\("", "v1", "services"\)',)),
+    ("", "services", "list"): ("kube.py", (r"core\.list_namespaced_service,",)),
     ("", "services", "watch"): ("handlers.py", (r'on\.event\("", "v1", "services"\)',)),
     ("", "services", "create"): ("kube.py", (r"core\.create_namespaced_service,",)),
     ("", "services", "patch"): ("kube.py", (r"core\.patch_namespaced_service,",)),
@@ -429,6 +428,10 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
         )
         for verb in ("create", "patch")
     },
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get"): (
+        "kube.py",
+        (r"api\.read_validating_webhook_configuration,",),
+    ),
 }
 
 

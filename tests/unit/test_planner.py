@@ -1039,7 +1039,7 @@ def test_the_first_release_reports_progressing_and_not_ready() -> None:
     )
     assert condition(result, "Degraded").status == F
     assert condition(result, "RolledBack").status == F
-    assert event_reasons(result) == ["RevisionCreated"]
+    assert event_reasons(result) == ["RevisionCreated", "ServiceCreated"]  # no Service existed
     assert result.status.message == condition(result, "Progressing").message
 
 
@@ -1929,6 +1929,63 @@ def test_a_promote_stage_violation_holds_a_verified_revision_without_switching_t
     after = planner.plan(lifted)
     assert after.status.stable_revision == V2
     assert condition(after, "PolicyCompliant").status == "True"
+
+
+@pytest.mark.parametrize(
+    ("enforcement", "status", "reason"),
+    [("Warn", "True", "PolicyWarnings"), ("Enforce", "False", "EnforcedPolicyViolated")],
+)
+def test_a_running_release_reports_a_create_stage_violation_under_either_enforcement(
+    enforcement: str, status: str, reason: str
+) -> None:
+    # The spec's revision is stable, then a failing create-stage policy is switched to
+    # Enforce: the release must not say every policy passes, and what runs keeps running.
+    s = situation(records=[stable(V2)], stable_revision=V2, views=[view(V2)], service=routed_to(V2))
+    s = dataclasses.replace(s, create_verdict=_verdict("create", enforcement=enforcement))
+    plan = planner.plan(s)
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == (status, reason)
+    assert f"{enforcement} permafrost-test/a-rule: not allowed" in compliant.message
+    assert plan.status.phase == "Stable"
+    assert plan.actions == ()
+    assert plan.status.stable_revision == V2
+    assert event_reasons(plan) == [reason if status == "False" else "PolicyWarning"]
+    if status == "False":
+        assert f"revision {V2} keeps serving" in compliant.message
+    # The same verdict on the next pass: no new Event.
+    assert event_reasons(planner.plan(applied(s, plan))) == []
+
+
+def test_an_enforce_violation_during_verification_is_reported_and_verification_goes_on() -> None:
+    s = situation(
+        records=[stable(V1), progressing(V2, started=30)],
+        stable_revision=V1,
+        views=[view(V1), view(V2, pods=unready_pods(2))],
+        service=routed_to(V1),
+    )
+    s = dataclasses.replace(
+        s, create_verdict=_verdict("create"), promote_verdict=_verdict("promote")
+    )
+    plan = planner.plan(s)
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("False", "EnforcedPolicyViolated")
+    assert f"revision {V2} will not be promoted while this holds" in compliant.message
+    assert plan.status.phase == "Progressing"
+    assert outcome(plan, V2) == Outcome.PROGRESSING
+
+
+def test_a_promote_stage_violation_does_not_judge_a_release_with_nothing_to_promote() -> None:
+    # A change freeze (promote stage) is in force: a stable release has no promotion to hold.
+    s = situation(records=[stable(V2)], stable_revision=V2, views=[view(V2)], service=routed_to(V2))
+    s = dataclasses.replace(
+        s,
+        create_verdict=_verdict("create", "Pass"),
+        promote_verdict=_verdict("promote"),
+    )
+    plan = planner.plan(s)
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("True", "AllPoliciesPass")
+    assert plan.status.phase == "Stable"
 
 
 def test_without_a_policy_engine_compliance_is_unknown() -> None:

@@ -88,8 +88,8 @@ MESSAGES: dict[str, tuple[str, ...]] = {
         "container web has a writable root filesystem",
     ),
     "permafrost-read-only-root-filesystem/fail-init-container-unset": ("container migrate",),
-    "permafrost-change-freeze/fail-inside-window": ("change freeze", "2026-01-05T08:00:00Z"),
-    "permafrost-change-freeze/fail-at-window-start": ("change freeze", "2025-12-19T17:00:00Z"),
+    "permafrost-change-freeze/fail-inside-window": ("change freeze", "January 5, 08:00 UTC"),
+    "permafrost-change-freeze/fail-at-window-start": ("change freeze", "December 19, 17:00 UTC"),
     "permafrost-no-version-downgrade/fail-downgrade-minor": (
         "version 1.9.3 is lower than 1.10.0",
         "rollback",
@@ -625,3 +625,28 @@ def test_production_approval(value: str | None, allowed: bool) -> None:
         evaluate_one("permafrost-production-approval", deployment, namespace=production).results
         == ()
     )
+
+
+@pytest.mark.parametrize(
+    ("now", "frozen"),
+    [
+        ("2026-12-19T16:59:59Z", False),
+        ("2026-12-19T17:00:00Z", True),
+        ("2027-01-01T00:00:00Z", True),
+        ("2027-01-05T07:59:59Z", True),
+        ("2027-01-05T08:00:00Z", False),
+        ("2027-07-01T12:00:00Z", False),
+        ("2031-12-24T10:00:00Z", True),
+    ],
+)
+def test_the_built_in_change_freeze_recurs_every_year(now: str, frozen: bool) -> None:
+    # It was a fixed window that had already ended: a freeze that never applies again.
+    body = {"kind": "GuardedRelease", "metadata": {"name": "web", "namespace": "shop"}}
+    subject = policy.Subject(
+        object=body,
+        namespace={"name": "shop", "labels": {"permafrost.dev/change-freeze": "true"}},
+    )
+    verdict = policy.evaluate(
+        [library()["permafrost-change-freeze"]], stage="promote", subject=subject, now=_time(now)
+    )
+    assert bool(verdict.violations) is frozen

@@ -321,6 +321,14 @@ def test_a_revision_being_verified_is_not_settled() -> None:
     assert not presenting.settled(release)
 
 
+def test_a_rollout_held_by_policy_is_settled_though_its_revision_is_still_progressing() -> None:
+    # PromotionHeld: verified, waiting for an approval; `status -w` must not wait its timeout.
+    release = stable_release()
+    release["status"]["revisions"][0]["outcome"] = "Progressing"
+    release["status"]["phase"] = "Held"
+    assert presenting.settled(release)
+
+
 def test_a_rollback_asked_for_but_not_started_is_not_settled() -> None:
     release = rolled_back_release(
         annotations={
@@ -505,3 +513,43 @@ def test_history_document_is_json_with_revisions_changes_and_timeline() -> None:
         "count": 1,
     }
     assert json.loads(presenting.render(doc, output="json")) == doc
+
+
+def test_status_detail_says_when_no_generation_was_observed_yet() -> None:
+    release = stable_release()
+    del release["status"]["observedGeneration"]
+    text = presenting.status_detail(release, now=NOW)
+    assert "(observed: not yet)" in text
+    assert "None" not in text
+
+
+def test_status_detail_names_the_spec_revision_during_a_manual_rollback() -> None:
+    release = rolled_back_release(
+        annotations={
+            "permafrost.dev/rollback-to": "aaaaaaaaaa",
+            "permafrost.dev/rollback-from": "cccccccccc",
+        }
+    )
+    release["status"]["desiredRevision"] = "aaaaaaaaaa"
+    text = presenting.status_detail(release, now=NOW)
+    assert "Desired:     aaaaaaaaaa (manual rollback; the spec's revision is cccccccccc)" in text
+    plain = presenting.status_detail(rolled_back_release(), now=NOW)
+    assert "Desired:     cccccccccc\n" in plain
+
+
+def test_a_stable_release_that_breaks_an_enforced_policy_or_leaks_traffic_says_so() -> None:
+    release = stable_release()
+    assert presenting.explanation(release) == ""
+    release["status"]["conditions"].append(
+        condition(
+            "TrafficGuarded",
+            "False",
+            "UnguardedService",
+            "Service old (app=checkout) selects the release's pods",
+        )
+    )
+    assert presenting.explanation(release).startswith("UnguardedService: Service old")
+    release["status"]["conditions"].append(
+        condition("PolicyCompliant", "False", "EnforcedPolicyViolated", "Enforce p/r: no")
+    )
+    assert presenting.explanation(release) == "EnforcedPolicyViolated: Enforce p/r: no"

@@ -782,3 +782,19 @@ async def test_a_policy_that_does_not_compile_is_answered_with_422(
     payload = response["response"]
     assert (payload["allowed"], payload["status"]["code"]) == (False, 422)
     assert payload["status"]["message"].startswith("GuardrailPolicy broken is refused: ")
+
+
+def test_the_registered_target_is_compared_without_paths_or_ca() -> None:
+    local = webhooks.Options(listen_port=9443)
+    assert local.target() == "https://localhost:9443"
+    by_url = webhooks.Options(url="https://127.0.0.1:9555")
+    in_cluster = webhooks.Options(service="permafrost-system/permafrost-webhook:443")
+    assert in_cluster.target() == "service permafrost-system/permafrost-webhook:443"
+    configuration = admission.webhook_configuration(
+        name="permafrost-frozen-workloads",
+        client_config=by_url.client_config(b"ca"),
+        settings=by_url.settings,
+    )
+    assert webhooks.registered_target(configuration) == by_url.target()
+    assert webhooks.registered_target(configuration) != local.target()
+    assert webhooks.registered_target(None) is None
