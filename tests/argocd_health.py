@@ -3,10 +3,10 @@ object, in a real Lua 5.1 runtime (the version of gopher-lua, which Argo CD embe
 the libraries Argo CD opens for it.
 
 Argo CD (``util/lua/lua.go``, v3.6) creates its Lua state with ``SkipOpenLibs: !UseOpenLibs``
-and then opens ``package``, the base library and ``table``, and registers its "safe" ``os``
-(only ``time`` and ``date``) as a module: ``OpenSafeOs`` registers those two functions under the
-name of the table library, so the sandbox has no ``os`` global (``table.time``/``table.date``
-exist, and ``require("os")`` loads the preloaded safe module). Everything else — ``string``
+and then opens ``package``, the base library and ``table``, and its "safe" ``os`` (only
+``time`` and ``date``) — which ``OpenSafeOs`` registers under the table library's name, already
+taken, so gopher-lua (v1.1.2, ``RegisterModule``) adds nothing: the sandbox has no ``os`` global,
+only ``require("os")`` loads the preloaded safe module. Everything else — ``string``
 (and the string metatable, so ``s:gmatch`` fails as well), ``math``, ``io``, ``debug``,
 ``coroutine`` — is absent unless ``argocd-cm`` sets
 ``resource.customizations.useOpenLibs.<group>_<kind>: "true"``, which opens every library first.
@@ -51,8 +51,6 @@ end
 for name in pairs(package.loaded) do
   if not keep[name] and name ~= "_G" then package.loaded[name] = nil end
 end
--- OpenSafeOs registers time and date under the table library's name
-table.time, table.date = safe_os.time, safe_os.date
 package.preload.os = function() return {time = safe_os.time, date = safe_os.date} end
 """
 
@@ -75,8 +73,8 @@ def runtime(*, open_libs: bool) -> Any:
     """A Lua runtime with the globals Argo CD's health checks see (``open_libs``: useOpenLibs)."""
     rt = lua.LuaRuntime(unpack_returned_tuples=True, register_eval=False, register_builtins=False)
     if open_libs:
-        # NB: useOpenLibs opens every library, then Argo CD adds its safe os to `table` as well.
-        rt.execute("table.time, table.date, python = os.time, os.date, nil")
+        # NB: useOpenLibs opens every library (os too, in full); only lupa's own global goes.
+        rt.execute("python = nil")
     else:
         rt.execute(_SANDBOX)
     return rt
