@@ -5,7 +5,9 @@ Built by ``hack/build-binaries.sh argocd`` (``make binaries``) into the cache: A
 controller and repo server (one binary, chosen by the name it runs as), its CRDs from the same
 module, and kustomize for the repo server; redis is Debian's ``redis-server``. Everything listens
 on 127.0.0.1 (inside the cluster's network namespace when the cluster has the real node), and the
-repository is a ``file://`` URL: no network.
+repository is a ``file://`` URL: no network. One exception Argo CD v3.6.1 does not let us
+configure: the controller's metrics listener binds 0.0.0.0 (of the cluster's network namespace
+when the tests run in it, as ``make test`` does with the real node).
 
 Argo CD polls by default (a branch's commit is cached 3 minutes, apps are compared every 3
 minutes): here apps are compared every few seconds, the branch cache is short, and

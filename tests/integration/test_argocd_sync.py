@@ -13,6 +13,7 @@ waiting for an approval, rolled back, verifying.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from argocd_harness import NAMESPACE, AppState, ArgoCD, GitRepo, edit_yaml, manifests
+from argocd_health import OPEN_LIBS_KEY
 from conftest import Background, Operator, release, wait_phase
 from k8s_harness import ROOT, Cluster, wait_for
 
@@ -352,3 +354,45 @@ def test_argocd_is_configured_only_as_the_shipped_patch_says(argocd: ArgoCD) -> 
     shipped = yaml.safe_load((ROOT / "deploy" / "argocd" / "argocd-cm-health.yaml").read_text())
     live = argocd.cluster.get("configmap", "argocd-cm", namespace=NAMESPACE)
     assert live["data"] == shipped["data"]
+
+
+@pytest.mark.timeout(300)
+def test_without_use_open_libs_a_wait_for_approval_is_degraded_not_unknown(
+    argocd: ArgoCD,
+    crds: Cluster,
+    production: str,
+    git_repo: GitRepo,
+    shop_app: str,
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Argo CD's default sandbox (the health key alone, no useOpenLibs): the check must still
+    give a health — the version first shipped made Argo CD show Unknown here."""
+    op = Operator(crds, production, tmp_path / "operator.log")
+    request.node.operator_log = op.log
+    op.start()
+    crds.kubectl(
+        "patch", "configmap", "argocd-cm", "--type", "json",
+        "-p", json.dumps([{"op": "remove", "path": "/data/" + OPEN_LIBS_KEY.replace("/", "~1")}]),
+        namespace=NAMESPACE,
+    )  # fmt: skip
+    try:
+        git_repo.commit("approval", {"prod/r.yaml": dump(release("approval", deadline=30))})
+        argocd.create_app(shop_app, repo=git_repo.url, path="prod", namespace=production)
+
+        def degraded() -> tuple[str, str] | None:
+            argocd.alive()
+            got = AppState.of(argocd.app(shop_app)).health_of(GR, "approval")
+            return got if got[0] == "Degraded" else None
+
+        status, message = wait_for(degraded, timeout=120, interval=1, what="approval Degraded")
+        assert message.startswith("Held by policy (PromotionHeld): permafrost-production"), message
+        assert "permafrost.dev/approved-by" in message
+        print(f"without useOpenLibs: {status}: {message}")
+    finally:
+        op.stop()
+        crds.kubectl(
+            "patch", "configmap", "argocd-cm", "--type", "merge",
+            "--patch-file", str(ROOT / "deploy" / "argocd" / "argocd-cm-health.yaml"),
+            namespace=NAMESPACE,
+        )  # fmt: skip
