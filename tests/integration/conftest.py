@@ -425,11 +425,12 @@ def argocd(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     if isinstance(bins, str):
         pytest.skip(f"needs Argo CD: {bins}")
     instance = ArgoCD(crds, bins, tmp_path_factory.mktemp("argocd"))
-    instance.install()
-    instance.start()
     try:
+        instance.install()
+        instance.start()
         yield instance
     finally:
+        # NB: also when a component failed to start: the others must not outlive the tests
         instance.stop()
 
 
