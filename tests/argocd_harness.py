@@ -170,6 +170,8 @@ class ArgoCD:
                 self.cluster.kubectl("wait", condition, "--timeout=60s", f"crd/{crd}", timeout=90)
         if self.cluster.get("namespace", NAMESPACE) is None:
             self.cluster.kubectl("create", "namespace", NAMESPACE)
+        # NB: Applications an interrupted run left behind would be reconciled by this controller
+        self.cluster.kubectl("delete", "applications", "--all", namespace=NAMESPACE, check=False)
         labels = {"app.kubernetes.io/part-of": "argocd"}
         # NB: from scratch: `apply` would keep keys an earlier run patched in
         self.cluster.kubectl(
