@@ -36,9 +36,9 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed ## create .venv with the project and its dev tools
 
 .PHONY: binaries
-binaries: ## build the cluster's binaries (cached in ~/.cache/permafrost); the real node's too, if it runs here
-	@if [ "$$(hack/cluster.sh real-node)" = 1 ]; then hack/node.sh deps && hack/build-binaries.sh node; \
-	else echo "no real node: $$(hack/cluster.sh real-node)"; hack/build-binaries.sh; fi
+binaries: ## build the cluster's binaries and Argo CD's (cached in ~/.cache/permafrost); the real node's too, if it runs here
+	@if [ "$$(hack/cluster.sh real-node)" = 1 ]; then hack/node.sh deps && hack/build-binaries.sh node argocd; \
+	else echo "no real node: $$(hack/cluster.sh real-node)"; hack/build-binaries.sh argocd; fi
 
 .PHONY: lint
 lint: venv ## ruff (lint and format check)

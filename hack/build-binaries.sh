@@ -10,6 +10,11 @@
 #     containerd, ctr, containerd-shim-runc-v2                          (github.com/containerd/containerd/v2)
 #     registry                                                          (github.com/distribution/distribution/v3)
 #     crane                                                             (github.com/google/go-containerregistry)
+#   hack/build-binaries.sh argocd   Argo CD for the GitOps end-to-end tests, as well:
+#     argocd (-application-controller, -repo-server) + its CRDs         (github.com/argoproj/argo-cd/v3)
+#     kustomize                                                         (sigs.k8s.io/kustomize/kustomize/v5)
+#     and redis-server from Debian (apt-get, where it can)
+#   (node and argocd combine: hack/build-binaries.sh node argocd)
 #
 # into ${XDG_CACHE_HOME:-$HOME/.cache}/permafrost/<component>-<version>/bin, outside the repository,
 # so fresh clones and CI reuse them. Idempotent: a binary that exists is not built again.
@@ -17,8 +22,9 @@
 # Prints the cache directory of each component on stdout when done (last line: "bin dirs: ...").
 set -euo pipefail
 
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=hack/versions.env
-. "$(dirname "$0")/versions.env"
+. "$HACK_DIR/versions.env"
 
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/permafrost"
 export CGO_ENABLED=0
@@ -117,16 +123,111 @@ build_module_tool() {
   log "$name ${version}: done -> $dest"
 }
 
+build_argocd() {
+  # Argo CD's application controller and repo server (hack/argocd/main.go) and its CRDs.
+  local dest="$CACHE_ROOT/argocd-${ARGOCD_VERSION}"
+  if [ -x "$dest/bin/argocd" ] && [ -x "$dest/bin/git-verify-wrapper.sh" ] && [ -d "$dest/crds" ]; then
+    log "argocd ${ARGOCD_VERSION}: cached in $dest"; return
+  fi
+  local start=$SECONDS work; work=$(mktemp -d "${TMPDIR:-/tmp}/permafrost-argocd.XXXXXX")
+  # NB: Argo CD needs a newer Go than the rest; the go command fetches that toolchain from the
+  # module proxy (golang.org/toolchain) into the module cache, for this build only.
+  export GOTOOLCHAIN="$ARGOCD_GO_TOOLCHAIN"
+  log "argocd ${ARGOCD_VERSION}: Go toolchain ${GOTOOLCHAIN} (downloaded once, then cached)"
+  local tc=$SECONDS
+  (cd "$work" && go version >&2) || die "cannot get the Go toolchain ${GOTOOLCHAIN} from $(go env GOPROXY)"
+  log "argocd ${ARGOCD_VERSION}: toolchain ready in $((SECONDS - tc))s"
+  local info; info=$(cd "$work" && go mod download -json "github.com/argoproj/argo-cd/v3@${ARGOCD_VERSION}")
+  local gomod dir
+  gomod=$(sed -nE 's/^\s*"GoMod": "(.*)",?$/\1/p' <<<"$info")
+  dir=$(sed -nE 's/^\s*"Dir": "(.*)",?$/\1/p' <<<"$info")
+  [ -f "$gomod" ] && [ -d "$dir/manifests/crds" ] || die "could not fetch github.com/argoproj/argo-cd/v3@${ARGOCD_VERSION}: $info"
+  # NB: replaces in a dependency's go.mod are ignored, so Argo CD's are copied into the build
+  # module. The one local replace, ./gitops-engine (a directory of its repository), maps to that
+  # module's release of the same version; any other local replace is unknown here and fails.
+  local replaces
+  replaces=$(awk '
+    /^replace \($/ { block = 1; next }
+    block && /^\)$/ { block = 0; next }
+    block && /=>/ { sub(/\/\/.*/, ""); print; next }
+    /^replace .*=>/ { sub(/^replace /, ""); sub(/\/\/.*/, ""); print }
+  ' "$gomod" | sed -E 's/^\s+//; s/\s+$//')
+  local r out=""
+  while IFS= read -r r; do
+    [ -n "$r" ] || continue
+    case "$r" in
+      "github.com/argoproj/argo-cd/gitops-engine/v3 => ./gitops-engine")
+        out+="	github.com/argoproj/argo-cd/gitops-engine/v3 => github.com/argoproj/argo-cd/gitops-engine/v3 ${ARGOCD_VERSION}"$'\n' ;;
+      *"=> ./"*|*"=> ../"*) die "argo-cd ${ARGOCD_VERSION} has a local replace this script does not know: $r" ;;
+      *) out+="	$r"$'\n' ;;
+    esac
+  done <<<"$replaces"
+  {
+    echo "module permafrost.dev/hack/argocd-build"
+    echo
+    echo "go $(sed -nE 's/^go (.*)$/\1/p' "$gomod")"
+    echo
+    echo "require github.com/argoproj/argo-cd/v3 ${ARGOCD_VERSION}"
+    echo
+    echo "replace ("
+    printf '%s' "$out"
+    echo ")"
+  } >"$work/go.mod"
+  cp "$HACK_DIR/argocd/main.go" "$work/main.go"
+  log "argocd ${ARGOCD_VERSION}: $(grep -c '=>' "$work/go.mod") replaces copied; resolving dependencies"
+  (cd "$work" && go mod tidy 2>&1 | grep -v '^go: \(downloading\|finding\|found\)' >&2 || true)
+  grep -q "github.com/argoproj/argo-cd/v3 ${ARGOCD_VERSION}\$" "$work/go.mod" || die "dependency resolution did not keep argo-cd ${ARGOCD_VERSION}; see the messages above"
+  local total; total=$(cd "$work" && go list -deps . | wc -l)
+  log "argocd ${ARGOCD_VERSION}: building $total packages (several minutes on a cold cache)"
+  mkdir -p "$dest/bin"
+  local ld="-s -w -X github.com/argoproj/argo-cd/v3/common.version=${ARGOCD_VERSION#v}"
+  # NB: progress every 30 s from the packages go build -v reports; a long build is not a hang.
+  (cd "$work" && go build -v -trimpath -ldflags "$ld" -o "$dest/bin/.argocd.partial" . 2>"$work/build.log") &
+  local pid=$! rc=0
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 30 & wait $! || true
+    kill -0 "$pid" 2>/dev/null && log "argocd ${ARGOCD_VERSION}: $(grep -c '^[a-z]' "$work/build.log" || true)/$total packages compiled, $((SECONDS - start))s"
+  done
+  wait "$pid" || rc=$?
+  if [ "$rc" != 0 ]; then grep -v '^[a-z][^ ]*$' "$work/build.log" | tail -40 >&2; die "building argocd ${ARGOCD_VERSION} failed"; fi
+  mv "$dest/bin/.argocd.partial" "$dest/bin/argocd"
+  ln -sf argocd "$dest/bin/argocd-application-controller"
+  ln -sf argocd "$dest/bin/argocd-repo-server"
+  # NB: the repo server runs these from its PATH (Argo CD's image puts them in /usr/local/bin);
+  # without git-verify-wrapper.sh every manifest generation fails with "permission denied".
+  install -m 0755 "$dir/hack/git-verify-wrapper.sh" "$dir/hack/gpg-wrapper.sh" "$dest/bin/"
+  rm -rf "$dest/crds.partial"; cp -r "$dir/manifests/crds" "$dest/crds.partial"; chmod -R u+w "$dest/crds.partial"
+  rm -rf "$dest/crds"; mv "$dest/crds.partial" "$dest/crds"
+  unset GOTOOLCHAIN
+  rm -rf "$work"
+  log "argocd ${ARGOCD_VERSION}: done in $((SECONDS - start))s -> $dest"
+}
+
+install_redis() {
+  # redis-server from Debian: Argo CD's cache. Installed where this can (root, apt-get).
+  command -v redis-server >/dev/null 2>&1 && { log "redis-server: $(command -v redis-server)"; return; }
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "redis-server: installing Debian's package"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >&2 \
+      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >&2; } \
+      || die "apt-get install redis-server failed"
+  else
+    log "redis-server: not installed (install Debian's redis-server); the Argo CD tests skip without it"
+  fi
+}
+
 K8S_CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 K8S_NODE=(kubelet kube-proxy)
 
 main() {
-  local with_node=0
-  case "${1:-}" in
-    "") ;;
-    node) with_node=1 ;;
-    *) die "usage: $0 [node]" ;;
-  esac
+  local with_node=0 with_argocd=0 arg
+  for arg in "$@"; do
+    case "$arg" in
+      node) with_node=1 ;;
+      argocd) with_argocd=1 ;;
+      *) die "usage: $0 [node] [argocd]" ;;
+    esac
+  done
   mkdir -p "$CACHE_ROOT"
   local start=$SECONDS k8s=("${K8S_CONTROL_PLANE[@]}")
   [ "$with_node" = 1 ] && k8s+=("${K8S_NODE[@]}")
@@ -152,6 +253,12 @@ main() {
       "github.com/distribution/distribution/v3/cmd/registry:registry"
     build_module_tool crane "$CRANE_VERSION" github.com/google/go-containerregistry \
       "github.com/google/go-containerregistry/cmd/crane:crane"
+  fi
+  if [ "$with_argocd" = 1 ]; then
+    build_module_tool kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 \
+      "sigs.k8s.io/kustomize/kustomize/v5:kustomize"
+    build_argocd
+    install_redis
   fi
   log "all binaries ready in $((SECONDS - start))s under $CACHE_ROOT"
 }

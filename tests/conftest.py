@@ -70,6 +70,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if operator_log is not None and pathlib.Path(operator_log).exists():
         lines = pathlib.Path(operator_log).read_text(errors="replace").splitlines()
         report.sections.append(("operator log", "\n".join(lines[-OPERATOR_TAIL_LINES:])))
+    argocd = getattr(item, "argocd", None)  # tests/argocd_harness.py's ArgoCD
+    if argocd is not None:
+        for name, tail in argocd.log_tails():
+            report.sections.append((f"Argo CD {name} log", tail))
     cluster = getattr(item, "funcargs", {}).get("cluster") or getattr(item, "funcargs", {}).get(
         "crds"
     )

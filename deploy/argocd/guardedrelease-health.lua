@@ -7,6 +7,8 @@
 --              or a GuardrailPolicy holds the rollout; the message says which and why.
 -- Suspended    promotion waits for a manual approval (every violated rule asks for the
 --              annotation permafrost.dev/approved-by); annotating the release resumes it.
+--              Needs Lua's string library (argocd-cm: useOpenLibs, see below); without it
+--              such a release is Degraded, held by policy.
 --
 -- Reads only status.observedGeneration, status.desiredRevision, status.stableRevision and the
 -- conditions Ready, Progressing, Degraded, RolledBack and PolicyCompliant; any of them may be
@@ -35,9 +37,17 @@ end
 -- A violation of the summary "policy/rule: message; policy/rule: message" asks for an approval
 -- when its message names the approval annotation. Messages may contain "; " themselves: a
 -- piece that does not start with "policy/rule: " continues the previous violation.
+--
+-- NB: Argo CD runs health checks without Lua's string library (only base, table, package and
+-- a safe os) unless argocd-cm sets resource.customizations.useOpenLibs.<group>_<kind>: "true",
+-- as the shipped patch does. Telling a wait for approval from a hold needs the library; without
+-- it (the key left out) every hold is Degraded with the policy's message, and nothing fails.
 local APPROVAL = "permafrost.dev/approved-by"
 
 local function only_approvals(summary)
+  if string == nil then
+    return false
+  end
   local violations = {}
   for piece in string.gmatch(summary .. "; ", "(.-); ") do
     if string.find(piece, "^[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9]*: ") or #violations == 0 then

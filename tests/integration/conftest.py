@@ -15,6 +15,8 @@ from typing import Any, Self
 
 import pytest
 
+from argocd_harness import ArgoCD, Binaries, GitRepo
+from argocd_harness import binaries as argocd_binaries
 from k8s_harness import ROOT, Cluster, RealNode, real_node_reason, to_yaml, wait_for
 
 CRDS = (
@@ -422,3 +424,29 @@ def stop_guarded(cluster: Cluster, op: Operator) -> None:
         "--ignore-not-found",
         check=False,
     )
+
+
+# --- Argo CD (tests/argocd_harness.py) ----------------------------------------------------------
+@pytest.fixture(scope="session")
+def argocd(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArgoCD]:
+    """A real Argo CD (application controller, repo server, redis) against the local cluster,
+    installed and started once for the session and stopped at its end; the test skips, saying
+    why, where it is not built."""
+    bins = argocd_binaries()
+    if isinstance(bins, str):
+        pytest.skip(f"needs Argo CD: {bins}")
+    instance = ArgoCD(crds, bins, tmp_path_factory.mktemp("argocd"))
+    try:
+        instance.install()
+        instance.start()
+        yield instance
+    finally:
+        # NB: also when a component failed to start: the others must not outlive the tests
+        instance.stop()
+
+
+@pytest.fixture
+def git_repo(tmp_path: pathlib.Path) -> GitRepo:
+    """An empty Git repository (branch main) that Argo CD reads as ``file://``."""
+    bins = argocd_binaries()
+    return GitRepo(tmp_path / "git", bins.git if isinstance(bins, Binaries) else "git")
