@@ -4,7 +4,8 @@
 -- Progressing  the operator has not observed the current spec yet, or a revision is being
 --              verified, or it waits for referenced config, or the stable revision is scaling.
 -- Degraded     a revision failed (rolled back, or left running when automatic rollback is off),
---              or a GuardrailPolicy holds the rollout; the message says which and why.
+--              or a GuardrailPolicy holds the rollout, or what runs violates an Enforce policy
+--              (it keeps serving); the message says which and why.
 -- Suspended    promotion waits for a manual approval (every violated rule asks for the
 --              annotation permafrost.dev/approved-by); annotating the release resumes it.
 --              Needs Lua's string library (argocd-cm: useOpenLibs, see below); without it
@@ -107,6 +108,10 @@ if compliant ~= nil and compliant.status == "False" then
   if compliant.reason == "PromotionHeld" and only_approvals(why) then
     hs.status = "Suspended"
     hs.message = "Waiting for approval: " .. why
+  elseif compliant.reason == "EnforcedPolicyViolated" then
+    -- NB: what runs keeps serving; nothing is held, but it breaks a rule now in force.
+    hs.status = "Degraded"
+    hs.message = "Violates an enforced policy (what runs keeps serving): " .. why
   else
     hs.status = "Degraded"
     hs.message = "Held by policy (" .. tostring(compliant.reason) .. "): " .. why

@@ -269,3 +269,21 @@ def test_the_generator_reports_a_stale_patch(
     assert "is stale" in capsys.readouterr().out
     assert gen.main([]) == 0
     assert gen.main(["--check"]) == 0
+
+
+def test_a_serving_release_that_violates_an_enforced_policy_is_degraded_not_held() -> None:
+    """PolicyCompliant=False (EnforcedPolicyViolated) on a Stable release: nothing is held, what
+    runs keeps serving; Argo CD says it breaks a rule in force."""
+    release = load("healthy_stable")
+    conditions = release["status"]["conditions"]
+    for c in conditions:
+        if c["type"] == "PolicyCompliant":
+            c.update(
+                status="False",
+                reason="EnforcedPolicyViolated",
+                message="shop/no-latest: image tags are not allowed",
+            )
+    status, message = health(release)
+    assert status == "Degraded"
+    assert message.startswith("Violates an enforced policy (what runs keeps serving)")
+    assert "Held" not in message
