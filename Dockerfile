@@ -24,9 +24,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# NB: the user is named in /etc/passwd and /etc/group too: Kubernetes passes only the image's
+# uid to the runtime, which takes the group from /etc/passwd, so a pod that sets no runAsGroup
+# would otherwise run as group 0.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels permafrost \
-    && permafrost --version
+    && permafrost --version \
+    && echo 'nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin' >>/etc/passwd \
+    && echo 'nonroot:x:65532:' >>/etc/group
 # 65532: the conventional "nonroot" user; deploy/operator.yaml runs the pod as the same ids.
 USER 65532:65532
 WORKDIR /tmp

@@ -104,13 +104,21 @@ build_netns() {
   die "no network namespace with a route out among this process and its parents: the build's pip needs PyPI (set BUILDKIT_NETNS)"
 }
 
+# in_build_net CMD...: CMD in the network namespace of the build (BUILD_NETNS, from build_netns).
+BUILD_NETNS=""
+in_build_net() {
+  [ -n "$BUILD_NETNS" ] || BUILD_NETNS=$(build_netns)
+  nsenter --net="$BUILD_NETNS" -- "$@"
+}
+
 # start_buildkitd: buildkitd on a socket of this build, in a network namespace with a route out
 # and a mount namespace of its own; waits until its worker answers.
 start_buildkitd() {
   mkdir -p "$BUILDKIT_STATE"
-  local sock="$work/buildkitd.sock" netns
-  netns=$(build_netns)
-  nsenter --net="$netns" -- unshare --mount --propagation private -- \
+  local sock="$work/buildkitd.sock"
+  # NB: nsenter and unshare exec what they run: $! is buildkitd's own PID, which cleanup stops.
+  [ -n "$BUILD_NETNS" ] || BUILD_NETNS=$(build_netns)
+  nsenter --net="$BUILD_NETNS" -- unshare --mount --propagation private -- \
     "$BUILDKIT_BIN/buildkitd" --root "$BUILDKIT_STATE" --addr "unix://$sock" \
     --oci-worker=true --containerd-worker=false --oci-worker-net=host \
     --oci-worker-binary="$(command -v runc)" --oci-worker-gc=true \
@@ -123,7 +131,8 @@ start_buildkitd() {
     kill -0 "$buildkitd_pid" 2>/dev/null || break
     sleep 0.2
   done
-  die "buildkitd did not start: $(tail -n 1 "$work/buildkitd.log")"
+  tail -n 20 "$work/buildkitd.log" >&2
+  die "buildkitd did not start (the last lines of its log above)"
 }
 
 # buildctl_build WHAT ARGS...: one build; its progress goes to WHAT's log, its last lines to
@@ -148,7 +157,7 @@ layout_digest() {
 # base_rootfs: the cached root filesystem of the local base, made if missing; prints its path.
 base_rootfs() {
   local release
-  release=$(curl -fsS --max-time 20 "$DEBIAN_MIRROR/dists/$BASE_SUITE/Release" | sed -nE 's/^Version: (.*)$/\1/p') \
+  release=$(in_build_net curl -fsS --max-time 20 "$DEBIAN_MIRROR/dists/$BASE_SUITE/Release" | sed -nE 's/^Version: (.*)$/\1/p') \
     || die "cannot read $DEBIAN_MIRROR/dists/$BASE_SUITE/Release"
   [ -n "$release" ] || die "no Version in $DEBIAN_MIRROR/dists/$BASE_SUITE/Release"
   # NB: the builder's own certificate authorities (Debian's place for them), if any, are trusted
@@ -166,8 +175,8 @@ base_rootfs() {
   # NB: Recommends left out and docs, man pages and locales not unpacked, as the slim images do.
   # SOURCE_DATE_EPOCH (the release's date) makes the tar reproducible for the same packages.
   local epoch
-  epoch=$(curl -fsS --max-time 20 "$DEBIAN_MIRROR/dists/$BASE_SUITE/Release" | sed -nE 's/^Date: (.*)$/\1/p' | xargs -I{} date -d {} +%s)
-  if ! SOURCE_DATE_EPOCH="$epoch" mmdebstrap --mode=root --variant=minbase --format=tar \
+  epoch=$(in_build_net curl -fsS --max-time 20 "$DEBIAN_MIRROR/dists/$BASE_SUITE/Release" | sed -nE 's/^Date: (.*)$/\1/p' | xargs -I{} date -d {} +%s)
+  if ! SOURCE_DATE_EPOCH="$epoch" in_build_net mmdebstrap --mode=root --variant=minbase --format=tar \
        --include=python3,python3-pip,ca-certificates \
        --aptopt='APT::Install-Recommends "false"' \
        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -207,6 +216,7 @@ build() {
   code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$scheme://$registry/v2/" 2>/dev/null || true)
   [ "${code:-000}" != 000 ] || die "registry $registry does not answer (is the cluster up, and is this its network namespace?)"
 
+  BUILD_NETNS=$(build_netns)
   local start=$SECONDS
   mkdir -p "$CACHE_ROOT/images"
   work=$(mktemp -d "$CACHE_ROOT/images/operator.XXXXXX")
@@ -270,7 +280,7 @@ pin() {
 case "${1:-}" in
   build) shift; build "$@" ;;
   pin) shift; pin "$@" ;;
-  rootfs) work=$(mktemp -d); trap cleanup EXIT; base_rootfs ;;
+  rootfs) BUILD_NETNS=$(build_netns); work=$(mktemp -d); trap cleanup EXIT; base_rootfs ;;
   deps) deps ;;
   *) usage ;;
 esac

@@ -69,6 +69,11 @@ def test_the_image_runs_as_a_numeric_non_root_user_the_deployment_matches() -> N
     )
     context = deployment["spec"]["template"]["spec"]["securityContext"]
     assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
+    # Named in /etc/passwd with its group: runtimes take a pod's group from there when the pod
+    # sets none (Kubernetes passes them the image's uid only).
+    runtime = DOCKERFILE[last_from:]
+    assert f"nonroot:x:{uid}:{gid}:" in runtime
+    assert f"nonroot:x:{gid}:" in runtime
 
 
 def test_the_entrypoint_is_permafrost_and_the_default_command_runs_the_operator() -> None:
