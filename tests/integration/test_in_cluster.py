@@ -269,6 +269,15 @@ class Installation:
     def apply(self) -> None:
         self.cluster.kubectl("apply", "-k", str(self.overlay), timeout=120)
 
+    def set_image(self, image: str) -> None:
+        """Point the overlay at ``image`` (by digest) and apply it: an upgrade, as users do it."""
+        path = self.overlay / "kustomization.yaml"
+        kustomization = yaml.safe_load(path.read_text())
+        repository, digest = image.split("@", 1)
+        kustomization["images"] = [{"name": IMAGE, "newName": repository, "digest": digest}]
+        path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        self.apply()
+
     def rolled_out(self, timeout: int = 240) -> None:
         self.cluster.kubectl(
             "rollout", "status", "deployment/permafrost", f"--timeout={timeout}s",
@@ -636,6 +645,11 @@ def test_failover_the_standby_takes_over_nothing_is_done_twice_and_admission_kee
     finally:
         recorder.stop()
 
+    print(
+        f"failover: took over after {takeover:.1f}s; frozen edits {len(probe.frozen)} "
+        f"({probe.frozen.count('denied')} denied); webhook requests {len(probe.webhook)} "
+        f"({probe.webhook.count('denied')} denied)"
+    )
     assert takeover < PEERING_LIFETIME, f"took over after {takeover:.1f}s"
     assert second != first
     # Every revision Deployment was created once, and every action was taken once.
@@ -656,6 +670,74 @@ def actions_in(log: str) -> list[str]:
     return [
         f"{m.group(1)}: {m.group(2)}" for line in log.splitlines() if (m := ACTION.search(line))
     ]
+
+
+def test_an_upgrade_to_a_new_digest_under_admission_load_fails_no_request_and_finishes_releases(
+    installed: Installation, namespace: str, real_node: RealNode, demo_images: dict[str, str]
+) -> None:
+    """The operator's own Deployment rolled to a new image digest (the overlay's digest changed
+    and applied again, as an upgrade is) while admission requests keep coming and a release is
+    mid-rollout: no request fails, the release finishes."""
+    cluster = installed.cluster
+    cluster.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true")
+    cluster.apply(web(demo_images["v1"], real_node), namespace=namespace)
+    first = wait_phase(cluster, namespace, "web", "Stable", timeout=120)["stableRevision"]
+    (revision,) = cluster.get(
+        "deployments", namespace=namespace, selector=f"permafrost.dev/revision={first}"
+    )["items"]
+    edit = (
+        "set",
+        "image",
+        f"deployment/{revision['metadata']['name']}",
+        "app=x@sha256:" + "0" * 64,
+    )
+    # The next version: the same image with another label, so another digest.
+    repository = installed.image.split("@", 1)[0]
+    upgraded = subprocess.run(
+        [crane(), "mutate", "--insecure", installed.image, "--label",
+         "org.opencontainers.image.version=upgrade-test", "-t", f"{repository}:upgrade-test"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    assert upgraded.startswith(f"{repository}@sha256:")
+    assert upgraded != installed.image
+    old_pods = {p["metadata"]["name"] for p in operator_pods(cluster)}
+    try:
+        with AdmissionProbe(cluster, namespace, edit) as probe:
+            time.sleep(2)
+            cluster.apply(web(demo_images["v2"], real_node), namespace=namespace)
+            installed.set_image(upgraded)
+            installed.rolled_out()
+            installed.follow()
+            second = wait_for(
+                lambda: (
+                    s["stableRevision"]
+                    if (s := status(cluster, namespace, "web")).get("phase") == "Stable"
+                    and s.get("stableRevision") != first
+                    else None
+                ),
+                timeout=180,
+                interval=0.5,
+                what="v2 promoted across the upgrade",
+            )
+            time.sleep(2)
+        pods = operator_pods(cluster)
+        assert len(pods) == 2
+        assert not {p["metadata"]["name"] for p in pods} & old_pods
+        assert {p["spec"]["containers"][0]["image"] for p in pods} == {upgraded}
+        assert all(ready(p) for p in pods)
+    finally:
+        installed.set_image(installed.image)
+        installed.rolled_out()
+        installed.follow()
+    print(
+        f"upgrade: frozen edits {len(probe.frozen)} ({probe.frozen.count('denied')} denied); "
+        f"webhook requests {len(probe.webhook)} ({probe.webhook.count('denied')} denied)"
+    )
+    assert second != first
+    assert len(probe.frozen) >= 10
+    assert [o for o in probe.frozen if o != "denied"] == []
+    failed = [o for o in probe.webhook if o != "denied"]
+    assert failed == [], f"{len(failed)} of {len(probe.webhook)} webhook requests failed: {failed}"
 
 
 def test_metrics_are_scraped_through_the_service(installed: Installation) -> None:
