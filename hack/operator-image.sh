@@ -26,9 +26,9 @@
 # The network: the Dockerfile's build stage runs `pip wheel`, which needs PyPI. buildkitd's RUN
 # steps share its network namespace (--oci-worker-net=host; the bridge and CNI modes would add a
 # bridge and NAT rules to the host). The cluster's namespace, where this script runs to reach the
-# registry, has no route out: so buildkitd runs in the nearest network namespace with a default
-# route among this process and its parents (the one `make image` was started from), or in
-# BUILDKIT_NETNS=/path/to/netns. The image is exported as an OCI layout and pushed from here with
+# registry, has no route out: so buildkitd (and mmdebstrap, which downloads from Debian) run in
+# the nearest network namespace with a default route among this process and its parents (the one
+# `make image` was started from), or in BUILDKIT_NETNS=/path/to/netns. The image is exported as an OCI layout and pushed from here with
 # crane, so the registry only ever has to be reachable from here.
 set -euo pipefail
 
