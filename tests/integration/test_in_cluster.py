@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import json
 import os
 import pathlib
 import signal
+import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -24,6 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 from test_high_availability import ACTION, CreationRecorder
 
 from conftest import (
@@ -37,6 +41,7 @@ from conftest import (
     wait_phase,
 )
 from k8s_harness import ROOT, Cluster, RealNode, _versions, cache_root, to_yaml, wait_for
+from permafrost import certs
 
 pytestmark = pytest.mark.real_node
 
@@ -275,6 +280,24 @@ class Installation:
         kustomization = yaml.safe_load(path.read_text())
         repository, digest = image.split("@", 1)
         kustomization["images"] = [{"name": IMAGE, "newName": repository, "digest": digest}]
+        path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        self.apply()
+
+    def set_args(self, extra: list[str]) -> None:
+        """Add ``extra`` to the operator's arguments through the overlay (none: as deployed),
+        and apply it."""
+        path = self.overlay / "kustomization.yaml"
+        kustomization = yaml.safe_load(path.read_text())
+        patches = [p for p in kustomization["patches"] if p.get("path") != "extra-args.yaml"]
+        if extra:
+            ops = [
+                {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
+                for arg in extra
+            ]
+            (self.overlay / "extra-args.yaml").write_text(yaml.safe_dump(ops))
+            target = {"kind": "Deployment", "name": "permafrost"}
+            patches.append({"path": "extra-args.yaml", "target": target})
+        kustomization["patches"] = patches
         path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
         self.apply()
 
@@ -738,6 +761,109 @@ def test_an_upgrade_to_a_new_digest_under_admission_load_fails_no_request_and_fi
     assert [o for o in probe.frozen if o != "denied"] == []
     failed = [o for o in probe.webhook if o != "denied"]
     assert failed == [], f"{len(failed)} of {len(probe.webhook)} webhook requests failed: {failed}"
+
+
+WEBHOOK_HOST = f"permafrost-webhook.{OPERATOR_NAMESPACE}.svc"
+
+
+def served_serials(cluster: Cluster, ca: bytes, *, connections: int = 12) -> set[int]:
+    """The serials of the certificates the webhook Service serves (over ``connections``
+    connections, which kube-proxy spreads over the replicas), each verified against ``ca``."""
+    service = cluster.get("service", "permafrost-webhook", namespace=OPERATOR_NAMESPACE)
+    context = ssl.create_default_context(cadata=ca.decode())
+    serials = set()
+    for _ in range(connections):
+        with (
+            socket.create_connection((service["spec"]["clusterIP"], 443), timeout=3) as raw,
+            context.wrap_socket(raw, server_hostname=WEBHOOK_HOST) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        serials.add(x509.load_der_x509_certificate(der).serial_number)
+    return serials
+
+
+def tls_secret(name: str, bundle: certs.Bundle) -> dict[str, Any]:
+    """A Secret in cert-manager's layout: tls.crt, tls.key, ca.crt (no CA key)."""
+    data = {"tls.crt": bundle.cert, "tls.key": bundle.key, "ca.crt": bundle.ca_cert}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+
+
+def test_a_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_serving(
+    installed: Installation, namespace: str, real_node: RealNode, demo_images: dict[str, str]
+) -> None:
+    """``--tls-secret`` names a Secret in cert-manager's layout: the webhooks are served with
+    its certificate and registered with its CA; when its issuer rotates the certificate (same
+    CA, as cert-manager does), the replicas serve the new one, and no request fails meanwhile."""
+    cluster = installed.cluster
+    cluster.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true")
+    cluster.apply(web(demo_images["v1"], real_node), namespace=namespace)
+    stable = wait_phase(cluster, namespace, "web", "Stable", timeout=120)["stableRevision"]
+    (revision,) = cluster.get(
+        "deployments", namespace=namespace, selector=f"permafrost.dev/revision={stable}"
+    )["items"]
+    edit = (
+        "set",
+        "image",
+        f"deployment/{revision['metadata']['name']}",
+        "app=x@sha256:" + "0" * 64,
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    hostnames = [WEBHOOK_HOST, f"{WEBHOOK_HOST}.cluster.local", WEBHOOK_HOST.removesuffix(".svc")]
+    ca = certs.new_ca(now=now, common_name="an issuer of the cluster's own")
+    # NB: short-lived, so that the replicas look at the Secret again soon (a quarter of what is
+    # left of it, at least every 10 s): what makes them notice a rotation in a test's time.
+    first = certs.issue(hostnames=hostnames, now=now, ca=ca, validity=datetime.timedelta(minutes=3))
+    cluster.apply(tls_secret("webhook-cert", first))
+    try:
+        installed.set_args(["--tls-secret=webhook-cert"])
+        installed.rolled_out()
+        installed.follow()
+        config = cluster.get("validatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
+        assert {base64.b64decode(h["clientConfig"]["caBundle"]) for h in config["webhooks"]} == {
+            first.ca_cert
+        }
+        serial = x509.load_pem_x509_certificate(first.cert).serial_number
+        wait_for(
+            lambda: served_serials(cluster, first.ca_cert) == {serial},
+            timeout=30,
+            interval=1,
+            what="both replicas serving the Secret's certificate",
+        )
+        rotated = certs.issue(
+            hostnames=hostnames, now=datetime.datetime.now(datetime.UTC), ca=ca,
+            validity=datetime.timedelta(hours=1),
+        )  # fmt: skip
+        new_serial = x509.load_pem_x509_certificate(rotated.cert).serial_number
+        with AdmissionProbe(cluster, namespace, edit) as probe:
+            time.sleep(2)
+            cluster.apply(tls_secret("webhook-cert", rotated))
+            wait_for(
+                lambda: served_serials(cluster, first.ca_cert) == {new_serial},
+                timeout=90,
+                interval=2,
+                what="both replicas serving the rotated certificate",
+            )
+            time.sleep(2)
+        print(
+            f"rotation: webhook requests {len(probe.webhook)} "
+            f"({probe.webhook.count('denied')} denied)"
+        )
+        assert [o for o in probe.frozen if o != "denied"] == []
+        failed = [o for o in probe.webhook if o != "denied"]
+        assert failed == [], f"{len(failed)} of {len(probe.webhook)} failed: {failed}"
+        assert len(probe.webhook) >= 5
+    finally:
+        installed.set_args([])
+        installed.rolled_out()
+        installed.follow()
+        cluster.kubectl("delete", "secret", "webhook-cert", namespace=OPERATOR_NAMESPACE)
 
 
 def test_metrics_are_scraped_through_the_service(installed: Installation) -> None:
