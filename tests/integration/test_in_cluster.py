@@ -866,6 +866,101 @@ def test_a_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_se
         cluster.kubectl("delete", "secret", "webhook-cert", namespace=OPERATOR_NAMESPACE)
 
 
+def test_an_upgrade_to_an_image_that_cannot_be_pulled_leaves_the_replicas_serving(
+    installed: Installation,
+) -> None:
+    """Bad input: the overlay names a digest the registry does not have. The new pod says why
+    in one Event line; the running replicas stay (maxUnavailable 0) and keep answering."""
+    cluster = installed.cluster
+    before = {p["metadata"]["name"] for p in operator_pods(cluster)}
+    missing = installed.image.split("@", 1)[0] + "@sha256:" + "e" * 64
+    installed.set_image(missing)
+    try:
+
+        def stuck() -> str | None:
+            for pod in operator_pods(cluster):
+                for state in pod["status"].get("containerStatuses") or []:
+                    waiting = state.get("state", {}).get("waiting") or {}
+                    if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff"):
+                        return str(pod["metadata"]["name"])
+            return None
+
+        new = wait_for(stuck, timeout=90, interval=1, what="the new pod failing to pull")
+        events = cluster.get("events", namespace=OPERATOR_NAMESPACE)["items"]
+        said = [
+            e["message"]
+            for e in events
+            if e["involvedObject"]["name"] == new and e["reason"] == "Failed"
+        ]
+        assert any("e" * 64 in m and "\n" not in m for m in said), said
+        running = [p for p in operator_pods(cluster) if p["metadata"]["name"] in before]
+        assert len(running) == 2
+        assert all(ready(p) for p in running)
+        proc = cluster.create(BROKEN_POLICY, check=False)
+        assert 'admission webhook "policies.permafrost.dev" denied the request' in proc.stderr
+    finally:
+        installed.set_image(installed.image)
+        installed.rolled_out()
+        installed.follow()
+
+
+def test_with_no_webhook_endpoint_the_cluster_stays_usable(
+    installed: Installation, namespace: str, demo_images: dict[str, str]
+) -> None:
+    """No replica at all (scaled to 0): kube-system and the operator's namespace are never
+    blocked, the workload webhooks fail open, the fail-safe keeps frozen workloads frozen, and
+    the GuardrailPolicy webhook refuses (closed) in one line that names it."""
+    cluster = installed.cluster
+    cluster.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true")
+    plain = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "plain"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "plain"}},
+            "template": {
+                "metadata": {"labels": {"app": "plain"}},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": demo_images["v1"],
+                            "securityContext": {"readOnlyRootFilesystem": True},
+                            "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    cluster.apply(plain, namespace=namespace)
+    cluster.kubectl("scale", "deployment/permafrost", "--replicas=0", namespace=OPERATOR_NAMESPACE)
+    try:
+        wait_for(lambda: operator_pods(cluster) == [], timeout=90, what="no replica left")
+        for ns in ("kube-system", OPERATOR_NAMESPACE):
+            cluster.kubectl("create", "configmap", "usable", namespace=ns)
+            cluster.kubectl("delete", "configmap", "usable", namespace=ns)
+        # Workloads: the webhooks fail open, the fail-safe policy still decides.
+        other = {**plain, "metadata": {"name": "another"}}
+        cluster.apply(other, namespace=namespace)
+        frozen = cluster.kubectl(
+            "set", "image", "deployment/plain", f"app={demo_images['v2']}",
+            namespace=namespace, check=False,
+        )  # fmt: skip
+        assert frozen.returncode != 0
+        assert "is frozen by Permafrost" in frozen.stderr
+        refused = cluster.create(BROKEN_POLICY, check=False)
+        assert refused.returncode != 0
+        assert 'failed calling webhook "policies.permafrost.dev"' in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    finally:
+        installed.apply()  # back to the overlay's two replicas
+        installed.rolled_out()
+        installed.follow()
+
+
 def test_metrics_are_scraped_through_the_service(installed: Installation) -> None:
     service = installed.cluster.get("service", "permafrost-metrics", namespace=OPERATOR_NAMESPACE)
     url = f"http://{service['spec']['clusterIP']}:9090/metrics"
@@ -939,8 +1034,8 @@ def test_the_replicas_were_never_refused_anything(installed: Installation) -> No
     """Least privilege, for real: the replicas ran on their ServiceAccount's token through the
     scenarios above (the tests before this one in the module); nothing was forbidden."""
     logs = installed.logs()
-    assert len(logs) >= 2
-    assert all(log.strip() for log in logs.values()), "an empty replica log"
+    # NB: a replica started at the end of the test before may not have logged anything yet.
+    assert sum(1 for log in logs.values() if log.strip()) >= 2, "the replicas logged nothing"
     refused = [
         f"{key}: {line}"
         for key, log in logs.items()
