@@ -36,8 +36,9 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed ## create .venv with the project and its dev tools
 
 .PHONY: binaries
-binaries: ## build the cluster's binaries and Argo CD's (cached in ~/.cache/permafrost); the real node's too, if it runs here
-	@if [ "$$(hack/cluster.sh real-node)" = 1 ]; then hack/node.sh deps && hack/build-binaries.sh node argocd; \
+binaries: ## build the cluster's binaries and Argo CD's (cached in ~/.cache/permafrost); the real node's and the image builder's too, if it runs here
+	@if [ "$$(hack/cluster.sh real-node)" = 1 ]; then hack/node.sh deps && hack/build-binaries.sh node argocd \
+	  && hack/build-binaries.sh buildkit && hack/operator-image.sh deps; \
 	else echo "no real node: $$(hack/cluster.sh real-node)"; hack/build-binaries.sh argocd; fi
 
 .PHONY: lint
@@ -74,6 +75,17 @@ cluster-up: binaries ## start (or reuse) the local cluster (REAL_NODE=0|1|auto);
 .PHONY: shell
 shell: ## a shell where the local cluster is reachable (inside the real node's network namespace)
 	$(IN_CLUSTER) bash
+
+# The operator image, from the Dockerfile, by BuildKit (hack/operator-image.sh); pushed to the
+# real node's registry, so the build runs where that registry is (buildkitd itself runs in the
+# host's network namespace: the Dockerfile's pip needs PyPI). IMAGE_REF: where to push it.
+IMAGE_REF ?=
+.PHONY: image
+image: cluster-up ## build the operator image from the Dockerfile (BuildKit), push it to the node's registry, print REPO@sha256:...
+	@[ "$$(hack/cluster.sh real-node)" = 1 ] || { echo "make image pushes to the real node's registry, and this machine has none: $$(hack/cluster.sh real-node)"; exit 1; }
+	hack/build-binaries.sh buildkit
+	hack/operator-image.sh deps
+	$(IN_CLUSTER) hack/operator-image.sh build $(IMAGE_REF)
 
 .PHONY: cluster-down
 cluster-down: ## stop the local cluster and delete its state

@@ -15,6 +15,8 @@
 #     kustomize                                                         (sigs.k8s.io/kustomize/kustomize/v5)
 #     and redis-server from Debian (apt-get, where it can)
 #   (node and argocd combine: hack/build-binaries.sh node argocd)
+#   hack/build-binaries.sh buildkit the image builder of `make image`, only:
+#     buildkitd, buildctl                                               (github.com/moby/buildkit)
 #
 # into ${XDG_CACHE_HOME:-$HOME/.cache}/permafrost/<component>-<version>/bin, outside the repository,
 # so fresh clones and CI reuse them. Idempotent: a binary that exists is not built again.
@@ -116,8 +118,9 @@ build_module_tool() {
   mkdir -p "$dest.partial"
   for pb in "$@"; do
     log "$name ${version}: building ${pb##*:}"
-    # NB: BUILD_TAGS (space-separated) is for modules whose optional parts need cgo or libraries.
-    (cd "$work" && go build -trimpath -tags "${BUILD_TAGS:-}" -ldflags "-s -w" -o "$dest.partial/${pb##*:}" "${pb%%:*}")
+    # NB: BUILD_TAGS (space-separated) is for modules whose optional parts need cgo or libraries;
+    # VERSION_LDFLAGS for those that stamp their version at link time.
+    (cd "$work" && go build -trimpath -tags "${BUILD_TAGS:-}" -ldflags "-s -w ${VERSION_LDFLAGS:-}" -o "$dest.partial/${pb##*:}" "${pb%%:*}")
   done
   rm -rf "$dest"; mv "$dest.partial" "$dest"; rm -rf "$work"
   log "$name ${version}: done -> $dest"
@@ -220,16 +223,30 @@ K8S_CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler kubectl
 K8S_NODE=(kubelet kube-proxy)
 
 main() {
-  local with_node=0 with_argocd=0 arg
+  local with_node=0 with_argocd=0 with_buildkit=0 arg
   for arg in "$@"; do
     case "$arg" in
       node) with_node=1 ;;
       argocd) with_argocd=1 ;;
-      *) die "usage: $0 [node] [argocd]" ;;
+      buildkit) with_buildkit=1 ;;
+      *) die "usage: $0 [node] [argocd] | buildkit" ;;
     esac
   done
   mkdir -p "$CACHE_ROOT"
-  local start=$SECONDS k8s=("${K8S_CONTROL_PLANE[@]}")
+  local start=$SECONDS
+  if [ "$with_buildkit" = 1 ]; then
+    have_all "$CACHE_ROOT/buildkit-${BUILDKIT_VERSION}/bin" buildkitd buildctl || check_proxy
+    # NB: static and without cgo, as upstream builds it, minus the seccomp tag (libseccomp, cgo):
+    # RUN steps get no seccomp filter of BuildKit's own. The runc it drives is Debian's.
+    BUILD_TAGS="osusergo netgo static_build" \
+    VERSION_LDFLAGS="-X github.com/moby/buildkit/version.Version=${BUILDKIT_VERSION} -X github.com/moby/buildkit/version.Package=github.com/moby/buildkit" \
+      build_module_tool buildkit "$BUILDKIT_VERSION" github.com/moby/buildkit \
+      "github.com/moby/buildkit/cmd/buildkitd:buildkitd" \
+      "github.com/moby/buildkit/cmd/buildctl:buildctl"
+    log "buildkit ready in $((SECONDS - start))s under $CACHE_ROOT"
+    return
+  fi
+  local k8s=("${K8S_CONTROL_PLANE[@]}")
   [ "$with_node" = 1 ] && k8s+=("${K8S_NODE[@]}")
   if ! have_all "$CACHE_ROOT/kubernetes-${K8S_VERSION}/bin" "${k8s[@]}" \
      || ! have_all "$CACHE_ROOT/etcd-${ETCD_VERSION}/bin" etcd \

@@ -693,6 +693,8 @@ async def post_object_event(
     except ApiException as exc:
         if exc.status == 409 and key is not None:
             return  # this occurrence is already recorded
+        if namespace_terminating(exc):
+            return  # the namespace is being deleted, and its Events with it
         logger.warning(
             "could not post event %s on %s %s/%s: %s",
             reason,
@@ -701,6 +703,18 @@ async def post_object_event(
             meta.get("name"),
             status_message(exc),
         )
+
+
+def namespace_terminating(exc: BaseException) -> bool:
+    """Whether ``exc`` is the apiserver refusing to create something in a namespace that is
+    being deleted (403, cause ``NamespaceTerminating``): not a missing permission."""
+    if not isinstance(exc, ApiException) or exc.status != 403:
+        return False
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return any(c.get("reason") == "NamespaceTerminating" for c in details.get("causes") or [])
 
 
 def status_message(exc: ApiException) -> str:

@@ -190,7 +190,21 @@ async def reconcile(
             ),
         )
         _check(fence)
-        await kube.apply(namespace, action)
+        try:
+            await kube.apply(namespace, action)
+        except Exception as exc:
+            if not kube.namespace_terminating(exc):
+                raise
+            # NB: the namespace is being deleted, the release with it: nothing is left to do,
+            # and no retry can succeed.
+            logger.info(
+                "release %s/%s: namespace %s is being deleted; nothing more to do",
+                namespace,
+                name,
+                namespace,
+                extra=_fields(namespace, name, revision=None, reason="NamespaceTerminating"),
+            )
+            return None
     applied_at = clock()
     for event in result.events:
         metrics.ROLLOUT_EVENTS.labels(reason=event.reason).inc()

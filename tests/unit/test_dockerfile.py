@@ -26,12 +26,30 @@ def _instructions(name: str) -> list[str]:
     ]
 
 
-def test_every_base_image_is_pinned_by_digest() -> None:
+def test_every_base_image_is_the_pinned_base_argument_whose_default_is_pinned() -> None:
+    """``docker build .`` uses the pinned python image; a builder that cannot pull it names an
+    equivalent of its own through the one build argument (``make image`` does), nothing else."""
+    preamble = DOCKERFILE[: DOCKERFILE.index("\nFROM ")]
+    args = [line.split(None, 1)[1] for line in preamble.splitlines() if line.startswith("ARG ")]
+    assert len(args) == 1, args
+    name, _, default = args[0].partition("=")
+    assert name == "BASE_IMAGE"
+    assert PINNED.match(default), f"the default base {default} is not pinned by digest"
+    assert default.startswith("python:3.13-slim-trixie@")
     bases = [args.split()[0] for args in _instructions("FROM")]
     assert len(bases) >= 2, "a build stage and a runtime stage"
-    for base in bases:
-        assert PINNED.match(base), f"FROM {base} is not pinned by digest"
-    assert not _instructions("ARG"), "a base chosen by build argument would escape the pin"
+    assert set(bases) == {"${BASE_IMAGE}"}
+    assert len(_instructions("ARG")) == 1, "no other build argument may choose what is built"
+
+
+def test_the_local_base_is_made_from_a_root_filesystem_and_runs_python() -> None:
+    """hack/base-image/Dockerfile: the local equivalent of the base, from scratch and the root
+    filesystem mmdebstrap made, with Python as its command."""
+    base = (ROOT / "hack" / "base-image" / "Dockerfile").read_text()
+    lines = [line for line in base.splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "FROM scratch"
+    assert lines[1] == "ADD rootfs.tar /"
+    assert json.loads(lines[-1].split(None, 1)[1]) == ["python3"]
 
 
 def test_the_image_runs_as_a_numeric_non_root_user_the_deployment_matches() -> None:
@@ -51,6 +69,11 @@ def test_the_image_runs_as_a_numeric_non_root_user_the_deployment_matches() -> N
     )
     context = deployment["spec"]["template"]["spec"]["securityContext"]
     assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
+    # Named in /etc/passwd with its group: runtimes take a pod's group from there when the pod
+    # sets none (Kubernetes passes them the image's uid only).
+    runtime = DOCKERFILE[last_from:]
+    assert f"nonroot:x:{uid}:{gid}:" in runtime
+    assert f"nonroot:x:{gid}:" in runtime
 
 
 def test_the_entrypoint_is_permafrost_and_the_default_command_runs_the_operator() -> None:

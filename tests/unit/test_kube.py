@@ -78,3 +78,28 @@ async def test_a_response_is_released_to_the_pool_even_when_its_body_is_not_json
 
 async def test_an_empty_response_body_is_none() -> None:
     assert await kube._raw(lambda *_, **__: _Response(b"")) is None
+
+
+def test_a_namespace_being_deleted_is_told_apart_from_a_missing_permission() -> None:
+    terminating = json.dumps(
+        {
+            "kind": "Status",
+            "reason": "Forbidden",
+            "message": 'deployments.apps "web-1" is forbidden: unable to create new content in '
+            "namespace shop because it is being terminated",
+            "details": {
+                "name": "web-1",
+                "kind": "deployments",
+                "causes": [{"reason": "NamespaceTerminating", "message": "namespace shop is "
+                            "being terminated", "field": "metadata.namespace"}],
+            },
+        }
+    )  # fmt: skip
+    assert kube.namespace_terminating(_refusal(terminating))
+    rbac = json.dumps({"kind": "Status", "reason": "Forbidden", "message": "cannot create"})
+    for body in (rbac, None, "", "not json", "[1, 2]", json.dumps({"details": {"causes": None}})):
+        assert not kube.namespace_terminating(_refusal(body))
+    not_forbidden = ApiException(status=409, reason="Conflict")
+    not_forbidden.body = terminating
+    assert not kube.namespace_terminating(not_forbidden)
+    assert not kube.namespace_terminating(ValueError("not an API error"))
