@@ -137,6 +137,19 @@ NOT_RUN: dict[str, str] = {
         "tests/integration/test_install.py applies it as a server-side dry run"
     ),
     "docs/install.md: kubectl delete -k deploy/": "uninstalls what the line above installs",
+    "docs/install.md: kubectl -n permafrost-system create role permafrost-tls-secret --verb=get "
+    "--resource=secrets --resource-name=NAME": (
+        "NAME is the reader's Secret; tests/integration/test_in_cluster.py makes this grant "
+        "for its cert-manager-layout Secret"
+    ),
+    "docs/install.md: make image": (
+        "builds and pushes the operator image; tests/integration/test_in_cluster.py runs "
+        "hack/operator-image.sh build, which it calls (its release form needs ghcr.io)"
+    ),
+    "docs/install.md: hack/operator-image.sh pin sha256:<digest>": (
+        "a placeholder digest of a published image; the pin is unit-tested "
+        "(tests/unit/test_operator_image.py)"
+    ),
     "docs/install.md: kubectl create rolebinding permafrost-secrets -n shop "
     "--clusterrole=permafrost-secrets --serviceaccount=permafrost-system:permafrost": (
         "a namespace of the reader's; tests/integration/test_least_privilege.py makes this "

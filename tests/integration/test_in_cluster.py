@@ -821,6 +821,16 @@ def test_a_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_se
     # left of it, at least every 10 s): what makes them notice a rotation in a test's time.
     first = certs.issue(hostnames=hostnames, now=now, ca=ca, validity=datetime.timedelta(minutes=3))
     cluster.apply(tls_secret("webhook-cert", first))
+    # NB: the operator reads Secrets only where it is granted them (docs/install.md): this one
+    # by name, in its own namespace, as the docs say for --tls-secret.
+    cluster.kubectl(
+        "create", "role", "permafrost-tls-secret", "--verb=get", "--resource=secrets",
+        "--resource-name=webhook-cert", namespace=OPERATOR_NAMESPACE,
+    )  # fmt: skip
+    cluster.kubectl(
+        "create", "rolebinding", "permafrost-tls-secret", "--role=permafrost-tls-secret",
+        f"--serviceaccount={OPERATOR_NAMESPACE}:permafrost", namespace=OPERATOR_NAMESPACE,
+    )  # fmt: skip
     try:
         installed.set_args(["--tls-secret=webhook-cert"])
         installed.rolled_out()
@@ -864,6 +874,10 @@ def test_a_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_se
         installed.rolled_out()
         installed.follow()
         cluster.kubectl("delete", "secret", "webhook-cert", namespace=OPERATOR_NAMESPACE)
+        for kind in ("rolebinding", "role"):
+            cluster.kubectl(
+                "delete", kind, "permafrost-tls-secret", namespace=OPERATOR_NAMESPACE, check=False
+            )
 
 
 def test_an_upgrade_to_an_image_that_cannot_be_pulled_leaves_the_replicas_serving(
