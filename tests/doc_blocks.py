@@ -4,7 +4,7 @@ Every block of commands (a code block marked ``sh``/``bash``/``shell``/``console
 of a transcript whose lines start with ``$ ``) is named by its file and its first command. Each
 one is either in :data:`RUN` (tests/integration/test_doc_commands.py runs it, unchanged, against
 the local cluster) or in :data:`NOT_RUN` with the reason it cannot run there;
-tests/unit/test_doc_lists.py fails on a block in neither list, and on an entry that names no
+tests/unit/test_doc_blocks_listed.py fails on a block in neither list, and on an entry that names no
 block any more.
 """
 
