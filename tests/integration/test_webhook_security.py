@@ -306,9 +306,10 @@ def test_forged_break_glass_reviews_leave_no_event_and_no_count(
     crds.kubectl(
         "create", "rolebinding", "alice", "--clusterrole=edit", "--user=alice", namespace=namespace
     )
+    env = [{"name": "DEBUG", "value": "1"}]  # NB: a real change of what runs
     patch = {
         "metadata": {"annotations": {"permafrost.dev/break-glass": "INC-real"}},
-        "spec": {"template": {"spec": {"containers": [{"name": "app", "env": []}]}}},
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "env": env}]}}},
     }
     crds.kubectl(
         "patch", "deployment", f"shop-{stable}", "-p", json.dumps(patch), *MEMBER,
