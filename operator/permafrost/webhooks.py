@@ -266,7 +266,13 @@ async def _load_bundle(options: Options, *, now: datetime.datetime) -> certs.Bun
                 f"TLS Secret {options.namespace}/{options.tls_secret} does not exist"
             )
         # NB: cert-manager writes no ca.key; the CA is only needed to renew, which it does.
-        return certs.Bundle.from_secret_data(secret.get("data") or {}, require_ca_key=False)
+        try:
+            return certs.Bundle.from_secret_data(secret.get("data") or {}, require_ca_key=False)
+        except certs.CertificateError as exc:
+            raise kopf.PermanentError(
+                f"TLS Secret {options.namespace}/{options.tls_secret} cannot be used: {exc} "
+                "(expected the keys tls.crt, tls.key and ca.crt, as cert-manager writes them)"
+            ) from None
     hostnames = options.hostnames()
     for _ in range(5):  # NB: replicas race to create or renew; the loser re-reads
         secret = await kube.read_secret(options.namespace, TLS_SECRET)
@@ -369,6 +375,10 @@ async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
                 _write(runtime.directory, fresh)
                 await _register(runtime.options, fresh)
                 bundle = fresh
+        except (kopf.PermanentError, certs.CertificateError) as exc:
+            # NB: a Secret spoilt after start-up: said in one line; the certificate in use is
+            # kept until the Secret is usable again.
+            logger.error("webhook certificate: %s; serving the current one, retrying later", exc)
         except Exception:
             logger.exception("webhook certificate renewal failed; retrying later")
 

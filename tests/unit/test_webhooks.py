@@ -798,3 +798,35 @@ def test_the_registered_target_is_compared_without_paths_or_ca() -> None:
     assert webhooks.registered_target(configuration) == by_url.target()
     assert webhooks.registered_target(configuration) != local.target()
     assert webhooks.registered_target(None) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        pytest.param({}, "has no 'ca.crt', 'tls.crt', 'tls.key'", id="no-keys"),
+        pytest.param(
+            {"ca.crt": "bm90IGEgY2VydA==", "tls.crt": "x", "tls.key": "x"},
+            "'ca.crt'",
+            id="not-a-certificate",
+        ),
+        pytest.param({"certificate": "x", "key": "y"}, "has no", id="the-wrong-key-names"),
+    ],
+)
+async def test_a_user_tls_secret_that_cannot_be_used_is_said_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, data: dict[str, str], said: str
+) -> None:
+    """``--tls-secret`` naming a Secret with wrong or broken keys: a permanent error (the
+    operator stops with that one line), naming the Secret, what is wrong and what is expected."""
+
+    async def read_secret(namespace: str, name: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": namespace}, "data": data}
+
+    monkeypatch.setattr(kube, "read_secret", read_secret)
+    options = webhooks.Options(tls_secret="webhook-cert", namespace="permafrost-system")
+    with pytest.raises(kopf.PermanentError) as refused:
+        await webhooks._load_bundle(options, now=datetime.datetime.now(datetime.UTC))
+    message = str(refused.value)
+    assert message.startswith("TLS Secret permafrost-system/webhook-cert cannot be used: ")
+    assert said in message
+    assert "tls.crt, tls.key and ca.crt" in message
+    assert "\n" not in message
