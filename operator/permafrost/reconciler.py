@@ -111,19 +111,14 @@ async def reconcile(
     except kube.ConfigForbidden as exc:
         # NB: a Secret in a namespace that did not grant the operator its Secrets: nothing is
         # planned from a partial view; said once per look, in one line, not as a traceback.
-        message = (
-            f"the operator may not read {exc.kind} {namespace}/{exc.name} ({exc.detail}); "
-            f"bind the ClusterRole permafrost-secrets in {namespace} (docs/install.md)"
-        )
-        logger.warning(
-            "release %s/%s: %s",
-            namespace,
-            name,
-            message,
-            extra=_fields(namespace, name, revision=None, reason=CONFIG_FORBIDDEN),
-        )
-        await kube.post_event(
-            release=release, type_="Warning", reason=CONFIG_FORBIDDEN, message=message, now=clock()
+        await _cannot_plan(
+            release,
+            reason=CONFIG_FORBIDDEN,
+            message=(
+                f"the operator may not read {exc.kind} {namespace}/{exc.name} ({exc.detail}); "
+                f"bind the ClusterRole permafrost-secrets in {namespace} (docs/install.md)"
+            ),
+            now=clock(),
         )
         return SECRET_POLL_SECONDS
     named = spec.service.name if spec.service else None
@@ -161,16 +156,8 @@ async def reconcile(
     except planner.PlanError as exc:
         # NB: the status contradicts the cluster (e.g. a stable revision with no record): said
         # in one line and an Event, then looked at again later, not a traceback a minute.
-        message = f"cannot plan this release: {exc}"
-        logger.error(
-            "release %s/%s: %s",
-            namespace,
-            name,
-            message,
-            extra=_fields(namespace, name, revision=None, reason=PLAN_FAILED),
-        )
-        await kube.post_event(
-            release=release, type_="Warning", reason=PLAN_FAILED, message=message, now=now
+        await _cannot_plan(
+            release, reason=PLAN_FAILED, message=f"cannot plan this release: {exc}", now=now
         )
         return PLAN_RETRY_SECONDS
 
@@ -265,6 +252,20 @@ async def reconcile(
             return SECRET_POLL_SECONDS
         return min(result.requeue_after, SECRET_POLL_SECONDS)
     return result.requeue_after
+
+
+async def _cannot_plan(
+    release: manifests.ReleaseRef, *, reason: str, message: str, now: datetime.datetime
+) -> None:
+    """Say why a release is not planned this time: one log line and a Warning Event."""
+    logger.warning(
+        "release %s/%s: %s",
+        release.namespace,
+        release.name,
+        message,
+        extra=_fields(release.namespace, release.name, revision=None, reason=reason),
+    )
+    await kube.post_event(release=release, type_="Warning", reason=reason, message=message, now=now)
 
 
 def _fields(

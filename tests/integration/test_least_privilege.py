@@ -481,6 +481,30 @@ def test_an_in_place_set_image_of_a_frozen_revision_is_denied(op: Deployed, name
     assert "update the GuardedRelease shop instead" in proc.stderr
 
 
+def _break_glass(
+    cluster: Cluster, namespace: str, kind: str, name: str, *, reason: str, debug: str
+) -> list[dict[str, Any]]:
+    """A break-glass edit of what runs by alice (a member), through the apiserver; the
+    BreakGlassUsed Events of the object, once there."""
+    env = [{"name": "DEBUG", "value": debug}]
+    patch = {
+        "metadata": {"annotations": {"permafrost.dev/break-glass": reason}},
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "env": env}]}}},
+    }
+    proc = cluster.kubectl(
+        "patch", kind, name, "--as=alice", "--as-group=permafrost:break-glass",
+        "--as-group=system:authenticated", "-p", json.dumps(patch),
+        namespace=namespace, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    events: list[dict[str, Any]] = wait_for(
+        lambda: _events(cluster, namespace, reason="BreakGlassUsed", name=name),
+        timeout=30,
+        what=f"the BreakGlassUsed Event of {kind} {name}",
+    )
+    return events
+
+
 def test_a_break_glass_use_is_let_through_and_recorded_by_the_webhook(
     op: Deployed, namespace: str
 ) -> None:
@@ -490,56 +514,16 @@ def test_a_break_glass_use_is_let_through_and_recorded_by_the_webhook(
         "create", "rolebinding", "oncall", "--clusterrole=edit", "--user=alice", namespace=namespace
     )
     reason = f"INC-{uuid.uuid4().hex[:6]} hotfix"
-    patch = {
-        "metadata": {"annotations": {"permafrost.dev/break-glass": reason}},
-        "spec": {"template": {"spec": {"containers": [{"name": "app", "env": []}]}}},
-    }
-    patch["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "DEBUG", "value": "1"}]
-    proc = c.kubectl(
-        "patch",
-        "deployment",
-        f"shop-{stable}",
-        "--as=alice",
-        "--as-group=permafrost:break-glass",
-        "--as-group=system:authenticated",
-        "-p",
-        json.dumps(patch),
-        namespace=namespace,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    (event, *_) = wait_for(
-        lambda: _events(c, namespace, reason="BreakGlassUsed", name=f"shop-{stable}"),
-        timeout=30,
-        what="the BreakGlassUsed Event",
+    (event, *_) = _break_glass(
+        c, namespace, "deployment", f"shop-{stable}", reason=reason, debug="1"
     )
     assert reason in event["message"]
-
     # A revision's ReplicaSet is frozen too; its break-glass change is looked for (listed) by
     # the operator before it is recorded. (A new reason: the Deployment's is copied to it.)
     replicaset = c.get(
         "replicasets", namespace=namespace, selector=f"permafrost.dev/revision={stable}"
-    )["items"][0]
-    patch["metadata"]["annotations"]["permafrost.dev/break-glass"] = f"{reason} (rs)"
-    patch["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "DEBUG", "value": "2"}]
-    proc = c.kubectl(
-        "patch",
-        "replicaset",
-        replicaset["metadata"]["name"],
-        "--as=alice",
-        "--as-group=permafrost:break-glass",
-        "--as-group=system:authenticated",
-        "-p",
-        json.dumps(patch),
-        namespace=namespace,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    wait_for(
-        lambda: _events(c, namespace, reason="BreakGlassUsed", name=replicaset["metadata"]["name"]),
-        timeout=30,
-        what="the BreakGlassUsed Event of the ReplicaSet",
-    )
+    )["items"][0]["metadata"]["name"]
+    _break_glass(c, namespace, "replicaset", replicaset, reason=f"{reason} (rs)", debug="2")
 
 
 def test_workloads_in_an_enforced_namespace_are_fingerprinted(op: Deployed, namespace: str) -> None:
