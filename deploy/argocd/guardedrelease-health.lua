@@ -5,7 +5,8 @@
 --              verified, or it waits for referenced config, or the stable revision is scaling.
 -- Degraded     a revision failed (rolled back, or left running when automatic rollback is off),
 --              or a GuardrailPolicy holds the rollout, or what runs violates an Enforce policy
---              (it keeps serving); the message says which and why.
+--              (it keeps serving; while a revision is verified it stays Progressing); the
+--              message says which and why.
 -- Suspended    promotion waits for a manual approval (every violated rule asks for the
 --              annotation permafrost.dev/approved-by); annotating the release resumes it.
 --              Needs Lua's string library (argocd-cm: useOpenLibs, see below); without it
@@ -109,9 +110,16 @@ if compliant ~= nil and compliant.status == "False" then
     hs.status = "Suspended"
     hs.message = "Waiting for approval: " .. why
   elseif compliant.reason == "EnforcedPolicyViolated" then
-    -- NB: what runs keeps serving; nothing is held, but it breaks a rule now in force.
-    hs.status = "Degraded"
-    hs.message = "Violates an enforced policy (what runs keeps serving): " .. why
+    -- NB: nothing is held (yet): a revision still being verified is Progressing (its promotion
+    -- will then be held, PromotionHeld); otherwise what runs breaks a rule now in force.
+    local verifying = condition(status, "Progressing")
+    if verifying ~= nil and verifying.status == "True" then
+      hs.status = "Progressing"
+      hs.message = text(verifying, "A revision is being verified") .. " (" .. why .. ")"
+    else
+      hs.status = "Degraded"
+      hs.message = "Violates an enforced policy: " .. why
+    end
   else
     hs.status = "Degraded"
     hs.message = "Held by policy (" .. tostring(compliant.reason) .. "): " .. why

@@ -383,7 +383,8 @@ def test_without_use_open_libs_a_wait_for_approval_is_degraded_not_unknown(
         def degraded() -> tuple[str, str] | None:
             argocd.alive()
             got = AppState.of(argocd.app(shop_app)).health_of(GR, "approval")
-            return got if got[0] == "Degraded" else None
+            # NB: verified first (Progressing), then held: the hold is what is looked at.
+            return got if got[0] == "Degraded" and "PromotionHeld" in got[1] else None
 
         status, message = wait_for(degraded, timeout=120, interval=1, what="approval Degraded")
         assert message.startswith("Held by policy (PromotionHeld): permafrost-production"), message

@@ -285,5 +285,20 @@ def test_a_serving_release_that_violates_an_enforced_policy_is_degraded_not_held
             )
     status, message = health(release)
     assert status == "Degraded"
-    assert message.startswith("Violates an enforced policy (what runs keeps serving)")
-    assert "Held" not in message
+    assert message == "Violates an enforced policy: shop/no-latest: image tags are not allowed"
+
+
+def test_a_revision_in_verification_whose_promotion_a_policy_will_hold_stays_progressing() -> None:
+    """During verification a promote-stage Enforce violation is EnforcedPolicyViolated (the
+    hold, PromotionHeld, comes once verified): Argo CD keeps Progressing, with the reason."""
+    release = load("progressing_verifying")
+    for c in release["status"]["conditions"]:
+        if c["type"] == "PolicyCompliant":
+            c.update(
+                status="False",
+                reason="EnforcedPolicyViolated",
+                message="Enforce freeze/window: no changes now",
+            )
+    status, message = health(release)
+    assert status == "Progressing"
+    assert message.endswith("(Enforce freeze/window: no changes now)")
