@@ -148,11 +148,16 @@ def test_only_one_replica_acts_and_the_other_takes_over_without_doing_anything_t
             crds.apply(
                 release(name, min_ready=3, deadline=60, digest=NEW_DIGEST), namespace=namespace
             )
-        wait_for(
-            lambda: all(status(crds, namespace, n).get("phase") == "Progressing" for n in RELEASES),
-            timeout=60,
-            what="every upgrade in verification",
-        )
+
+        def upgrading() -> bool:
+            # NB: one list per look, and "begun" rather than "all Progressing at once": on a
+            # busy machine the first upgrade may finish before the last one is looked at.
+            items = crds.get("guardedreleases", namespace=namespace)["items"]
+            desired = {i["metadata"]["name"]: (i.get("status") or {}).get("desiredRevision")
+                       for i in items}  # fmt: skip
+            return all(desired.get(n) not in (None, olds[n]) for n in RELEASES)
+
+        wait_for(upgrading, timeout=60, what="every upgrade begun")
         first.kill()
         killed = time.monotonic()
         wait_for(
