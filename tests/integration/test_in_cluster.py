@@ -937,15 +937,10 @@ def test_an_upgrade_to_an_image_that_cannot_be_pulled_leaves_the_replicas_servin
         installed.follow()
 
 
-def test_with_no_webhook_endpoint_the_cluster_stays_usable(
-    installed: Installation, namespace: str, demo_images: dict[str, str]
-) -> None:
-    """No replica at all (scaled to 0): kube-system and the operator's namespace are never
-    blocked, the workload webhooks fail open, the fail-safe keeps frozen workloads frozen, and
-    the GuardrailPolicy webhook refuses (closed) in one line that names it."""
-    cluster = installed.cluster
-    cluster.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true")
-    plain = {
+def plain_deployment(image: str) -> dict[str, Any]:
+    """A Deployment Permafrost does not manage, at 0 replicas, as the built-in policies want it:
+    non-root (enforced at creation), limits and a read-only root filesystem (warned about)."""
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "plain"},
@@ -959,7 +954,7 @@ def test_with_no_webhook_endpoint_the_cluster_stays_usable(
                     "containers": [
                         {
                             "name": "app",
-                            "image": demo_images["v1"],
+                            "image": image,
                             "securityContext": {"readOnlyRootFilesystem": True},
                             "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}},
                         }
@@ -968,6 +963,17 @@ def test_with_no_webhook_endpoint_the_cluster_stays_usable(
             },
         },
     }
+
+
+def test_with_no_webhook_endpoint_the_cluster_stays_usable(
+    installed: Installation, namespace: str, demo_images: dict[str, str]
+) -> None:
+    """No replica at all (scaled to 0): kube-system and the operator's namespace are never
+    blocked, the workload webhooks fail open, the fail-safe keeps frozen workloads frozen, and
+    the GuardrailPolicy webhook refuses (closed) in one line that names it."""
+    cluster = installed.cluster
+    cluster.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true")
+    plain = plain_deployment(demo_images["v1"])
     cluster.apply(plain, namespace=namespace)
     cluster.kubectl("scale", "deployment/permafrost", "--replicas=0", namespace=OPERATOR_NAMESPACE)
     try:
@@ -1093,31 +1099,7 @@ def test_uninstall_as_documented_leaves_a_working_cluster(
     of a formerly enforced namespace editable again. The last test of the module."""
     cluster = installed.cluster
     cluster.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true")
-    plain = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "plain"},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": {"app": "plain"}},
-            "template": {
-                "metadata": {"labels": {"app": "plain"}},
-                # NB: what the built-in policies enforce at creation (non-root), and what
-                # they warn about (limits, a read-only root filesystem).
-                "spec": {
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": demo_images["v1"],
-                            "securityContext": {"readOnlyRootFilesystem": True},
-                            "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
+    plain = plain_deployment(demo_images["v1"])
     cluster.apply(plain, namespace=namespace)
     edit = ("set", "image", "deployment/plain", f"app={demo_images['v2']}")
     frozen = cluster.kubectl(*edit, namespace=namespace, check=False)

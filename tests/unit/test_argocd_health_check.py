@@ -271,18 +271,18 @@ def test_the_generator_reports_a_stale_patch(
     assert gen.main(["--check"]) == 0
 
 
+def violating(release: dict[str, Any], message: str) -> dict[str, Any]:
+    """``release`` with PolicyCompliant=False, reason EnforcedPolicyViolated, and ``message``."""
+    for c in release["status"]["conditions"]:
+        if c["type"] == "PolicyCompliant":
+            c.update(status="False", reason="EnforcedPolicyViolated", message=message)
+    return release
+
+
 def test_a_serving_release_that_violates_an_enforced_policy_is_degraded_not_held() -> None:
     """PolicyCompliant=False (EnforcedPolicyViolated) on a Stable release: nothing is held, what
     runs keeps serving; Argo CD says it breaks a rule in force."""
-    release = load("healthy_stable")
-    conditions = release["status"]["conditions"]
-    for c in conditions:
-        if c["type"] == "PolicyCompliant":
-            c.update(
-                status="False",
-                reason="EnforcedPolicyViolated",
-                message="shop/no-latest: image tags are not allowed",
-            )
+    release = violating(load("healthy_stable"), "shop/no-latest: image tags are not allowed")
     status, message = health(release)
     assert status == "Degraded"
     assert message == "Violates an enforced policy: shop/no-latest: image tags are not allowed"
@@ -291,14 +291,7 @@ def test_a_serving_release_that_violates_an_enforced_policy_is_degraded_not_held
 def test_a_revision_in_verification_whose_promotion_a_policy_will_hold_stays_progressing() -> None:
     """During verification a promote-stage Enforce violation is EnforcedPolicyViolated (the
     hold, PromotionHeld, comes once verified): Argo CD keeps Progressing, with the reason."""
-    release = load("progressing_verifying")
-    for c in release["status"]["conditions"]:
-        if c["type"] == "PolicyCompliant":
-            c.update(
-                status="False",
-                reason="EnforcedPolicyViolated",
-                message="Enforce freeze/window: no changes now",
-            )
+    release = violating(load("progressing_verifying"), "Enforce freeze/window: no changes now")
     status, message = health(release)
     assert status == "Progressing"
     assert message.endswith("(Enforce freeze/window: no changes now)")
