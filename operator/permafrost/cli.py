@@ -161,11 +161,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="re-point webhooks registered for another operator that still answers at this one "
         "(without it, run refuses to start)",
     )
-    guard.add_argument(
+    tls = guard.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        help="serve with the files tls.crt, tls.key and ca.crt in DIR (a Secret mounted as a "
+        "volume, e.g. from cert-manager; needs no Secret access) instead of Permafrost's own CA",
+    )
+    tls.add_argument(
         "--tls-secret",
         metavar="NAME",
-        help="use this Secret (tls.crt, tls.key, ca.crt; e.g. from cert-manager) "
-        "instead of Permafrost's own CA",
+        help="serve with this Secret in the operator's namespace (tls.crt, tls.key, ca.crt; "
+        "e.g. from cert-manager; needs a get grant on it) instead of Permafrost's own CA",
     )
     guard.add_argument(
         "--break-glass-group",
@@ -477,6 +484,7 @@ def _run(args: argparse.Namespace) -> int:
             service=args.webhook_service,
             namespace=args.operator_namespace,
             tls_secret=args.tls_secret,
+            tls_dir=args.tls_dir,
             settings=webhooks.settings_from(
                 exempt_users=args.exempt_user
                 or [f"system:serviceaccount:{args.operator_namespace}:permafrost"],

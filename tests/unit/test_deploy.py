@@ -548,6 +548,7 @@ def test_the_operator_flags_are_what_permafrost_run_accepts(objects: list[dict[s
     assert args.exempt_user is None
     assert args.break_glass_group is None
     assert args.tls_secret is None
+    assert args.tls_dir is None
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert args.metrics_port == ports["metrics"]
     assert args.webhook_listen == f"0.0.0.0:{ports['webhook']}"
