@@ -429,6 +429,14 @@ def _check_admission(options: webhooks.Options, *, takeover: bool) -> None:
             hint=f"Create it (kubectl create namespace {namespace}, or kubectl apply -f "
             "deploy/namespace.yaml), or name another one: --operator-namespace NS",
         )
+    # NB: checked here, before Kopf starts: a start-up handler's failure is logged by Kopf with
+    # two tracebacks, for what one line says.
+    if problem := _against_the_api(webhooks.user_tls_problem(options)):
+        raise NotFound(
+            problem,
+            hint="See docs/install.md, on the webhook's certificate from cert-manager, for the "
+            "layout and the grant",
+        )
     existing = _against_the_api(kube.read_webhook_configuration(webhooks.WEBHOOK_CONFIGURATION))
     registered, ours = webhooks.registered_target(existing), options.target()
     if registered is None or registered == ours:

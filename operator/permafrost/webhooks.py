@@ -279,6 +279,18 @@ def read_tls_dir(directory: pathlib.Path) -> dict[str, str]:
     return data
 
 
+async def user_tls_problem(options: Options) -> str | None:
+    """Why the TLS material the user supplied (``--tls-dir``, ``--tls-secret``) cannot be used,
+    in one line; ``None`` when it can, or when Permafrost makes its own."""
+    if not (options.tls_dir or options.tls_secret):
+        return None
+    try:
+        await _load_bundle(options, now=datetime.datetime.now(datetime.UTC))
+    except kopf.PermanentError as exc:
+        return str(exc)
+    return None
+
+
 async def _load_bundle(options: Options, *, now: datetime.datetime) -> certs.Bundle:
     """The TLS material: user-supplied (mounted files, or a Secret read by name), or
     Permafrost's own shared Secret (made or renewed)."""
