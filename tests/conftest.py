@@ -19,21 +19,26 @@ OPERATOR_TAIL_LINES = 150
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark tests by folder: tests/unit -> unit, tests/integration -> integration; with
-    ``PERMAFROST_SHARD=K/N`` (hack/test.sh), keep only shard K's modules (tests/shards.py)."""
+    ``PERMAFROST_SHARD=K/N`` (hack/test.sh), keep only shard K's modules, and with
+    ``PERMAFROST_SHARD=alone`` only those that must run alone (tests/shards.py)."""
     for item in items:
         parts = pathlib.Path(str(item.fspath)).relative_to(HERE).parts
         if parts and parts[0] in ("unit", "integration"):
             item.add_marker(getattr(pytest.mark, parts[0]))
     if not (value := os.environ.get("PERMAFROST_SHARD")):
         return
-    try:
-        k, n = shards.parse(value)
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
     module = {item: pathlib.Path(str(item.fspath)).relative_to(HERE).as_posix() for item in items}
-    placed = shards.assign(module.values(), shards=n)
-    kept = [item for item in items if placed.get(module[item]) == k]
-    dropped = [item for item in items if placed.get(module[item]) != k]
+    if value == "alone":
+        wanted = {m: 0 for m in module.values() if m in shards.ALONE}
+        k = 0
+    else:
+        try:
+            k, n = shards.parse(value)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        wanted = shards.assign(module.values(), shards=n)
+    kept = [item for item in items if wanted.get(module[item]) == k]
+    dropped = [item for item in items if wanted.get(module[item]) != k]
     config.hook.pytest_deselected(items=dropped)
     items[:] = kept
 
