@@ -860,7 +860,7 @@ def test_a_mounted_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_
     installed: Installation, namespace: str, real_node: RealNode, demo_images: dict[str, str]
 ) -> None:
     """``--tls-dir`` with a Secret in cert-manager's layout mounted as a volume (no Secret access
-    granted): first with the wrong keys, which the new replica refuses in one line while the
+    granted): first without ``ca.crt``, which the new replica refuses in one line while the
     running ones serve on; then right, served with its certificate and registered with its CA;
     when its issuer rotates the certificate (same CA, as cert-manager does) and the kubelet
     updates the volume, the replicas serve the new one, and no request fails meanwhile."""
@@ -883,10 +883,9 @@ def test_a_mounted_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_
     # NB: short-lived, so that a stale certificate would be seen; the replicas look at mounted
     # files every 10 s whatever the certificate's lifetime.
     first = certs.issue(hostnames=hostnames, now=now, ca=ca, validity=datetime.timedelta(minutes=5))
-    # The wrong keys: what a hand-made Secret often holds.
+    # A key missing: a kubernetes.io/tls Secret without ca.crt (what a public issuer writes).
     wrong = tls_secret("webhook-cert", first)
-    wrong["type"] = "Opaque"
-    wrong["data"] = {"cert.pem": wrong["data"]["tls.crt"], "key.pem": wrong["data"]["tls.key"]}
+    del wrong["data"]["ca.crt"]
     cluster.apply(wrong)
     can_read = cluster.kubectl(
         "auth", "can-i", "get", "secret/webhook-cert",
@@ -906,8 +905,7 @@ def test_a_mounted_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_
         said = [line for line in log.splitlines() if "TLS files in" in line]
         assert len(said) == 1, log
         assert said[0].startswith(
-            f"permafrost: TLS files in {TLS_MOUNT} cannot be used: there is no 'ca.crt', "
-            "'tls.crt', 'tls.key'"
+            f"permafrost: TLS files in {TLS_MOUNT} cannot be used: there is no 'ca.crt' ("
         ), said
         assert "Traceback" not in log, log
         serving_ones = [p for p in operator_pods(cluster) if p["metadata"]["name"] in running]
