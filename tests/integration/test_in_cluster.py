@@ -856,6 +856,8 @@ def crash_said(cluster: Cluster, pods: set[str]) -> tuple[str, str] | None:
     return None
 
 
+# NB: three rollouts of the operator and a kubelet sync of the mounted Secret.
+@pytest.mark.timeout(600)
 def test_a_mounted_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_serving(
     installed: Installation, namespace: str, real_node: RealNode, demo_images: dict[str, str]
 ) -> None:
