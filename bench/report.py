@@ -288,6 +288,75 @@ def _policy(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.1f}"
+
+
+def _zero_downtime(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[str, bool]]:
+    if r.get("skipped"):
+        return ["## 6. Zero downtime under real traffic", "", f"Not run: {r['skipped']}.", ""], {}
+    lines = [
+        "## 6. Zero downtime under real traffic",
+        "",
+        f"The demo app on the real node, {r['replicas']} replicas, {r['rate']:g} requests/s "
+        "(each on a new connection, through the ClusterIP and kube-proxy) from a second before "
+        "the change until the replaced revision has no pod left. One run. *Unverified*: answers "
+        "from a revision that was not verified when the request was sent (a native Deployment "
+        "verifies nothing: not counted). *To all-new*: from the switch (the Service's selector "
+        "changing; for a native Deployment, the template change) to the last answer from "
+        "another revision.",
+        "",
+        "| scenario | what | sent | failed | unverified | p50 ms | p99 ms | to all-new s "
+        "| answers by version | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    targets: dict[str, bool] = {}
+    pictures = []
+    for row in r["rows"]:
+        new = row.get("switch_to_all_new_s")
+        versions = ", ".join(f"{v} {n}" for v, n in sorted(row["versions"].items()))
+        errors = ", ".join(f"{e} ({n})" for e, n in row["errors"].items()) or "-"
+        unverified = "-" if row["unverified"] is None else str(row["unverified"])
+        lines.append(
+            f"| {row['scenario']} | {row['notes']} | {row['sent']} | {row['failed']} "
+            f"| {unverified} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} "
+            f"| {'-' if new is None else f'{new:.2f}'} | {versions} | {errors} |"
+        )
+        if row["scenario"] != "errors" and not row["scenario"].startswith("native"):
+            targets[f"6. 0 failed, 0 unverified ({row['scenario']})"] = (
+                row["failed"] == 0 and row["unverified"] == 0
+            )
+        pictures.append(_traffic_plot(row, plots))
+    return [*lines, "", *pictures, ""], targets
+
+
+def _traffic_plot(row: dict[str, Any], plots: pathlib.Path) -> str:
+    fig, ax, path, plt = _plot(plots, f"traffic-{row['scenario']}")
+    fig.set_size_inches(6.4, 2.8)
+    series = row["series"]
+    for label in sorted(k for k in series if k != "failed"):
+        ax.plot(range(len(series[label])), series[label], drawstyle="steps-post", label=label)
+    if series.get("failed"):
+        ax.bar(
+            range(len(series["failed"])),
+            series["failed"],
+            width=1,
+            align="edge",
+            color="red",
+            alpha=0.6,
+            label="failed",
+        )
+    for at in row["failures_at_s"][:500]:
+        ax.axvline(at, color="red", linewidth=0.3, alpha=0.3)
+    if row.get("switch_at_s") is not None:
+        ax.axvline(row["switch_at_s"], color="black", linestyle=":", label="switch")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("answers per second")
+    ax.set_title(f"{row['scenario']}: {row['notes']}", fontsize=9)
+    ax.legend(fontsize=7, loc="center left")
+    return _save(fig, path, plt)
+
+
 def generate(out: pathlib.Path, *, plots: pathlib.Path) -> str:
     """The generated Markdown for the results in ``out``."""
     machine = _load(out, "machine") or {}
@@ -305,6 +374,10 @@ def generate(out: pathlib.Path, *, plots: pathlib.Path) -> str:
             targets |= t
     if (r := _load(out, "policy_engine")) is not None:
         body += _policy(r)
+    if (r := _load(out, "zero_downtime")) is not None:
+        part, t = _zero_downtime(r, plots)
+        body += part
+        targets |= t
     summary = ["## Targets", "", "| target | this run |", "|---|---|"]
     summary += [f"| {k} | {_met(v)} |" for k, v in targets.items()]
     return "\n".join([BEGIN, "", *lines, *summary, "", *body, END])
