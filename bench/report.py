@@ -17,6 +17,11 @@ from bench import common
 DOC = common.ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- BEGIN GENERATED: python -m bench (do not edit by hand) -->"
 END = "<!-- END GENERATED -->"
+# NB: the zero-downtime runs need the real node and have a block of their own, so either part
+# can be measured again (``--only``) without the other's results.
+ZD_BEGIN = "<!-- BEGIN GENERATED: python -m bench --only zero_downtime (do not edit by hand) -->"
+ZD_END = "<!-- END GENERATED: zero_downtime -->"
+MAIN = ("admission", "rollout", "rollback", "scale", "policy_engine")
 MiB = 1024 * 1024
 
 
@@ -374,23 +379,43 @@ def generate(out: pathlib.Path, *, plots: pathlib.Path) -> str:
             targets |= t
     if (r := _load(out, "policy_engine")) is not None:
         body += _policy(r)
-    if (r := _load(out, "zero_downtime")) is not None:
-        part, t = _zero_downtime(r, plots)
-        body += part
-        targets |= t
+
     summary = ["## Targets", "", "| target | this run |", "|---|---|"]
     summary += [f"| {k} | {_met(v)} |" for k, v in targets.items()]
     return "\n".join([BEGIN, "", *lines, *summary, "", *body, END])
 
 
+def generate_zero_downtime(out: pathlib.Path, *, plots: pathlib.Path) -> str | None:
+    """The generated Markdown of the zero-downtime runs in ``out`` (None: there are none)."""
+    r = _load(out, "zero_downtime")
+    if r is None:
+        return None
+    machine = _load(out, "machine") or {}
+    part, targets = _zero_downtime(r, plots)
+    run = f"Run {machine['started']}, {machine['cores']} cores." if machine else ""
+    summary = ["| target | this run |", "|---|---|"]
+    summary += [f"| {k} | {_met(v)} |" for k, v in targets.items()]
+    return "\n".join([ZD_BEGIN, "", *part[:2], run, "", *summary, "", *part[2:], ZD_END])
+
+
+def _replace(text: str, begin: str, end: str, generated: str) -> str:
+    if begin in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        return head + generated + tail
+    return text.rstrip("\n") + "\n\n" + generated + "\n"
+
+
 def write(out: pathlib.Path, *, doc: pathlib.Path = DOC) -> pathlib.Path:
-    """Replace the generated part of ``doc`` (create the page if missing); the plots go to the
-    folder named like it (``docs/benchmarks/`` for ``docs/benchmarks.md``)."""
-    generated = generate(out, plots=doc.with_suffix(""))
-    if doc.exists() and BEGIN in doc.read_text():
-        head, _, rest = doc.read_text().partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        doc.write_text(head + generated + tail)
-    else:
-        doc.write_text("# Benchmarks\n\n" + generated + "\n")
+    """Replace the generated parts of ``doc`` whose results are in ``out`` (create the page if
+    missing); the plots go to the folder named like it (``docs/benchmarks/`` for
+    ``docs/benchmarks.md``)."""
+    plots = doc.with_suffix("")
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if any((out / f"{name}.json").exists() for name in MAIN) or BEGIN not in text:
+        text = _replace(text, BEGIN, END, generate(out, plots=plots))
+    zero_downtime = generate_zero_downtime(out, plots=plots)
+    if zero_downtime is not None:
+        text = _replace(text, ZD_BEGIN, ZD_END, zero_downtime)
+    doc.write_text(text)
     return doc

@@ -4,7 +4,7 @@ rolling update of the same app.
 Steady requests (:mod:`bench.traffic`, a new connection each, through the Service's ClusterIP
 and kube-proxy) run through every scenario, from a second before the change until the revision
 that stopped serving has no pod left and a second after. One GuardedRelease of the demo app
-(``examples/app``, 2 replicas, ``minReadySeconds: 3``) goes through them in turn:
+(``examples/app``, 2 replicas, ``minReadySeconds: 4``) goes through them in turn:
 
 - ``promote``: v1 -> v2;
 - ``crash``: v3, whose process exits as it starts (rolled back);
@@ -12,8 +12,8 @@ that stopped serving has no pod left and a second after. One GuardedRelease of t
 - ``errors``: v5, which answers 20% of its requests with 500 but passes its readiness probe:
   promoted (nothing in the release looks at answers);
 - ``config``: a change of the ConfigMap the release references (a new revision);
-- ``operator-killed``: the operator SIGKILLed once the new revision's pods are Ready, started
-  again 2 s later;
+- ``operator-killed``: the operator SIGKILLed as soon as the new revision's pods exist (in
+  verification), started again 2 s later;
 - ``rollback``: ``permafrost rollback`` to the revision of ``config``;
 - ``no-delay``: a promotion with ``scaleDownDelaySeconds: 0``.
 
@@ -140,7 +140,7 @@ def release(image: str, *, delay: int = 2, **env: str) -> dict[str, Any]:
             "service": {"name": RELEASE},
             "rollout": {
                 "progressDeadlineSeconds": 40,
-                "minReadySeconds": 3,
+                "minReadySeconds": 4,
                 "scaleDownDelaySeconds": delay,
             },
             "revisionHistoryLimit": 8,
@@ -159,13 +159,6 @@ def wait(probe: Callable[[], Any], what: str, timeout: float = 120) -> Any:
 def pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = get("pods", None, namespace, selector)["items"]
     return items
-
-
-def ready(pod: Mapping[str, Any]) -> bool:
-    return any(
-        c["type"] == "Ready" and c["status"] == "True"
-        for c in pod.get("status", {}).get("conditions", [])
-    )
 
 
 def settled(namespace: str, *gone: str) -> dict[str, Any]:
@@ -347,7 +340,7 @@ class Scenarios:
         crashed = status(ns)["desiredRevision"]
 
         def unready() -> None:
-            self.change("v2", APP_VERSION="v4", NOT_READY_AFTER_SECONDS="1")
+            self.change("v2", APP_VERSION="v4", NOT_READY_AFTER_SECONDS="2.5")
             self.until(
                 "v4 rolled back",
                 lambda st: st.get("phase") == "RolledBack" and st["desiredRevision"] != crashed,
@@ -378,14 +371,15 @@ class Scenarios:
         def killed() -> None:
             self.change("v2", APP_VERSION="v6")
 
-            def new_pods_ready() -> bool:
+            def verifying() -> bool:
                 st = status(ns)
-                if st.get("desiredRevision") == self.revisions["config"]:
+                if st.get("desiredRevision") in (None, self.revisions["config"]):
                     return False
-                mine = pods(ns, f"{LABEL_REVISION}={st['desiredRevision']}")
-                return len([p for p in mine if ready(p)]) == 2
+                return st.get("phase") == "Progressing" and bool(
+                    pods(ns, f"{LABEL_REVISION}={st['desiredRevision']}")
+                )
 
-            wait(new_pods_ready, "v6's pods Ready")
+            wait(verifying, "v6 in verification")
             assert self.operator.proc is not None
             self.operator.proc.send_signal(signal.SIGKILL)
             self.operator.proc.wait(timeout=10)
@@ -393,7 +387,9 @@ class Scenarios:
             self.operator.start()
             self.promoted_other(self.revisions["config"])()
 
-        rows.append(self.run("operator-killed", killed, "SIGKILL once v6's pods are Ready"))
+        rows.append(
+            self.run("operator-killed", killed, "SIGKILL while v6 is verified, restarted 2 s later")
+        )
 
         def rollback() -> None:
             subprocess.run(
@@ -425,6 +421,7 @@ def native(
     *,
     name: str,
     strategy: Mapping[str, Any],
+    notes: str,
     rate: float,
 ) -> dict[str, Any]:
     """A plain Deployment and its Service, updated v1 -> v2 under load."""
@@ -479,7 +476,7 @@ def native(
         after=None,
         verified=None,
         switch=None,
-        notes=f"Deployment v1 -> v2, strategy {json.dumps(strategy.get('rollingUpdate', {}))}",
+        notes=notes,
     )
     # NB: a rolling update has no single switch: from the template change to the last v1 answer.
     last_v1 = max((s.sent for s in load.samples if s.version == "v1"), default=begun)
@@ -503,14 +500,21 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
             scenarios.setup()
             rows += scenarios.all(smoke=smoke)
         natives = (
-            ("native-default", {"type": "RollingUpdate"}),
+            (
+                "native-default",
+                {"type": "RollingUpdate"},
+                "Deployment v1 -> v2, default strategy (maxSurge, maxUnavailable 25%)",
+            ),
             (
                 "native-max-unavailable-0",
                 {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
+                "Deployment v1 -> v2, maxUnavailable: 0",
             ),
         )
-        for name, strategy in natives[1:] if smoke else natives:
-            rows.append(native(namespace, images, name=name, strategy=strategy, rate=rate))
+        for name, strategy, notes in natives[1:] if smoke else natives:
+            rows.append(
+                native(namespace, images, name=name, strategy=strategy, notes=notes, rate=rate)
+            )
     finally:
         common.delete_namespaces(api, [namespace])
     return {"rate": rate, "replicas": 2, "rows": rows}
