@@ -139,12 +139,6 @@ class Load:
         """Whether the load has sent all it may (count or time)."""
         return self._stop.is_set() or self._next >= self.limit or self._elapsed() >= self.seconds
 
-    def wait(self) -> None:
-        """Block until the load has sent all it may, then until the last answers are in."""
-        while not self.done():
-            time.sleep(0.05)
-        self.stop()
-
     def snapshot(self) -> list[Sample]:
         with self._lock:
             return list(self.samples)
