@@ -136,8 +136,12 @@ class Load:
         self.stop()
 
     def done(self) -> bool:
-        """Whether the load has sent all it may (count or time)."""
-        return self._stop.is_set() or self._next >= self.limit or self._elapsed() >= self.seconds
+        """Whether the load has done all it may: every request answered (count), or its time is
+        up (the requests in flight then finish in :meth:`stop`), or it was stopped."""
+        # NB: not the requests claimed: a worker claims its next request before it is due.
+        with self._lock:
+            answered = len(self.samples)
+        return self._stop.is_set() or answered >= self.limit or self._elapsed() >= self.seconds
 
     def snapshot(self) -> list[Sample]:
         with self._lock:
