@@ -381,6 +381,10 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
     ("", "services", "watch"): ("handlers.py", (r'on\.event\("", "v1", "services"\)',)),
     ("", "services", "create"): ("kube.py", (r"core\.create_namespaced_service,",)),
     ("", "services", "patch"): ("kube.py", (r"core\.patch_namespaced_service,",)),
+    ("discovery.k8s.io", "endpointslices", "list"): (
+        "kube.py",
+        (r"discovery\.list_namespaced_endpoint_slice,",),
+    ),
     ("", "namespaces", "list"): ("kube.py", (r"core\.list_namespace\)",)),
     ("", "namespaces", "watch"): ("handlers.py", (r'on\.event\("", "v1", "namespaces"\)',)),
     ("", "events", "create"): ("kube.py", (r"core\.create_namespaced_event,",)),
