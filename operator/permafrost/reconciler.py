@@ -32,10 +32,12 @@ from permafrost import (
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime.datetime]
-# NB: the operator may not list or watch Secrets (least privilege: it reads only those that
-# releases name, in namespaces that grant it); a referenced Secret is read again this often,
-# so a change of it rolls out within this time.
-SECRET_POLL_SECONDS = 30.0
+# NB: referenced ConfigMaps and Secrets are read by name, never listed or watched: streaming
+# every ConfigMap of the cluster costs memory in proportion to the cluster, not to the releases,
+# and the operator may not list Secrets at all (least privilege: it reads only those that
+# releases name, in namespaces that grant it). A release that references any is looked at again
+# this often, so a change of one rolls out within this time.
+CONFIG_POLL_SECONDS = 30.0
 CONFIG_FORBIDDEN = "ConfigForbidden"
 PLAN_FAILED = "PlanFailed"
 PLAN_RETRY_SECONDS = 30.0
@@ -120,7 +122,7 @@ async def reconcile(
             ),
             now=clock(),
         )
-        return SECRET_POLL_SECONDS
+        return CONFIG_POLL_SECONDS
     named = spec.service.name if spec.service else None
     service = next((s for s in services if s["metadata"]["name"] == named), None)
     now = clock()
@@ -246,11 +248,12 @@ async def reconcile(
     metrics.PHASES.set(namespace, name, result.status.phase)
     # NB: actions change the cluster; their effects arrive as watch events, which re-queue the
     # release. The requeue below is only for changes that time alone brings (deadlines, delays),
-    # and for referenced Secrets, which are read, never watched (see SECRET_POLL_SECONDS).
-    if any(ref.kind == "Secret" for ref in spec.config_refs):
+    # and for referenced ConfigMaps and Secrets, which are read, never watched (see
+    # CONFIG_POLL_SECONDS).
+    if spec.config_refs:
         if result.requeue_after is None:
-            return SECRET_POLL_SECONDS
-        return min(result.requeue_after, SECRET_POLL_SECONDS)
+            return CONFIG_POLL_SECONDS
+        return min(result.requeue_after, CONFIG_POLL_SECONDS)
     return result.requeue_after
 
 
