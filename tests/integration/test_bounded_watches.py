@@ -16,79 +16,15 @@ its own choice, not a want of permission.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import uuid
 from collections.abc import Iterator
 
 import pytest
-import yaml
+from flow_counts import dispatched, flow_schema, kubeconfig_with_token
 
 from conftest import Operator, release, wait_phase
 from k8s_harness import Cluster, wait_for
-
-
-def _flow_schema(
-    name: str, *, account: str, namespace: str, rule: dict[str, object]
-) -> dict[str, object]:
-    return {
-        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
-        "kind": "FlowSchema",
-        "metadata": {"name": name},
-        "spec": {
-            # NB: before every built-in schema but the exempt one of system:masters.
-            "matchingPrecedence": 20,
-            "priorityLevelConfiguration": {"name": "exempt"},
-            "rules": [
-                {
-                    "subjects": [
-                        {
-                            "kind": "ServiceAccount",
-                            "serviceAccount": {"name": account, "namespace": namespace},
-                        }
-                    ],
-                    "resourceRules": [rule],
-                }
-            ],
-        },
-    }
-
-
-def _dispatched(cluster: Cluster, schema: str) -> int:
-    """Requests the apiserver dispatched under ``schema`` so far."""
-    total = 0
-    for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
-        if line.startswith("apiserver_flowcontrol_dispatched_requests_total{") and (
-            f'flow_schema="{schema}"' in line
-        ):
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
-
-
-def _kubeconfig(cluster: Cluster, token: str, path: pathlib.Path) -> pathlib.Path:
-    admin = json.loads(
-        cluster.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout
-    )
-    server = admin["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "local",
-                "cluster": {
-                    "server": server["server"],
-                    "certificate-authority-data": server["certificate-authority-data"],
-                },
-            }
-        ],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-        "current-context": "operator",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture
@@ -118,7 +54,7 @@ def test_configmaps_and_secrets_of_unrelated_namespaces_are_never_read(
         f"--serviceaccount={namespace}:{account}",
     )
     schemas = [
-        _flow_schema(
+        flow_schema(
             unrelated_schema,
             account=account,
             namespace=namespace,
@@ -130,7 +66,7 @@ def test_configmaps_and_secrets_of_unrelated_namespaces_are_never_read(
                 "clusterScope": True,  # NB: a list or watch across all namespaces
             },
         ),
-        _flow_schema(
+        flow_schema(
             referenced_schema,
             account=account,
             namespace=namespace,
@@ -152,7 +88,7 @@ def test_configmaps_and_secrets_of_unrelated_namespaces_are_never_read(
             crds,
             None,
             tmp_path / "operator.log",
-            kubeconfig=_kubeconfig(crds, token, tmp_path / "kubeconfig"),
+            kubeconfig=kubeconfig_with_token(crds, token, tmp_path / "kubeconfig"),
         )
         op.start()
         crds.kubectl(
@@ -170,18 +106,18 @@ def test_configmaps_and_secrets_of_unrelated_namespaces_are_never_read(
         crds.kubectl("delete", "secret", "sh.helm.v1", namespace=unrelated)
         # Until the referenced ConfigMap is read again (a later look, after those changes), or
         # anything unrelated was read.
-        before = _dispatched(crds, referenced_schema)
+        before = dispatched(crds, referenced_schema)
         assert before > 0
         wait_for(
             lambda: (
-                _dispatched(crds, referenced_schema) > before
-                or _dispatched(crds, unrelated_schema) > 0
+                dispatched(crds, referenced_schema) > before
+                or dispatched(crds, unrelated_schema) > 0
             ),
             timeout=60,
             interval=1,
             what="the referenced ConfigMap read again",
         )
-        assert _dispatched(crds, unrelated_schema) == 0
+        assert dispatched(crds, unrelated_schema) == 0
     finally:
         if op is not None:
             op.stop()
