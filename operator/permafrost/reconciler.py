@@ -98,6 +98,7 @@ async def reconcile(
             exc,
             extra=_fields(namespace, name, revision=None, reason="InvalidSpec"),
         )
+        _check(fence)
         await kube.post_event(
             release=release, type_="Warning", reason="InvalidSpec", message=str(exc), now=clock()
         )
@@ -121,6 +122,7 @@ async def reconcile(
                 f"bind the ClusterRole permafrost-secrets in {namespace} (docs/install.md)"
             ),
             now=clock(),
+            fence=fence,
         )
         return CONFIG_POLL_SECONDS
     named = spec.service.name if spec.service else None
@@ -159,7 +161,11 @@ async def reconcile(
         # NB: the status contradicts the cluster (e.g. a stable revision with no record): said
         # in one line and an Event, then looked at again later, not a traceback a minute.
         await _cannot_plan(
-            release, reason=PLAN_FAILED, message=f"cannot plan this release: {exc}", now=now
+            release,
+            reason=PLAN_FAILED,
+            message=f"cannot plan this release: {exc}",
+            now=now,
+            fence=fence,
         )
         return PLAN_RETRY_SECONDS
 
@@ -207,6 +213,9 @@ async def reconcile(
             event.message,
             extra=_fields(namespace, name, revision=event.revision, reason=event.reason),
         )
+        # NB: an Event is a write too: a replica resumed after its peers took over must not
+        # announce (again) what it planned before the pause.
+        _check(fence)
         await kube.post_event(
             release=release, type_=event.type, reason=event.reason, message=event.message, now=now
         )
@@ -258,9 +267,15 @@ async def reconcile(
 
 
 async def _cannot_plan(
-    release: manifests.ReleaseRef, *, reason: str, message: str, now: datetime.datetime
+    release: manifests.ReleaseRef,
+    *,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+    fence: Fence | None,
 ) -> None:
-    """Say why a release is not planned this time: one log line and a Warning Event."""
+    """Say why a release is not planned this time: one log line and a Warning Event (posted
+    only while ``fence`` allows writes)."""
     logger.warning(
         "release %s/%s: %s",
         release.namespace,
@@ -268,6 +283,7 @@ async def _cannot_plan(
         message,
         extra=_fields(release.namespace, release.name, revision=None, reason=reason),
     )
+    _check(fence)
     await kube.post_event(release=release, type_="Warning", reason=reason, message=message, now=now)
 
 
@@ -359,6 +375,7 @@ async def reconcile_workload(
             message,
             extra={"namespace": namespace, "kind": kind, "workload": name, "reason": reason},
         )
+        _check(fence)
         await kube.post_object_event(
             involved={"apiVersion": "apps/v1", **obj},
             type_=type_,
