@@ -416,7 +416,7 @@ async def pod_changed(
 
 
 def _dependency_changed(
-    kind: str, namespace: str | None, name: str, memo: kopf.Memo, kwargs: dict[str, Any]
+    *, kind: str, namespace: str | None, name: str, memo: kopf.Memo, kwargs: dict[str, Any]
 ) -> None:
     index: DependencyIndex = kwargs["releases_by_dependency"]
     if namespace:
@@ -427,7 +427,7 @@ def _dependency_changed(
 @kopf.on.event("", "v1", "services")
 async def service_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Any Service may be a release's own or select a release's pods: look at its namespace's."""
-    _dependency_changed("Service", namespace, name, memo, kwargs)
+    _dependency_changed(kind="Service", namespace=namespace, name=name, memo=memo, kwargs=kwargs)
     runtime = _runtime(memo)
     for key in list(runtime.known_releases):
         if key[0] == namespace:
@@ -437,24 +437,24 @@ async def service_changed(namespace: str | None, name: str, memo: kopf.Memo, **k
 # --- workloads in enforced namespaces (drift of what Permafrost does not manage) -------------
 
 
-def _workload_changed(kind: str, namespace: str | None, name: str, memo: kopf.Memo) -> None:
+def _workload_changed(*, kind: str, namespace: str | None, name: str, memo: kopf.Memo) -> None:
     if namespace:
         _runtime(memo).workloads.add((namespace, kind, name))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={models.LABEL_RELEASE: kopf.ABSENT})
 async def deployment_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _workload_changed("Deployment", namespace, name, memo)
+    _workload_changed(kind="Deployment", namespace=namespace, name=name, memo=memo)
 
 
 @kopf.on.event("apps", "v1", "statefulsets")
 async def statefulset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _workload_changed("StatefulSet", namespace, name, memo)
+    _workload_changed(kind="StatefulSet", namespace=namespace, name=name, memo=memo)
 
 
 @kopf.on.event("apps", "v1", "daemonsets")
 async def daemonset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _workload_changed("DaemonSet", namespace, name, memo)
+    _workload_changed(kind="DaemonSet", namespace=namespace, name=name, memo=memo)
 
 
 # --- what the operator keeps in memory: policies and namespace labels --------------------------
