@@ -118,6 +118,10 @@ $(BIN)/.bench-installed: pyproject.toml $(BIN)/.installed
 bench: $(BIN)/.bench-installed binaries cluster-up ## benchmarks vs. native baselines (~15 min); writes docs/benchmarks.md
 	$(IN_CLUSTER) $(BIN)/python -m bench $(BENCH_ARGS)
 
+.PHONY: bench-memory
+bench-memory: $(BIN)/.bench-installed binaries cluster-up ## memory and start-up among 2,000 large Secrets and 5,000 ConfigMaps, before (BENCH_ARGS="--baseline REF", default main) and after (~15 min)
+	$(IN_CLUSTER) $(BIN)/python -m bench.memory $(BENCH_ARGS)
+
 # --- reliability: the long runs ---------------------------------------------------------------
 CHAOS_TESTS := tests/unit/test_fuzz_planner.py tests/unit/test_hostile_input.py \
 	tests/integration/test_fuzz_webhook.py tests/integration/test_chaos.py \

@@ -347,7 +347,8 @@ def operator_identity(api: Api, directory: pathlib.Path) -> pathlib.Path:
 class Operator:
     """``permafrost run`` as a subprocess under its own ServiceAccount; samples its RSS and CPU.
 
-    ``--admission`` makes it serve the webhooks on 127.0.0.1 (a free port) and register them.
+    ``--admission`` makes it serve the webhooks on 127.0.0.1 (a free port) and register them;
+    ``env`` adds to its environment (``PYTHONPATH``: another version of the operator's code).
     """
 
     def __init__(
@@ -358,8 +359,11 @@ class Operator:
         namespaces: Sequence[str] = (),
         admission: bool = False,
         profile: pathlib.Path | None = None,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 90,
     ) -> None:
         self.api, self.directory = api, directory
+        self.env, self.start_timeout = dict(env or {}), start_timeout
         self.namespaces, self.admission, self.profile = list(namespaces), admission, profile
         self.port = free_port() if admission else None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -394,7 +398,12 @@ class Operator:
                 "run",
                 *args,
             ]
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
@@ -402,7 +411,12 @@ class Operator:
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
         if self.admission:
-            wait_for(self._webhook_answers, timeout=90, interval=0.3, what="the webhook")
+            wait_for(
+                self._webhook_answers,
+                timeout=self.start_timeout,
+                interval=0.3,
+                what="the webhook",
+            )
         return self
 
     def _sample(self) -> None:

@@ -4,8 +4,8 @@ The event handlers are coroutines, so Kopf runs them on the event loop, one at a
 its thread pool: the work queues, the set of known releases and the policy store are touched
 from that one thread only, like everything else the operator keeps in memory.
 
-Every watched change — a GuardedRelease, one of its revision Deployments or their pods, a
-referenced ConfigMap, its Service — only enqueues the release it concerns; the queue runs
+Every watched change — a GuardedRelease, one of its revision Deployments or their pods, its
+Service — only enqueues the release it concerns; the queue runs
 :func:`permafrost.reconciler.reconcile` once per burst. Only ``on.event`` handlers and indexes
 are used: they add no finalizers, so deleting a release never waits for the operator, and the
 garbage collector cascades through the ownerReferences.
@@ -289,6 +289,11 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     # NB: the first listing of a watched kind comes in pages, not as one body holding every
     # ConfigMap, pod and Service of the cluster at once.
     settings.watching.chunk_size = 500
+    # NB: only revision pods are streamed: the apiserver filters them (Kopf's ``labels=`` on a
+    # handler filters in the operator, after every pod of the cluster was sent and parsed).
+    # ConfigMaps and Secrets are not streamed at all: a release's are read by name (see
+    # reconciler.CONFIG_POLL_SECONDS), so unrelated ones, however many and large, cost nothing.
+    settings.watching.label_selectors["", "v1", "pods"] = REVISION_POD_SELECTOR
     # NB: Kopf's own requests (patches, peering, events) are bounded like Permafrost's; a watch
     # stream that falls silent is dropped after settings.watching.inactivity_timeout (70 s:
     # the apiserver sends a bookmark every minute) and opened again.
@@ -356,11 +361,11 @@ def releases_by_label(
 def releases_by_dependency(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str | None, str, str], str]:
-    """(namespace, kind, name) of referenced ConfigMaps, Secrets, Service → release name."""
-    keys = {
-        (namespace, str(ref.get("kind")), str(ref.get("name"))): name
-        for ref in spec.get("configRefs") or []
-    }
+    """(namespace, "Service", name) of the release's Service → release name.
+
+    NB: referenced ConfigMaps and Secrets are not indexed: they are not watched (see start).
+    """
+    keys = {}
     if service := (spec.get("service") or {}).get("name"):
         keys[(namespace, "Service", str(service))] = name
     return keys
@@ -390,7 +395,7 @@ async def revision_changed(
             _runtime(memo).queue.add((namespace, owner["name"]))
 
 
-REVISION_PODS = {models.LABEL_RELEASE: kopf.PRESENT, models.LABEL_REVISION: kopf.PRESENT}
+REVISION_POD_SELECTOR = f"{models.LABEL_RELEASE},{models.LABEL_REVISION}"
 LabelIndex = kopf.Index[tuple[str | None, str], str]
 DependencyIndex = kopf.Index[tuple[str | None, str, str], str]
 
@@ -411,7 +416,7 @@ async def pod_changed(
 
 
 def _dependency_changed(
-    kind: str, namespace: str | None, name: str, memo: kopf.Memo, kwargs: dict[str, Any]
+    *, kind: str, namespace: str | None, name: str, memo: kopf.Memo, kwargs: dict[str, Any]
 ) -> None:
     index: DependencyIndex = kwargs["releases_by_dependency"]
     if namespace:
@@ -419,17 +424,10 @@ def _dependency_changed(
             _runtime(memo).queue.add((namespace, release))
 
 
-@kopf.on.event("", "v1", "configmaps", labels={models.LABEL_MANAGED_BY: kopf.ABSENT})
-async def configmap_changed(
-    namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
-) -> None:
-    _dependency_changed("ConfigMap", namespace, name, memo, kwargs)
-
-
 @kopf.on.event("", "v1", "services")
 async def service_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Any Service may be a release's own or select a release's pods: look at its namespace's."""
-    _dependency_changed("Service", namespace, name, memo, kwargs)
+    _dependency_changed(kind="Service", namespace=namespace, name=name, memo=memo, kwargs=kwargs)
     runtime = _runtime(memo)
     for key in list(runtime.known_releases):
         if key[0] == namespace:
@@ -439,24 +437,24 @@ async def service_changed(namespace: str | None, name: str, memo: kopf.Memo, **k
 # --- workloads in enforced namespaces (drift of what Permafrost does not manage) -------------
 
 
-def _workload_changed(kind: str, namespace: str | None, name: str, memo: kopf.Memo) -> None:
+def _workload_changed(*, kind: str, namespace: str | None, name: str, memo: kopf.Memo) -> None:
     if namespace:
         _runtime(memo).workloads.add((namespace, kind, name))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={models.LABEL_RELEASE: kopf.ABSENT})
 async def deployment_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _workload_changed("Deployment", namespace, name, memo)
+    _workload_changed(kind="Deployment", namespace=namespace, name=name, memo=memo)
 
 
 @kopf.on.event("apps", "v1", "statefulsets")
 async def statefulset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _workload_changed("StatefulSet", namespace, name, memo)
+    _workload_changed(kind="StatefulSet", namespace=namespace, name=name, memo=memo)
 
 
 @kopf.on.event("apps", "v1", "daemonsets")
 async def daemonset_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _workload_changed("DaemonSet", namespace, name, memo)
+    _workload_changed(kind="DaemonSet", namespace=namespace, name=name, memo=memo)
 
 
 # --- what the operator keeps in memory: policies and namespace labels --------------------------

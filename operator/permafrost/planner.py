@@ -13,7 +13,9 @@ Per desired revision, the states are::
 
 A Failed revision never took traffic: the stable revision keeps (or regains) all of it and the
 failed one is scaled to 0 and kept for inspection. A new spec, the ``permafrost.dev/retry``
-annotation (a new value), or a manual rollback starts a new attempt.
+annotation (a new value), or a manual rollback starts a new attempt (Failed, Superseded or
+Retired --> Progressing). :data:`TRANSITIONS` is this drawing as a table: every change of a
+revision's outcome is checked against it and any other raises :class:`IllegalTransition`.
 
 Health is never assumed: a pod without a Ready condition, a Deployment whose status lags its
 generation, or fewer pods than replicas all count as "not verified yet".
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -42,6 +45,48 @@ POLICY_RECHECK_SECONDS = 30.0
 
 class PlanError(Exception):
     """The situation admits no valid plan (a bug or a corrupted status, never user input)."""
+
+
+class IllegalTransition(PlanError):
+    """A revision's outcome was to change in a way :data:`TRANSITIONS` does not allow: a bug in
+    the planner, or a status edited by hand. Reported like any :class:`PlanError`."""
+
+
+# Per revision, which outcome may follow which (``None``: no record yet), as the module's
+# docstring draws it. Every change of an outcome goes through :func:`transition`; anything not
+# in this table raises, instead of writing a history that cannot have happened.
+TRANSITIONS: Mapping[Outcome | None, frozenset[Outcome]] = {
+    # created (Progressing), or adopted after a crash (Stable, Progressing or Retired)
+    None: frozenset({Outcome.PROGRESSING, Outcome.STABLE, Outcome.RETIRED}),
+    Outcome.PROGRESSING: frozenset(
+        {Outcome.PROGRESSING, Outcome.STABLE, Outcome.FAILED, Outcome.SUPERSEDED}
+    ),
+    # replaced, or its Deployment deleted; or started again (a Stable record the status no
+    # longer names stable: a status restored or edited)
+    Outcome.STABLE: frozenset({Outcome.RETIRED, Outcome.PROGRESSING}),
+    # a new attempt: a retry, a rollback to it, the spec back at it
+    Outcome.RETIRED: frozenset({Outcome.PROGRESSING}),
+    Outcome.FAILED: frozenset({Outcome.PROGRESSING}),
+    Outcome.SUPERSEDED: frozenset({Outcome.PROGRESSING}),
+}
+
+
+def transition(revision: str, *, old: Outcome | None, new: Outcome) -> Outcome:
+    """``new``, if a revision whose outcome is ``old`` may become ``new``; else raises
+    :class:`IllegalTransition`."""
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"revision {revision} cannot go from {old or 'no record'} to {new}")
+    return new
+
+
+class Pass(enum.Enum):
+    """Where one planning pass left the target revision (what the conditions then report)."""
+
+    STABLE = "Stable"  # the target serves traffic (or nothing is left to do)
+    PROGRESSING = "Progressing"  # the target is being created or verified
+    HELD = "Held"  # a policy holds its creation or promotion
+    FAILED = "Failed"  # the target failed under the current attempt
+    BLOCKED = "Blocked"  # there is no target (its config is missing)
 
 
 # --- what the shell observes -------------------------------------------------------------------
@@ -314,13 +359,17 @@ class _Work:
     actions: list[Action] = dataclasses.field(default_factory=list)
     events: list[Event] = dataclasses.field(default_factory=list)
     wake: list[datetime.datetime] = dataclasses.field(default_factory=list)
-    state: str = "Stable"
+    state: Pass = Pass.STABLE
     note: str = ""
     failure: RevisionRecord | None = None
     hold: tuple[str, str] | None = None  # (reason, message): a policy holds the rollout
 
     def record(self, revision: str, **changes: Any) -> RevisionRecord:
-        updated = self.records[revision].model_copy(update=changes)
+        """Change a revision's record; a change of its outcome is checked (:func:`transition`)."""
+        current = self.records[revision]
+        if "outcome" in changes:
+            transition(revision, old=current.outcome, new=changes["outcome"])
+        updated = current.model_copy(update=changes)
         self.records[revision] = updated
         return updated
 
@@ -455,7 +504,7 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
             # NB: policies are checked again right before creation: they may have changed since
             # the release was admitted. Nothing is created while they are violated.
             w.hold = (conditions.POLICY_VIOLATION, s.create_verdict.summary())
-            w.state = "Held"
+            w.state = Pass.HELD
             return
         w.actions.append(CreateRevision(s.desired.deployment, s.desired.snapshots))
         w.event(
@@ -488,13 +537,13 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
         name=name,
         hash=target,
         images=images,
-        outcome=Outcome.PROGRESSING,
+        outcome=transition(target, old=record.outcome if record else None, new=Outcome.PROGRESSING),
         created_at=record.created_at if record else now,
         attempt_started_at=now,
         attempt=attempt,
     )
     w.wake.append(s.now + datetime.timedelta(seconds=s.spec.rollout.progress_deadline_seconds))
-    w.state = "Progressing"
+    w.state = Pass.PROGRESSING
 
 
 def _fail(w: _Work, target: str, reason: str, message: str) -> None:
@@ -549,7 +598,7 @@ def _promote(w: _Work, target: str) -> None:
         + (f" (was {previous})" if previous else ""),
         revision=target,
     )
-    w.state = "Stable"
+    w.state = Pass.STABLE
 
 
 def _progress(w: _Work, target: str, attempt: str | None) -> None:
@@ -558,7 +607,7 @@ def _progress(w: _Work, target: str, attempt: str | None) -> None:
     if record is not None and record.outcome == Outcome.FAILED and attempt == record.attempt:
         if s.spec.rollback.automatic:
             w.scale(target, 0)
-        w.state, w.failure = "Failed", record
+        w.state, w.failure = Pass.FAILED, record
         return
     _supersede_others(w, target)
     if record is None or record.outcome != Outcome.PROGRESSING:
@@ -587,18 +636,18 @@ def _progress(w: _Work, target: str, attempt: str | None) -> None:
         # Verified, but a promote-stage policy forbids moving traffic now (a change freeze, a
         # missing approval…): hold, and look again later, as time alone may lift it.
         w.hold = (conditions.PROMOTION_HELD, s.promote_verdict.summary())
-        w.state = "Held"
+        w.state = Pass.HELD
         w.note = f"revision {target} is verified; promotion is held by policy"
         w.wake.append(s.now + datetime.timedelta(seconds=POLICY_RECHECK_SECONDS))
     elif isinstance(verdict, Healthy):
         _promote(w, target)
     elif isinstance(verdict, Unhealthy):
         _fail(w, target, verdict.reason, verdict.message)
-        w.state, w.failure = "Failed", w.records[target]
+        w.state, w.failure = Pass.FAILED, w.records[target]
     else:
         w.record(target, ready_since=verdict.ready_since)
         w.wake.append(verdict.wake_at)
-        w.state = "Progressing"
+        w.state = Pass.PROGRESSING
         w.note = f"verifying revision {target}: {verdict.ready}/{s.spec.replicas} pods Ready"
 
 
@@ -664,7 +713,7 @@ def _housekeeping(w: _Work, target: str | None) -> None:
     selector: until then kube-proxy still sends it requests, which its pods' shutdown would fail.
     """
     s = w.s
-    live = {w.stable, target if w.state == "Progressing" else None}
+    live = {w.stable, target if w.state == Pass.PROGRESSING else None}
     delay = datetime.timedelta(seconds=s.spec.rollout.scale_down_delay_seconds)
     retained: list[RevisionRecord] = []
     for revision, record in w.records.items():
@@ -740,7 +789,7 @@ def _conditions(
             f"revision {w.stable} has {stable_view.ready_replicas}/{replicas} replicas Ready",
         )
 
-    if isinstance(s.desired, ConfigMissing) and w.state != "Progressing":
+    if isinstance(s.desired, ConfigMissing) and w.state != Pass.PROGRESSING:
         progressing = make(
             conditions.PROGRESSING,
             F,
@@ -755,14 +804,14 @@ def _conditions(
             conditions.ROLLBACK_TARGET_NOT_FOUND,
             f"{problem}; the spec's revision is rolled out instead",
         )
-    elif w.state == "Progressing":
+    elif w.state == Pass.PROGRESSING:
         progressing = make(
             conditions.PROGRESSING,
             T,
             conditions.ROLLOUT_IN_PROGRESS,
             w.note or f"verifying revision {target}",
         )
-    elif w.state == "Failed" and w.failure is not None:
+    elif w.state == Pass.FAILED and w.failure is not None:
         progressing = make(
             conditions.PROGRESSING,
             F,
@@ -778,7 +827,7 @@ def _conditions(
             f"revision {w.stable} is stable" if w.stable else "nothing to roll out",
         )
 
-    if w.state == "Failed" and w.failure is not None:
+    if w.state == Pass.FAILED and w.failure is not None:
         degraded = make(
             conditions.DEGRADED,
             T,
@@ -809,7 +858,7 @@ def _conditions(
             )
     else:
         degraded = make(conditions.DEGRADED, F, conditions.AS_EXPECTED, "")
-        if manual and w.state == "Stable":
+        if manual and w.state == Pass.STABLE:
             rolled_back = make(
                 conditions.ROLLED_BACK,
                 T,
@@ -953,7 +1002,7 @@ def _policy_condition(
     if w.hold is not None:
         reason, message = w.hold
         return make(conditions.POLICY_COMPLIANT, ConditionStatus.FALSE, reason, message)
-    promoting = target is not None and target != w.stable and w.state == "Progressing"
+    promoting = target is not None and target != w.stable and w.state == Pass.PROGRESSING
     verdicts = [
         v for v in (s.create_verdict, s.promote_verdict if promoting else None) if v is not None
     ]
@@ -1108,7 +1157,7 @@ def plan(s: Situation) -> Plan:
     manual = attempt is not None and attempt.startswith("rollback:") and problem is None
     _adopt(w, target, attempt)
     if target is None:
-        w.state = "Blocked"
+        w.state = Pass.BLOCKED
     elif target == w.stable:
         _supersede_others(w, target)
         w.scale(target, s.spec.replicas)

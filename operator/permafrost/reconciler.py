@@ -33,10 +33,12 @@ from permafrost import (
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime.datetime]
-# NB: the operator may not list or watch Secrets (least privilege: it reads only those that
-# releases name, in namespaces that grant it); a referenced Secret is read again this often,
-# so a change of it rolls out within this time.
-SECRET_POLL_SECONDS = 30.0
+# NB: referenced ConfigMaps and Secrets are read by name, never listed or watched: streaming
+# every ConfigMap of the cluster costs memory in proportion to the cluster, not to the releases,
+# and the operator may not list Secrets at all (least privilege: it reads only those that
+# releases name, in namespaces that grant it). A release that references any is looked at again
+# this often, so a change of one rolls out within this time.
+CONFIG_POLL_SECONDS = 30.0
 CONFIG_FORBIDDEN = "ConfigForbidden"
 PLAN_FAILED = "PlanFailed"
 PLAN_RETRY_SECONDS = 30.0
@@ -97,6 +99,7 @@ async def reconcile(
             exc,
             extra=_fields(namespace, name, revision=None, reason="InvalidSpec"),
         )
+        _check(fence)
         await kube.post_event(
             release=release, type_="Warning", reason="InvalidSpec", message=str(exc), now=clock()
         )
@@ -122,8 +125,9 @@ async def reconcile(
                 f"bind the ClusterRole permafrost-secrets in {namespace} (docs/install.md)"
             ),
             now=clock(),
+            fence=fence,
         )
-        return SECRET_POLL_SECONDS
+        return CONFIG_POLL_SECONDS
     service = next((s for s in services if s["metadata"]["name"] == named), None)
     now = clock()
     sources = {
@@ -163,7 +167,11 @@ async def reconcile(
         # NB: the status contradicts the cluster (e.g. a stable revision with no record): said
         # in one line and an Event, then looked at again later, not a traceback a minute.
         await _cannot_plan(
-            release, reason=PLAN_FAILED, message=f"cannot plan this release: {exc}", now=now
+            release,
+            reason=PLAN_FAILED,
+            message=f"cannot plan this release: {exc}",
+            now=now,
+            fence=fence,
         )
         return PLAN_RETRY_SECONDS
 
@@ -211,6 +219,9 @@ async def reconcile(
             event.message,
             extra=_fields(namespace, name, revision=event.revision, reason=event.reason),
         )
+        # NB: an Event is a write too: a replica resumed after its peers took over must not
+        # announce (again) what it planned before the pause.
+        _check(fence)
         await kube.post_event(
             release=release, type_=event.type, reason=event.reason, message=event.message, now=now
         )
@@ -252,11 +263,12 @@ async def reconcile(
     metrics.PHASES.set(namespace, name, result.status.phase)
     # NB: actions change the cluster; their effects arrive as watch events, which re-queue the
     # release. The requeue below is only for changes that time alone brings (deadlines, delays),
-    # and for referenced Secrets, which are read, never watched (see SECRET_POLL_SECONDS).
-    if any(ref.kind == "Secret" for ref in spec.config_refs):
+    # and for referenced ConfigMaps and Secrets, which are read, never watched (see
+    # CONFIG_POLL_SECONDS).
+    if spec.config_refs:
         if result.requeue_after is None:
-            return SECRET_POLL_SECONDS
-        return min(result.requeue_after, SECRET_POLL_SECONDS)
+            return CONFIG_POLL_SECONDS
+        return min(result.requeue_after, CONFIG_POLL_SECONDS)
     return result.requeue_after
 
 
@@ -265,9 +277,15 @@ async def _nothing() -> list[dict[str, Any]]:
 
 
 async def _cannot_plan(
-    release: manifests.ReleaseRef, *, reason: str, message: str, now: datetime.datetime
+    release: manifests.ReleaseRef,
+    *,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+    fence: Fence | None,
 ) -> None:
-    """Say why a release is not planned this time: one log line and a Warning Event."""
+    """Say why a release is not planned this time: one log line and a Warning Event (posted
+    only while ``fence`` allows writes)."""
     logger.warning(
         "release %s/%s: %s",
         release.namespace,
@@ -275,6 +293,7 @@ async def _cannot_plan(
         message,
         extra=_fields(release.namespace, release.name, revision=None, reason=reason),
     )
+    _check(fence)
     await kube.post_event(release=release, type_="Warning", reason=reason, message=message, now=now)
 
 
@@ -366,6 +385,7 @@ async def reconcile_workload(
             message,
             extra={"namespace": namespace, "kind": kind, "workload": name, "reason": reason},
         )
+        _check(fence)
         await kube.post_object_event(
             involved={"apiVersion": "apps/v1", **obj},
             type_=type_,

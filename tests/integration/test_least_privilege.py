@@ -69,7 +69,7 @@ API_REQUEST = re.compile(r'"(GET|POST|PUT|PATCH|DELETE) (/apis?/[^ ?"]+)(\S*) HT
 # and the lists that start its watches. NB: a server-side apply that creates its object is
 # logged as a PATCH; the "create" it also needs is not visible here.
 KOPF_ONLY = {("permafrost.dev", "guardedreleases", "list")} | {
-    ("", resource, "list") for resource in ("configmaps", "services")
+    ("", resource, "list") for resource in ("services",)
 }
 GUARD = "permafrost-operator-writes"  # deploy/operator-guard.yaml
 RECORD = re.compile(r"^(?=\[\d{4}-\d\d-\d\d )", re.MULTILINE)  # where a log record starts

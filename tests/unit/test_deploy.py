@@ -371,8 +371,6 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
     ("", "pods", "list"): ("kube.py", (r"core\.list_namespaced_pod\b",)),
     ("", "pods", "watch"): ("handlers.py", (r'on\.event\(\s*"",\s*"v1",\s*"pods",',)),
     ("", "configmaps", "get"): ("kube.py", (r"core\.read_namespaced_config_map",)),
-    ("", "configmaps", "list"): ("handlers.py", (r'on\.event\("", "v1", "configmaps"',)),
-    ("", "configmaps", "watch"): ("handlers.py", (r'on\.event\("", "v1", "configmaps"',)),
     ("", "configmaps", "create"): ("kube.py", (r"core\.create_namespaced_config_map",)),
     ("", "secrets", "get"): ("kube.py", (r"core\.read_namespaced_secret",)),
     ("", "secrets", "create"): ("kube.py", (r"core\.create_namespaced_secret",)),
