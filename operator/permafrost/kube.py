@@ -487,6 +487,8 @@ def _admission_patch(kind: str) -> Callable[..., Any]:
         "ValidatingWebhookConfiguration": "validating_webhook_configuration",
         "ValidatingAdmissionPolicy": "validating_admission_policy",
         "ValidatingAdmissionPolicyBinding": "validating_admission_policy_binding",
+        "MutatingAdmissionPolicy": "mutating_admission_policy",
+        "MutatingAdmissionPolicyBinding": "mutating_admission_policy_binding",
     }[kind]
     patch: Callable[..., Any] = getattr(api, f"patch_{suffix}")
     return patch

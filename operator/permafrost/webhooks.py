@@ -317,7 +317,10 @@ async def _register(options: Options, bundle: certs.Bundle) -> None:
             settings=options.settings,
         )
     )
-    for body in admission.policy_manifests(name=POLICY, settings=options.settings):
+    for body in (
+        *admission.policy_manifests(name=POLICY, settings=options.settings),
+        *admission.service_guard_manifests(name=admission.SERVICE_GUARD, settings=options.settings),
+    ):
         await kube.apply_cluster_object(body)
 
 
