@@ -509,6 +509,15 @@ async def read_webhook_configuration(name: str) -> dict[str, Any] | None:
     return result
 
 
+async def whoami() -> str | None:
+    """The username the operator's requests are made as (a SelfSubjectReview), if it is told."""
+    api = kubernetes.client.AuthenticationV1Api(clients().api)
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    body = await _raw(api.create_self_subject_review, review)
+    username = ((body.get("status") or {}).get("userInfo") or {}).get("username")
+    return str(username) if username else None
+
+
 async def apply_cluster_object(body: Mapping[str, Any]) -> None:
     """Server-side apply of an admissionregistration.k8s.io/v1 object Permafrost owns."""
     patch = _admission_patch(body["kind"])

@@ -393,6 +393,10 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
     ("", "services", "create"): ("kube.py", (r"core\.create_namespaced_service,",)),
     ("", "services", "patch"): ("kube.py", (r"core\.patch_namespaced_service,",)),
     ("", "namespaces", "list"): ("kube.py", (r"core\.list_namespace\)",)),
+    ("authentication.k8s.io", "selfsubjectreviews", "create"): (
+        "kube.py",
+        (r"api\.create_self_subject_review,",),
+    ),
     ("", "namespaces", "watch"): ("handlers.py", (r'on\.event\("", "v1", "namespaces"\)',)),
     ("", "events", "create"): ("kube.py", (r"core\.create_namespaced_event,",)),
     ("kopf.dev", "clusterkopfpeerings", "list"): (
