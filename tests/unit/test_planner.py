@@ -2044,3 +2044,34 @@ def test_a_promote_stage_violation_does_not_judge_a_release_with_nothing_to_prom
 def test_without_a_policy_engine_compliance_is_unknown() -> None:
     plan = planner.plan(situation())
     assert condition(plan, "PolicyCompliant").status == "Unknown"
+
+
+# --- revisionHistoryLimit ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("limit", "pruned"), [(3, {V1}), (2, {V1, V3}), (1, {V1, V3, V4})])
+def test_superseded_and_failed_revisions_count_toward_the_history_limit(
+    limit: int, pruned: set[str]
+) -> None:
+    """The limit bounds every revision that does not serve: retired, failed and superseded
+    alike, the oldest pruned first (its Deployment deleted; its snapshots go with it). The
+    serving revision is not counted, as a Deployment does not count its current ReplicaSet."""
+    s = situation(
+        spec=make_spec(history=limit),
+        records=[
+            stable(V2),
+            retired(V1, retired_=3000),
+            failed(V3, at_=2000, started=2100),
+            superseded(V4, at_=1000, created=1100),
+            superseded(V5, at_=100, created=110),
+        ],
+        stable_revision=V2,
+        views=[view(V2), *(view(r, replicas=0, pods=()) for r in (V1, V3, V4, V5))],
+        service=routed_to(V2),
+    )
+    result = planner.plan(s)
+    deleted = {a.name for a in result.actions if isinstance(a, planner.DeleteRevision)}
+    assert deleted == {name_of(r) for r in pruned}
+    kept = {r.hash for r in result.status.revisions}
+    assert kept == {V1, V2, V3, V4, V5} - pruned
+    assert len(kept - {V2}) == limit
