@@ -65,8 +65,8 @@ unit: venv ## the pure unit tests only (seconds)
 	$(BIN)/pytest -m unit
 
 .PHONY: test
-test: venv binaries lint typecheck contracts go-test ## everything: lint, types, contracts, unit and integration tests
-	$(IN_CLUSTER) $(BIN)/pytest $(PYTEST_ARGS)
+test: venv binaries lint typecheck contracts go-test ## everything: lint, types, contracts, unit and integration tests (two shards side by side: hack/test.sh)
+	hack/test.sh $(PYTEST_ARGS)
 
 .PHONY: cluster-up
 cluster-up: binaries ## start (or reuse) the local cluster (REAL_NODE=0|1|auto); kubeconfig in .cluster/kubeconfig

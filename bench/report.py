@@ -17,6 +17,11 @@ from bench import common
 DOC = common.ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- BEGIN GENERATED: python -m bench (do not edit by hand) -->"
 END = "<!-- END GENERATED -->"
+# NB: the zero-downtime runs need the real node and have a block of their own, so either part
+# can be measured again (``--only``) without the other's results.
+ZD_BEGIN = "<!-- BEGIN GENERATED: python -m bench --only zero_downtime (do not edit by hand) -->"
+ZD_END = "<!-- END GENERATED: zero_downtime -->"
+MAIN = ("admission", "rollout", "rollback", "scale", "policy_engine")
 MiB = 1024 * 1024
 
 
@@ -288,6 +293,75 @@ def _policy(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.1f}"
+
+
+def _zero_downtime(r: dict[str, Any], plots: pathlib.Path) -> tuple[list[str], dict[str, bool]]:
+    if r.get("skipped"):
+        return ["## 6. Zero downtime under real traffic", "", f"Not run: {r['skipped']}.", ""], {}
+    lines = [
+        "## 6. Zero downtime under real traffic",
+        "",
+        f"The demo app on the real node, {r['replicas']} replicas, {r['rate']:g} requests/s "
+        "(each on a new connection, through the ClusterIP and kube-proxy) from a second before "
+        "the change until the replaced revision has no pod left. One run. *Unverified*: answers "
+        "from a revision that was not verified when the request was sent (a native Deployment "
+        "verifies nothing: not counted). *To all-new*: from the switch (the Service's selector "
+        "changing; for a native Deployment, the template change) to the last answer from "
+        "another revision.",
+        "",
+        "| scenario | what | sent | failed | unverified | p50 ms | p99 ms | to all-new s "
+        "| answers by version | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    targets: dict[str, bool] = {}
+    pictures = []
+    for row in r["rows"]:
+        new = row.get("switch_to_all_new_s")
+        versions = ", ".join(f"{v} {n}" for v, n in sorted(row["versions"].items()))
+        errors = ", ".join(f"{e} ({n})" for e, n in row["errors"].items()) or "-"
+        unverified = "-" if row["unverified"] is None else str(row["unverified"])
+        lines.append(
+            f"| {row['scenario']} | {row['notes']} | {row['sent']} | {row['failed']} "
+            f"| {unverified} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} "
+            f"| {'-' if new is None else f'{new:.2f}'} | {versions} | {errors} |"
+        )
+        if row["scenario"] != "errors" and not row["scenario"].startswith("native"):
+            targets[f"6. 0 failed, 0 unverified ({row['scenario']})"] = (
+                row["failed"] == 0 and row["unverified"] == 0
+            )
+        pictures.append(_traffic_plot(row, plots))
+    return [*lines, "", *pictures, ""], targets
+
+
+def _traffic_plot(row: dict[str, Any], plots: pathlib.Path) -> str:
+    fig, ax, path, plt = _plot(plots, f"traffic-{row['scenario']}")
+    fig.set_size_inches(6.4, 2.8)
+    series = row["series"]
+    for label in sorted(k for k in series if k != "failed"):
+        ax.plot(range(len(series[label])), series[label], drawstyle="steps-post", label=label)
+    if series.get("failed"):
+        ax.bar(
+            range(len(series["failed"])),
+            series["failed"],
+            width=1,
+            align="edge",
+            color="red",
+            alpha=0.6,
+            label="failed",
+        )
+    for at in row["failures_at_s"][:500]:
+        ax.axvline(at, color="red", linewidth=0.3, alpha=0.3)
+    if row.get("switch_at_s") is not None:
+        ax.axvline(row["switch_at_s"], color="black", linestyle=":", label="switch")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("answers per second")
+    ax.set_title(f"{row['scenario']}: {row['notes']}", fontsize=9)
+    ax.legend(fontsize=7, loc="center left")
+    return _save(fig, path, plt)
+
+
 def generate(out: pathlib.Path, *, plots: pathlib.Path) -> str:
     """The generated Markdown for the results in ``out``."""
     machine = _load(out, "machine") or {}
@@ -305,19 +379,43 @@ def generate(out: pathlib.Path, *, plots: pathlib.Path) -> str:
             targets |= t
     if (r := _load(out, "policy_engine")) is not None:
         body += _policy(r)
+
     summary = ["## Targets", "", "| target | this run |", "|---|---|"]
     summary += [f"| {k} | {_met(v)} |" for k, v in targets.items()]
     return "\n".join([BEGIN, "", *lines, *summary, "", *body, END])
 
 
+def generate_zero_downtime(out: pathlib.Path, *, plots: pathlib.Path) -> str | None:
+    """The generated Markdown of the zero-downtime runs in ``out`` (None: there are none)."""
+    r = _load(out, "zero_downtime")
+    if r is None:
+        return None
+    machine = _load(out, "machine") or {}
+    part, targets = _zero_downtime(r, plots)
+    run = f"Run {machine['started']}, {machine['cores']} cores." if machine else ""
+    summary = ["| target | this run |", "|---|---|"]
+    summary += [f"| {k} | {_met(v)} |" for k, v in targets.items()]
+    return "\n".join([ZD_BEGIN, "", *part[:2], run, "", *summary, "", *part[2:], ZD_END])
+
+
+def _replace(text: str, begin: str, end: str, generated: str) -> str:
+    if begin in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        return head + generated + tail
+    return text.rstrip("\n") + "\n\n" + generated + "\n"
+
+
 def write(out: pathlib.Path, *, doc: pathlib.Path = DOC) -> pathlib.Path:
-    """Replace the generated part of ``doc`` (create the page if missing); the plots go to the
-    folder named like it (``docs/benchmarks/`` for ``docs/benchmarks.md``)."""
-    generated = generate(out, plots=doc.with_suffix(""))
-    if doc.exists() and BEGIN in doc.read_text():
-        head, _, rest = doc.read_text().partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        doc.write_text(head + generated + tail)
-    else:
-        doc.write_text("# Benchmarks\n\n" + generated + "\n")
+    """Replace the generated parts of ``doc`` whose results are in ``out`` (create the page if
+    missing); the plots go to the folder named like it (``docs/benchmarks/`` for
+    ``docs/benchmarks.md``)."""
+    plots = doc.with_suffix("")
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if any((out / f"{name}.json").exists() for name in MAIN) or BEGIN not in text:
+        text = _replace(text, BEGIN, END, generate(out, plots=plots))
+    zero_downtime = generate_zero_downtime(out, plots=plots)
+    if zero_downtime is not None:
+        text = _replace(text, ZD_BEGIN, ZD_END, zero_downtime)
+    doc.write_text(text)
     return doc

@@ -16,7 +16,16 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import admission, common, policy_engine, report, rollback, rollout, scale
+from bench import (
+    admission,
+    common,
+    policy_engine,
+    report,
+    rollback,
+    rollout,
+    scale,
+    zero_downtime,
+)
 
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "policy_engine": policy_engine.run,
@@ -24,6 +33,7 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "rollout": rollout.run,
     "rollback": rollback.run,
     "scale": scale.run,
+    "zero_downtime": zero_downtime.run,
 }
 RESULTS = common.ROOT / "bench" / "results"
 CRDS = ("guardedrelease.yaml", "guardrailpolicy.yaml", "kopf-peering.yaml")

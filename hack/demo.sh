@@ -246,15 +246,16 @@ if [ "$("$ROOT/hack/cluster.sh" real-node)" = 1 ] && kubectl get node permafrost
   run curl -sS --max-time 2 "$URL"
   ok "web v1 ($WEB_FIRST) answers through its ClusterIP and kube-proxy, from real pods"
 
-  ANSWERS="$STATE/answers.txt"
-  : >"$ANSWERS"
-  # Steady requests (10 a second, at most 3000) for the rest of the chapter: the version, or the error.
-  (for _ in $(seq 1 3000); do
-     curl -s --max-time 1 -o /dev/null -w '%{http_code} %header{x-app-version}\n' "$URL" >>"$ANSWERS" 2>/dev/null \
-       || echo "failed" >>"$ANSWERS"
-     sleep 0.1
-   done) &
+  ANSWERS="$STATE/answers.jsonl"
+  STOP="$STATE/traffic.stop"
+  rm -f "$ANSWERS" "$STOP"
+  # Steady requests (bench/traffic.py: 50 a second, each on a new connection, at most 10
+  # minutes) for the rest of the chapter; one line a second counts them, live: sent, failed, and
+  # the answers by version. Every request is kept in $ANSWERS.
+  (cd "$ROOT" && exec "$PY" -m bench.traffic "$URL" --rate 50 --seconds 600 --out "$ANSWERS" \
+     --until "$STOP") > >(sed -u "s/^/    ${dim}requests:${plain} /") 2>>"$STATE/traffic.log" &
   WATCHER=$!
+  at "steady requests to web's ClusterIP: 50 a second, counted live below (sent, failed, answers by version)"
   web_release "$WEB2" CRASH_ON_START=1 | kubectl apply -f - >/dev/null
   at "spec.template changed: v2 with CRASH_ON_START=1, whose process exits as it starts (for real)"
   permafrost status web -n "$NS" --watch --timeout 120 | sed 's/^/    /' || true
@@ -265,16 +266,37 @@ if [ "$("$ROOT/hack/cluster.sh" real-node)" = 1 ] && kubectl get node permafrost
   permafrost status web -n "$NS" --watch --timeout 120 | sed 's/^/    /' || true
   [ "$(web_status phase)" = Stable ] && [ "$(web_status stableRevision)" != "$WEB_FIRST" ] \
     || fail "the good v2 was not promoted ($(web_status phase))"
+  # Until v1's pods are gone: what their shutdown does to requests is counted too.
+  for _ in $(seq 1 60); do
+    [ -z "$(kubectl -n "$NS" get pods -l "permafrost.dev/revision=$WEB_FIRST" -o name)" ] && break
+    sleep 0.5
+  done
   sleep 1
-  kill "$WATCHER" 2>/dev/null || true
+  touch "$STOP"
   wait "$WATCHER" 2>/dev/null || true
   WATCHER=
-  TOTAL=$(wc -l <"$ANSWERS")
-  FAILED=$(grep -cv '^200 ' "$ANSWERS" || true)
-  VERSIONS=$(awk '$1 == 200 {print $2}' "$ANSWERS" | uniq | paste -sd' ' -)
+  [ -s "$ANSWERS" ] || fail "no request was recorded (see $STATE/traffic.log)"
+  WEB_SECOND=$(web_status stableRevision)
+  PROMOTED=$(kubectl -n "$NS" get grel web -o jsonpath="{.status.revisions[?(@.hash==\"$WEB_SECOND\")].promotedAt}")
+  # NB: v2 is verified from its promotion on (promotedAt, whole seconds): an answer of v2 sent
+  # before that would be an answer from a revision that was not verified.
+  read -r TOTAL FAILED VERSIONS EARLY < <("$PY" - "$ANSWERS" "$PROMOTED" <<'PY'
+import datetime, json, sys
+samples = [json.loads(line) for line in open(sys.argv[1])]
+promoted = datetime.datetime.fromisoformat(sys.argv[2].replace("Z", "+00:00")).timestamp()
+failed = sum(not (s["status"] and 200 <= s["status"] < 300) for s in samples)
+versions = sorted({s["version"] for s in samples if s["status"] == 200})
+early = sum(s["version"] == "v2" and s["sent"] < promoted for s in samples)
+print(len(samples), failed, ",".join(versions), early)
+PY
+)
   [ "$FAILED" = 0 ] || fail "$FAILED of $TOTAL requests failed during the rollouts (see $ANSWERS)"
-  [ "$VERSIONS" = "v1 v2" ] || fail "requests were answered by: $VERSIONS (see $ANSWERS)"
+  [ "$VERSIONS" = "v1,v2" ] || fail "requests were answered by: $VERSIONS (see $ANSWERS)"
+  [ "$EARLY" = 0 ] || fail "$EARLY requests were answered by v2 before it was verified (see $ANSWERS)"
   ok "$TOTAL requests during both rollouts: 0 failed; answered by v1, then by v2 once it was verified"
+else
+  chapter 5 "Real containers: not on this machine"
+  at "no real node here ($("$ROOT/hack/cluster.sh" real-node)): every pod above was simulated by kwok; no container ran and no request was served"
 fi
 
 chapter 6 "What happened: permafrost status and permafrost history"

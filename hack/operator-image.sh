@@ -115,21 +115,35 @@ in_build_net() {
 # and a mount namespace of its own; waits until its worker answers.
 start_buildkitd() {
   mkdir -p "$BUILDKIT_STATE"
-  local sock="$work/buildkitd.sock"
-  # NB: nsenter and unshare exec what they run: $! is buildkitd's own PID, which cleanup stops.
+  # NB: one buildkitd at a time on the shared state (its database is locked by the first): a
+  # second build (another clone's tests, the other shard of make test) waits here for its turn.
+  exec 9>"$BUILDKIT_STATE.lock"
+  if ! flock -n 9; then
+    log "another build holds the builder's state; waiting for it"
+    flock 9
+  fi
+  local sock="$work/buildkitd.sock" attempt i
   [ -n "$BUILD_NETNS" ] || BUILD_NETNS=$(build_netns)
-  nsenter --net="$BUILD_NETNS" -- unshare --mount --propagation private -- \
-    "$BUILDKIT_BIN/buildkitd" --root "$BUILDKIT_STATE" --addr "unix://$sock" \
-    --oci-worker=true --containerd-worker=false --oci-worker-net=host \
-    --oci-worker-binary="$(command -v runc)" --oci-worker-gc=true \
-    </dev/null >"$work/buildkitd.log" 2>&1 &
-  buildkitd_pid=$!
-  BUILDKIT_HOST="unix://$sock"; export BUILDKIT_HOST
-  local i
-  for i in $(seq 1 100); do
-    "$BUILDKIT_BIN/buildctl" debug workers >/dev/null 2>&1 && return
-    kill -0 "$buildkitd_pid" 2>/dev/null || break
-    sleep 0.2
+  # NB: a buildkitd started without the lock above (an older checkout's) still holds the state:
+  # wait for it too, up to 10 minutes, rather than fail the build.
+  for attempt in $(seq 1 120); do
+    # NB: nsenter and unshare exec what they run: $! is buildkitd's own PID, which cleanup stops.
+    nsenter --net="$BUILD_NETNS" -- unshare --mount --propagation private -- \
+      "$BUILDKIT_BIN/buildkitd" --root "$BUILDKIT_STATE" --addr "unix://$sock" \
+      --oci-worker=true --containerd-worker=false --oci-worker-net=host \
+      --oci-worker-binary="$(command -v runc)" --oci-worker-gc=true \
+      </dev/null >"$work/buildkitd.log" 2>&1 &
+    buildkitd_pid=$!
+    BUILDKIT_HOST="unix://$sock"; export BUILDKIT_HOST
+    for i in $(seq 1 100); do
+      "$BUILDKIT_BIN/buildctl" debug workers >/dev/null 2>&1 && return
+      kill -0 "$buildkitd_pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    grep -q "could not lock" "$work/buildkitd.log" || break
+    [ "$attempt" -gt 1 ] || log "another buildkitd holds the builder's state; waiting for it"
+    buildkitd_pid=""
+    sleep 5
   done
   tail -n 20 "$work/buildkitd.log" >&2
   die "buildkitd did not start (the last lines of its log above)"

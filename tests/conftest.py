@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import shards
 from k8s_harness import Cluster, real_node_reason, start_cluster, stop_cluster, wait_for
 
 HERE = pathlib.Path(__file__).parent
@@ -16,12 +17,30 @@ LOG_TAIL_LINES = 40
 OPERATOR_TAIL_LINES = 150
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by folder: tests/unit -> unit, tests/integration -> integration."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by folder: tests/unit -> unit, tests/integration -> integration; with
+    ``PERMAFROST_SHARD=K/N`` (hack/test.sh), keep only shard K's modules, and with
+    ``PERMAFROST_SHARD=alone`` only those that must run alone (tests/shards.py)."""
     for item in items:
         parts = pathlib.Path(str(item.fspath)).relative_to(HERE).parts
         if parts and parts[0] in ("unit", "integration"):
             item.add_marker(getattr(pytest.mark, parts[0]))
+    if not (value := os.environ.get("PERMAFROST_SHARD")):
+        return
+    module = {item: pathlib.Path(str(item.fspath)).relative_to(HERE).as_posix() for item in items}
+    if value == "alone":
+        wanted = {m: 0 for m in module.values() if m in shards.ALONE}
+        k = 0
+    else:
+        try:
+            k, n = shards.parse(value)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        wanted = shards.assign(module.values(), shards=n)
+    kept = [item for item in items if wanted.get(module[item]) == k]
+    dropped = [item for item in items if wanted.get(module[item]) != k]
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -161,11 +161,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="re-point webhooks registered for another operator that still answers at this one "
         "(without it, run refuses to start)",
     )
-    guard.add_argument(
+    tls = guard.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        help="serve with the files tls.crt, tls.key and ca.crt in DIR (a Secret mounted as a "
+        "volume, e.g. from cert-manager; needs no Secret access) instead of Permafrost's own CA",
+    )
+    tls.add_argument(
         "--tls-secret",
         metavar="NAME",
-        help="use this Secret (tls.crt, tls.key, ca.crt; e.g. from cert-manager) "
-        "instead of Permafrost's own CA",
+        help="serve with this Secret in the operator's namespace (tls.crt, tls.key, ca.crt; "
+        "e.g. from cert-manager; needs a get grant on it) instead of Permafrost's own CA",
     )
     guard.add_argument(
         "--break-glass-group",
@@ -422,6 +429,14 @@ def _check_admission(options: webhooks.Options, *, takeover: bool) -> None:
             hint=f"Create it (kubectl create namespace {namespace}, or kubectl apply -f "
             "deploy/namespace.yaml), or name another one: --operator-namespace NS",
         )
+    # NB: checked here, before Kopf starts: a start-up handler's failure is logged by Kopf with
+    # two tracebacks, for what one line says.
+    if problem := _against_the_api(webhooks.user_tls_problem(options)):
+        raise NotFound(
+            problem,
+            hint="See docs/install.md, on the webhook's certificate from cert-manager, for the "
+            "layout and the grant",
+        )
     existing = _against_the_api(kube.read_webhook_configuration(webhooks.WEBHOOK_CONFIGURATION))
     registered, ours = webhooks.registered_target(existing), options.target()
     if registered is None or registered == ours:
@@ -477,6 +492,7 @@ def _run(args: argparse.Namespace) -> int:
             service=args.webhook_service,
             namespace=args.operator_namespace,
             tls_secret=args.tls_secret,
+            tls_dir=args.tls_dir,
             settings=webhooks.settings_from(
                 exempt_users=args.exempt_user
                 or [f"system:serviceaccount:{args.operator_namespace}:permafrost"],

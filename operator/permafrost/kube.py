@@ -36,6 +36,7 @@ class Clients:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.discovery = kubernetes.client.DiscoveryV1Api(api_client)
 
 
 @functools.cache
@@ -179,6 +180,16 @@ async def read_config(namespace: str, ref: models.ConfigRef) -> dict[str, Any] |
 async def list_services(namespace: str) -> list[dict[str, Any]]:
     """Every Service of the namespace (a release's Service, and others that may select its pods)."""
     body = await _raw(clients().core.list_namespaced_service, namespace)
+    return list(body.get("items") or [])
+
+
+async def list_endpoint_slices(namespace: str, service: str) -> list[dict[str, Any]]:
+    """The EndpointSlices of a Service: the endpoints kube-proxy routes its requests to."""
+    body = await _raw(
+        clients().discovery.list_namespaced_endpoint_slice,
+        namespace,
+        label_selector=f"kubernetes.io/service-name={service}",
+    )
     return list(body.get("items") or [])
 
 

@@ -155,6 +155,9 @@ class RevisionRecord(Model):
     ready_since: str | None = None
     promoted_at: str | None = None
     retired_at: str | None = None
+    # When the Service's EndpointSlices were first seen holding none of this retired revision's
+    # pods (and the stable revision's ready ones): its scaleDownDelaySeconds counts from then.
+    drained_at: str | None = None
     failed_at: str | None = None
 
 

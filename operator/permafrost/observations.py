@@ -103,10 +103,39 @@ def revision_views(
     return views
 
 
+def endpoints(
+    slices: Iterable[Mapping[str, Any]], *, pods: Iterable[Mapping[str, Any]]
+) -> dict[str, int]:
+    """The revisions whose pods are endpoints in ``slices`` (a Service's EndpointSlices), each
+    with how many of those endpoints are ready. Endpoints of other pods are left out."""
+    revision_of = {
+        str((p.get("metadata") or {}).get("name")): str(
+            ((p.get("metadata") or {}).get("labels") or {}).get(models.LABEL_REVISION)
+        )
+        for p in pods
+        if ((p.get("metadata") or {}).get("labels") or {}).get(models.LABEL_REVISION)
+    }
+    found: dict[str, int] = {}
+    for endpoint_slice in slices:
+        for endpoint in endpoint_slice.get("endpoints") or []:
+            ref = endpoint.get("targetRef") or {}
+            revision = revision_of.get(str(ref.get("name"))) if ref.get("kind") == "Pod" else None
+            if revision is None:
+                continue
+            # NB: an endpoint without conditions.ready is ready (the EndpointSlice API says so).
+            ready = (endpoint.get("conditions") or {}).get("ready") is not False
+            found[revision] = found.get(revision, 0) + int(ready)
+    return found
+
+
 def service_view(
-    service: Mapping[str, Any] | None, *, release_uid: str = ""
+    service: Mapping[str, Any] | None,
+    *,
+    release_uid: str = "",
+    endpoints: Mapping[str, int] | None = None,
 ) -> planner.ServiceView | None:
-    """The Service as the planner sees it; ``owned`` if the release with ``release_uid`` owns it."""
+    """The Service as the planner sees it; ``owned`` if the release with ``release_uid`` owns it;
+    ``endpoints`` as :func:`endpoints` found them in its EndpointSlices (None: not read)."""
     if service is None:
         return None
     metadata = service.get("metadata") or {}
@@ -119,6 +148,7 @@ def service_view(
         },
         owned=bool(release_uid) and any(o.get("uid") == release_uid for o in owners),
         acknowledged=annotations.get(models.ANNOTATION_SELECTS_UNVERIFIED) == "true",
+        endpoints=endpoints,
     )
 
 

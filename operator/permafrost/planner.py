@@ -34,6 +34,9 @@ CRASH_REASONS = frozenset(
     {"CrashLoopBackOff", "Error", "RunContainerError", "CreateContainerError"}
 )
 MIN_REQUEUE_SECONDS = 0.5
+# NB: EndpointSlices are read, not watched: while a retired revision is still an endpoint of the
+# Service, the release is looked at again this often.
+ENDPOINTS_RECHECK_SECONDS = 1.0
 POLICY_RECHECK_SECONDS = 30.0
 
 
@@ -97,6 +100,10 @@ class ServiceView:
     # The Service's owner accepts that it reaches every revision's pods (e.g. for metrics):
     # the annotation permafrost.dev/selects-unverified-pods is "true".
     acknowledged: bool = False
+    # The revisions whose pods are endpoints in the Service's EndpointSlices, with how many of
+    # them are ready (None: not observed). What kube-proxy routes to follows these, not the
+    # selector: a retired revision keeps getting requests until its pods leave them.
+    endpoints: Mapping[str, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -526,7 +533,14 @@ def _promote(w: _Work, target: str) -> None:
             message=f"replaced by revision {target}",
             retired_at=now,
         )
-    w.record(target, outcome=Outcome.STABLE, reason="Verified", message=None, promoted_at=now)
+    w.record(
+        target,
+        outcome=Outcome.STABLE,
+        reason="Verified",
+        message=None,
+        promoted_at=now,
+        drained_at=None,
+    )
     w.stable = target
     w.event(
         "Normal",
@@ -651,8 +665,30 @@ def kept_selector_keys(s: Situation, revision: str) -> dict[str, str]:
     }
 
 
+def _drained(w: _Work, revision: str) -> bool | None:
+    """Whether the Service no longer sends requests to a retired revision that still runs.
+
+    True once its EndpointSlices hold none of the revision's pods and hold the stable
+    revision's ready pods (if it has any Ready); None when there is nothing to wait for (no
+    Service, its EndpointSlices not observed, or no pod of the revision left).
+    """
+    s = w.s
+    view = s.revisions.get(revision)
+    if s.service is None or s.service.endpoints is None or view is None or view.replicas == 0:
+        return None
+    endpoints = s.service.endpoints
+    stable = s.revisions.get(w.stable) if w.stable else None
+    stable_routed = stable is None or stable.ready_replicas == 0 or endpoints.get(stable.revision)
+    return revision not in endpoints and bool(stable_routed)
+
+
 def _housekeeping(w: _Work, target: str | None) -> None:
-    """Scale down what no longer serves (after the delay), and prune old revisions."""
+    """Scale down what no longer serves (after the delay), and prune old revisions.
+
+    A retired revision's ``scaleDownDelaySeconds`` counts from the moment the Service's
+    EndpointSlices no longer hold its pods (``drained_at``), not from the switch of the
+    selector: until then kube-proxy still sends it requests, which its pods' shutdown would fail.
+    """
     s = w.s
     live = {w.stable, target if w.state == "Progressing" else None}
     delay = datetime.timedelta(seconds=s.spec.rollout.scale_down_delay_seconds)
@@ -661,7 +697,15 @@ def _housekeeping(w: _Work, target: str | None) -> None:
         if revision in live:
             continue
         if record.outcome == Outcome.RETIRED and record.retired_at is not None:
-            due = parse_timestamp(record.retired_at) + delay
+            drained = _drained(w, revision) if record.drained_at is None else None
+            if drained is False:
+                w.wake.append(s.now + datetime.timedelta(seconds=ENDPOINTS_RECHECK_SECONDS))
+                continue
+            start = record.drained_at or record.retired_at
+            if drained:
+                start = timestamp(s.now)
+                record = w.record(revision, drained_at=start)
+            due = parse_timestamp(start) + delay
             if s.now >= due:
                 w.scale(revision, 0)
             else:

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import pydantic
 
@@ -101,12 +102,14 @@ async def reconcile(
         )
         return None
 
+    named = spec.service.name if spec.service else None
     try:
-        sources_list, deployments, pods, services = await asyncio.gather(
+        sources_list, deployments, pods, services, slices = await asyncio.gather(
             asyncio.gather(*(kube.read_config(namespace, ref) for ref in spec.config_refs)),
             kube.list_revision_deployments(namespace, name),
             kube.list_revision_pods(namespace, name),
             kube.list_services(namespace),
+            kube.list_endpoint_slices(namespace, named) if named else _nothing(),
         )
     except kube.ConfigForbidden as exc:
         # NB: a Secret in a namespace that did not grant the operator its Secrets: nothing is
@@ -121,7 +124,6 @@ async def reconcile(
             now=clock(),
         )
         return SECRET_POLL_SECONDS
-    named = spec.service.name if spec.service else None
     service = next((s for s in services if s["metadata"]["name"] == named), None)
     now = clock()
     sources = {
@@ -145,7 +147,11 @@ async def reconcile(
         annotations=metadata.get("annotations") or {},
         desired=observations.desired(release=release, spec=spec, sources=sources),
         revisions=revisions,
-        service=observations.service_view(service, release_uid=release.uid),
+        service=observations.service_view(
+            service,
+            release_uid=release.uid,
+            endpoints=observations.endpoints(slices, pods=pods),
+        ),
         now=now,
         create_verdict=create_verdict,
         promote_verdict=promote_verdict,
@@ -252,6 +258,10 @@ async def reconcile(
             return SECRET_POLL_SECONDS
         return min(result.requeue_after, SECRET_POLL_SECONDS)
     return result.requeue_after
+
+
+async def _nothing() -> list[dict[str, Any]]:
+    return []
 
 
 async def _cannot_plan(

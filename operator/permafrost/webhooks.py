@@ -63,6 +63,7 @@ class Options:
     service: str | None = None  # NAMESPACE/NAME[:PORT] of the webhook Service (in-cluster)
     namespace: str = "permafrost-system"  # where the TLS Secret lives; excluded from webhooks
     tls_secret: str | None = None  # a user-supplied Secret (cert-manager): tls.crt, tls.key, ca.crt
+    tls_dir: str | None = None  # the same files, from a Secret mounted as a volume
     settings: admission.Settings = dataclasses.field(default_factory=admission.Settings)
 
     def hostnames(self) -> list[str]:
@@ -257,8 +258,60 @@ class Runtime:
 _RUNTIME: Runtime | None = None  # set at start-up when admission is enabled
 
 
+TLS_FILES = (certs.SECRET_CA_CERT, certs.SECRET_CERT, certs.SECRET_KEY)
+
+
+def read_tls_dir(directory: pathlib.Path) -> dict[str, str]:
+    """The files of a mounted TLS Secret, as a Secret's ``.data`` (base64 of each); absent files
+    are left out, for :meth:`certs.Bundle.from_secret_data` to name.
+
+    NB: the kubelet updates a mounted Secret by swapping the ``..data`` symlink to a new
+    directory; reading through the resolved link gives the three files of one version, never a
+    certificate of the new one with the key of the old.
+    """
+    snapshot = (directory / "..data").resolve() if (directory / "..data").exists() else directory
+    data: dict[str, str] = {}
+    for name in TLS_FILES:
+        try:
+            data[name] = base64.b64encode((snapshot / name).read_bytes()).decode()
+        except FileNotFoundError:
+            continue
+    return data
+
+
+async def user_tls_problem(options: Options) -> str | None:
+    """Why the TLS material the user supplied (``--tls-dir``, ``--tls-secret``) cannot be used,
+    in one line; ``None`` when it can, or when Permafrost makes its own."""
+    if not (options.tls_dir or options.tls_secret):
+        return None
+    try:
+        await _load_bundle(options, now=datetime.datetime.now(datetime.UTC))
+    except kopf.PermanentError as exc:
+        return str(exc)
+    return None
+
+
 async def _load_bundle(options: Options, *, now: datetime.datetime) -> certs.Bundle:
-    """The TLS material: user-supplied, or Permafrost's own shared Secret (made or renewed)."""
+    """The TLS material: user-supplied (mounted files, or a Secret read by name), or
+    Permafrost's own shared Secret (made or renewed)."""
+    if options.tls_dir:
+        try:
+            data = await asyncio.to_thread(read_tls_dir, pathlib.Path(options.tls_dir))
+        except OSError as exc:
+            raise kopf.PermanentError(
+                f"TLS files in {options.tls_dir} cannot be read: {exc.strerror or exc}"
+            ) from None
+        try:
+            bundle = certs.Bundle.from_secret_data(data, require_ca_key=False)
+        except certs.CertificateError as exc:
+            said = str(exc).replace("the Secret data has no", "there is no")
+            said = said.replace("the Secret data", "the file")
+            raise kopf.PermanentError(
+                f"TLS files in {options.tls_dir} cannot be used: {said} (expected the files "
+                "tls.crt, tls.key and ca.crt, as a cert-manager Secret mounted as a volume "
+                "holds them)"
+            ) from None
+        return bundle
     if options.tls_secret:
         secret = await kube.read_secret(options.namespace, options.tls_secret)
         if secret is None:
@@ -375,6 +428,9 @@ async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
         try:
             delay = next_check(bundle, now=datetime.datetime.now(datetime.UTC))
         except certs.CertificateError:
+            delay = MIN_CHECK
+        if runtime.options.tls_dir:
+            # NB: local files are cheap to look at; the kubelet may swap them at any time.
             delay = MIN_CHECK
         await asyncio.sleep(delay)
         try:

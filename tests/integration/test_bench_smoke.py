@@ -31,7 +31,7 @@ def results(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> pathlib.
         env=crds.env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=420,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -117,11 +117,31 @@ def test_policy_benchmark_evaluates_the_library_both_ways(results: pathlib.Path)
         assert row["uncached_evaluations"] > 0
 
 
+def test_zero_downtime_benchmark_records_every_request_of_each_switch(
+    results: pathlib.Path,
+) -> None:
+    data = load(results, "zero_downtime")
+    if data.get("skipped"):
+        pytest.skip(data["skipped"])
+    rows = {row["scenario"]: row for row in data["rows"]}
+    assert set(rows) == {"promote", "native-max-unavailable-0"}
+    for row in rows.values():
+        assert row["sent"] > 0
+        assert sum(sum(counts) for counts in row["series"].values()) == row["sent"]
+        assert len(row["failures_at_s"]) == row["failed"]
+    promote = rows["promote"]
+    assert promote["failed"] == 0, promote["first_failures"]
+    assert promote["unverified"] == 0, promote["first_unverified"]
+    assert set(promote["versions"]) == {"v1", "v2"}
+    assert rows["native-max-unavailable-0"]["unverified"] is None  # nothing verified there
+
+
 def test_report_covers_every_benchmark(results: pathlib.Path) -> None:
     text = (results / "benchmarks.md").read_text()
-    for heading in ("1a.", "1b.", "## 2.", "## 3.", "## 4.", "## 5.", "## Targets"):
+    for heading in ("1a.", "1b.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Targets"):
         assert heading in text
-    assert len(list((results / "benchmarks").glob("*.png"))) == 4
+    switches = len(load(results, "zero_downtime")["rows"])
+    assert len(list((results / "benchmarks").glob("*.png"))) == 4 + switches
 
 
 def test_benchmarks_leave_nothing_cluster_wide_behind(results: pathlib.Path, crds: Cluster) -> None:

@@ -103,6 +103,12 @@ def test_the_demo_shows_real_requests_answered_only_by_verified_revisions(
     )
     assert answered, out
     assert int(answered.group(1)) >= 20
+    # The count was shown live, a line a second, through both rollouts.
+    live = re.findall(r"requests: sent (\d+) failed (\d+) (.*)", out)
+    assert len(live) >= 10, out
+    assert {failed for _, failed, _ in live} == {"0"}, live
+    assert [int(sent) for sent, _, _ in live] == sorted(int(sent) for sent, _, _ in live)
+    assert "v2=" in live[-1][2], live[-1]
     status = crds.get("guardedrelease", "web", namespace=NAMESPACE)["status"]
     assert status["phase"] == "Stable"
     assert sorted(r["outcome"] for r in status["revisions"]) == ["Failed", "Retired", "Stable"]

@@ -301,6 +301,28 @@ class Installation:
         path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
         self.apply()
 
+    def mount_tls(self, secret: str | None, path: str) -> None:
+        """Mount ``secret`` at ``path`` and serve with ``--tls-dir`` through the overlay, as
+        docs/install.md says (``None``: as deployed), and apply it."""
+        where = self.overlay / "kustomization.yaml"
+        kustomization = yaml.safe_load(where.read_text())
+        patches = [p for p in kustomization["patches"] if p.get("path") != "tls-mount.yaml"]
+        if secret is not None:
+            ops = [
+                {"op": "add", "path": "/spec/template/spec/volumes/-",
+                 "value": {"name": "tls", "secret": {"secretName": secret}}},
+                {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+                 "value": {"name": "tls", "mountPath": path, "readOnly": True}},
+                {"op": "add", "path": "/spec/template/spec/containers/0/args/-",
+                 "value": f"--tls-dir={path}"},
+            ]  # fmt: skip
+            (self.overlay / "tls-mount.yaml").write_text(yaml.safe_dump(ops))
+            target = {"kind": "Deployment", "name": "permafrost"}
+            patches.append({"path": "tls-mount.yaml", "target": target})
+        kustomization["patches"] = patches
+        where.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        self.apply()
+
     def rolled_out(self, timeout: int = 240) -> None:
         self.cluster.kubectl(
             "rollout", "status", "deployment/permafrost", f"--timeout={timeout}s",
@@ -814,12 +836,36 @@ def tls_secret(name: str, bundle: certs.Bundle) -> dict[str, Any]:
     }
 
 
-def test_a_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_serving(
+TLS_MOUNT = "/etc/permafrost/tls"
+
+
+def crash_said(cluster: Cluster, pods: set[str]) -> tuple[str, str] | None:
+    """A new replica (not in ``pods``) whose container exited, and what its last run logged."""
+    for pod in operator_pods(cluster):
+        name = pod["metadata"]["name"]
+        if name in pods:
+            continue
+        for state in pod["status"].get("containerStatuses") or []:
+            if state.get("lastState", {}).get("terminated") or state["state"].get("terminated"):
+                previous = "--previous" if state.get("lastState", {}).get("terminated") else ""
+                log = cluster.kubectl(
+                    "logs", name, *([previous] if previous else []),
+                    namespace=OPERATOR_NAMESPACE, check=False,
+                ).stdout  # fmt: skip
+                return name, log
+    return None
+
+
+# NB: three rollouts of the operator and a kubelet sync of the mounted Secret.
+@pytest.mark.timeout(600)
+def test_a_mounted_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_serving(
     installed: Installation, namespace: str, real_node: RealNode, demo_images: dict[str, str]
 ) -> None:
-    """``--tls-secret`` names a Secret in cert-manager's layout: the webhooks are served with
-    its certificate and registered with its CA; when its issuer rotates the certificate (same
-    CA, as cert-manager does), the replicas serve the new one, and no request fails meanwhile."""
+    """``--tls-dir`` with a Secret in cert-manager's layout mounted as a volume (no Secret access
+    granted): first without ``ca.crt``, which the new replica refuses in one line while the
+    running ones serve on; then right, served with its certificate and registered with its CA;
+    when its issuer rotates the certificate (same CA, as cert-manager does) and the kubelet
+    updates the volume, the replicas serve the new one, and no request fails meanwhile."""
     cluster = installed.cluster
     cluster.kubectl("label", "namespace", namespace, "permafrost.dev/enforce=true")
     cluster.apply(web(demo_images["v1"], real_node), namespace=namespace)
@@ -836,22 +882,44 @@ def test_a_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_se
     now = datetime.datetime.now(datetime.UTC)
     hostnames = [WEBHOOK_HOST, f"{WEBHOOK_HOST}.cluster.local", WEBHOOK_HOST.removesuffix(".svc")]
     ca = certs.new_ca(now=now, common_name="an issuer of the cluster's own")
-    # NB: short-lived, so that the replicas look at the Secret again soon (a quarter of what is
-    # left of it, at least every 10 s): what makes them notice a rotation in a test's time.
-    first = certs.issue(hostnames=hostnames, now=now, ca=ca, validity=datetime.timedelta(minutes=3))
-    cluster.apply(tls_secret("webhook-cert", first))
-    # NB: the operator reads Secrets only where it is granted them (docs/install.md): this one
-    # by name, in its own namespace, as the docs say for --tls-secret.
-    cluster.kubectl(
-        "create", "role", "permafrost-tls-secret", "--verb=get", "--resource=secrets",
-        "--resource-name=webhook-cert", namespace=OPERATOR_NAMESPACE,
+    # NB: short-lived, so that a stale certificate would be seen; the replicas look at mounted
+    # files every 10 s whatever the certificate's lifetime.
+    first = certs.issue(hostnames=hostnames, now=now, ca=ca, validity=datetime.timedelta(minutes=5))
+    # A key missing: a kubernetes.io/tls Secret without ca.crt (what a public issuer writes).
+    wrong = tls_secret("webhook-cert", first)
+    del wrong["data"]["ca.crt"]
+    cluster.apply(wrong)
+    can_read = cluster.kubectl(
+        "auth", "can-i", "get", "secret/webhook-cert",
+        f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:permafrost",
+        namespace=OPERATOR_NAMESPACE, check=False,
     )  # fmt: skip
-    cluster.kubectl(
-        "create", "rolebinding", "permafrost-tls-secret", "--role=permafrost-tls-secret",
-        f"--serviceaccount={OPERATOR_NAMESPACE}:permafrost", namespace=OPERATOR_NAMESPACE,
-    )  # fmt: skip
+    assert can_read.stdout.strip() == "no", "the mounted Secret needs no grant to read it"
+    running = {p["metadata"]["name"] for p in operator_pods(cluster)}
     try:
-        installed.set_args(["--tls-secret=webhook-cert"])
+        installed.mount_tls("webhook-cert", TLS_MOUNT)
+        crashed, log = wait_for(
+            lambda: crash_said(cluster, running),
+            timeout=120,
+            interval=1,
+            what="the new replica refusing the mounted files",
+        )
+        said = [line for line in log.splitlines() if "TLS files in" in line]
+        assert len(said) == 1, log
+        assert said[0].startswith(
+            f"permafrost: TLS files in {TLS_MOUNT} cannot be used: there is no 'ca.crt' ("
+        ), said
+        assert "Traceback" not in log, log
+        serving_ones = [p for p in operator_pods(cluster) if p["metadata"]["name"] in running]
+        assert len(serving_ones) == 2
+        assert all(ready(p) for p in serving_ones)
+        refused = cluster.create(BROKEN_POLICY, check=False)
+        assert 'admission webhook "policies.permafrost.dev" denied the request' in refused.stderr
+
+        # Right: the issuer writes the Secret; the crashing replica is replaced (rather than
+        # waiting out its back-off) and the rollout finishes.
+        cluster.apply(tls_secret("webhook-cert", first))
+        cluster.kubectl("delete", "pod", crashed, "--wait=false", namespace=OPERATOR_NAMESPACE)
         installed.rolled_out()
         installed.follow()
         config = cluster.get("validatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
@@ -861,9 +929,9 @@ def test_a_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_se
         serial = x509.load_pem_x509_certificate(first.cert).serial_number
         wait_for(
             lambda: serving(cluster, first.ca_cert) == {serial},
-            timeout=30,
+            timeout=60,
             interval=1,
-            what="both replicas serving the Secret's certificate",
+            what="both replicas serving the mounted certificate",
         )
         rotated = certs.issue(
             hostnames=hostnames, now=datetime.datetime.now(datetime.UTC), ca=ca,
@@ -873,9 +941,11 @@ def test_a_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_se
         with AdmissionProbe(cluster, namespace, edit) as probe:
             time.sleep(2)
             cluster.apply(tls_secret("webhook-cert", rotated))
+            # NB: the kubelet updates a mounted Secret when it next syncs the pod (about a
+            # minute, plus jitter); the replicas look at the files every 10 s.
             wait_for(
                 lambda: serving(cluster, first.ca_cert) == {new_serial},
-                timeout=90,
+                timeout=180,
                 interval=2,
                 what="both replicas serving the rotated certificate",
             )
@@ -889,14 +959,10 @@ def test_a_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_while_se
         assert failed == [], f"{len(failed)} of {len(probe.webhook)} failed: {failed}"
         assert len(probe.webhook) >= 5
     finally:
-        installed.set_args([])
+        installed.mount_tls(None, TLS_MOUNT)
         installed.rolled_out()
         installed.follow()
         cluster.kubectl("delete", "secret", "webhook-cert", namespace=OPERATOR_NAMESPACE)
-        for kind in ("rolebinding", "role"):
-            cluster.kubectl(
-                "delete", kind, "permafrost-tls-secret", namespace=OPERATOR_NAMESPACE, check=False
-            )
 
 
 def test_an_upgrade_to_an_image_that_cannot_be_pulled_leaves_the_replicas_serving(

@@ -3,6 +3,7 @@ a missing operator namespace, and webhooks registered for another operator that 
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 import uuid
@@ -58,3 +59,26 @@ def test_a_second_operator_does_not_re_point_the_webhooks_of_one_that_answers(
     assert "this one would re-point them at https://localhost:9443" in proc.stderr
     assert "--webhook-takeover" in proc.stderr
     assert webhook_target(crds) == first, f"{WEBHOOK_CONFIGURATION} was re-pointed"
+
+
+def test_unusable_tls_files_fail_at_once_in_one_line(
+    crds: Cluster, namespace: str, operator_namespace: str, tmp_path: pathlib.Path
+) -> None:
+    """``--tls-dir`` naming files of the wrong names (a hand-made Secret, mounted): refused
+    before the operator starts, in one line naming the directory and what is expected."""
+    (tmp_path / "cert.pem").write_text("x")
+    port = free_port()
+    proc = run(
+        crds, "-n", namespace, "--operator-namespace", operator_namespace,
+        "--webhook-listen", f"127.0.0.1:{port}", "--webhook-url", f"https://127.0.0.1:{port}",
+        "--tls-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    said = [line for line in lines if line.startswith("permafrost: ")]
+    assert said == [
+        f"permafrost: TLS files in {tmp_path} cannot be used: there is no 'ca.crt', 'tls.crt', "
+        "'tls.key' (expected the files tls.crt, tls.key and ca.crt, as a cert-manager Secret "
+        "mounted as a volume holds them)"
+    ], proc.stderr

@@ -131,6 +131,7 @@ def test_a_choice_on_the_command_line_silences_its_exclusive_rival_from_the_envi
             {"PERMAFROST_WEBHOOK_URL": "https://x", "PERMAFROST_WEBHOOK_SERVICE": "a/b"},
             "cannot both be set",
         ),
+        ({"PERMAFROST_TLS_DIR": "/tls", "PERMAFROST_TLS_SECRET": "cert"}, "cannot both be set"),
     ],
 )
 def test_an_unusable_environment_is_a_usage_error(

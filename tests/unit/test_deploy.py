@@ -392,6 +392,10 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
     ("", "services", "watch"): ("handlers.py", (r'on\.event\("", "v1", "services"\)',)),
     ("", "services", "create"): ("kube.py", (r"core\.create_namespaced_service,",)),
     ("", "services", "patch"): ("kube.py", (r"core\.patch_namespaced_service,",)),
+    ("discovery.k8s.io", "endpointslices", "list"): (
+        "kube.py",
+        (r"discovery\.list_namespaced_endpoint_slice,",),
+    ),
     ("", "namespaces", "list"): ("kube.py", (r"core\.list_namespace\)",)),
     ("authentication.k8s.io", "selfsubjectreviews", "create"): (
         "kube.py",
@@ -569,6 +573,7 @@ def test_the_operator_flags_are_what_permafrost_run_accepts(objects: list[dict[s
     assert args.exempt_user is None
     assert args.break_glass_group is None
     assert args.tls_secret is None
+    assert args.tls_dir is None
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert args.metrics_port == ports["metrics"]
     assert args.webhook_listen == f"0.0.0.0:{ports['webhook']}"

@@ -830,3 +830,95 @@ async def test_a_user_tls_secret_that_cannot_be_used_is_said_in_one_line(
     assert said in message
     assert "tls.crt, tls.key and ca.crt" in message
     assert "\n" not in message
+
+
+def mount(directory: pathlib.Path, version: str, files: dict[str, bytes]) -> None:
+    """Write ``files`` as the kubelet writes a Secret volume: in a timestamped directory that the
+    ``..data`` symlink points at (swapped atomically on an update), with a symlink per file."""
+    directory.mkdir(exist_ok=True)
+    (directory / version).mkdir()
+    for name, content in files.items():
+        (directory / version / name).write_bytes(content)
+    link = directory / "..data_tmp"
+    link.symlink_to(version)
+    link.replace(directory / "..data")
+    for name in files:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+
+
+def pem_files(bundle: certs.Bundle) -> dict[str, bytes]:
+    return {"ca.crt": bundle.ca_cert, "tls.crt": bundle.cert, "tls.key": bundle.key}
+
+
+async def test_a_mounted_tls_secret_is_read_one_version_at_a_time(tmp_path: pathlib.Path) -> None:
+    """``--tls-dir``: the files of a mounted Secret are served, with no ``ca.key`` needed; when
+    the kubelet swaps in a new version, the new certificate and key are read together."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = certs.new_ca(now=now)
+    first = certs.issue(hostnames=["localhost"], now=now, ca=ca)
+    second = certs.issue(hostnames=["localhost"], now=now, ca=ca)
+    directory = tmp_path / "tls"
+    mount(directory, "..2026_12_01_10_00_00.1", pem_files(first))
+    options = webhooks.Options(tls_dir=str(directory))
+    loaded = await webhooks._load_bundle(options, now=now)
+    assert (loaded.cert, loaded.key, loaded.ca_cert, loaded.ca_key) == (
+        first.cert,
+        first.key,
+        first.ca_cert,
+        b"",
+    )
+    mount(directory, "..2026_12_01_11_00_00.2", pem_files(second))
+    loaded = await webhooks._load_bundle(options, now=now)
+    assert (loaded.cert, loaded.key) == (second.cert, second.key)
+
+
+async def test_plain_files_serve_too(tmp_path: pathlib.Path) -> None:
+    """A directory of plain files (no kubelet symlinks) is read as it is."""
+    now = datetime.datetime.now(datetime.UTC)
+    bundle = certs.issue(hostnames=["localhost"], now=now)
+    for name, content in pem_files(bundle).items():
+        (tmp_path / name).write_bytes(content)
+    loaded = await webhooks._load_bundle(webhooks.Options(tls_dir=str(tmp_path)), now=now)
+    assert loaded.cert == bundle.cert
+
+
+@pytest.mark.parametrize(
+    ("files", "said"),
+    [
+        pytest.param({}, "there is no 'ca.crt', 'tls.crt', 'tls.key'", id="empty"),
+        pytest.param(
+            {"cert.pem": b"x", "key.pem": b"y"}, "there is no 'ca.crt'", id="the-wrong-file-names"
+        ),
+        pytest.param(
+            {"ca.crt": b"not a certificate", "tls.crt": b"x", "tls.key": b"x"},
+            "the file 'ca.crt'",
+            id="not-a-certificate",
+        ),
+    ],
+)
+async def test_mounted_tls_files_that_cannot_be_used_are_said_in_one_line(
+    tmp_path: pathlib.Path, files: dict[str, bytes], said: str
+) -> None:
+    """``--tls-dir`` with wrong or broken files: a permanent error (the operator stops with that
+    one line), naming the directory, what is wrong and what is expected."""
+    directory = tmp_path / "tls"
+    mount(directory, "..2026_12_01_10_00_00.1", files)
+    options = webhooks.Options(tls_dir=str(directory))
+    with pytest.raises(kopf.PermanentError) as refused:
+        await webhooks._load_bundle(options, now=datetime.datetime.now(datetime.UTC))
+    message = str(refused.value)
+    assert message.startswith(f"TLS files in {directory} cannot be used: ")
+    assert said in message
+    assert "Secret data" not in message
+    assert "tls.crt, tls.key and ca.crt" in message
+    assert "\n" not in message
+
+
+async def test_an_unreadable_tls_dir_is_said_in_one_line(tmp_path: pathlib.Path) -> None:
+    """A ``--tls-dir`` that is not a directory (a mount that is missing): one line."""
+    (tmp_path / "file").write_text("")
+    options = webhooks.Options(tls_dir=str(tmp_path / "file"))
+    with pytest.raises(kopf.PermanentError) as refused:
+        await webhooks._load_bundle(options, now=datetime.datetime.now(datetime.UTC))
+    assert str(refused.value).startswith(f"TLS files in {tmp_path / 'file'} cannot be ")
