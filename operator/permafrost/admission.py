@@ -655,3 +655,100 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
             },
         ),
     ]
+
+
+SERVICE_GUARD = "permafrost-service-selectors"
+
+
+def service_guard_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
+    """A MutatingAdmissionPolicy and its binding: Permafrost's selector keys stay on a Service.
+
+    On an UPDATE of a Service whose selector carries ``permafrost.dev/release`` and
+    ``permafrost.dev/revision``, both keys are put back to their old values when the request
+    drops or changes them — unless it comes from an exempt user (the operator, which switches
+    them) or is a break-glass (as for the frozen workloads). Every other key of the selector is
+    the user's. The apiserver applies it itself, before the object is stored: no write, however
+    brief, lets the Service select the pods of a revision that was not verified.
+
+    NB: restoring, not denying. Argo CD applies a Service kept in Git with the Git selector
+    (``app: checkout``); with server-side apply the selector (an atomic map) would be replaced
+    whole. A denial would fail every sync and every server-side diff (a dry-run apply); the
+    restored keys make the dry-run's result equal to the live Service, so Argo CD sees no
+    difference, and a real apply keeps the Service on the verified revision.
+    """
+    bg = json.dumps(ANNOTATION_BREAK_GLASS)
+    break_glass = (
+        f"has(object.metadata.annotations) && {bg} in object.metadata.annotations && "
+        f"object.metadata.annotations[{bg}].trim() != '' && !(has(oldObject.metadata.annotations)"
+        f" && {bg} in oldObject.metadata.annotations && oldObject.metadata.annotations[{bg}]"
+        f".trim() == object.metadata.annotations[{bg}].trim()) && "
+        f"request.userInfo.groups.exists(g, g in {_cel_list(settings.break_glass_groups)})"
+    )
+    keys = (json.dumps(models.LABEL_RELEASE), json.dumps(models.LABEL_REVISION))
+    old = "oldObject.spec.selector"
+    kept = " && ".join(
+        f"has(object.spec.selector) && {k} in object.spec.selector && "
+        f"object.spec.selector[{k}] == {old}[{k}]"
+        for k in keys
+    )
+    add_keys = ", ".join(
+        f'JSONPatch{{op: "add", path: "/spec/selector/" + jsonpatch.escapeKey({k}), '
+        f"value: {old}[{k}]}}"
+        for k in keys
+    )
+    whole = ", ".join(f"{k}: {old}[{k}]" for k in keys)
+    conditions = [
+        {
+            "name": "guarded",
+            "expression": f"has({old}) && " + " && ".join(f"{k} in {old}" for k in keys),
+        },
+        {"name": "changed", "expression": f"!({kept})"},
+        {"name": "not-break-glass", "expression": f"!({break_glass})"},
+    ]
+    if settings.exempt_users:
+        conditions.insert(
+            0,
+            {
+                "name": "not-exempt",
+                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
+            },
+        )
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
+        "spec": {
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["UPDATE"],
+                        "resources": ["services"],
+                    }
+                ]
+            },
+            "matchConditions": conditions,
+            "mutations": [
+                {
+                    "patchType": "JSONPatch",
+                    "jsonPatch": {
+                        "expression": f"has(object.spec.selector) ? [{add_keys}] : "
+                        f'[JSONPatch{{op: "add", path: "/spec/selector", value: {{{whole}}}}}]'
+                    },
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
+        "spec": {
+            "policyName": name,
+            "matchResources": {"namespaceSelector": _namespaces(settings, enforced=False)},
+        },
+    }
+    return [policy, binding]

@@ -498,6 +498,8 @@ def _admission_patch(kind: str) -> Callable[..., Any]:
         "ValidatingWebhookConfiguration": "validating_webhook_configuration",
         "ValidatingAdmissionPolicy": "validating_admission_policy",
         "ValidatingAdmissionPolicyBinding": "validating_admission_policy_binding",
+        "MutatingAdmissionPolicy": "mutating_admission_policy",
+        "MutatingAdmissionPolicyBinding": "mutating_admission_policy_binding",
     }[kind]
     patch: Callable[..., Any] = getattr(api, f"patch_{suffix}")
     return patch
@@ -516,6 +518,15 @@ async def read_webhook_configuration(name: str) -> dict[str, Any] | None:
         api.read_validating_webhook_configuration, name
     )
     return result
+
+
+async def whoami() -> str | None:
+    """The username the operator's requests are made as (a SelfSubjectReview), if it is told."""
+    api = kubernetes.client.AuthenticationV1Api(clients().api)
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    body = await _raw(api.create_self_subject_review, review)
+    username = ((body.get("status") or {}).get("userInfo") or {}).get("username")
+    return str(username) if username else None
 
 
 async def apply_cluster_object(body: Mapping[str, Any]) -> None:

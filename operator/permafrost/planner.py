@@ -669,6 +669,8 @@ def _route(w: _Work) -> None:
             return  # nothing of the release runs yet: whatever the Service serves is not ours
         revision = models.REVISION_NONE
     wanted = manifests.selector(s.release.name, revision)
+    if s.service is not None:
+        wanted = {**kept_selector_keys(s, revision), **wanted}
     if s.service is None:
         body = manifests.service(release=s.release, spec=s.spec.service, revision=revision)
         action = RouteService(s.spec.service.name, wanted, body)
@@ -686,6 +688,30 @@ def _route(w: _Work) -> None:
         w.actions.insert(0, action)
     else:
         w.actions.append(action)
+
+
+def kept_selector_keys(s: Situation, revision: str) -> dict[str, str]:
+    """The keys of the Service's live selector that Permafrost keeps when it routes ``revision``.
+
+    Permafrost owns two keys of the selector, ``permafrost.dev/release`` and
+    ``permafrost.dev/revision``; every other key is kept when the routed revision's pods carry
+    it (with :data:`models.REVISION_NONE` no pod is selected, so every other key is kept), and
+    dropped otherwise (it would make the Service select no pod at all). With the two keys
+    beside them, the kept keys never widen what the Service selects.
+
+    NB: a Service kept in Git (``app: checkout``) must not lose its own keys: Argo CD compares
+    them, saw them gone, re-applied the Service, and the operator replaced the selector again —
+    a sync fight that never ended.
+    """
+    assert s.service is not None
+    view = s.revisions.get(revision)
+    labels = view.labels if view is not None else {}
+    ours = (models.LABEL_RELEASE, models.LABEL_REVISION)
+    return {
+        k: v
+        for k, v in s.service.selector.items()
+        if k not in ours and (revision == models.REVISION_NONE or labels.get(k) == v)
+    }
 
 
 def _drained(w: _Work, revision: str) -> bool | None:

@@ -370,7 +370,17 @@ async def _register(options: Options, bundle: certs.Bundle) -> None:
             settings=options.settings,
         )
     )
-    for body in admission.policy_manifests(name=POLICY, settings=options.settings):
+    # NB: the operator switches Services' selectors itself: the guard must not put them back.
+    # In-cluster it runs as its exempt ServiceAccount; run elsewhere (a kubeconfig's user), that
+    # user is exempt from the guard too, and only from the guard.
+    me = await kube.whoami()
+    guard = dataclasses.replace(
+        options.settings, exempt_users=options.settings.exempt_users | ({me} if me else set())
+    )
+    for body in (
+        *admission.policy_manifests(name=POLICY, settings=options.settings),
+        *admission.service_guard_manifests(name=admission.SERVICE_GUARD, settings=guard),
+    ):
         await kube.apply_cluster_object(body)
 
 

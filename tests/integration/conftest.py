@@ -301,6 +301,7 @@ def sampler_factory(crds: Cluster, namespace: str) -> Any:
 OPERATOR_NAMESPACE = "permafrost-system"
 BREAK_GLASS_GROUP = "permafrost:break-glass"
 WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
+SERVICE_GUARD = "permafrost-service-selectors"  # permafrost.admission.SERVICE_GUARD
 
 
 def webhook_target(cluster: Cluster) -> str | None:
@@ -418,7 +419,9 @@ def wait_for_webhook(cluster: Cluster, port: int) -> None:
 
 def stop_guarded(cluster: Cluster, op: Operator) -> None:
     """Stop an operator that served admission, and unregister its webhooks: they would point at
-    a closed port (and the policies webhook fails closed)."""
+    a closed port (and the policies webhook fails closed). The Services' guard it applied goes
+    too: it exempts only that operator's user, and would put back the selector keys that the
+    next test's operator switches."""
     op.stop()
     cluster.kubectl(
         "delete",
@@ -427,6 +430,8 @@ def stop_guarded(cluster: Cluster, op: Operator) -> None:
         "--ignore-not-found",
         check=False,
     )
+    for kind in ("mutatingadmissionpolicybinding", "mutatingadmissionpolicy"):
+        cluster.kubectl("delete", kind, SERVICE_GUARD, "--ignore-not-found", check=False)
 
 
 # --- Argo CD (tests/argocd_harness.py) ----------------------------------------------------------

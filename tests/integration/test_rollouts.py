@@ -495,3 +495,76 @@ def test_a_status_that_contradicts_the_cluster_is_reported_not_retried_in_silenc
     log = operator.log.read_text(errors="replace")
     assert "cannot plan this release" in log
     assert "PlanError" not in log  # no traceback of it
+
+
+def test_failed_and_superseded_revisions_count_toward_the_history_limit_and_go_with_snapshots(
+    crds: Cluster, namespace: str, operator: Operator
+) -> None:
+    """``revisionHistoryLimit: 1``: one revision besides the serving one is kept, whatever its
+    outcome; older ones, failed and superseded included, are deleted with their snapshots."""
+    crds.kubectl("create", "configmap", "shop-config", "--from-literal=k=v", namespace=namespace)
+    config = [{"kind": "ConfigMap", "name": "shop-config"}]
+
+    def apply(**kwargs: Any) -> None:
+        crds.apply(
+            release("shop", service="shop", config=config, history=1, **kwargs),
+            namespace=namespace,
+        )
+
+    apply()
+    first = wait_phase(crds, namespace, "shop", "Stable")["stableRevision"]
+    # A failed revision (rolled back): the one kept besides the stable `first`.
+    apply(digest=NEW_DIGEST, annotations={"sim.permafrost.dev/behavior": "crash-loop"})
+    failed = wait_phase(crds, namespace, "shop", "RolledBack", timeout=90)["desiredRevision"]
+    # A slow revision superseded by a good one: first retired, failed, slow superseded.
+    slow_template = {
+        "sim.permafrost.dev/behavior": "slow-ready",
+        "sim.permafrost.dev/ready-after": "60s",
+    }
+    apply(digest=THIRD_DIGEST, deadline=60, annotations=slow_template)
+    slow = wait_for(
+        lambda: (
+            (d := status(crds, namespace, "shop").get("desiredRevision")) not in (first, failed)
+            and d
+        ),
+        timeout=30,
+        what="the slow revision",
+    )
+    wait_for(
+        lambda: any(d["metadata"]["name"] == f"shop-{slow}"
+                    for d in revision_deployments(crds, namespace, "shop")),
+        timeout=30, what="the slow revision's Deployment",
+    )  # fmt: skip
+    apply(digest=NEW_DIGEST)
+    st = wait_for(
+        lambda: (
+            (s := status(crds, namespace, "shop")).get("phase") == "Stable"
+            and s.get("stableRevision") not in (first, failed, slow)
+            and s
+        ),
+        timeout=90,
+        what="the good revision stable",
+    )
+    newest = st["stableRevision"]
+
+    def pruned() -> dict[str, Any] | None:
+        s = status(crds, namespace, "shop")
+        names = {d["metadata"]["name"] for d in revision_deployments(crds, namespace, "shop")}
+        snaps = {
+            c["metadata"]["name"]
+            for c in crds.get("configmaps", namespace=namespace)["items"]
+            if c["metadata"]["name"].startswith("shop-config-")
+        }
+        kept = {r["hash"] for r in s["revisions"]}
+        want = {newest, first}  # `first` was retired last: the newest of the non-serving ones
+        if (
+            kept == want
+            and names == {f"shop-{r}" for r in want}
+            and snaps == {f"shop-config-{r}" for r in want}
+        ):
+            return s
+        return None
+
+    wait_for(pruned, timeout=60, what="the failed and superseded revisions pruned with snapshots")
+    assert crds.get("configmap", f"shop-config-{failed}", namespace=namespace) is None
+    assert crds.get("configmap", f"shop-config-{slow}", namespace=namespace) is None

@@ -3,12 +3,16 @@ that select a release's pods (they would send traffic to revisions that are not 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any
 
+import yaml
+
 from conftest import Operator, release, status, wait_phase
 from k8s_harness import Cluster, condition, wait_for
+from permafrost import admission
 
 
 def service(name: str, selector: dict[str, str], **annotations: str) -> dict[str, Any]:
@@ -127,3 +131,70 @@ def test_a_second_service_selecting_the_pods_is_reported_until_acknowledged(
     assert wait_for(cleared, timeout=30, interval=0.5, what="acknowledged")["reason"] == (
         "ServiceCreated"
     )
+
+
+def test_the_services_guard_puts_permafrosts_selector_keys_back_for_anyone_but_the_operator(
+    crds: Cluster, namespace: str
+) -> None:
+    """The MutatingAdmissionPolicy of deploy/ (admission.service_guard_manifests), bound to this
+    namespace only: whatever another writer sends — a server-side apply of the Git selector with
+    force (Argo CD), its dry-run (Argo CD's server-side diff), a JSON patch removing the
+    selector, a merge patch pointing it at another revision — the stored selector keeps
+    Permafrost's two keys; the operator's identity switches them."""
+    operator_user = f"system:serviceaccount:{namespace}:operator"
+    policy, binding = admission.service_guard_manifests(
+        name=f"{admission.SERVICE_GUARD}-{namespace}"[:63],
+        settings=admission.Settings(exempt_users=frozenset({operator_user})),
+    )
+    binding["spec"]["policyName"] = policy["metadata"]["name"]
+    binding["spec"]["matchResources"] = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    }
+    crds.kubectl("create", "rolebinding", "operator", "--clusterrole=edit",
+                 f"--serviceaccount={namespace}:operator", namespace=namespace)  # fmt: skip
+    ours = {"permafrost.dev/release": "shop", "permafrost.dev/revision": "aaaa"}
+    crds.apply(service("shop", {"app": "shop"}), namespace=namespace)
+    crds.kubectl("patch", "service", "shop", "--type", "merge", "-p",
+                 json.dumps({"spec": {"selector": ours}}), namespace=namespace)  # fmt: skip
+    crds.apply([policy, binding])
+    try:
+        git = yaml.safe_dump(service("shop", {"app": "shop"}))
+
+        def selector() -> dict[str, str]:
+            got: dict[str, str] = crds.get("service", "shop", namespace=namespace)["spec"][
+                "selector"
+            ]
+            return got
+
+        # NB: the apiserver loads a new policy asynchronously: until it applies, retry.
+        def restored_on_apply() -> dict[str, str] | None:
+            dry = crds.kubectl(
+                "apply", "--server-side", "--force-conflicts", "--field-manager=argocd-controller",
+                "--dry-run=server", "-o", "json", "-f", "-", stdin=git, namespace=namespace,
+            )  # fmt: skip
+            got: dict[str, str] = json.loads(dry.stdout)["spec"]["selector"]
+            return got if got == {"app": "shop", **ours} else None
+
+        wait_for(restored_on_apply, timeout=30, interval=1, what="the guard to apply")
+        crds.kubectl(
+            "apply", "--server-side", "--force-conflicts", "--field-manager=argocd-controller",
+            "-f", "-", stdin=git, namespace=namespace,
+        )  # fmt: skip
+        assert selector() == {"app": "shop", **ours}
+        remove = '[{"op": "remove", "path": "/spec/selector"}]'
+        crds.kubectl("patch", "service", "shop", "--type", "json", "-p", remove,
+                     namespace=namespace)  # fmt: skip
+        assert selector() == ours
+        crds.kubectl("patch", "service", "shop", "--type", "merge", "-p",
+                     '{"spec": {"selector": {"permafrost.dev/revision": "bbbb", "app": "x"}}}',
+                     namespace=namespace)  # fmt: skip
+        assert selector() == {"app": "x", **ours}
+        # The operator (its identity) switches the revision; the user's key stays theirs.
+        crds.kubectl("patch", "service", "shop", "--type", "merge", f"--as={operator_user}", "-p",
+                     '{"spec": {"selector": {"permafrost.dev/revision": "cccc"}}}',
+                     namespace=namespace)  # fmt: skip
+        assert selector() == {"app": "x", **ours, "permafrost.dev/revision": "cccc"}
+    finally:
+        crds.kubectl("delete", "mutatingadmissionpolicybinding", binding["metadata"]["name"],
+                     check=False)  # fmt: skip
+        crds.kubectl("delete", "mutatingadmissionpolicy", policy["metadata"]["name"], check=False)

@@ -2250,3 +2250,37 @@ def test_break_glass_groups_with_awkward_names_are_matched_exactly() -> None:
     for other in ("oncall", "oncall sre", 'oncall "sre" '):
         near = dataclasses.replace(change, groups=(other,))
         assert server.denials(near, namespace_of(near)) != []
+
+
+# --- service_guard_manifests -------------------------------------------------------------------
+
+
+def test_the_services_guard_restores_both_keys_for_all_but_the_exempt_and_break_glass() -> None:
+    settings = admission.Settings(exempt_users=frozenset({"system:serviceaccount:p:permafrost"}))
+    policy, binding = admission.service_guard_manifests(name="g", settings=settings)
+    assert policy["kind"] == "MutatingAdmissionPolicy"
+    assert binding["kind"] == "MutatingAdmissionPolicyBinding"
+    assert binding["spec"]["policyName"] == "g"
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rules == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["UPDATE"],
+            "resources": ["services"],
+        }
+    ]
+    conditions = {c["name"]: c["expression"] for c in policy["spec"]["matchConditions"]}
+    assert '"system:serviceaccount:p:permafrost"' in conditions["not-exempt"]
+    assert "permafrost:break-glass" in conditions["not-break-glass"]
+    for key in ("permafrost.dev/release", "permafrost.dev/revision"):
+        assert f'"{key}" in oldObject.spec.selector' in conditions["guarded"]
+        assert key in policy["spec"]["mutations"][0]["jsonPatch"]["expression"]
+    excluded = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]
+    assert excluded["operator"] == "NotIn"
+    assert "kube-system" in excluded["values"]
+
+
+def test_without_exempt_users_the_services_guard_has_no_exemption_condition() -> None:
+    policy, _ = admission.service_guard_manifests(name="g", settings=admission.Settings())
+    assert "not-exempt" not in {c["name"] for c in policy["spec"]["matchConditions"]}

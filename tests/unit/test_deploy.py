@@ -23,7 +23,7 @@ import yaml
 
 import permafrost
 from k8s_harness import bin_dirs
-from permafrost import cli, webhooks
+from permafrost import admission, cli, webhooks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -37,6 +37,8 @@ CLUSTER_SCOPED = {
     "ClusterRoleBinding",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
     "ClusterKopfPeering",
     "GuardrailPolicy",
 }
@@ -55,6 +57,8 @@ WAVES = {
     "NetworkPolicy": "0",
     "ValidatingAdmissionPolicy": "0",
     "ValidatingAdmissionPolicyBinding": "0",
+    "MutatingAdmissionPolicy": "0",
+    "MutatingAdmissionPolicyBinding": "0",
     "GuardrailPolicy": "1",
 }
 
@@ -132,6 +136,8 @@ def test_deploy_installs_every_piece_and_nothing_twice(objects: list[dict[str, A
         ("ValidatingAdmissionPolicy", webhooks.POLICY),
         ("ValidatingAdmissionPolicyBinding", f"{webhooks.POLICY}-managed"),
         ("ValidatingAdmissionPolicyBinding", f"{webhooks.POLICY}-enforced"),
+        ("MutatingAdmissionPolicy", admission.SERVICE_GUARD),
+        ("MutatingAdmissionPolicyBinding", admission.SERVICE_GUARD),
     ]:
         assert (kind, name) in keys
 
@@ -250,15 +256,20 @@ def test_the_bindings_bind_only_the_operator_service_account(
 
 
 def test_names_are_pinned_where_the_api_allows(objects: list[dict[str, Any]]) -> None:
-    admission = _one(objects, "ClusterRole", "permafrost-admission")
-    names = {n for rule in admission["rules"] for n in rule["resourceNames"]}
+    role_admission = _one(objects, "ClusterRole", "permafrost-admission")
+    names = {n for rule in role_admission["rules"] for n in rule["resourceNames"]}
     bindings = {
         o["metadata"]["name"]
         for o in objects
         if o["kind"] == "ValidatingAdmissionPolicyBinding"
         and o["spec"]["policyName"] == webhooks.POLICY
     }
-    assert names == {webhooks.WEBHOOK_CONFIGURATION, webhooks.POLICY, *bindings}
+    assert names == {
+        webhooks.WEBHOOK_CONFIGURATION,
+        webhooks.POLICY,
+        *bindings,
+        admission.SERVICE_GUARD,
+    }
     role = _one(objects, "Role", "permafrost")
     assert role["rules"] == [
         {
@@ -384,6 +395,10 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
         (r"discovery\.list_namespaced_endpoint_slice,",),
     ),
     ("", "namespaces", "list"): ("kube.py", (r"core\.list_namespace\)",)),
+    ("authentication.k8s.io", "selfsubjectreviews", "create"): (
+        "kube.py",
+        (r"api\.create_self_subject_review,",),
+    ),
     ("", "namespaces", "watch"): ("handlers.py", (r'on\.event\("", "v1", "namespaces"\)',)),
     ("", "events", "create"): ("kube.py", (r"core\.create_namespaced_event,",)),
     ("kopf.dev", "clusterkopfpeerings", "list"): (
@@ -426,6 +441,12 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
                 "validatingadmissionpolicybindings",
                 "ValidatingAdmissionPolicyBinding",
                 "validating_admission_policy_binding",
+            ),
+            ("mutatingadmissionpolicies", "MutatingAdmissionPolicy", "mutating_admission_policy"),
+            (
+                "mutatingadmissionpolicybindings",
+                "MutatingAdmissionPolicyBinding",
+                "mutating_admission_policy_binding",
             ),
         )
         for verb in ("create", "patch")

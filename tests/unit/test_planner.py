@@ -862,14 +862,20 @@ def test_each_situation_takes_its_expected_step(step: Step) -> None:
 def test_no_plan_routes_the_service_anywhere_but_the_new_stable_revision(step: Step) -> None:
     result = planner.plan(step.situation)
     stable_revision = result.status.stable_revision
+    ours = (models.LABEL_RELEASE, models.LABEL_REVISION)
     for action in result.actions:
         if isinstance(action, planner.RouteService):
+            permafrost_keys = {k: v for k, v in action.selector.items() if k in ours}
+            others = {k: v for k, v in action.selector.items() if k not in ours}
             if stable_revision is None:
                 # Nothing verified yet: the Service selects no pod at all.
-                assert action.selector == manifests.selector(RELEASE.name, models.REVISION_NONE)
+                assert permafrost_keys == manifests.selector(RELEASE.name, models.REVISION_NONE)
                 assert action.name == SERVICE
                 continue
-            assert action.selector == manifests.selector(RELEASE.name, stable_revision)
+            assert permafrost_keys == manifests.selector(RELEASE.name, stable_revision)
+            # A key of the user's kept beside them is one the stable revision's pods carry.
+            labels = step.situation.revisions[stable_revision].labels
+            assert all(labels.get(k) == v for k, v in others.items()), action.selector
             assert outcome(result, stable_revision) == Outcome.STABLE
             assert action.name == SERVICE
 
@@ -998,6 +1004,53 @@ def test_a_users_service_is_taken_over_before_the_first_revision_is_created() ->
     assert isinstance(route, planner.RouteService)
     assert route.create is None
     assert route.selector[models.LABEL_REVISION] == models.REVISION_NONE
+
+
+def test_promotion_keeps_the_users_selector_keys_that_the_pods_carry() -> None:
+    """A Service kept in Git selects ``app: checkout``: Permafrost adds its two keys beside it
+    and never removes it (Argo CD would put it back: a sync fight), but drops a key the
+    promoted revision's pods do not carry (the Service would select nothing)."""
+    s, _ = plan_of("a-revision-ready-for-minReadySeconds-is-promoted-and-the-old-one-retired")
+    git = {"app": "checkout", "tier": "web"}
+    s = dataclasses.replace(
+        s,
+        service=planner.ServiceView(
+            name=SERVICE, selector={**git, **manifests.selector(RELEASE.name, V1)}
+        ),
+        revisions={
+            r: dataclasses.replace(v, labels={"app": "checkout", "tier": "api"})
+            for r, v in s.revisions.items()
+        },
+    )
+    (route,) = planner.plan(s).actions
+    assert route == planner.RouteService(
+        SERVICE, {"app": "checkout", **manifests.selector(RELEASE.name, V2)}, None
+    )
+
+
+def test_a_service_with_the_users_keys_and_permafrosts_is_left_alone() -> None:
+    s = serving(V1)
+    labels = {"app": "checkout"}
+    s = dataclasses.replace(
+        s,
+        service=planner.ServiceView(
+            name=SERVICE, selector={**labels, **manifests.selector(RELEASE.name, V1)}
+        ),
+        revisions={r: dataclasses.replace(v, labels=labels) for r, v in s.revisions.items()},
+    )
+    assert not any(isinstance(a, planner.RouteService) for a in planner.plan(s).actions)
+
+
+def test_a_users_service_taken_over_keeps_its_keys_and_selects_no_pod() -> None:
+    s = dataclasses.replace(
+        situation(), service=planner.ServiceView(name=SERVICE, selector={"app": "checkout"})
+    )
+    route = planner.plan(s).actions[0]
+    assert isinstance(route, planner.RouteService)
+    assert route.selector == {
+        "app": "checkout",
+        **manifests.selector(RELEASE.name, models.REVISION_NONE),
+    }
 
 
 def test_a_release_blocked_before_its_first_revision_leaves_the_service_alone() -> None:
@@ -1991,3 +2044,34 @@ def test_a_promote_stage_violation_does_not_judge_a_release_with_nothing_to_prom
 def test_without_a_policy_engine_compliance_is_unknown() -> None:
     plan = planner.plan(situation())
     assert condition(plan, "PolicyCompliant").status == "Unknown"
+
+
+# --- revisionHistoryLimit ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("limit", "pruned"), [(3, {V1}), (2, {V1, V3}), (1, {V1, V3, V4})])
+def test_superseded_and_failed_revisions_count_toward_the_history_limit(
+    limit: int, pruned: set[str]
+) -> None:
+    """The limit bounds every revision that does not serve: retired, failed and superseded
+    alike, the oldest pruned first (its Deployment deleted; its snapshots go with it). The
+    serving revision is not counted, as a Deployment does not count its current ReplicaSet."""
+    s = situation(
+        spec=make_spec(history=limit),
+        records=[
+            stable(V2),
+            retired(V1, retired_=3000),
+            failed(V3, at_=2000, started=2100),
+            superseded(V4, at_=1000, created=1100),
+            superseded(V5, at_=100, created=110),
+        ],
+        stable_revision=V2,
+        views=[view(V2), *(view(r, replicas=0, pods=()) for r in (V1, V3, V4, V5))],
+        service=routed_to(V2),
+    )
+    result = planner.plan(s)
+    deleted = {a.name for a in result.actions if isinstance(a, planner.DeleteRevision)}
+    assert deleted == {name_of(r) for r in pruned}
+    kept = {r.hash for r in result.status.revisions}
+    assert kept == {V1, V2, V3, V4, V5} - pruned
+    assert len(kept - {V2}) == limit
