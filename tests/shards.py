@@ -19,9 +19,9 @@ DEFAULT_SECONDS = 5.0
 SECONDS: dict[str, float] = {
     "integration/test_argocd_sync.py": 420,
     "integration/test_in_cluster.py": 330,
-    "integration/test_argocd_services.py": 300,
+    "integration/test_argocd_services.py": 600,
     "integration/test_zero_downtime.py": 180,
-    "integration/test_argocd_install.py": 200,
+    "integration/test_argocd_install.py": 310,
     "integration/test_rollouts.py": 150,
     "integration/test_outages.py": 150,
     "integration/test_demo.py": 180,
