@@ -313,7 +313,7 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     store.STORE.namespaces.update(await kube.list_namespace_labels())
     options: webhooks.Options | None = memo.get("admission")
     if options is not None:
-        await webhooks.setup(options, settings)
+        memo["webhooks"] = await webhooks.setup(options, settings)
     runtime = Runtime(
         queue=workqueue.WorkQueue(worker=lambda key: _reconcile(runtime, key)),
         workloads=workqueue.WorkQueue(
@@ -346,7 +346,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
-    await webhooks.teardown()
+    await webhooks.teardown(memo.get("webhooks"))
 
 
 @kopf.index(models.GROUP, models.VERSION, models.PLURAL)

@@ -122,8 +122,8 @@ class Server(kopf.WebhookServer):
     webhooks only validate, and Kopf's dispatch (a memo, a diff and a deep copy of the body
     for a JSON patch that would always be empty) cost more than the decisions themselves.
 
-    NB: overrides ``kopf.WebhookServer._serve`` (a static method); the Kopf version is pinned
-    below 2 and the integration tests exercise it.
+    NB: overrides ``kopf.WebhookServer._serve`` (which Kopf calls as ``self._serve(fn,
+    request)``); the Kopf version is pinned below 2 and the integration tests exercise it.
     """
 
     def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
@@ -133,15 +133,19 @@ class Server(kopf.WebhookServer):
             context.minimum_version = ssl.TLSVersion.TLSv1_2
         return cadata, context
 
-    @staticmethod
-    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+    # What the webhooks decide with (set by :func:`setup`); none: nothing is ever denied.
+    runtime: Runtime | None = None
+
+    # NB: Kopf declares it static but calls it through the instance, which carries the runtime.
+    async def _serve(  # type: ignore[override]
+        self, fn: Any, request: aiohttp.web.Request
+    ) -> aiohttp.web.Response:
         # NB: at most MAX_CONCURRENT_REVIEWS bodies are read and held at once; the others wait
         # their turn (bounded memory under a flood, whoever sends it).
         async with _concurrent_reviews():
-            return await Server._serve_one(request)
+            return await self._serve_one(request)
 
-    @staticmethod
-    async def _serve_one(request: aiohttp.web.Request) -> aiohttp.web.Response:
+    async def _serve_one(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         declared = request.content_length
         if declared is not None and declared > MAX_REVIEW_BYTES:
             raise aiohttp.web.HTTPRequestEntityTooLarge(
@@ -168,7 +172,9 @@ class Server(kopf.WebhookServer):
         if problem is not None:
             raise aiohttp.web.HTTPBadRequest(reason=problem)
         try:
-            response = await answer(review, webhook=request.match_info.get("id") or "")
+            response = await answer(
+                review, webhook=request.match_info.get("id") or "", runtime=self.runtime
+            )
         except Exception as exc:  # NB: never crash or hang on hostile input; answer 400
             logger.warning("unusable admission review: %r", exc)
             raise aiohttp.web.HTTPBadRequest(reason="unusable admission review") from None
@@ -253,9 +259,6 @@ class Runtime:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-
-_RUNTIME: Runtime | None = None  # set at start-up when admission is enabled
 
 
 TLS_FILES = (certs.SECRET_CA_CERT, certs.SECRET_CERT, certs.SECRET_KEY)
@@ -385,8 +388,8 @@ async def _register(options: Options, bundle: certs.Bundle) -> None:
 
 
 async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
-    """Prepare TLS, the server and the registrations; called from the start-up handler."""
-    global _RUNTIME
+    """Prepare TLS, the server and the registrations; called from the start-up handler, which
+    keeps the result (in Kopf's memo) for :func:`teardown`."""
     now = datetime.datetime.now(datetime.UTC)
     bundle = await _load_bundle(options, now=now)
     directory = pathlib.Path(tempfile.mkdtemp(prefix="permafrost-webhook-"))
@@ -403,9 +406,10 @@ async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
     )
     settings.admission.server = server
     await _register(options, bundle)
-    _RUNTIME = Runtime(options=options, server=server, directory=directory)
-    _RUNTIME.spawn(_keep_renewed(_RUNTIME, bundle))
-    return _RUNTIME
+    runtime = Runtime(options=options, server=server, directory=directory)
+    server.runtime = runtime
+    runtime.spawn(_keep_renewed(runtime, bundle))
+    return runtime
 
 
 # NB: an expired certificate its issuer has not renewed would otherwise be re-read every second.
@@ -449,13 +453,13 @@ async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
             logger.exception("webhook certificate renewal failed; retrying later")
 
 
-async def teardown() -> None:
-    global _RUNTIME
-    if _RUNTIME is not None:
-        for task in list(_RUNTIME.tasks):
+async def teardown(runtime: Runtime | None) -> None:
+    """Stop what :func:`setup` started (nothing if admission was not served)."""
+    if runtime is not None:
+        runtime.server.runtime = None
+        for task in list(runtime.tasks):
             task.cancel()
-        await asyncio.gather(*_RUNTIME.tasks, return_exceptions=True)
-        _RUNTIME = None
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -469,7 +473,7 @@ async def frozen_workload(**kwargs: Any) -> None:
 
 
 async def _frozen_workload(scope: admission.Scope, **kwargs: Any) -> None:
-    runtime = _RUNTIME
+    runtime: Runtime | None = kwargs.get("runtime")
     if runtime is None:  # admission disabled: never deny
         return
     body: kopf.Body = kwargs["body"]
@@ -668,7 +672,7 @@ async def guarded_release(**kwargs: Any) -> None:
 
 
 async def _guarded_release(**kwargs: Any) -> None:
-    runtime = _RUNTIME
+    runtime: Runtime | None = kwargs.get("runtime")
     if runtime is None:
         return
     body: kopf.Body = kwargs["body"]
@@ -788,11 +792,14 @@ def _unusable(body: Any) -> str | None:
     return None
 
 
-async def answer(review: Mapping[str, Any], *, webhook: str) -> dict[str, Any]:
+async def answer(
+    review: Mapping[str, Any], *, webhook: str, runtime: Runtime | None
+) -> dict[str, Any]:
     """The AdmissionReview response to a well-formed review (see :func:`malformed`) sent to the
-    path ``/<webhook>``, as Kopf's dispatch answered it: the handler of the path runs if the
-    path is registered for the resource (and its subresource), and its
-    :class:`kopf.AdmissionError` becomes the response status (any other error: code 500).
+    path ``/<webhook>``, as Kopf's dispatch answered it: the handler of the path runs (given
+    ``runtime``; without one it never denies) if the path is registered for the resource (and
+    its subresource), and its :class:`kopf.AdmissionError` becomes the response status (any
+    other error: code 500).
 
     Raises :class:`UnusableReview` for a review no handler can be asked about.
     """
@@ -829,6 +836,7 @@ async def answer(review: Mapping[str, Any], *, webhook: str) -> dict[str, Any]:
             dryrun=bool(request.get("dryRun")),
             param=route.param,
             warnings=warnings,
+            runtime=runtime,
         )
     except kopf.AdmissionError as exc:
         payload["allowed"] = False

@@ -435,13 +435,23 @@ OPERATOR = "system:serviceaccount:permafrost-system:permafrost"
 
 
 @pytest.fixture
-def posted(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> list[dict[str, Any]]:
-    """A runtime whose Events are recorded instead of posted."""
+def posted(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The Events the webhooks' side effects post, recorded instead of posted."""
     events: list[dict[str, Any]] = []
 
     async def record(**kwargs: Any) -> None:
         events.append(kwargs)
 
+    monkeypatch.setattr(kube, "post_object_event", record)
+    monkeypatch.setattr(store, "STORE", store.Store())
+    monkeypatch.setattr(webhooks, "CONFIRM_SECONDS", 0.2)
+    monkeypatch.setattr(webhooks, "CONFIRM_INTERVAL", 0.05)
+    return events
+
+
+@pytest.fixture
+def runtime(tmp_path: pathlib.Path) -> webhooks.Runtime:
+    """What the webhooks decide with, as :func:`webhooks.setup` makes it (no server started)."""
     options = webhooks.Options(
         url="https://127.0.0.1:9443",
         settings=webhooks.settings_from(
@@ -450,13 +460,9 @@ def posted(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> list[dict
             namespace="permafrost-system",
         ),
     )
-    runtime = webhooks.Runtime(options=options, server=webhooks.Server(), directory=tmp_path)
-    monkeypatch.setattr(webhooks, "_RUNTIME", runtime)
-    monkeypatch.setattr(kube, "post_object_event", record)
-    monkeypatch.setattr(store, "STORE", store.Store())
-    monkeypatch.setattr(webhooks, "CONFIRM_SECONDS", 0.2)
-    monkeypatch.setattr(webhooks, "CONFIRM_INTERVAL", 0.05)
-    return events
+    server = webhooks.Server()
+    server.runtime = webhooks.Runtime(options=options, server=server, directory=tmp_path)
+    return server.runtime
 
 
 # What the cluster holds, by name, as the break-glass confirmation reads it (the adapter's
@@ -499,9 +505,7 @@ def handler_kwargs(
     }
 
 
-async def settle() -> None:
-    runtime = webhooks._RUNTIME
-    assert runtime is not None
+async def settle(runtime: webhooks.Runtime) -> None:
     for task in list(runtime.tasks):
         await task
 
@@ -509,19 +513,18 @@ async def settle() -> None:
 SET_IMAGE = deployment("registry.example/web@sha256:" + "b" * 64)
 
 
-async def test_without_admission_enabled_the_handler_never_denies(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(webhooks, "_RUNTIME", None)
-    assert await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment())) is None
+async def test_without_admission_enabled_the_handler_never_denies() -> None:
+    kwargs = handler_kwargs(SET_IMAGE, deployment())
+    assert await webhooks.frozen_workload(runtime=None, **kwargs) is None
 
 
 async def test_a_frozen_change_is_refused_with_403_and_recorded_as_a_warning_event(
     posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
 ) -> None:
     with pytest.raises(kopf.AdmissionError) as refused:
-        await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment()))
-    await settle()
+        await webhooks.frozen_workload(runtime=runtime, **handler_kwargs(SET_IMAGE, deployment()))
+    await settle(runtime)
     assert refused.value.code == 403
     assert "Deployment shop/web is frozen by Permafrost" in str(refused.value)
     (event,) = posted
@@ -531,22 +534,25 @@ async def test_a_frozen_change_is_refused_with_403_and_recorded_as_a_warning_eve
 
 async def test_a_dry_run_is_refused_alike_but_records_no_event(
     posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
 ) -> None:
     with pytest.raises(kopf.AdmissionError):
-        await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment(), dryrun=True))
-    await settle()
+        await webhooks.frozen_workload(
+            runtime=runtime, **handler_kwargs(SET_IMAGE, deployment(), dryrun=True)
+        )
+    await settle(runtime)
     assert posted == []
 
 
 async def test_break_glass_is_let_through_with_a_warning_to_the_client_and_an_event(
-    posted: list[dict[str, Any]], holds: Holds
+    posted: list[dict[str, Any]], runtime: webhooks.Runtime, holds: Holds
 ) -> None:
     new = copy.deepcopy(SET_IMAGE)
     new["metadata"]["annotations"] = {models.ANNOTATION_BREAK_GLASS: "INC-42"}
     kwargs = handler_kwargs(new, deployment(), user="alice", groups=("permafrost:break-glass",))
-    assert await webhooks.frozen_workload(**kwargs) is None
+    assert await webhooks.frozen_workload(runtime=runtime, **kwargs) is None
     holds["web"] = copy.deepcopy(new)  # the apiserver wrote what was admitted
-    await settle()
+    await settle(runtime)
     (warning,) = kwargs["warnings"]
     assert "break-glass" in warning
     assert "INC-42" in warning
@@ -571,31 +577,33 @@ async def test_break_glass_is_let_through_with_a_warning_to_the_client_and_an_ev
     ],
 )
 async def test_what_is_not_frozen_passes_quietly(
-    posted: list[dict[str, Any]], kwargs: dict[str, Any]
+    posted: list[dict[str, Any]], runtime: webhooks.Runtime, kwargs: dict[str, Any]
 ) -> None:
-    assert await webhooks.frozen_workload(**kwargs) is None
-    await settle()
+    assert await webhooks.frozen_workload(runtime=runtime, **kwargs) is None
+    await settle(runtime)
     assert posted == []
     assert kwargs["warnings"] == []
 
 
 async def test_the_enforced_scope_refuses_an_unpinned_image_at_creation(
     posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
 ) -> None:
     kwargs = handler_kwargs(deployment("nginx:1.25"), None, operation="CREATE", param="enforced")
     with pytest.raises(kopf.AdmissionError) as refused:
-        await webhooks.frozen_workload(**kwargs)
-    await settle()
+        await webhooks.frozen_workload(runtime=runtime, **kwargs)
+    await settle(runtime)
     assert "'nginx:1.25' is not pinned by digest" in str(refused.value)
     assert [e["reason"] for e in posted] == [admission.UNPINNED_IMAGE]
 
 
 async def test_the_enforced_scope_admits_a_pinned_image_when_no_policy_objects(
     posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
 ) -> None:
     kwargs = handler_kwargs(deployment(), None, operation="CREATE", param="enforced")
-    assert await webhooks.frozen_workload(**kwargs) is None
-    await settle()
+    assert await webhooks.frozen_workload(runtime=runtime, **kwargs) is None
+    await settle(runtime)
     assert posted == []
 
 
@@ -619,7 +627,10 @@ def counter(name: str, **labels: str) -> float:
     ],
 )
 async def test_a_break_glass_review_whose_change_never_lands_is_not_recorded(
-    posted: list[dict[str, Any]], holds: Holds, cluster_holds: dict[str, Any] | None
+    posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
+    holds: Holds,
+    cluster_holds: dict[str, Any] | None,
 ) -> None:
     """A forged review (posted to the webhook by anyone but the apiserver), or a change refused
     after this webhook admitted it: no Event, no break-glass count."""
@@ -629,27 +640,29 @@ async def test_a_break_glass_review_whose_change_never_lands_is_not_recorded(
     new = copy.deepcopy(SET_IMAGE)
     new["metadata"]["annotations"] = {models.ANNOTATION_BREAK_GLASS: "INC-666"}
     kwargs = handler_kwargs(new, deployment(), user="mallory", groups=("permafrost:break-glass",))
-    assert await webhooks.frozen_workload(**kwargs) is None
-    await settle()
+    assert await webhooks.frozen_workload(runtime=runtime, **kwargs) is None
+    await settle(runtime)
     assert posted == []
     assert counter("permafrost_break_glass_total", result="used") == used
 
 
 async def test_side_effects_beyond_the_bound_are_dropped_and_counted(
-    posted: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    posted: list[dict[str, Any]], runtime: webhooks.Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(webhooks, "MAX_BACKGROUND_TASKS", 3)
     dropped = counter("permafrost_admission_side_effects_dropped_total")
     for _ in range(5):
         with pytest.raises(kopf.AdmissionError):
-            await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment()))
-    await settle()
+            await webhooks.frozen_workload(
+                runtime=runtime, **handler_kwargs(SET_IMAGE, deployment())
+            )
+    await settle(runtime)
     assert len(posted) == 3
     assert counter("permafrost_admission_side_effects_dropped_total") == dropped + 2
 
 
 async def test_decisions_and_break_glass_uses_are_counted(
-    posted: list[dict[str, Any]], holds: Holds
+    posted: list[dict[str, Any]], runtime: webhooks.Runtime, holds: Holds
 ) -> None:
     decision = {
         "webhook": "frozen-managed",
@@ -661,16 +674,19 @@ async def test_decisions_and_break_glass_uses_are_counted(
     denied = counter("permafrost_admission_decisions_total", **decision)
     used = counter("permafrost_break_glass_total", result="used")
     with pytest.raises(kopf.AdmissionError):
-        await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment()))
+        await webhooks.frozen_workload(runtime=runtime, **handler_kwargs(SET_IMAGE, deployment()))
     new = copy.deepcopy(SET_IMAGE)
     new["metadata"]["annotations"] = {models.ANNOTATION_BREAK_GLASS: "INC-43"}
     await webhooks.frozen_workload(
-        **handler_kwargs(new, deployment(), user="alice", groups=("permafrost:break-glass",))
+        runtime=runtime,
+        **handler_kwargs(new, deployment(), user="alice", groups=("permafrost:break-glass",)),
     )
     holds["web"] = copy.deepcopy(new)
     with pytest.raises(kopf.AdmissionError):  # dry runs are not counted
-        await webhooks.frozen_workload(**handler_kwargs(SET_IMAGE, deployment(), dryrun=True))
-    await settle()
+        await webhooks.frozen_workload(
+            runtime=runtime, **handler_kwargs(SET_IMAGE, deployment(), dryrun=True)
+        )
+    await settle(runtime)
     assert counter("permafrost_admission_decisions_total", **decision) == denied + 1
     assert counter("permafrost_break_glass_total", result="used") == used + 1
     exposition = prometheus_client.generate_latest(metrics.REGISTRY).decode()
@@ -682,9 +698,10 @@ async def test_decisions_and_break_glass_uses_are_counted(
 
 async def test_a_refused_review_is_answered_with_the_handlers_status_and_code(
     posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
 ) -> None:
-    response = await webhooks.answer(review(), webhook="frozen-managed")
-    await settle()
+    response = await webhooks.answer(review(), webhook="frozen-managed", runtime=runtime)
+    await settle(runtime)
     assert set(response) == {"apiVersion", "kind", "response"}
     assert (response["apiVersion"], response["kind"]) == ("admission.k8s.io/v1", "AdmissionReview")
     payload = response["response"]
@@ -697,6 +714,7 @@ async def test_a_refused_review_is_answered_with_the_handlers_status_and_code(
 
 async def test_an_allowed_review_carries_the_warnings_and_no_status(
     posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
 ) -> None:
     def break_glass(body: dict[str, Any]) -> None:
         body["request"]["object"]["metadata"]["annotations"] = {
@@ -704,8 +722,8 @@ async def test_an_allowed_review_carries_the_warnings_and_no_status(
         }
         body["request"]["userInfo"] = {"username": "alice", "groups": ["permafrost:break-glass"]}
 
-    response = await webhooks.answer(review(break_glass), webhook="frozen-managed")
-    await settle()
+    response = await webhooks.answer(review(break_glass), webhook="frozen-managed", runtime=runtime)
+    await settle(runtime)
     payload = response["response"]
     assert list(payload) == ["uid", "allowed", "warnings"]
     assert payload["allowed"] is True
@@ -715,22 +733,24 @@ async def test_an_allowed_review_carries_the_warnings_and_no_status(
 
 async def test_a_path_that_does_not_serve_the_resource_allows_without_a_decision(
     posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
 ) -> None:
     for webhook in ("policies", "releases", "no-such-path"):
-        response = await webhooks.answer(review(), webhook=webhook)
+        response = await webhooks.answer(review(), webhook=webhook, runtime=runtime)
         assert response["response"] == {"uid": UID, "allowed": True}
-    await settle()
+    await settle(runtime)
     assert posted == []
 
 
 async def test_a_review_of_a_resource_no_path_serves_is_unusable(
     posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
 ) -> None:
     def configmap(body: dict[str, Any]) -> None:
         body["request"]["resource"] = {"group": "", "version": "v1", "resource": "configmaps"}
 
     with pytest.raises(webhooks.UnusableReview):
-        await webhooks.answer(review(configmap), webhook="frozen-managed")
+        await webhooks.answer(review(configmap), webhook="frozen-managed", runtime=runtime)
 
 
 @pytest.mark.parametrize(
@@ -742,19 +762,20 @@ async def test_a_review_of_a_resource_no_path_serves_is_unusable(
     ],
 )
 async def test_a_review_whose_object_has_unusable_metadata_is_unusable(
-    posted: list[dict[str, Any]], metadata: Any
+    posted: list[dict[str, Any]], runtime: webhooks.Runtime, metadata: Any
 ) -> None:
     def bad(body: dict[str, Any]) -> None:
         body["request"]["object"]["metadata"] = metadata
 
     with pytest.raises(webhooks.UnusableReview):
-        await webhooks.answer(review(bad), webhook="frozen-managed")
-    await settle()
+        await webhooks.answer(review(bad), webhook="frozen-managed", runtime=runtime)
+    await settle(runtime)
     assert posted == []
 
 
 async def test_a_policy_that_does_not_compile_is_answered_with_422(
     posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
 ) -> None:
     broken = {
         "apiVersion": f"{models.GROUP}/{models.VERSION}",
@@ -778,7 +799,7 @@ async def test_a_policy_that_does_not_compile_is_answered_with_422(
             oldObject=None,
         )
 
-    response = await webhooks.answer(review(policy_review), webhook="policies")
+    response = await webhooks.answer(review(policy_review), webhook="policies", runtime=runtime)
     payload = response["response"]
     assert (payload["allowed"], payload["status"]["code"]) == (False, 422)
     assert payload["status"]["message"].startswith("GuardrailPolicy broken is refused: ")
