@@ -41,8 +41,10 @@ shard() {
   local k=$1 dir netns; shift
   dir=$(dir_of "$k"); netns=$(netns_of "$k")
   mkdir -p "$dir"
+  # NB: pytest's temporary directories outside the repository (tests compare paths under it).
   PERMAFROST_SHARD="$k/$N" PERMAFROST_CLUSTER_DIR="$dir" PERMAFROST_NETNS="$netns" \
-    "$ROOT/hack/cluster.sh" exec "$PYTEST" -p no:cacheprovider --basetemp="$dir/pytest" \
+    "$ROOT/hack/cluster.sh" exec "$PYTEST" -p no:cacheprovider \
+    --basetemp="${TMPDIR:-/tmp}/permafrost-pytest-$netns" \
     --junitxml="$dir/junit.xml" "$@" 2>&1 | tee "$dir/pytest.log" | sed -u "s/^/[shard $k] /"
   return "${PIPESTATUS[0]}"
 }
@@ -70,7 +72,7 @@ done
 
 log "the module that runs alone (no other cluster running)"
 PERMAFROST_SHARD=alone "$ROOT/hack/cluster.sh" exec "$PYTEST" -p no:cacheprovider \
-  --basetemp="$BASE_DIR/pytest-alone" "$@"
+  --basetemp="${TMPDIR:-/tmp}/permafrost-pytest-$NETNS-alone" "$@"
 rc=$?
 # NB: 5 is "no tests collected": the arguments selected none of it.
 [ "$rc" = 0 ] || [ "$rc" = 5 ] || { log "the module run alone failed (pytest exit $rc)"; failed=1; }

@@ -18,6 +18,9 @@ import pytest
 from conftest import WEBHOOK_CONFIGURATION
 from k8s_harness import ROOT, Cluster
 
+# NB: every benchmark in its smoke size, in one subprocess, set up by the first test.
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def results(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
@@ -31,7 +34,7 @@ def results(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> pathlib.
         env=crds.env,
         capture_output=True,
         text=True,
-        timeout=420,
+        timeout=840,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

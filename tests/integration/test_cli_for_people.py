@@ -133,11 +133,13 @@ def test_watch_of_a_broken_rollout_ends_rolled_back_and_exits_one(
         "shop",
         service="shop",
         digest=BROKEN_DIGEST,
-        deadline=4,
+        # NB: long enough for the watch (a new Python process) to start before the rollback
+        # on a busy machine: it shows the Events it sees, not those before it.
+        deadline=20,
         annotations={"sim.permafrost.dev/behavior": "never-ready"},
     )
     crds.apply(broken, namespace=namespace)
-    watch = permafrost("status", "shop", "-n", namespace, "-w", "--timeout", "90", env=crds.env)
+    watch = permafrost("status", "shop", "-n", namespace, "-w", "--timeout", "120", env=crds.env)
     assert watch.returncode == 1, watch.stdout + watch.stderr
     assert "Warning RolledBack: revision" in watch.stdout
     assert watch.stdout.splitlines()[-1].endswith("settled: RolledBack")
