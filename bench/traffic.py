@@ -50,6 +50,9 @@ class Sample:
     error: str | None
     version: str | None  # what the app says answered (its body's "version")
     pod: str | None  # the pod that answered (its body's "hostname")
+    # When its connection was established (wall clock): when kube-proxy's rules chose the pod,
+    # which may be a second after ``sent`` when the first SYN was lost. None: never connected.
+    connected: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -59,16 +62,22 @@ class Sample:
         return dataclasses.asdict(self)
 
 
-def get(url: str, *, timeout: float) -> tuple[int | None, str | None, str | None, str | None]:
-    """One GET on a new connection: (status, error, version, pod)."""
+Answer = tuple[int | None, str | None, str | None, str | None, float | None]
+
+
+def get(url: str, *, timeout: float) -> Answer:
+    """One GET on a new connection: (status, error, version, pod, when it connected)."""
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
+    connected = None
     try:
+        conn.connect()
+        connected = time.time()
         conn.request("GET", parts.path or "/", headers={"Connection": "close"})
         answer = conn.getresponse()
         body = answer.read()
     except (OSError, http.client.HTTPException) as exc:
-        return None, type(exc).__name__ + (f": {exc}" if str(exc) else ""), None, None
+        return None, type(exc).__name__ + (f": {exc}" if str(exc) else ""), None, None, connected
     finally:
         conn.close()
     version, pod = answer.getheader("X-App-Version"), None
@@ -77,7 +86,7 @@ def get(url: str, *, timeout: float) -> tuple[int | None, str | None, str | None
         version, pod = parsed.get("version", version), parsed.get("hostname")
     except (ValueError, AttributeError):
         pass
-    return answer.status, None, version, pod
+    return answer.status, None, version, pod, connected
 
 
 class Load:
@@ -172,7 +181,7 @@ class Load:
                 return
             sent = time.time()
             began = time.perf_counter()
-            status, error, version, pod = get(self.url, timeout=self.timeout)
+            status, error, version, pod, connected = get(self.url, timeout=self.timeout)
             sample = Sample(
                 due=self.started + offset,
                 sent=sent,
@@ -181,6 +190,7 @@ class Load:
                 error=error,
                 version=version,
                 pod=pod,
+                connected=connected,
             )
             with self._lock:
                 self.samples.append(sample)
@@ -206,7 +216,8 @@ def verified_since(
     """Whether an answer came from a verified revision: ``promoted`` maps a revision hash to
     when (wall clock) it was verified and promoted; ``before`` names revisions verified before
     the load started (the stable one). A revision missing from both was never verified; an
-    answer given before its revision's promotion was not verified either."""
+    answer on a connection made (routed) before its revision's promotion was not verified
+    either."""
     earlier = set(before)
 
     def check(sample: Sample) -> bool:
@@ -216,7 +227,10 @@ def verified_since(
         if revision in earlier:
             return True
         at = promoted.get(revision)
-        return at is not None and sample.sent >= at
+        # NB: kube-proxy picks the pod when the connection is made: a lost SYN is sent again a
+        # second later, under the rules of that moment.
+        routed = sample.connected if sample.connected is not None else sample.sent
+        return at is not None and routed >= at
 
     return check
 

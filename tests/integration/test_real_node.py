@@ -111,8 +111,13 @@ def test_the_demo_image_pulled_by_digest_serves_through_a_cluster_ip_service(
         assert state["imageID"].endswith(digest), state["imageID"]
 
     # Through kube-proxy: the ClusterIP answers, from both pods (its rules spread the requests).
+    # NB: Ready is not yet routed: kube-proxy follows the EndpointSlices a moment later.
     url = f"http://{cluster_ip(cluster, namespace, 'web')}/"
     answers = [http_get(url) for _ in range(30)]
+    deadline = time.monotonic() + 30
+    while {body["hostname"] for _, _, body in answers} != names and time.monotonic() < deadline:
+        answers.append(http_get(url))
+        time.sleep(0.1)
     assert {code for code, _, _ in answers} == {200}
     assert {body["version"] for _, _, body in answers} == {"v1"}
     assert {headers["X-App-Version"] for _, headers, _ in answers} == {"v1"}
@@ -271,6 +276,11 @@ def test_the_first_release_serves_nothing_until_its_revision_is_verified(
     _, ready, endpoints, _ = samples[-1]
     assert endpoints
     assert endpoints <= ready
+    # The user's own key stays beside Permafrost's: the routed pods carry it (docs/gitops.md).
     selector = crds.get("service", "web", namespace=namespace)["spec"]["selector"]
-    assert selector == {"permafrost.dev/release": "web", "permafrost.dev/revision": stable}
+    assert selector == {
+        "app": "web",
+        "permafrost.dev/release": "web",
+        "permafrost.dev/revision": stable,
+    }
     assert http_get(f"http://{cluster_ip(crds, namespace, 'web')}/")[2]["version"] == "v1"

@@ -4,6 +4,7 @@ local server, bounded in count."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import threading
@@ -109,3 +110,14 @@ def test_a_refused_connection_is_a_failure_with_its_reason() -> None:
             threading.Event().wait(0.05)
     assert len(load.samples) == 3
     assert all(s.status is None and "ConnectionRefused" in (s.error or "") for s in load.samples)
+
+
+def test_an_answer_is_judged_by_when_its_connection_was_routed() -> None:
+    """A request sent just before a promotion whose first SYN was lost connects a second later,
+    under the rules of that moment: judged by when it connected, not when it was sent."""
+    verified = traffic.verified_since({"bbbb": 100.0}, release=RELEASE)
+    late = dataclasses.replace(sample(99.2, pod="web-bbbb-rs-1"), connected=100.2)
+    early = dataclasses.replace(sample(99.2, pod="web-bbbb-rs-1"), connected=99.3)
+    assert verified(late)
+    assert not verified(early)
+    assert not verified(sample(99.2, pod="web-bbbb-rs-1"))  # never connected: by when sent
