@@ -126,12 +126,26 @@ class Server(kopf.WebhookServer):
     request)``); the Kopf version is pinned below 2 and the integration tests exercise it.
     """
 
+    # The listener's TLS context, kept to swap its certificate in place (see :meth:`reload`).
+    _context: ssl.SSLContext | None = None
+
     def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
         """Kopf's TLS context, pinned to TLS 1.2 or newer whatever the Python defaults are."""
         cadata, context = super()._build_ssl()
         if context is not None:
             context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._context = context
         return cadata, context
+
+    def reload(self, certfile: pathlib.Path, pkeyfile: pathlib.Path) -> None:
+        """Serve the certificate and key in these files from the next handshake on.
+
+        NB: Kopf would restart its listener when the files change: its port is closed for a
+        moment, and the apiserver's calls meanwhile fail (1 in 168 during a rotation, seen).
+        Loading them into the live context changes nothing for connections already made.
+        """
+        if self._context is not None:
+            self._context.load_cert_chain(certfile, pkeyfile)
 
     # What the webhooks decide with (set by :func:`setup`); none: nothing is ever denied.
     runtime: Runtime | None = None
@@ -400,9 +414,8 @@ async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
         certfile=certfile,
         pkeyfile=pkeyfile,
         cadata=bundle.ca_cert,
-        # NB: Kopf re-reads the certificate files this often and restarts its listener when they
-        # changed (Kopf's default, a minute, is long for a short-lived certificate).
-        file_check_interval=5.0,
+        # NB: Kopf restarts its listener when these files change: they never do; renewed
+        # material goes elsewhere and into the live context (:meth:`Server.reload`).
     )
     settings.admission.server = server
     await _register(options, bundle)
@@ -441,8 +454,9 @@ async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
             now = datetime.datetime.now(datetime.UTC)
             fresh = await _load_bundle(runtime.options, now=now)
             if fresh != bundle:
-                # NB: Kopf's server notices the changed files and restarts its listener.
-                _write(runtime.directory, fresh)
+                renewed = runtime.directory / "renewed"
+                renewed.mkdir(mode=0o700, exist_ok=True)
+                runtime.server.reload(*_write(renewed, fresh))
                 await _register(runtime.options, fresh)
                 bundle = fresh
         except (kopf.PermanentError, certs.CertificateError) as exc:

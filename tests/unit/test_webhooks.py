@@ -6,16 +6,19 @@ No network: the handler tests install a runtime whose Event poster is a recorder
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import datetime
 import pathlib
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import kopf
 import prometheus_client
 import pytest
+from cryptography import x509
 
 from permafrost import admission, certs, kube, metrics, models, store, webhooks
 
@@ -943,3 +946,43 @@ async def test_an_unreadable_tls_dir_is_said_in_one_line(tmp_path: pathlib.Path)
     with pytest.raises(kopf.PermanentError) as refused:
         await webhooks._load_bundle(options, now=datetime.datetime.now(datetime.UTC))
     assert str(refused.value).startswith(f"TLS files in {tmp_path / 'file'} cannot be ")
+
+
+async def test_a_renewed_certificate_is_served_by_the_same_listener(tmp_path: pathlib.Path) -> None:
+    """:meth:`webhooks.Server.reload`: the next handshake gets the new certificate, on the very
+    socket that served the old one (the listener is never closed, so no call fails meanwhile)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = certs.new_ca(now=now)
+    first = certs.issue(hostnames=["localhost"], now=now, ca=ca)
+    second = certs.issue(hostnames=["localhost"], now=now, ca=ca)
+    certfile, pkeyfile = webhooks._write(tmp_path, first)
+    server = webhooks.Server(certfile=certfile, pkeyfile=pkeyfile)
+    _, context = server._build_ssl()
+    assert context is not None
+
+    async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    listener = await asyncio.start_server(close, "127.0.0.1", 0, ssl=context)
+    port = listener.sockets[0].getsockname()[1]
+    client = ssl.create_default_context(cadata=first.ca_cert.decode())
+
+    async def served() -> int:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client, server_hostname="localhost"
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return x509.load_der_x509_certificate(der).serial_number
+
+    try:
+        assert await served() == x509.load_pem_x509_certificate(first.cert).serial_number
+        renewed = tmp_path / "renewed"
+        renewed.mkdir()
+        server.reload(*webhooks._write(renewed, second))
+        assert await served() == x509.load_pem_x509_certificate(second.cert).serial_number
+        assert listener.is_serving()
+        assert certfile.read_bytes() == first.cert  # what Kopf watches never changes
+    finally:
+        listener.close()
+        await listener.wait_closed()
