@@ -234,6 +234,12 @@ def test_the_first_release_serves_nothing_until_its_revision_is_verified(
         grel = next(i for i in items if i["kind"] == "GuardedRelease")
         svc = next(i for i in items if i["kind"] == "Service")
         selected = (svc["spec"].get("selector") or {}).get("permafrost.dev/revision")
+        # NB: one command, but a list per kind, in order: the Service read before the
+        # EndpointSlices. Read it again after them: a switch between the two reads makes the
+        # sample one of the routed revision, not of "none".
+        again = crds.get("service", "web", namespace=namespace)["spec"].get("selector") or {}
+        if again.get("permafrost.dev/revision") != selected:
+            selected = again.get("permafrost.dev/revision")
         stable = (grel.get("status") or {}).get("stableRevision")
         ready = {
             p["status"]["podIP"]
