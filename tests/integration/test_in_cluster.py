@@ -846,12 +846,17 @@ def crash_said(cluster: Cluster, pods: set[str]) -> tuple[str, str] | None:
         if name in pods:
             continue
         for state in pod["status"].get("containerStatuses") or []:
-            if state.get("lastState", {}).get("terminated") or state["state"].get("terminated"):
-                previous = "--previous" if state.get("lastState", {}).get("terminated") else ""
-                log = cluster.kubectl(
-                    "logs", name, *([previous] if previous else []),
-                    namespace=OPERATOR_NAMESPACE, check=False,
-                ).stdout  # fmt: skip
+            if state["state"].get("terminated"):
+                which: list[str] = []  # exited, not restarted yet
+            elif state.get("lastState", {}).get("terminated"):
+                which = ["--previous"]  # restarted: the run that exited
+            else:
+                continue
+            log = cluster.kubectl(
+                "logs", name, *which, namespace=OPERATOR_NAMESPACE, check=False
+            ).stdout
+            # NB: empty until the kubelet has the exited run's log: looked at again then.
+            if log.strip():
                 return name, log
     return None
 
