@@ -35,6 +35,8 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self, TextIO
 
+from bench.common import percentile
+
 DEFAULT_RATE = 200.0
 DEFAULT_TIMEOUT = 2.0
 
@@ -233,17 +235,6 @@ def verified_since(
         return at is not None and routed >= at
 
     return check
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) by linear interpolation; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summarize(
