@@ -752,3 +752,96 @@ def service_guard_manifests(*, name: str, settings: Settings) -> list[dict[str, 
         },
     }
     return [policy, binding]
+
+
+SERVICE_ROUTES = "permafrost-service-routes"
+
+
+def service_route_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
+    """A MutatingAdmissionPolicy and its binding: a Service created under a release's
+    ``spec.service.name`` selects the release's verified revision from its first write.
+
+    Its parameters are the GuardedReleases of the Service's namespace (``paramRef`` with an
+    empty selector; none: nothing to do). On the CREATE of a Service named by a release's
+    ``spec.service.name``, Permafrost's two selector keys are added: the release, and its
+    ``status.stableRevision`` — or :data:`models.REVISION_NONE` (no pod) while it has none.
+    Every other key of the selector stays as sent; with the two keys beside them they can only
+    narrow what the Service selects. The operator's own writes (exempt users) are left alone:
+    it routes the Service itself, sometimes ahead of the status.
+
+    NB: :func:`service_guard_manifests` holds a routed Service's keys on UPDATE; this closes
+    the other gap. A Service deleted and re-created from Git (``app: checkout``) would
+    otherwise select every revision's pods, unverified ones included, until the operator's
+    next reconcile routes it (tens of milliseconds to seconds). The apiserver adds the keys
+    before the object is stored, so no request ever sees the wider selector. A server-side
+    dry-run (Argo CD's server-side diff) gets the same keys, and a client-side diff ignores
+    selector keys that Git never set: neither sees a difference.
+    """
+    release, revision = json.dumps(models.LABEL_RELEASE), json.dumps(models.LABEL_REVISION)
+    stable = (
+        "has(params.status) && has(params.status.stableRevision) && "
+        "params.status.stableRevision != '' ? params.status.stableRevision : "
+        f"{json.dumps(models.REVISION_NONE)}"
+    )
+    add_keys = ", ".join(
+        f'JSONPatch{{op: "add", path: "/spec/selector/" + jsonpatch.escapeKey({k}), value: {v}}}'
+        for k, v in ((release, "params.metadata.name"), (revision, f"({stable})"))
+    )
+    whole = f"{release}: params.metadata.name, {revision}: ({stable})"
+    named = (
+        "has(params.spec.service) && has(params.spec.service.name) && "
+        "params.spec.service.name == object.metadata.name && "
+        "(!has(object.spec.type) || object.spec.type != 'ExternalName')"
+    )
+    conditions: list[dict[str, str]] = []
+    if settings.exempt_users:
+        conditions.append(
+            {
+                "name": "not-exempt",
+                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
+            }
+        )
+    spec: dict[str, Any] = {
+        "paramKind": {"apiVersion": f"{models.GROUP}/{models.VERSION}", "kind": models.KIND},
+        "failurePolicy": "Fail",
+        "reinvocationPolicy": "IfNeeded",
+        "matchConstraints": {
+            "resourceRules": [
+                {
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "operations": ["CREATE"],
+                    "resources": ["services"],
+                }
+            ]
+        },
+        "mutations": [
+            {
+                "patchType": "JSONPatch",
+                "jsonPatch": {
+                    "expression": f"!({named}) ? [] : has(object.spec.selector) ? [{add_keys}] : "
+                    f'[JSONPatch{{op: "add", path: "/spec/selector", value: {{{whole}}}}}]'
+                },
+            }
+        ],
+    }
+    if conditions:
+        spec["matchConditions"] = conditions
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
+        "spec": spec,
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
+        "spec": {
+            "policyName": name,
+            # NB: no namespace: each Service is judged against the releases of its own one.
+            "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
+            "matchResources": {"namespaceSelector": _namespaces(settings, enforced=False)},
+        },
+    }
+    return [policy, binding]

@@ -397,6 +397,7 @@ async def _register(options: Options, bundle: certs.Bundle) -> None:
     for body in (
         *admission.policy_manifests(name=POLICY, settings=options.settings),
         *admission.service_guard_manifests(name=admission.SERVICE_GUARD, settings=guard),
+        *admission.service_route_manifests(name=admission.SERVICE_ROUTES, settings=guard),
     ):
         await kube.apply_cluster_object(body)
 

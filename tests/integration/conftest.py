@@ -302,6 +302,7 @@ OPERATOR_NAMESPACE = "permafrost-system"
 BREAK_GLASS_GROUP = "permafrost:break-glass"
 WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
 SERVICE_GUARD = "permafrost-service-selectors"  # permafrost.admission.SERVICE_GUARD
+SERVICE_ROUTES = "permafrost-service-routes"  # permafrost.admission.SERVICE_ROUTES
 
 
 def webhook_target(cluster: Cluster) -> str | None:
@@ -431,7 +432,8 @@ def stop_guarded(cluster: Cluster, op: Operator) -> None:
         check=False,
     )
     for kind in ("mutatingadmissionpolicybinding", "mutatingadmissionpolicy"):
-        cluster.kubectl("delete", kind, SERVICE_GUARD, "--ignore-not-found", check=False)
+        for name in (SERVICE_GUARD, SERVICE_ROUTES):
+            cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
 
 
 # --- Argo CD (tests/argocd_harness.py) ----------------------------------------------------------

@@ -39,7 +39,7 @@ from test_argocd_sync import (
 
 from argocd_harness import NAMESPACE, AppState, ArgoCD, GitRepo, manifests
 from conftest import OPERATOR_NAMESPACE, Background, Operator
-from k8s_harness import ROOT, Cluster
+from k8s_harness import ROOT, Cluster, wait_for
 from permafrost import admission
 
 ACCOUNT = "permafrost"
@@ -106,9 +106,14 @@ def operator_identity(
         )
     )
     path.chmod(0o600)
-    guard = admission.service_guard_manifests(
-        name=admission.SERVICE_GUARD, settings=_gen_deploy_settings()
-    )
+    guard = [
+        *admission.service_guard_manifests(
+            name=admission.SERVICE_GUARD, settings=_gen_deploy_settings()
+        ),
+        *admission.service_route_manifests(
+            name=admission.SERVICE_ROUTES, settings=_gen_deploy_settings()
+        ),
+    ]
     for body in guard:
         crds.apply(body)
     time.sleep(2)  # NB: the apiserver loads admission policies asynchronously
@@ -330,11 +335,30 @@ def test_a_service_never_fights_argocd_and_never_selects_unverified_pods(
             time.sleep(QUIET_SECONDS)
             after = crds.get("service", "checkout", namespace=namespace)
             assert AppState.of(argocd.app(services_app)).sync == "Synced"
+            if in_git:
+                # With the operator down, the Service is deleted and Argo CD creates it again
+                # from Git: from its first stored version it selects the stable revision only
+                # (deploy/'s route policy), with no operator to route it.
+                op.stop()
+                crds.kubectl("delete", "service", "checkout", namespace=namespace)
+                force_sync(argocd, services_app, options["sync_options"])
+
+                def recreated_svc() -> dict[str, Any] | None:
+                    svc = crds.get("service", "checkout", namespace=namespace)
+                    new = svc is not None and svc["metadata"]["uid"] != after["metadata"]["uid"]
+                    return svc if new else None
+
+                recreated = wait_for(recreated_svc, timeout=90, interval=0.5, what="re-created")
+                assert "ownerReferences" not in recreated["metadata"]  # Argo CD's, not ours
+                assert recreated["spec"]["selector"] == after["spec"]["selector"]
+                time.sleep(QUIET_SECONDS)
+                assert AppState.of(argocd.app(services_app)).sync == "Synced"
     finally:
         op.stop()
 
-    # Every version of the Service ever stored: once routed, Permafrost's keys are always there
-    # and name no revision but a verified one (or none).
+    # Every version of the Service ever stored (the one Argo CD re-created included): once
+    # routed, Permafrost's keys are always there and name no revision but a verified one (or
+    # none).
     assert stored.versions, "the watch saw no version of the Service"
     first = next(i for i, (_, sel) in enumerate(stored.versions) if all(k in sel for k in OURS))
     for _, sel in stored.versions[first:]:

@@ -198,3 +198,74 @@ def test_the_services_guard_puts_permafrosts_selector_keys_back_for_anyone_but_t
         crds.kubectl("delete", "mutatingadmissionpolicybinding", binding["metadata"]["name"],
                      check=False)  # fmt: skip
         crds.kubectl("delete", "mutatingadmissionpolicy", policy["metadata"]["name"], check=False)
+
+
+def test_a_service_created_under_a_releases_name_selects_only_its_verified_revision(
+    crds: Cluster, namespace: str
+) -> None:
+    """The MutatingAdmissionPolicy of deploy/ (admission.service_route_manifests), bound to this
+    namespace only, with no operator running: a Service created (or dry-run created, as Argo
+    CD's server-side diff does) under a release's spec.service.name gets Permafrost's two
+    selector keys from its first write — the release's stable revision, or "none" while it has
+    none — and keeps its own keys; any other Service, a Service of another namespace's release
+    and the operator's own writes are left as sent."""
+    operator_user = f"system:serviceaccount:{namespace}:operator"
+    policy, binding = admission.service_route_manifests(
+        name=f"{admission.SERVICE_ROUTES}-{namespace}"[:63],
+        settings=admission.Settings(exempt_users=frozenset({operator_user})),
+    )
+    binding["spec"]["policyName"] = policy["metadata"]["name"]
+    binding["spec"]["matchResources"] = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    }
+    crds.kubectl("create", "rolebinding", "operator", "--clusterrole=edit",
+                 f"--serviceaccount={namespace}:operator", namespace=namespace)  # fmt: skip
+    crds.apply(release("shop", service="shop"), namespace=namespace)
+    crds.apply([policy, binding])
+    ours = {"permafrost.dev/release": "shop"}
+    try:
+
+        def dry_run(body: dict[str, Any]) -> dict[str, str]:
+            out = crds.kubectl(
+                "create", "--dry-run=server", "-o", "json", "-f", "-",
+                stdin=yaml.safe_dump(body), namespace=namespace,
+            )  # fmt: skip
+            selector: dict[str, str] = json.loads(out.stdout)["spec"].get("selector") or {}
+            return selector
+
+        def routed_to(revision: str) -> dict[str, str] | None:
+            got = dry_run(service("shop", {"app": "shop"}))
+            wanted = {"app": "shop", **ours, "permafrost.dev/revision": revision}
+            return got if got == wanted else None
+
+        # NB: the apiserver loads a new policy, and sees its parameters change, asynchronously.
+        wait_for(lambda: routed_to("none"), timeout=30, interval=1, what="the policy to apply")
+        stable = '{"status": {"stableRevision": "aaaa"}}'
+        crds.kubectl("patch", "guardedrelease", "shop", "--subresource=status", "--type=merge",
+                     "-p", stable, namespace=namespace)  # fmt: skip
+        wait_for(lambda: routed_to("aaaa"), timeout=30, interval=1, what="the stable revision")
+
+        # Created for real, as Git has it: the stored selector narrows to the stable revision.
+        crds.apply(service("shop", {"app": "shop"}), namespace=namespace)
+        stored = crds.get("service", "shop", namespace=namespace)["spec"]["selector"]
+        assert stored == {"app": "shop", **ours, "permafrost.dev/revision": "aaaa"}
+        # No selector at all: Permafrost's two keys are the selector.
+        crds.kubectl("delete", "service", "shop", namespace=namespace)
+        bare = service("shop", {})
+        del bare["spec"]["selector"]
+        crds.apply(bare, namespace=namespace)
+        stored = crds.get("service", "shop", namespace=namespace)["spec"]["selector"]
+        assert stored == {**ours, "permafrost.dev/revision": "aaaa"}
+        # Another name: the user's own Service (the release's TrafficGuarded condition reports
+        # it when it selects the release's pods; see above).
+        assert dry_run(service("shop-peers", {"app": "shop"})) == {"app": "shop"}
+        # The operator routes the Service itself, sometimes ahead of its status.
+        crds.kubectl("delete", "service", "shop", namespace=namespace)
+        mine = {"app": "shop", **ours, "permafrost.dev/revision": "bbbb"}
+        crds.kubectl("create", f"--as={operator_user}", "-f", "-",
+                     stdin=yaml.safe_dump(service("shop", mine)), namespace=namespace)  # fmt: skip
+        assert crds.get("service", "shop", namespace=namespace)["spec"]["selector"] == mine
+    finally:
+        crds.kubectl("delete", "mutatingadmissionpolicybinding", binding["metadata"]["name"],
+                     check=False)  # fmt: skip
+        crds.kubectl("delete", "mutatingadmissionpolicy", policy["metadata"]["name"], check=False)

@@ -2284,3 +2284,37 @@ def test_the_services_guard_restores_both_keys_for_all_but_the_exempt_and_break_
 def test_without_exempt_users_the_services_guard_has_no_exemption_condition() -> None:
     policy, _ = admission.service_guard_manifests(name="g", settings=admission.Settings())
     assert "not-exempt" not in {c["name"] for c in policy["spec"]["matchConditions"]}
+
+
+# --- service_route_manifests -------------------------------------------------------------------
+
+
+def test_the_services_routes_add_both_keys_on_create_from_the_releases_of_the_namespace() -> None:
+    settings = admission.Settings(exempt_users=frozenset({"system:serviceaccount:p:permafrost"}))
+    policy, binding = admission.service_route_manifests(name="r", settings=settings)
+    assert policy["kind"] == "MutatingAdmissionPolicy"
+    assert policy["spec"]["paramKind"] == {
+        "apiVersion": "permafrost.dev/v1alpha1",
+        "kind": "GuardedRelease",
+    }
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert [r["operations"] for r in rules] == [["CREATE"]]
+    assert [r["resources"] for r in rules] == [["services"]]
+    conditions = {c["name"]: c["expression"] for c in policy["spec"]["matchConditions"]}
+    assert '"system:serviceaccount:p:permafrost"' in conditions["not-exempt"]
+    patch = policy["spec"]["mutations"][0]["jsonPatch"]["expression"]
+    assert "params.spec.service.name == object.metadata.name" in patch
+    assert "params.status.stableRevision" in patch
+    assert '"none"' in patch  # models.REVISION_NONE while the release has no stable revision
+    for key in ("permafrost.dev/release", "permafrost.dev/revision"):
+        assert key in patch
+    assert binding["spec"]["policyName"] == "r"
+    # NB: no namespace in paramRef: the releases of the Service's own namespace are the params.
+    assert binding["spec"]["paramRef"] == {"selector": {}, "parameterNotFoundAction": "Allow"}
+    excluded = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]
+    assert "kube-system" in excluded["values"]
+
+
+def test_without_exempt_users_the_services_routes_have_no_match_conditions() -> None:
+    policy, _ = admission.service_route_manifests(name="r", settings=admission.Settings())
+    assert "matchConditions" not in policy["spec"]

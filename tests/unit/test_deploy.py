@@ -138,6 +138,8 @@ def test_deploy_installs_every_piece_and_nothing_twice(objects: list[dict[str, A
         ("ValidatingAdmissionPolicyBinding", f"{webhooks.POLICY}-enforced"),
         ("MutatingAdmissionPolicy", admission.SERVICE_GUARD),
         ("MutatingAdmissionPolicyBinding", admission.SERVICE_GUARD),
+        ("MutatingAdmissionPolicy", admission.SERVICE_ROUTES),
+        ("MutatingAdmissionPolicyBinding", admission.SERVICE_ROUTES),
     ]:
         assert (kind, name) in keys
 
@@ -269,6 +271,7 @@ def test_names_are_pinned_where_the_api_allows(objects: list[dict[str, Any]]) ->
         webhooks.POLICY,
         *bindings,
         admission.SERVICE_GUARD,
+        admission.SERVICE_ROUTES,
     }
     role = _one(objects, "Role", "permafrost")
     assert role["rules"] == [
