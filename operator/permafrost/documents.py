@@ -55,30 +55,32 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
 def _expanded_size(root: yaml.Node) -> int:
     """How many nodes a YAML node graph has once every alias is expanded (memoized, so an
     alias bomb is measured in microseconds instead of being built)."""
     sizes: dict[int, int] = {}
-    order: list[yaml.Node] = []
-    todo, seen = [root], set()
-    while todo:  # NB: iterative post-order; aliases make a DAG, cycles are refused by PyYAML
-        node = todo.pop()
-        if id(node) in seen:
+    # NB: iterative post-order: a node is summed once all its children are. Aliases make a DAG
+    # (a node shared by several parents is measured once); PyYAML refuses recursive ones.
+    todo: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while todo:
+        node, children_done = todo.pop()
+        if id(node) in sizes:
             continue
-        seen.add(id(node))
-        order.append(node)
-        if isinstance(node, yaml.SequenceNode):
-            todo.extend(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            todo.extend(n for pair in node.value for n in pair)
-    for node in reversed(order):
-        if isinstance(node, yaml.SequenceNode):
-            total = 1 + sum(sizes[id(n)] for n in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total = 1 + sum(sizes[id(n)] for pair in node.value for n in pair)
+        children = _children(node)
+        if children_done:
+            total = 1 + sum(sizes[id(n)] for n in children)
+            sizes[id(node)] = min(total, MAX_NODES + 1)
         else:
-            total = 1
-        sizes[id(node)] = min(total, MAX_NODES + 1)
+            todo.append((node, True))
+            todo.extend((n, False) for n in children if id(n) not in sizes)
     return sizes[id(root)]
 
 
@@ -146,3 +148,41 @@ def load_all(text: str | bytes, *, source: str) -> list[Document]:
     finally:
         loader.dispose()
     return documents
+
+
+def compose_all(text: str, *, source: str) -> list[yaml.Node]:
+    """The node trees of every non-empty document, with their positions in ``text``: for
+    tools that edit a manifest's text in place (``permafrost pin``) rather than re-dump it.
+
+    The same bounds as :func:`load_all`; raises :class:`InputError`.
+    """
+    if len(text) > MAX_BYTES:
+        raise InputError(f"{source}: larger than {MAX_BYTES // (1024 * 1024)} MiB")
+    try:
+        loader = _BoundedLoader(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: not valid YAML: {exc}") from None
+    nodes: list[yaml.Node] = []
+    try:
+        index = 0
+        while loader.check_node():
+            index += 1
+            node = loader.get_node()
+            if node is None:
+                continue
+            if _expanded_size(node) > MAX_NODES:
+                raise InputError(
+                    f"{source}#{index}: expands to more than {MAX_NODES} YAML nodes (a YAML bomb?)"
+                )
+            nodes.append(node)
+    except InputError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise InputError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{source}: nested too deeply") from None
+    finally:
+        loader.dispose()
+    return nodes

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 import hypothesis
+import pytest
 from hypothesis import strategies as st
 
 from permafrost import documents, hashing, manifests, models, policy
@@ -236,3 +237,19 @@ def test_a_comprehension_bomb_is_never_run_past_the_cost_budget(
         assert not verdict.allowed
     else:
         assert result.outcome in ("Pass", "Fail", "Error")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # An anchor in one branch, its alias in a later one (this raised a KeyError: a node
+        # shared by two parents was summed before it was measured).
+        "spec:\n  a:\n    - {image: &img 'r.example/a:1'}\n  b:\n    - {image: *img}\n",
+        "defaults: &d {cpu: 1}\nx: [*d, {y: *d}]\nz: {w: *d}\n",
+        "a: &a [1]\nb: {c: [*a, *a], d: *a}\n",
+    ],
+)
+def test_ordinary_anchors_and_aliases_load(text: str) -> None:
+    loaded, error = load(text, "anchors.yaml")
+    assert error is None
+    assert loaded and isinstance(loaded[0].body, dict)
