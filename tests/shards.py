@@ -44,6 +44,7 @@ SECONDS: dict[str, float] = {
     "integration/test_doc_commands.py": 40,
     "integration/test_peering.py": 40,
     "integration/test_event_loop.py": 30,
+    "integration/test_pin.py": 60,
 }
 
 # The operator image is built with one builder state (hack/operator-image.sh): its users queue.

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import kopf
 
 import permafrost
-from permafrost import checking, documents, kube, models, presenting
+from permafrost import checking, documents, images, kube, models, presenting, registry
 
 if TYPE_CHECKING:
     from permafrost import webhooks
@@ -234,6 +234,43 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--now", metavar="RFC3339", help="the time rules see (default: now)")
     check.add_argument("inputs", nargs="+", metavar="INPUT")
+
+    pin = commands.add_parser(
+        "pin",
+        help="resolve image tags to digests in manifests (CI): exit 0 ok, 1 not resolved, "
+        "2 unusable input",
+        description="Resolve every container image tag in manifests to the digest its "
+        "registry serves now, and write it as name:tag@sha256:... (the tag stays for people). "
+        "Images already pinned are checked to exist. Only the files change, never objects in "
+        "a cluster. Without --write, one INPUT (a file, or - for stdin) is printed pinned.",
+    )
+    pin.add_argument("inputs", nargs="+", metavar="INPUT")
+    pin.add_argument(
+        "-w", "--write", action="store_true", help="rewrite the files in place (all or none)"
+    )
+    pin.add_argument(
+        "--docker-config",
+        metavar="FILE",
+        help="registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)",
+    )
+    pin.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="talk plain HTTP to this registry (repeatable; loopback ones always are)",
+    )
+    pin.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="OS/ARCH[/VARIANT]",
+        help="a multi-platform image must include it (repeatable), e.g. linux/amd64",
+    )
+    pin.add_argument(
+        "--timeout", type=float, default=registry.DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="per registry request (default %(default)s)",
+    )  # fmt: skip
 
     retry = commands.add_parser("retry", help="try a failed revision again")
     retry.add_argument("name", help="the GuardedRelease")
@@ -794,6 +831,98 @@ def _check(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _docker_config(flag: str | None) -> dict[str, tuple[str, str]]:
+    if flag:
+        path = pathlib.Path(flag)
+    else:
+        home = os.environ.get("DOCKER_CONFIG")
+        path = (pathlib.Path(home) if home else pathlib.Path.home() / ".docker") / "config.json"
+        if not path.exists():
+            return {}
+    try:
+        return registry.docker_credentials(path)
+    except ValueError as exc:
+        raise documents.InputError(str(exc)) from None
+
+
+def _pin(args: argparse.Namespace) -> int:
+    """``permafrost pin``: read every input, resolve every distinct image once, then write
+    all or nothing (a half-pinned set of manifests would deploy a mix)."""
+    if not args.write and len(args.inputs) != 1:
+        raise documents.InputError("without --write, give one INPUT (printed pinned)")
+    if args.write and "-" in args.inputs:
+        raise documents.InputError("--write rewrites files: stdin (-) cannot be written")
+    for platform in args.platform:
+        if not 2 <= len(platform.split("/")) <= 3 or "" in platform.split("/"):
+            raise documents.InputError(f"--platform {platform!r}: expected OS/ARCH[/VARIANT]")
+    texts: list[tuple[str, str]] = []
+    for name in args.inputs:
+        if name == "-":
+            data = sys.stdin.read()
+            if len(data) > documents.MAX_BYTES:
+                raise documents.InputError("stdin: larger than 10 MiB")
+            texts.append(("stdin", data))
+        else:
+            texts.append(_read(pathlib.Path(name)))
+    located = [(source, text, images.locate(text, source=source)) for source, text in texts]
+    references: dict[str, images.Reference] = {}
+    for _, _, fields in located:
+        for field in fields:
+            if field.value not in references:
+                try:
+                    references[field.value] = images.parse(field.value)
+                except images.InvalidReference as exc:
+                    raise documents.InputError(f"{field.source}:{field.line}: {exc}") from None
+    client = registry.Client(
+        credentials=_docker_config(args.docker_config),
+        insecure=frozenset(args.insecure_registry),
+        timeout=args.timeout,
+    )
+    pinned: dict[str, str] = {}
+    failed = 0
+    for value, ref in references.items():
+        try:
+            manifest = client.manifest(ref)
+        except registry.RegistryError as exc:
+            print(f"permafrost pin: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        missing = [p for p in args.platform if not registry.has_platform(manifest, p)]
+        if missing:
+            have = ", ".join(manifest.platforms) or "none"
+            print(
+                f"permafrost pin: {value}: no image for {', '.join(missing)} in its index "
+                f"(it has {have})",
+                file=sys.stderr,
+            )
+            failed += 1
+            continue
+        if ref.pinned:
+            print(f"  {value}: pinned, exists", file=sys.stderr)
+            continue
+        pinned[value] = ref.with_digest(manifest.digest)
+        print(f"  {value} -> {manifest.digest}", file=sys.stderr)
+    if failed:
+        print(
+            f"permafrost pin: {failed} of {len(references)} images not resolved; nothing written",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    for (_, text, fields), name in zip(located, args.inputs, strict=True):
+        new = images.rewrite(text, fields, pinned)
+        if not args.write:
+            sys.stdout.write(new)
+            sys.stdout.flush()
+        elif new != text:
+            pathlib.Path(name).write_text(new)
+    changed = sum(1 for v in pinned if not references[v].pinned)
+    print(
+        f"permafrost pin: {changed} pinned, {len(references) - changed} already pinned",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def _explain(problem: kube.ApiProblem) -> tuple[str, str, int]:
     """A message for people, a hint and the exit code of an API problem."""
     detail = problem.detail.rstrip(".")
@@ -881,6 +1010,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except documents.InputError as exc:
                 print(f"permafrost check: {exc}", file=sys.stderr)
                 return checking.EXIT_UNUSABLE
+        if args.command == "pin":
+            try:
+                return _pin(args)
+            except documents.InputError as exc:
+                print(f"permafrost pin: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         if args.command in ("status", "history", "rollback", "retry"):
             return _for_people(args)
     except NotFound as exc:

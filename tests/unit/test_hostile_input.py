@@ -252,4 +252,5 @@ def test_a_comprehension_bomb_is_never_run_past_the_cost_budget(
 def test_ordinary_anchors_and_aliases_load(text: str) -> None:
     loaded, error = load(text, "anchors.yaml")
     assert error is None
-    assert loaded and isinstance(loaded[0].body, dict)
+    assert loaded
+    assert isinstance(loaded[0].body, dict)

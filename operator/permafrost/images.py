@@ -1,0 +1,191 @@
+"""Image references, and pinning them by digest in manifests' text. Pure.
+
+``permafrost pin`` is the build stage's answer to "the cluster refuses my tag": it resolves
+each image tag of a manifest to the digest the registry serves for it *now*, and writes
+``name:tag@sha256:…`` back into the text, so people still read the tag while everything
+that runs the manifest gets exactly the image that was resolved. It edits the files, never
+objects in a cluster: a GitOps controller sees the pinned manifest in Git, not a drift.
+
+This module parses references and finds and rewrites the ``image`` fields; the registry
+adapter (:mod:`permafrost.registry`) does the resolving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping
+
+import yaml
+
+from permafrost import documents
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+CONTAINER_LISTS = frozenset({"containers", "initContainers", "ephemeralContainers"})
+
+# The grammar of github.com/distribution/reference, the one every registry and runtime uses.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_HOST = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$"
+)
+
+
+class InvalidReference(ValueError):
+    """Text that is not an image reference; the message says what is wrong with it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """An image reference, normalised as the container runtimes normalise it.
+
+    ``text`` is the reference as written (``nginx:1.27``), ``registry`` and ``repository``
+    where it lives (``docker.io``, ``library/nginx``).
+    """
+
+    text: str
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def api_host(self) -> str:
+        """The host that serves the registry's API (Docker Hub's is not its name)."""
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    @property
+    def pinned(self) -> bool:
+        return self.digest is not None
+
+    def with_digest(self, digest: str) -> str:
+        """The reference as written, with ``digest`` appended: the tag stays for people."""
+        if not _DIGEST.match(digest):
+            raise InvalidReference(f"{digest!r} is not a digest (sha256:<64 hex>)")
+        return f"{self.text.partition('@')[0]}@{digest}"
+
+
+def parse(text: str) -> Reference:
+    """Parse ``[registry/]repository[:tag][@digest]``; raise :class:`InvalidReference`.
+
+    A first component with a ``.`` or a ``:``, or ``localhost``, is a registry; without one,
+    the registry is Docker Hub, and a one-component name is in its ``library/``.
+    """
+    if not text or text != text.strip():
+        raise InvalidReference(f"{text!r}: an image reference cannot be empty or padded")
+    name, at, digest = text.partition("@")
+    if at and not _DIGEST.match(digest):
+        raise InvalidReference(f"{text!r}: {digest!r} is not a digest (sha256:<64 hex>)")
+    registry = DOCKER_HUB
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        if not _HOST.match(first):
+            raise InvalidReference(f"{text!r}: {first!r} is not a registry host")
+        registry, name = first, rest
+    path, colon, tag = name.rpartition(":") if ":" in name else (name, "", "")
+    if colon and not _TAG.match(tag):
+        raise InvalidReference(f"{text!r}: {tag!r} is not a tag")
+    if not _REPOSITORY.match(path):
+        raise InvalidReference(
+            f"{text!r}: {path!r} is not a repository name (lower case letters, digits and "
+            "separators)"
+        )
+    if registry == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    return Reference(
+        text=text,
+        registry=registry,
+        repository=path,
+        tag=tag if colon else None,
+        digest=digest if at else None,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """An ``image`` field of a container in a manifest's text: where its value is."""
+
+    source: str
+    line: int  # 1-based, for messages
+    start: int  # offsets of the value in the text
+    end: int
+    value: str
+    style: str | None  # YAML's scalar style: None (plain), "'" or '"'
+
+
+def locate(text: str, *, source: str) -> list[Field]:
+    """Every ``image`` of a container (in ``containers``, ``initContainers`` or
+    ``ephemeralContainers``, at any depth: Pods, workloads, CronJobs, GuardedReleases…).
+
+    Raises :class:`documents.InputError` for unusable text (the same bounds as
+    ``permafrost check``).
+    """
+    found: dict[int, Field] = {}
+    for node in documents.compose_all(text, source=source):
+        # NB: a value reached through an alias is the anchor's node: one field, found twice.
+        found.update((f.start, f) for f in _fields(node, source=source, in_containers=False))
+    return sorted(found.values(), key=lambda f: f.start)
+
+
+def _fields(
+    node: yaml.Node, *, source: str, in_containers: bool, depth: int = 1
+) -> Iterator[Field]:
+    if depth > documents.MAX_DEPTH:
+        raise documents.InputError(f"{source}: nested deeper than {documents.MAX_DEPTH} levels")
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            if in_containers and isinstance(item, yaml.MappingNode):
+                for key, value in item.value:
+                    if (
+                        isinstance(key, yaml.ScalarNode)
+                        and key.value == "image"
+                        and isinstance(value, yaml.ScalarNode)
+                        and value.tag == "tag:yaml.org,2002:str"
+                    ):
+                        if value.style not in (None, "'", '"'):
+                            raise documents.InputError(
+                                f"{source}:{value.start_mark.line + 1}: an image written as a "
+                                "block scalar (| or >) cannot be pinned in place"
+                            )
+                        yield Field(
+                            source=source,
+                            line=value.start_mark.line + 1,
+                            start=value.start_mark.index,
+                            end=value.end_mark.index,
+                            value=value.value,
+                            style=value.style,
+                        )
+            yield from _fields(item, source=source, in_containers=False, depth=depth + 1)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            containers = isinstance(key, yaml.ScalarNode) and key.value in CONTAINER_LISTS
+            yield from _fields(value, source=source, in_containers=containers, depth=depth + 1)
+
+
+def rewrite(text: str, fields: list[Field], pinned: Mapping[str, str]) -> str:
+    """``text`` with each field whose value is in ``pinned`` replaced by its pinned reference,
+    written in the field's own quoting; every other character is kept as it was."""
+    out: list[str] = []
+    at = 0
+    for field in sorted(fields, key=lambda f: f.start):
+        new = pinned.get(field.value)
+        if new is None or new == field.value:
+            continue
+        out.append(text[at : field.start])
+        out.append(_quoted(new, field.style))
+        at = field.end
+    out.append(text[at:])
+    return "".join(out)
+
+
+def _quoted(value: str, style: str | None) -> str:
+    if style == '"':
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if style == "'":
+        return "'" + value.replace("'", "''") + "'"
+    # NB: a reference is a safe plain scalar: no leading indicator, no ": " or " #" inside.
+    return value

@@ -1,0 +1,257 @@
+"""The OCI registry adapter: what a registry serves for an image reference.
+
+A small client of the OCI distribution API (``/v2/<name>/manifests/<reference>``) with the
+two authentication schemes registries use: a bearer token from the registry's token service
+(anonymous, or with the credentials of a Docker config), or HTTP basic. It is synchronous
+(the standard library's ``urllib``): the CLI calls it directly, the operator from a thread.
+
+Plain HTTP is used only for the hosts it is told are insecure, and for loopback registries
+(as the container runtimes do); everything else is HTTPS with certificate checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import pathlib
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from permafrost import images
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
+INDEXES = frozenset({OCI_INDEX, DOCKER_LIST})
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what distribution itself accepts
+DEFAULT_TIMEOUT = 10.0
+
+# Reasons (messages, conditions).
+NOT_FOUND = "NotFound"
+UNAUTHORIZED = "Unauthorized"
+UNREACHABLE = "Unreachable"
+INVALID = "InvalidResponse"
+
+
+class RegistryError(Exception):
+    """A registry did not give what was asked; ``reason`` is one of the constants above."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What a registry serves for a reference: the digest of the manifest (or index) and, for
+    an index, the platforms it holds (``os/architecture[/variant]``)."""
+
+    digest: str
+    media_type: str
+    platforms: tuple[str, ...] = ()
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEXES
+
+
+def docker_credentials(path: pathlib.Path) -> dict[str, tuple[str, str]]:
+    """``{registry host: (user, password)}`` from a Docker config (``auths``, ``auth`` or
+    ``username``/``password``); credential helpers are not run. Raises ``ValueError`` with a
+    message for a file that cannot be used."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable Docker config: {exc}") from None
+    auths = config.get("auths") if isinstance(config, dict) else None
+    credentials: dict[str, tuple[str, str]] = {}
+    for key, entry in (auths or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        host = urllib.parse.urlsplit(key).netloc if "://" in key else key.split("/")[0]
+        if host in ("index.docker.io", images.DOCKER_HUB):
+            host = images.DOCKER_HUB_API
+        if entry.get("auth"):
+            try:
+                decoded = base64.b64decode(entry["auth"], validate=True).decode()
+                user, _, password = decoded.partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise ValueError(f"{path}: the auth of {key!r} is not base64 user:pass") from None
+        else:
+            user, password = str(entry.get("username") or ""), str(entry.get("password") or "")
+        if user:
+            credentials[host] = (user, password)
+    return credentials
+
+
+def _loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name in ("localhost", "[::1]") or name.startswith("127.")
+
+
+_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+
+
+class Client:
+    """A registry client; keyword-only settings, no state but the tokens it was given."""
+
+    def __init__(
+        self,
+        *,
+        credentials: Mapping[str, tuple[str, str]] | None = None,
+        insecure: frozenset[str] = frozenset(),
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.credentials = dict(credentials or {})
+        self.insecure = insecure
+        self.timeout = timeout
+        self._tokens: dict[tuple[str, str], str] = {}
+
+    def _url(self, host: str, path: str) -> str:
+        scheme = "http" if host in self.insecure or _loopback(host) else "https"
+        return f"{scheme}://{host}{path}"
+
+    def manifest(self, ref: images.Reference) -> Manifest:
+        """The manifest ``ref`` names now: by digest if it has one, else by tag (``latest``
+        when it has neither, as the runtimes do). Raises :class:`RegistryError`."""
+        target = ref.digest or ref.tag or "latest"
+        path = f"/v2/{ref.repository}/manifests/{target}"
+        status, headers, body = self._get(ref, path)
+        if status == 404:
+            raise RegistryError(NOT_FOUND, f"{ref.text}: the registry has no such image")
+        if status != 200:
+            raise RegistryError(INVALID, f"{ref.text}: the registry answered HTTP {status}")
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if ref.digest and ref.digest.startswith("sha256:") and digest != ref.digest:
+            # NB: content addressed: what was served must hash to what was asked for.
+            raise RegistryError(INVALID, f"{ref.text}: the registry served other content")
+        served = headers.get("docker-content-digest")
+        if served and served != digest and not ref.digest:
+            raise RegistryError(
+                INVALID, f"{ref.text}: the registry's digest {served} is not its content's"
+            )
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise RegistryError(INVALID, f"{ref.text}: the manifest is not JSON") from None
+        media_type = str(document.get("mediaType") or headers.get("content-type", "").split(";")[0])
+        platforms: tuple[str, ...] = ()
+        if media_type in INDEXES:
+            platforms = tuple(_platform(m.get("platform")) for m in document.get("manifests", []))
+        return Manifest(digest=ref.digest or digest, media_type=media_type, platforms=platforms)
+
+    def _get(self, ref: images.Reference, path: str) -> tuple[int, Mapping[str, str], bytes]:
+        host = ref.api_host
+        headers = {"Accept": ACCEPT}
+        token = self._tokens.get((host, ref.repository))
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        status, got, body = self._send(self._url(host, path), headers, what=ref.text)
+        if status == 401:
+            challenge = got.get("www-authenticate", "")
+            headers["Authorization"] = self._authorize(ref, challenge)
+            status, got, body = self._send(self._url(host, path), headers, what=ref.text)
+            if status == 401:
+                raise RegistryError(
+                    UNAUTHORIZED,
+                    f"{ref.text}: the registry refused the credentials"
+                    + ("" if host in self.credentials else f" (none given for {host})"),
+                )
+        if status == 403:
+            raise RegistryError(UNAUTHORIZED, f"{ref.text}: pulling is forbidden")
+        return status, got, body
+
+    def _authorize(self, ref: images.Reference, challenge: str) -> str:
+        host = ref.api_host
+        scheme = challenge.split(" ", 1)[0].lower()
+        creds = self.credentials.get(host)
+        basic = (
+            "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            if creds
+            else None
+        )
+        if scheme == "basic":
+            if basic is None:
+                raise RegistryError(UNAUTHORIZED, f"{ref.text}: {host} needs credentials")
+            return basic
+        if scheme != "bearer":
+            raise RegistryError(UNAUTHORIZED, f"{ref.text}: {host} asks for {challenge!r}")
+        params = dict(_CHALLENGE.findall(challenge))
+        realm = params.get("realm")
+        if not realm:
+            raise RegistryError(INVALID, f"{ref.text}: {host}'s challenge has no realm")
+        query = {"scope": params.get("scope") or f"repository:{ref.repository}:pull"}
+        if params.get("service"):
+            query["service"] = params["service"]
+        url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(query)}"
+        status, _, body = self._send(url, {"Authorization": basic} if basic else {}, what=ref.text)
+        if status != 200:
+            raise RegistryError(
+                UNAUTHORIZED, f"{ref.text}: the token service of {host} answered HTTP {status}"
+            )
+        try:
+            answer = json.loads(body)
+            token = str(answer.get("token") or answer.get("access_token") or "")
+        except (ValueError, AttributeError):
+            token = ""
+        if not token:
+            raise RegistryError(INVALID, f"{ref.text}: the token service of {host} gave no token")
+        self._tokens[(host, ref.repository)] = token
+        return f"Bearer {token}"
+
+    def _send(
+        self, url: str, headers: Mapping[str, str], *, what: str
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        request = urllib.request.Request(url, headers=dict(headers), method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, _lower(response.headers), _bounded(response, what=what)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, _lower(exc.headers), b""
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            host = urllib.parse.urlsplit(url).netloc
+            raise RegistryError(UNREACHABLE, f"{what}: {host} is unreachable: {reason}") from None
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    """Header names in lower case (HTTP's are case-insensitive)."""
+    return {str(k).lower(): str(v) for k, v in headers.items()}
+
+
+def _bounded(response: Any, *, what: str) -> bytes:
+    body: bytes = response.read(MAX_MANIFEST_BYTES + 1)
+    if len(body) > MAX_MANIFEST_BYTES:
+        raise RegistryError(INVALID, f"{what}: the manifest is larger than 4 MiB")
+    return body
+
+
+def _platform(platform: Any) -> str:
+    if not isinstance(platform, dict):
+        return "unknown"
+    parts = [str(platform.get("os") or "unknown"), str(platform.get("architecture") or "unknown")]
+    if platform.get("variant"):
+        parts.append(str(platform["variant"]))
+    return "/".join(parts)
+
+
+def has_platform(manifest: Manifest, platform: str) -> bool:
+    """Whether an image runs on ``platform`` (``os/arch[/variant]``): an index must list it; a
+    single manifest is taken as is (its platform is in its config blob, not read here)."""
+    if not manifest.is_index:
+        return True
+    wanted = platform.split("/")
+    for have in manifest.platforms:
+        parts = have.split("/")
+        if parts[:2] == wanted[:2] and (len(wanted) < 3 or parts[2:3] == wanted[2:3]):
+            return True
+    return False
