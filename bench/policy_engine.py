@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from bench import common
-from permafrost import checking, policy
+from permafrost.policies import checking, policy
 
 
 def _library() -> list[tuple[str, str]]:

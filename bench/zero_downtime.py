@@ -176,7 +176,7 @@ def settled(namespace: str, *gone: str) -> dict[str, Any]:
 
 
 def promoted(namespace: str) -> dict[str, float]:
-    from permafrost.conditions import parse_timestamp
+    from permafrost.releases.conditions import parse_timestamp
 
     return {
         r["hash"]: parse_timestamp(r["promotedAt"]).timestamp()

@@ -91,8 +91,7 @@ DEMO = "transcript of `make demo`; its commands run in tests/integration/test_cl
 
 NOT_RUN: dict[str, str] = {
     "docs/cli.md: permafrost pin deploy.yaml --platform linux/amd64 > pinned.yaml": (
-        "a registry of the reader's; tests/integration/test_pin.py runs pin against a real "
-        "registry"
+        "a registry of the reader's; tests/integration/test_pin.py runs pin against a real registry"
     ),
     "README.md: make demo": (
         "the whole demo and the whole suite (tests/integration/test_demo.py, CI)"

@@ -37,10 +37,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import kopf
 
 import permafrost
-from permafrost import checking, documents, images, kube, models, presenting, registry
+from permafrost import kube, models, presenting
+from permafrost.artifacts import images, registry
+from permafrost.policies import checking, documents
 
 if TYPE_CHECKING:
-    from permafrost import webhooks
+    from permafrost.guards import webhooks
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_NO_CLUSTER, EXIT_NOT_INSTALLED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 3, 4, 5, 130
@@ -457,7 +459,7 @@ def _admission_preflight(options: webhooks.Options, *, takeover: bool) -> None:
 
 
 def _check_admission(options: webhooks.Options, *, takeover: bool) -> None:
-    from permafrost import webhooks
+    from permafrost.guards import webhooks
 
     namespace = options.namespace
     if not _against_the_api(kube.namespace_exists(namespace)):
@@ -509,10 +511,8 @@ def _answers(target: str) -> bool:
 def _run(args: argparse.Namespace) -> int:
     _preflight(args.namespace, request_timeout=args.request_timeout)
     _configure_logging(verbose=args.verbose, log_format=args.log_format)
-    from permafrost import (
-        handlers,
-        webhooks,
-    )
+    from permafrost import handlers
+    from permafrost.guards import webhooks
 
     if args.metrics_port:
         from permafrost import metrics

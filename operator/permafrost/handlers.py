@@ -6,9 +6,9 @@ from that one thread only, like everything else the operator keeps in memory.
 
 Every watched change — a GuardedRelease, one of its revision Deployments or their pods, its
 Service — only enqueues the release it concerns; the queue runs
-:func:`permafrost.reconciler.reconcile` once per burst. Only ``on.event`` handlers and indexes
-are used: they add no finalizers, so deleting a release never waits for the operator, and the
-garbage collector cascades through the ownerReferences.
+:func:`permafrost.releases.reconciler.reconcile` once per burst. Only ``on.event`` handlers and
+indexes are used: they add no finalizers, so deleting a release never waits for the operator,
+and the garbage collector cascades through the ownerReferences.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from typing import Any
 
 import kopf
 
-from permafrost import kube, manifests, metrics, models, reconciler, store, webhooks, workqueue
+from permafrost import kube, metrics, models
+from permafrost.guards import webhooks
+from permafrost.policies import store
+from permafrost.releases import manifests, reconciler, workqueue
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, release name)

@@ -22,7 +22,8 @@ import urllib3
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from permafrost import hashing, manifests, models, planner
+from permafrost import models
+from permafrost.releases import hashing, manifests, planner
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -15,8 +15,10 @@ from collections.abc import Iterable, Sequence
 
 import prometheus_client
 
-from permafrost import conditions, models, policy
+from permafrost import models
 from permafrost.models import Outcome
+from permafrost.policies import policy
+from permafrost.releases import conditions
 
 REGISTRY = prometheus_client.CollectorRegistry()
 

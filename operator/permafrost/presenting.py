@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from permafrost import conditions, models
+from permafrost import models
+from permafrost.releases import conditions
 
 # Phases after which nothing moves until someone changes something.
 SETTLED_PHASES = frozenset({"Stable", "RolledBack", "Degraded", "Held", "Pending", "Unavailable"})

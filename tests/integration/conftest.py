@@ -301,8 +301,8 @@ def sampler_factory(crds: Cluster, namespace: str) -> Any:
 OPERATOR_NAMESPACE = "permafrost-system"
 BREAK_GLASS_GROUP = "permafrost:break-glass"
 WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
-SERVICE_GUARD = "permafrost-service-selectors"  # permafrost.admission.SERVICE_GUARD
-SERVICE_ROUTES = "permafrost-service-routes"  # permafrost.admission.SERVICE_ROUTES
+SERVICE_GUARD = "permafrost-service-selectors"  # permafrost.guards.admission.SERVICE_GUARD
+SERVICE_ROUTES = "permafrost-service-routes"  # permafrost.guards.admission.SERVICE_ROUTES
 
 
 def webhook_target(cluster: Cluster) -> str | None:

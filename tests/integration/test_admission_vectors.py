@@ -41,7 +41,8 @@ from conftest import (
     wait_phase,
 )
 from k8s_harness import Cluster, to_yaml, wait_for
-from permafrost import admission, models, webhooks
+from permafrost import models
+from permafrost.guards import admission, webhooks
 
 OLD_DIGEST = "a" * 64
 NEW_DIGEST = "b" * 64

@@ -40,7 +40,7 @@ from test_argocd_sync import (
 from argocd_harness import NAMESPACE, AppState, ArgoCD, GitRepo, manifests
 from conftest import OPERATOR_NAMESPACE, Background, Operator
 from k8s_harness import ROOT, Cluster, wait_for
-from permafrost import admission
+from permafrost.guards import admission
 
 ACCOUNT = "permafrost"
 OURS = ("permafrost.dev/release", "permafrost.dev/revision")

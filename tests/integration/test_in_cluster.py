@@ -41,7 +41,7 @@ from conftest import (
     wait_phase,
 )
 from k8s_harness import ROOT, Cluster, RealNode, _versions, cache_root, to_yaml, wait_for
-from permafrost import certs
+from permafrost.guards import certs
 
 pytestmark = pytest.mark.real_node
 

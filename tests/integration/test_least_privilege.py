@@ -35,7 +35,7 @@ from conftest import (
     wait_phase,
 )
 from k8s_harness import ROOT, Cluster, wait_for
-from permafrost import certs
+from permafrost.guards import certs
 
 ACCOUNT = f"system:serviceaccount:{OPERATOR_NAMESPACE}:permafrost"
 IDENTITY_KINDS = (

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import Operator, release, status, wait_phase
 from k8s_harness import Cluster, condition, wait_for
-from permafrost import admission
+from permafrost.guards import admission
 
 
 def service(name: str, selector: dict[str, str], **annotations: str) -> dict[str, Any]:

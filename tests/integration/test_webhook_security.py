@@ -20,7 +20,7 @@ from test_fuzz_webhook import post
 
 from conftest import BREAK_GLASS_GROUP, Operator, release, start_guarded, stop_guarded, wait_phase
 from k8s_harness import Cluster, wait_for
-from permafrost import certs
+from permafrost.guards import certs
 
 LEGACY = "DEFAULT:@SECLEVEL=0"  # NB: lets this client offer TLS 1.0/1.1, so the server decides
 

@@ -66,7 +66,7 @@ def manifest(real_node: RealNode, image: str, **env: str) -> dict[str, Any]:
 
 def promoted(cluster: Cluster, namespace: str) -> dict[str, float]:
     """When each revision was last promoted (wall clock, whole seconds)."""
-    from permafrost.conditions import parse_timestamp
+    from permafrost.releases.conditions import parse_timestamp
 
     return {
         r["hash"]: parse_timestamp(r["promotedAt"]).timestamp()

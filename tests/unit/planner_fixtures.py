@@ -14,8 +14,9 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from permafrost import conditions, hashing, manifests, models, planner
+from permafrost import models
 from permafrost.models import Outcome, RevisionRecord
+from permafrost.releases import conditions, hashing, manifests, planner
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
 RELEASE = manifests.ReleaseRef(name="checkout", namespace="shop", uid="5d1f3c2e-uid")

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from permafrost import admission, models
+from permafrost import models
+from permafrost.guards import admission
 
 try:
     import cel  # common-expression-language, the CEL library Permafrost's policies use

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from permafrost import cli, documents
+from permafrost import cli
+from permafrost.policies import documents
 
 PINNED = "registry.example/shop/web@sha256:" + "a" * 64
 

@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 
-from permafrost import conditions
 from permafrost.models import Condition, ConditionStatus
+from permafrost.releases import conditions
 
 T, F, U = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 EARLIER = datetime.datetime(2026, 3, 1, 11, 0, 0, tzinfo=datetime.UTC)

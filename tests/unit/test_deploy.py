@@ -23,7 +23,8 @@ import yaml
 
 import permafrost
 from k8s_harness import bin_dirs
-from permafrost import admission, cli, webhooks
+from permafrost import cli
+from permafrost.guards import admission, webhooks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

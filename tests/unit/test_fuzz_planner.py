@@ -36,8 +36,9 @@ from planner_fixtures import (
     revision_of,
 )
 
-from permafrost import conditions, manifests, models, planner
+from permafrost import models
 from permafrost.models import Outcome, RevisionRecord
+from permafrost.releases import conditions, manifests, planner
 
 LONG = os.environ.get("PERMAFROST_CHAOS") == "long"
 EXAMPLES = 5_000 if LONG else 600

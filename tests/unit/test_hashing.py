@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from permafrost import hashing
+from permafrost.releases import hashing
 
 WEB = "reg.example/shop/checkout@sha256:" + "a" * 64
 MIGRATE = "reg.example/shop/migrate@sha256:" + "b" * 64

@@ -20,7 +20,9 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from permafrost import documents, hashing, manifests, models, policy
+from permafrost import models
+from permafrost.policies import documents, policy
+from permafrost.releases import hashing, manifests
 
 LONG = os.environ.get("PERMAFROST_CHAOS") == "long"
 SETTINGS = hypothesis.settings(

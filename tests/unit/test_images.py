@@ -1,10 +1,11 @@
-"""Image references and pinning them in manifests' text (permafrost.images): pure."""
+"""Image references and pinning them in manifests' text (permafrost.artifacts.images): pure."""
 
 from __future__ import annotations
 
 import pytest
 
-from permafrost import documents, images
+from permafrost.artifacts import images
+from permafrost.policies import documents
 
 D = "sha256:" + "a" * 64
 

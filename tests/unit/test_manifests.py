@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from permafrost import manifests, models
+from permafrost import models
+from permafrost.releases import manifests
 
 RELEASE = manifests.ReleaseRef(name="checkout", namespace="shop", uid="5d1f3c2e-uid")
 HASH = "7f3c9a1e00"

@@ -24,7 +24,9 @@ from planner_fixtures import (
     view,
 )
 
-from permafrost import conditions, metrics, planner, policy
+from permafrost import metrics
+from permafrost.policies import policy
+from permafrost.releases import conditions, planner
 
 LATER = NOW + datetime.timedelta(seconds=0.75)  # the actions were applied 0.75 s after planning
 

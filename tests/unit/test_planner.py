@@ -48,8 +48,10 @@ from planner_fixtures import (
     view,
 )
 
-from permafrost import conditions, manifests, models, planner, policy
+from permafrost import models
 from permafrost.models import ConditionStatus, Outcome
+from permafrost.policies import policy
+from permafrost.releases import conditions, manifests, planner
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 RETRY = models.ANNOTATION_RETRY

@@ -28,8 +28,8 @@ from planner_fixtures import (
     view,
 )
 
-from permafrost import observations, planner
 from permafrost.models import Outcome
+from permafrost.releases import observations, planner
 
 
 def routed(revision: str, endpoints: Mapping[str, int]) -> planner.ServiceView:

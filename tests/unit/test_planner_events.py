@@ -16,7 +16,7 @@ from planner_fixtures import (
     view,
 )
 
-from permafrost import planner
+from permafrost.releases import planner
 
 CASES = {
     "created": (

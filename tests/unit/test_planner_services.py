@@ -25,7 +25,8 @@ from planner_fixtures import (
     view,
 )
 
-from permafrost import manifests, models, observations, planner
+from permafrost import models
+from permafrost.releases import manifests, observations, planner
 
 APP = {"app": "checkout"}
 

@@ -7,8 +7,8 @@ import itertools
 import pytest
 from planner_fixtures import V1, situation, stable
 
-from permafrost import planner
 from permafrost.models import Outcome
+from permafrost.releases import planner
 
 pytestmark = pytest.mark.unit
 

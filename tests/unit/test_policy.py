@@ -1,4 +1,4 @@
-"""The policy engine (``permafrost.policy``): compile, cache, match, evaluate, fail safe.
+"""The policy engine (``permafrost.policies.policy``): compile, cache, match, evaluate, fail safe.
 
 The engine is pure: every test builds specs and subjects in memory. The rules that matter most
 are the fail-safe ones: a rule that errors, returns a non-boolean or is too expensive to run is
@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from permafrost import models, policy
+from permafrost import models
+from permafrost.policies import policy
 
 NOW = datetime.datetime(2025, 6, 2, 9, 0, tzinfo=datetime.UTC)
 IMAGE = "registry.example/shop/checkout:1.4.2@sha256:" + "a" * 64

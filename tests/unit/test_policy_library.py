@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from permafrost import models, policy
+from permafrost import models
+from permafrost.policies import policy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LIBRARY_DIR = ROOT / "deploy" / "policies"

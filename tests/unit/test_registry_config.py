@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from permafrost import registry
+from permafrost.artifacts import registry
 
 
 def test_credentials_come_from_auth_or_username_and_docker_hub_is_its_api_host(

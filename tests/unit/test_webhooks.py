@@ -20,7 +20,9 @@ import prometheus_client
 import pytest
 from cryptography import x509
 
-from permafrost import admission, certs, kube, metrics, models, store, webhooks
+from permafrost import kube, metrics, models
+from permafrost.guards import admission, certs, webhooks
+from permafrost.policies import store
 
 UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
 NS = "shop"

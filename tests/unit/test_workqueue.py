@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 import kopf
 import pytest
 
-from permafrost import handlers, workqueue
+from permafrost import handlers
+from permafrost.releases import workqueue
 
 THREADS = 8
 KEYS_PER_THREAD = 250

@@ -14,7 +14,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from permafrost import documents, models, policy
+from permafrost import models
+from permafrost.policies import documents, policy
 
 CHECKABLE_KINDS = (
     "GuardedRelease",

@@ -7,7 +7,7 @@ that runs the manifest gets exactly the image that was resolved. It edits the fi
 objects in a cluster: a GitOps controller sees the pinned manifest in Git, not a drift.
 
 This module parses references and finds and rewrites the ``image`` fields; the registry
-adapter (:mod:`permafrost.registry`) does the resolving.
+adapter (:mod:`permafrost.artifacts.registry`) does the resolving.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 
 import yaml
 
-from permafrost import documents
+from permafrost.policies import documents
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"

@@ -30,17 +30,10 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from permafrost import (
-    admission,
-    certs,
-    checking,
-    conditions,
-    kube,
-    metrics,
-    models,
-    policy,
-    store,
-)
+from permafrost import kube, metrics, models
+from permafrost.guards import admission, certs
+from permafrost.policies import checking, policy, store
+from permafrost.releases import conditions
 
 logger = logging.getLogger(__name__)
 

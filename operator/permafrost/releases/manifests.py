@@ -11,7 +11,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from permafrost import hashing, models
+from permafrost import models
+from permafrost.releases import hashing
 
 MAX_LABEL = 63
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pydantic
 
-from permafrost import models, policy
+from permafrost import models
+from permafrost.policies import policy
 
 
 def _broken(name: str, spec: Mapping[str, Any], error: str) -> policy.Policy:

@@ -31,7 +31,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from permafrost import hashing, models
+from permafrost import models
+from permafrost.releases import hashing
 
 ANNOTATION_BREAK_GLASS = models.ANNOTATION_BREAK_GLASS
 LABEL_ENFORCE = models.LABEL_ENFORCE

@@ -1,9 +1,9 @@
 """One reconcile of one GuardedRelease: observe → plan → apply → status.
 
-The imperative shell around :func:`permafrost.planner.plan`. It reads everything it needs from
-the cluster on every pass (nothing is remembered between passes), applies the planned actions in
-order, posts the planned Events, and writes the status with a single patch. If it is killed
-between any two steps, the next pass sees the cluster as it is and plans from there.
+The imperative shell around :func:`permafrost.releases.planner.plan`. It reads everything it
+needs from the cluster on every pass (nothing is remembered between passes), applies the planned
+actions in order, posts the planned Events, and writes the status with a single patch. If it is
+killed between any two steps, the next pass sees the cluster as it is and plans from there.
 """
 
 from __future__ import annotations
@@ -16,19 +16,10 @@ from typing import Any
 
 import pydantic
 
-from permafrost import (
-    admission,
-    checking,
-    conditions,
-    kube,
-    manifests,
-    metrics,
-    models,
-    observations,
-    planner,
-    policy,
-    store,
-)
+from permafrost import kube, metrics, models
+from permafrost.guards import admission
+from permafrost.policies import checking, policy, store
+from permafrost.releases import conditions, manifests, observations, planner
 
 logger = logging.getLogger(__name__)
 

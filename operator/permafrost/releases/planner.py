@@ -29,9 +29,11 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from permafrost import conditions, manifests, models, policy
-from permafrost.conditions import parse_timestamp, timestamp
+from permafrost import models
 from permafrost.models import ConditionStatus, Outcome, RevisionRecord
+from permafrost.policies import policy
+from permafrost.releases import conditions, manifests
+from permafrost.releases.conditions import parse_timestamp, timestamp
 
 CRASH_REASONS = frozenset(
     {"CrashLoopBackOff", "Error", "RunContainerError", "CreateContainerError"}

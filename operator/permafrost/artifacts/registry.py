@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from permafrost import images
+from permafrost.artifacts import images
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -10,7 +10,9 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from permafrost import admission, conditions, hashing, manifests, models, planner
+from permafrost import models
+from permafrost.guards import admission
+from permafrost.releases import conditions, hashing, manifests, planner
 
 VERSION_LABEL = "app.kubernetes.io/version"
 # What of a ConfigMap/Secret makes up a revision (metadata does not).
