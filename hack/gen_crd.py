@@ -500,13 +500,18 @@ def _definition(
     scope: str,
     printer_columns: list[Schema],
     schema: Schema,
+    scale: Schema | None = None,
 ) -> Schema:
-    """A CustomResourceDefinition of ``kind``: one served and stored version, status enabled."""
+    """A CustomResourceDefinition of ``kind``: one served and stored version, status enabled
+    (and, with ``scale``, the scale subresource)."""
+    subresources: Schema = {"status": {}}
+    if scale is not None:
+        subresources["scale"] = scale
     version = {
         "name": models.VERSION,
         "served": True,
         "storage": True,
-        "subresources": {"status": {}},
+        "subresources": subresources,
         "additionalPrinterColumns": printer_columns,
         "schema": {"openAPIV3Schema": ordered(schema)},
     }
@@ -530,6 +535,16 @@ def _definition(
     }
 
 
+# The scale subresource (kubectl scale, HorizontalPodAutoscaler): spec.replicas is what is asked
+# for; status.replicas and status.selector are the serving revision's Ready pods and a label
+# selector of its pods, written by the operator.
+SCALE = {
+    "specReplicasPath": ".spec.replicas",
+    "statusReplicasPath": ".status.replicas",
+    "labelSelectorPath": ".status.selector",
+}
+
+
 def crd(pod_template: Schema) -> Schema:
     """The whole CustomResourceDefinition of GuardedRelease, as a JSON-like dict."""
     return _definition(
@@ -539,6 +554,7 @@ def crd(pod_template: Schema) -> Schema:
         scope="Namespaced",
         printer_columns=PRINTER_COLUMNS,
         schema=resource_schema(pod_template),
+        scale=SCALE,
     )
 
 

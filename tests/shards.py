@@ -24,6 +24,7 @@ SECONDS: dict[str, float] = {
     "integration/test_in_cluster.py": 450,
     "integration/test_argocd_install.py": 310,
     "integration/test_bench_smoke.py": 300,
+    "integration/test_autoscaling.py": 220,
     "integration/test_rollouts.py": 210,
     "integration/test_zero_downtime.py": 180,
     "integration/test_demo.py": 180,

@@ -167,6 +167,17 @@ class GuardedReleaseStatus(Model):
     stable_revision: str | None = None
     phase: str | None = None
     ready_replicas: str | None = None
+    # The scale subresource's status (kubectl scale, HorizontalPodAutoscaler): the Ready pods of
+    # the serving revision, and a label selector (as a string) of exactly its pods, which is
+    # what an autoscaler's metrics are read from (pods of a revision in verification take no
+    # traffic, so they are left out).
+    replicas: int | None = pydantic.Field(default=None, ge=0)
+    selector: str | None = None
+    # The generation of the spec's last change other than spec.replicas, and a digest of the spec
+    # without spec.replicas that tells a scale from any other change: a scale is no new attempt
+    # of a failed revision.
+    spec_generation: int | None = None
+    spec_digest: str | None = None
     message: str | None = None
     conditions: list[Condition] = pydantic.Field(default_factory=list)
     revisions: list[RevisionRecord] = pydantic.Field(default_factory=list)

@@ -7,6 +7,7 @@ where a user who copied only the health key ends up."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import pathlib
 import types
@@ -17,6 +18,19 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lupa.lua51 import LuaError
+from planner_fixtures import (
+    V1,
+    V2,
+    applied,
+    desired,
+    make_spec,
+    ready_pods,
+    routed_to,
+    situation,
+    stable,
+    view,
+)
+from planner_fixtures import failed as failed_record
 
 from argocd_health import (
     FIXTURES,
@@ -28,6 +42,7 @@ from argocd_health import (
     health,
     runtime,
 )
+from permafrost.releases import planner
 
 # Fixture (captured by hack/capture-argocd-fixtures.sh) -> (health, a fragment of its message).
 EXPECTED = {
@@ -295,3 +310,53 @@ def test_a_revision_in_verification_whose_promotion_a_policy_will_hold_stays_pro
     status, message = health(release)
     assert status == "Progressing"
     assert message.endswith("(Enforce freeze/window: no changes now)")
+
+
+# --- a scale (kubectl scale, an autoscaler): what the planner writes, as Argo CD judges it -------
+
+
+def _scaled(replicas: int, ready: int, *, failed: bool = False) -> tuple[str, str]:
+    """The health of a release serving v2 (v1 if ``failed``: v2 failed) right after the
+    planner observed a scale from 3 to ``replicas``, with ``ready`` pods of the serving one
+    Ready."""
+    serving = V1 if failed else V2
+    s = situation(
+        spec=make_spec("v2", replicas=3),
+        records=[stable(serving), *([failed_record(V2)] if failed else [])],
+        stable_revision=serving,
+        views=[view(serving, replicas=3), *([view(V2, replicas=0, pods=())] if failed else [])],
+        service=routed_to(serving),
+    )
+    s = applied(s, planner.plan(s))
+    spec = make_spec("v2", replicas=replicas)
+    pods = {
+        serving: dataclasses.replace(
+            s.revisions[serving], pods=ready_pods(ready), ready_replicas=ready
+        )
+    }
+    s = dataclasses.replace(
+        s, spec=spec, desired=desired(spec), generation=2, revisions={**s.revisions, **pods}
+    )
+    status = planner.plan(s).status
+    return health({"metadata": {"generation": 2}, "status": status.to_json()})
+
+
+def test_a_scale_up_is_progressing_until_the_new_pods_are_ready_then_healthy() -> None:
+    got, message = _scaled(5, 2)
+    assert (got, "2/5 replicas Ready" in message) == ("Progressing", True), message
+    assert _scaled(5, 5)[0] == "Healthy"
+
+
+def test_a_scale_down_is_healthy_at_once() -> None:
+    assert _scaled(1, 3)[0] == "Healthy"
+
+
+def test_a_scale_of_a_rolled_back_release_stays_degraded() -> None:
+    got, message = _scaled(4, 2, failed=True)
+    assert (got, "Rolled back" in message) == ("Degraded", True), message
+
+
+def test_a_scale_not_yet_observed_is_progressing() -> None:
+    body = load("healthy_stable")
+    body["metadata"]["generation"] = body["status"]["observedGeneration"] + 1
+    assert health(body) == ("Progressing", "Waiting for Permafrost to observe the latest spec")

@@ -173,8 +173,23 @@ def test_the_crd_names_the_namespaced_guardedrelease_resource() -> None:
     assert VERSION["storage"] is True
 
 
-def test_the_status_subresource_is_enabled() -> None:
-    assert VERSION["subresources"] == {"status": {}}
+def test_the_status_and_scale_subresources_are_enabled() -> None:
+    assert VERSION["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
+
+
+def test_the_scale_subresource_paths_are_fields_of_the_right_types() -> None:
+    # NB: the apiserver refuses a CRD whose scale paths are not in its schema; and an autoscaler
+    # needs an integer and a selector string.
+    assert SPEC["properties"]["replicas"]["type"] == "integer"
+    assert STATUS["properties"]["replicas"]["type"] == "integer"
+    assert STATUS["properties"]["selector"]["type"] == "string"
 
 
 def test_the_printer_columns_show_revisions_phase_readiness_and_age() -> None:

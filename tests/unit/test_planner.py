@@ -1758,7 +1758,8 @@ def test_raising_replicas_while_verifying_does_not_fail_the_revision_as_unready(
     )
     result = planner.plan(s)
     assert outcome(result, V2) == Outcome.PROGRESSING
-    assert summary(result) == [("scale", V2, 3)]
+    # the stable revision, which serves meanwhile, is scaled as well
+    assert summary(result) == [("scale", V2, 3), ("scale", V1, 3)]
 
 
 def test_an_unrecorded_revision_that_is_not_the_target_is_eventually_scaled_to_zero() -> None:

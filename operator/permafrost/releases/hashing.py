@@ -141,3 +141,15 @@ def revision_hash(*, template: Mapping[str, Any], config: Mapping[str, Mapping[s
 def short_digest(text: str, *, length: int = 8) -> str:
     """A short stable digest of a string, for bounding names (not an identity)."""
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def unscaled_spec_digest(spec: Mapping[str, Any]) -> str:
+    """A digest of a GuardedRelease's spec (its JSON, camelCase) with ``replicas`` left out.
+
+    Two specs that differ only in ``replicas`` (a scale: ``kubectl scale``, an autoscaler) have
+    the same digest; any other change has another. Not stored as an identity anywhere but the
+    release's own status, so it may change with the operator.
+    """
+    document = {k: v for k, v in spec.items() if k != "replicas"}
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]

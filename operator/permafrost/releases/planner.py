@@ -32,7 +32,7 @@ from typing import Any, Literal
 from permafrost import models
 from permafrost.models import ConditionStatus, Outcome, RevisionRecord
 from permafrost.policies import policy
-from permafrost.releases import conditions, manifests
+from permafrost.releases import conditions, hashing, manifests
 from permafrost.releases.conditions import parse_timestamp, timestamp
 
 CRASH_REASONS = frozenset(
@@ -397,6 +397,23 @@ class _Work:
             self.actions.append(Scale(view.name, replicas))
 
 
+def spec_generation(s: Situation) -> tuple[int, str]:
+    """(generation, digest): the generation of the spec's last change other than a scale, and
+    the digest of the spec without ``spec.replicas`` that tells the two apart.
+
+    A change of ``spec.replicas`` alone (``kubectl scale``, an autoscaler) makes a new
+    generation but keeps the digest the status recorded: the recorded generation stands. Any
+    other change (or no digest recorded yet) makes the current generation the spec's.
+
+    NB: a spec changed and changed back between two passes looks unchanged; it is the spec the
+    last attempt answered, so nothing is missed that the operator ever acted on.
+    """
+    digest = hashing.unscaled_spec_digest(s.spec.to_json())
+    if s.status.spec_digest == digest and s.status.spec_generation is not None:
+        return s.status.spec_generation, digest
+    return s.generation, digest
+
+
 def _target(s: Situation) -> tuple[str | None, str | None, str | None]:
     """(target revision, attempt token, problem): what should run, and under which attempt.
 
@@ -405,9 +422,10 @@ def _target(s: Situation) -> tuple[str | None, str | None, str | None]:
     """
     spec_revision = s.desired.revision if isinstance(s.desired, Desired) else None
     # NB: a failed revision is tried again when the spec changes (a new generation, even if the
-    # revision hash is the same, e.g. a longer deadline) or the retry annotation changes.
+    # revision hash is the same, e.g. a longer deadline) or the retry annotation changes; not
+    # when only spec.replicas changes (an autoscaler would retry it at every scale).
     retry_value = s.annotations.get(models.ANNOTATION_RETRY, "")
-    retry = f"{s.generation}:{retry_value}"
+    retry = f"{spec_generation(s)[0]}:{retry_value}"
     to = s.annotations.get(models.ANNOTATION_ROLLBACK_TO)
     origin = s.annotations.get(models.ANNOTATION_ROLLBACK_FROM)
     if to and spec_revision is not None and origin == spec_revision:
@@ -906,6 +924,16 @@ def _conditions(
     ]
 
 
+def scale_selector(release: str, stable: str | None) -> str:
+    """The scale subresource's label selector: the pods of the serving revision, as a string.
+
+    An autoscaler reads its metrics from these pods; before any revision is verified it selects
+    none (:data:`models.REVISION_NONE`), as the release's Service does.
+    """
+    labels = manifests.selector(release, stable or models.REVISION_NONE)
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def _created_message(name: str) -> str:
     return (
         f"Service {name} did not exist: Permafrost created it (owned by the release); "
@@ -1200,6 +1228,10 @@ def plan(s: Situation) -> Plan:
             )
     else:
         _progress(w, target, attempt)
+    if w.stable is not None and w.stable != target:
+        # NB: the stable revision serves while another is verified, failed or rolled back to:
+        # a scale of the release (an autoscaler reacting to load) is for it, at once.
+        w.scale(w.stable, s.spec.replicas)
     _route(w)
     _housekeeping(w, target)
 
@@ -1208,12 +1240,18 @@ def plan(s: Situation) -> Plan:
     _traffic_events(w, conds)
     stable_view = s.revisions.get(w.stable) if w.stable else None
     headline = next((c.message for c in conds if c.type == conditions.PROGRESSING), "")
+    generation, digest = spec_generation(s)
+    serving = stable_view.ready_replicas if stable_view else 0
     status = models.GuardedReleaseStatus(
         observed_generation=s.generation,
         desired_revision=target or s.status.desired_revision,
         stable_revision=w.stable,
         phase=_phase(conds),
-        ready_replicas=f"{stable_view.ready_replicas if stable_view else 0}/{s.spec.replicas}",
+        ready_replicas=f"{serving}/{s.spec.replicas}",
+        replicas=serving,
+        selector=scale_selector(s.release.name, w.stable),
+        spec_generation=generation,
+        spec_digest=digest,
         message=headline,
         conditions=conds,
         revisions=sorted(w.records.values(), key=lambda r: r.created_at, reverse=True),
