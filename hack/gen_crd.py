@@ -383,7 +383,7 @@ def _pinned_image_rule(list_name: str) -> Schema:
     """The CEL rule, on an item of ``spec.template.spec.<list_name>``, that pins its image."""
     where = f"spec.template.spec.{list_name}"
     fix = (
-        "use name@sha256:<64 hex> (resolve a tag with `crane digest IMAGE` or "
+        "use name@sha256:<64 hex> (resolve tags with `permafrost pin FILE`, `crane digest IMAGE` or "
         "`docker buildx imagetools inspect IMAGE`)"
     )
     return {

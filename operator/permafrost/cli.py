@@ -126,6 +126,34 @@ def _build_parser() -> argparse.ArgumentParser:
         help="text lines, or one JSON object per line with the fields of each decision "
         "(release, revision, reason, ...) (default: %(default)s)",
     )
+    images = run.add_argument_group("registry check (before a revision is created)")
+    images.add_argument(
+        "--registry-check",
+        choices=["off", "closed", "open"],
+        default="off",
+        help="look up every image of a revision in its registry before creating it: missing "
+        "images hold the release (ImageNotFound); an unreachable registry holds it too "
+        "(closed) or is reported and let through (open) (default: %(default)s)",
+    )
+    images.add_argument(
+        "--registry-config",
+        metavar="FILE",
+        help="registry credentials: a Docker config.json (auths entries)",
+    )
+    images.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="talk plain HTTP to this registry (repeatable; loopback ones always are)",
+    )
+    images.add_argument(
+        "--registry-timeout",
+        type=float,
+        default=registry.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="per registry request (default %(default)s)",
+    )
     guard = run.add_argument_group("admission guardrails")
     guard.add_argument(
         "--admission",
@@ -520,6 +548,24 @@ def _run(args: argparse.Namespace) -> int:
         metrics.serve(port=args.metrics_port)
     memo = kopf.Memo()
     memo["request_timeout"] = args.request_timeout
+    if args.registry_check != "off":
+        try:
+            credentials = (
+                registry.docker_credentials(pathlib.Path(args.registry_config))
+                if args.registry_config
+                else {}
+            )
+        except ValueError as exc:
+            print(f"permafrost run: --registry-config: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        memo["images"] = registry.Checker(
+            client=registry.Client(
+                credentials=credentials,
+                insecure=frozenset(args.insecure_registry),
+                timeout=args.registry_timeout,
+            ),
+            fail_open=args.registry_check == "open",
+        )
     if args.admission:
         host, _, port = args.webhook_listen.rpartition(":")
         memo["admission"] = webhooks.Options(

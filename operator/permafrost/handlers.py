@@ -24,6 +24,7 @@ from typing import Any
 import kopf
 
 from permafrost import kube, metrics, models
+from permafrost.artifacts import registry
 from permafrost.guards import webhooks
 from permafrost.policies import store
 from permafrost.releases import manifests, reconciler, workqueue
@@ -45,6 +46,8 @@ class Runtime:
     known_releases: set[Key] = dataclasses.field(default_factory=set)
     # With peering: how recently this replica's right to act was confirmed (None: standalone).
     lease: Lease | None = None
+    # With --registry-check: the images of a revision are looked up before it is created.
+    images: registry.Checker | None = None
 
     def may_write(self) -> bool:
         """Whether this replica may write now: standalone, or its lease is fresh (see Lease)."""
@@ -237,7 +240,11 @@ async def _reconcile(runtime: Runtime, key: Key) -> float | None:
     try:
         async with asyncio.timeout(RECONCILE_TIMEOUT_SECONDS):
             return await reconciler.reconcile(
-                namespace, name, policies=store.STORE, fence=runtime.may_write
+                namespace,
+                name,
+                policies=store.STORE,
+                fence=runtime.may_write,
+                images=runtime.images,
             )
     except reconciler.Fenced as exc:
         logger.warning("release %s/%s: %s", namespace, name, exc)
@@ -323,6 +330,7 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
             worker=lambda key: _reconcile_workload(runtime, key), concurrency=2
         ),
         tasks=[],
+        images=memo.get("images"),
     )
     tasks = runtime.tasks
     tasks += [

@@ -15,6 +15,7 @@ from typing import Any, Self
 
 import pytest
 
+import oci_registry
 from argocd_harness import ArgoCD, Binaries, GitRepo
 from argocd_harness import binaries as argocd_binaries
 from k8s_harness import ROOT, Cluster, RealNode, real_node_reason, to_yaml, wait_for
@@ -460,3 +461,10 @@ def git_repo(tmp_path: pathlib.Path) -> GitRepo:
     """An empty Git repository (branch main) that Argo CD reads as ``file://``."""
     bins = argocd_binaries()
     return GitRepo(tmp_path / "git", bins.git if isinstance(bins, Binaries) else "git")
+
+
+@pytest.fixture(scope="module")
+def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real OCI registry on loopback (tests/oci_registry.py): ``HOST:PORT``."""
+    with oci_registry.serve(tmp_path_factory.mktemp("registry")) as host:
+        yield host

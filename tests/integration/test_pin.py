@@ -8,91 +8,11 @@ builds them with it); the tests skip, saying so, where they have not been built.
 
 from __future__ import annotations
 
-import io
 import pathlib
-import socket
 import subprocess
 import sys
-import tarfile
-import urllib.request
-from collections.abc import Iterator
 
-import pytest
-
-from k8s_harness import _versions, cache_root, wait_for
-
-V = _versions()
-REGISTRY = cache_root() / f"registry-{V['REGISTRY_VERSION']}" / "bin" / "registry"
-CRANE = cache_root() / f"crane-{V['CRANE_VERSION']}" / "bin" / "crane"
-
-
-@pytest.fixture(scope="module")
-def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A registry on a free loopback port, its storage in a temporary directory."""
-    missing = [str(p) for p in (REGISTRY, CRANE) if not p.exists()]
-    if missing:
-        pytest.skip(
-            f"needs the registry and crane binaries (built with the real node by "
-            f"hack/build-binaries.sh): {', '.join(missing)} not found"
-        )
-    home = tmp_path_factory.mktemp("registry")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = home / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog: {level: error}\n"
-        f"storage: {{filesystem: {{rootdirectory: {home / 'store'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
-    )
-    log = (home / "registry.log").open("w")
-    proc = subprocess.Popen(
-        [str(REGISTRY), "serve", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={"OTEL_TRACES_EXPORTER": "none", "PATH": "/usr/bin:/bin"},
-    )
-    host = f"127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{host}/v2/", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    try:
-        wait_for(answers, timeout=20, interval=0.2, what="the registry to answer")
-        yield host
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-
-
-def crane(*args: str) -> str:
-    out = subprocess.run(
-        [str(CRANE), *args, "--insecure"], capture_output=True, text=True, check=True, timeout=60
-    )
-    return out.stdout.strip()
-
-
-def push(ref: str, content: bytes, *, platform: str | None = None) -> str:
-    """An image of one layer holding ``content``, pushed as ``ref``; its digest."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        info = tarfile.TarInfo("content")
-        info.size = len(content)
-        tar.addfile(info, io.BytesIO(content))
-    path = pathlib.Path(f"/tmp/permafrost-pin-{abs(hash(content))}.tar")
-    path.write_bytes(layer.getvalue())
-    try:
-        crane("append", "-f", str(path), "-t", ref)
-    finally:
-        path.unlink()
-    if platform:
-        crane("mutate", "--set-platform", platform, ref, "-t", ref)
-    return crane("digest", ref)
+from oci_registry import crane, push
 
 
 def pin(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

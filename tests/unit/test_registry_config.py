@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from permafrost.artifacts import registry
+from permafrost.artifacts import images, registry
 
 
 def test_credentials_come_from_auth_or_username_and_docker_hub_is_its_api_host(
@@ -58,3 +58,48 @@ def test_an_index_must_list_the_platform_and_a_single_manifest_is_taken_as_is() 
     assert not registry.has_platform(index, "linux/arm64")
     single = registry.Manifest(digest=index.digest, media_type=registry.OCI_MANIFEST)
     assert registry.has_platform(single, "linux/arm64")
+
+
+class _Registry:
+    """Stands in for the registry client in the cache's tests: answers from a table, counts
+    lookups (the client itself is tested against a real registry: test_pin.py and
+    test_registry_check.py)."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers, self.asked = answers, []
+
+    def manifest(self, ref: images.Reference) -> registry.Manifest:
+        self.asked.append(ref.text)
+        answer = self.answers[ref.text]
+        if answer == "ok":
+            return registry.Manifest(digest="sha256:" + "b" * 64, media_type=registry.OCI_MANIFEST)
+        raise registry.RegistryError(answer, f"{ref.text}: {answer}")
+
+
+async def test_verdicts_are_cached_by_reference_for_as_long_as_they_can_hold() -> None:
+    pinned = "r.example/a@sha256:" + "a" * 64
+    tag, missing, down = "r.example/b:1", "r.example/c:1", "r.example/d:1"
+    fake = _Registry(
+        {pinned: "ok", tag: "ok", missing: registry.NOT_FOUND, down: registry.UNREACHABLE}
+    )
+    now = [1000.0]
+    checker = registry.Checker(client=fake, fail_open=False, clock=lambda: now[0])  # type: ignore[arg-type]
+    checks = await checker.check((pinned, tag, missing, down, pinned, "Not/A:Ref"))
+    assert [c.outcome for c in checks] == [
+        images.OK,
+        images.OK,
+        images.MISSING,
+        images.UNREACHABLE,
+        images.INVALID,
+    ]
+    assert sorted(fake.asked) == sorted([pinned, tag, missing, down])
+    # 20 s later: a missing image and an unreachable registry are asked again; found ones not.
+    now[0] += 20
+    fake.asked.clear()
+    await checker.check((pinned, tag, missing, down))
+    assert sorted(fake.asked) == sorted([missing, down])
+    # 10 minutes later: a tag may have moved, a digest has not.
+    now[0] += 600
+    fake.asked.clear()
+    await checker.check((pinned, tag))
+    assert fake.asked == [tag]

@@ -189,3 +189,33 @@ def _quoted(value: str, style: str | None) -> str:
         return "'" + value.replace("'", "''") + "'"
     # NB: a reference is a safe plain scalar: no leading indicator, no ": " or " #" inside.
     return value
+
+
+# --- what the registry said about a release's images (the operator's check) --------------------
+
+OK = "Ok"
+MISSING = "ImageNotFound"
+UNREACHABLE = "RegistryUnreachable"
+INVALID = "InvalidImage"
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """What the registry said about one image of a revision about to be created."""
+
+    image: str
+    outcome: str  # OK, MISSING, UNREACHABLE or INVALID
+    message: str = ""
+
+
+def hold_of(checks: tuple[Check, ...], *, fail_open: bool) -> tuple[str, str] | None:
+    """Why a revision with these images must not be created yet, as ``(reason, message)``;
+    None when it may be. An image that is not in its registry, or not a reference, always
+    holds; an unreachable registry holds unless ``fail_open``."""
+    for outcome in (INVALID, MISSING, *(() if fail_open else (UNREACHABLE,))):
+        bad = [c for c in checks if c.outcome == outcome]
+        if bad:
+            return outcome, "; ".join(c.message for c in bad) + (
+                " (nothing is created until the registry holds every image of the revision)"
+            )
+    return None

@@ -11,16 +11,18 @@ Plain HTTP is used only for the hosts it is told are insecure, and for loopback 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
 import json
 import pathlib
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from permafrost.artifacts import images
@@ -255,3 +257,74 @@ def has_platform(manifest: Manifest, platform: str) -> bool:
         if parts[:2] == wanted[:2] and (len(wanted) < 3 or parts[2:3] == wanted[2:3]):
             return True
     return False
+
+
+# --- the operator's check, cached (a shell around the client) ----------------------------------
+
+# How long a verdict is kept. A digest's content never changes: found once, found. A tag may
+# move, and what is missing may be pushed: looked at again soon. Unreachable: never kept.
+FOUND_DIGEST_SECONDS = 24 * 3600.0
+FOUND_TAG_SECONDS = 300.0
+MISSING_SECONDS = 15.0
+CONCURRENT_LOOKUPS = 4
+
+
+class Checker:
+    """Whether the images of a revision exist in their registries, before it is created.
+
+    Lookups run in threads (the client is synchronous), at most :data:`CONCURRENT_LOOKUPS` at
+    once, each bounded by the client's timeout; verdicts are cached by reference. Nothing here
+    is on the admission path: the reconciler asks, before it creates a revision.
+    """
+
+    def __init__(
+        self, *, client: Client, fail_open: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.client = client
+        self.fail_open = fail_open
+        self._clock = clock
+        self._cache: dict[str, tuple[images.Check, float]] = {}
+
+    def _lookup(self, image: str) -> images.Check:
+        try:
+            ref = images.parse(image)
+        except images.InvalidReference as exc:
+            return images.Check(image, images.INVALID, str(exc))
+        try:
+            self.client.manifest(ref)
+        except RegistryError as exc:
+            if exc.reason == NOT_FOUND:
+                return images.Check(image, images.MISSING, str(exc))
+            # NB: refused credentials or a broken answer are not "missing": the image may be
+            # there; like an unreachable registry, they hold unless the check fails open.
+            return images.Check(image, images.UNREACHABLE, str(exc))
+        return images.Check(image, images.OK)
+
+    def _keep_for(self, check: images.Check) -> float:
+        if check.outcome == images.OK:
+            return FOUND_DIGEST_SECONDS if "@" in check.image else FOUND_TAG_SECONDS
+        if check.outcome in (images.MISSING, images.INVALID):
+            return MISSING_SECONDS
+        return 0.0
+
+    async def check(self, wanted: tuple[str, ...]) -> tuple[images.Check, ...]:
+        """A verdict per distinct image of ``wanted``, in order."""
+        now = self._clock()
+        fresh = {
+            image: hit[0]
+            for image in wanted
+            if (hit := self._cache.get(image)) is not None and hit[1] > now
+        }
+        limit = asyncio.Semaphore(CONCURRENT_LOOKUPS)
+
+        async def one(image: str) -> images.Check:
+            async with limit:
+                return await asyncio.to_thread(self._lookup, image)
+
+        todo = [i for i in dict.fromkeys(wanted) if i not in fresh]
+        for check in await asyncio.gather(*(one(i) for i in todo)):
+            fresh[check.image] = check
+            keep = self._keep_for(check)
+            if keep > 0:
+                self._cache[check.image] = (check, self._clock() + keep)
+        return tuple(fresh[i] for i in dict.fromkeys(wanted))

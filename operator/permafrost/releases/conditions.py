@@ -40,8 +40,15 @@ PROMOTION_HELD = "PromotionHeld"
 # NB: an Enforce violation by a release whose revision already runs (a policy tightened after
 # it was created): reported, never a reason to stop what runs; the phase is not Held.
 ENFORCED_POLICY_VIOLATED = "EnforcedPolicyViolated"
+# The registry check before a revision is created (permafrost run --registry-check): the same
+# values as permafrost.artifacts.images' outcomes.
+IMAGE_NOT_FOUND = "ImageNotFound"
+REGISTRY_UNREACHABLE = "RegistryUnreachable"
+INVALID_IMAGE = "InvalidImage"
 # The reasons of PolicyCompliant=False that hold a rollout (phase Held).
-HOLDING_REASONS = frozenset({POLICY_VIOLATION, PROMOTION_HELD})
+HOLDING_REASONS = frozenset(
+    {POLICY_VIOLATION, PROMOTION_HELD, IMAGE_NOT_FOUND, REGISTRY_UNREACHABLE, INVALID_IMAGE}
+)
 POLICY_WARNINGS = "PolicyWarnings"
 ALL_POLICIES_PASS = "AllPoliciesPass"
 NO_POLICY_APPLIES = "NoPolicyApplies"

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from permafrost import models
+from permafrost.artifacts import images
 from permafrost.models import ConditionStatus, Outcome, RevisionRecord
 from permafrost.policies import policy
 from permafrost.releases import conditions, hashing, manifests
@@ -188,6 +189,10 @@ class Situation:
     # Every other Service of the namespace (not spec.service): one whose selector matches the
     # release's pods sends traffic to revisions that are not verified.
     other_services: tuple[ServiceView, ...] = ()
+    # What the registries said about the images of the spec's revision while it is not created
+    # yet (None: no registry check); an unreachable registry holds unless it fails open.
+    image_checks: tuple[images.Check, ...] | None = None
+    images_fail_open: bool = False
 
 
 # --- what the shell does -----------------------------------------------------------------------
@@ -526,6 +531,23 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
             w.hold = (conditions.POLICY_VIOLATION, s.create_verdict.summary())
             w.state = Pass.HELD
             return
+        if s.image_checks is not None:
+            # NB: checked by the shell right before creation, never at admission: a registry
+            # call on the admission path would make every apply wait on (or fail with) it.
+            hold = images.hold_of(s.image_checks, fail_open=s.images_fail_open)
+            if hold is not None:
+                w.hold = hold
+                w.state = Pass.HELD
+                return
+            unreachable = [c for c in s.image_checks if c.outcome == images.UNREACHABLE]
+            if unreachable:
+                w.event(
+                    "Warning",
+                    conditions.REGISTRY_UNREACHABLE,
+                    "; ".join(c.message for c in unreachable)
+                    + f"; revision {target} is created unchecked (the registry check fails open)",
+                    revision=target,
+                )
         w.actions.append(CreateRevision(s.desired.deployment, s.desired.snapshots))
         w.event(
             "Normal",
@@ -548,7 +570,7 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
                 "Normal", "AttemptStarted", f"verifying revision {target} again", revision=target
             )
     name = view.name if view else manifests.revision_name(s.release.name, target)
-    images = (
+    record_images = (
         list(view.images)
         if view
         else list(s.desired.images if isinstance(s.desired, Desired) else ())
@@ -556,7 +578,7 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
     w.records[target] = RevisionRecord(
         name=name,
         hash=target,
-        images=images,
+        images=record_images,
         outcome=transition(target, old=record.outcome if record else None, new=Outcome.PROGRESSING),
         created_at=record.created_at if record else now,
         attempt_started_at=now,

@@ -17,6 +17,8 @@ from typing import Any
 import pydantic
 
 from permafrost import kube, metrics, models
+from permafrost.artifacts import images as image_checks
+from permafrost.artifacts import registry
 from permafrost.guards import admission
 from permafrost.policies import checking, policy, store
 from permafrost.releases import conditions, manifests, observations, planner
@@ -60,6 +62,7 @@ async def reconcile(
     clock: Clock = utcnow,
     policies: store.Store | None = None,
     fence: Fence | None = None,
+    images: registry.Checker | None = None,
 ) -> float | None:
     """Bring one release one step closer to its spec; return seconds until it needs a new look.
 
@@ -134,13 +137,23 @@ async def reconcile(
         promote_verdict = policy.evaluate(known, stage="promote", subject=subject, now=now)
         metrics.count_policy_errors(stage="create", results=create_verdict.results)
         metrics.count_policy_errors(stage="promote", results=promote_verdict.results)
+    desired = observations.desired(release=release, spec=spec, sources=sources)
+    checks = None
+    # NB: only a revision about to be created is looked up (cached by reference): one that
+    # exists was checked before it was created, or predates the check.
+    if (
+        images is not None
+        and isinstance(desired, planner.Desired)
+        and desired.revision not in revisions
+    ):
+        checks = await images.check(desired.images)
     situation = planner.Situation(
         release=release,
         generation=generation,
         spec=spec,
         status=status,
         annotations=metadata.get("annotations") or {},
-        desired=observations.desired(release=release, spec=spec, sources=sources),
+        desired=desired,
         revisions=revisions,
         service=observations.service_view(
             service,
@@ -151,6 +164,8 @@ async def reconcile(
         create_verdict=create_verdict,
         promote_verdict=promote_verdict,
         other_services=observations.other_services(services, named=named),
+        image_checks=checks,
+        images_fail_open=images.fail_open if images is not None else False,
     )
     try:
         result = planner.plan(situation)
@@ -256,10 +271,16 @@ async def reconcile(
     # release. The requeue below is only for changes that time alone brings (deadlines, delays),
     # and for referenced ConfigMaps and Secrets, which are read, never watched (see
     # CONFIG_POLL_SECONDS).
+    polls = []
     if spec.config_refs:
+        polls.append(CONFIG_POLL_SECONDS)
+    if checks is not None and any(c.outcome != image_checks.OK for c in checks):
+        # NB: a registry is not watched: an image pushed, or a registry back, is seen this soon.
+        polls.append(registry.MISSING_SECONDS)
+    if polls:
         if result.requeue_after is None:
-            return CONFIG_POLL_SECONDS
-        return min(result.requeue_after, CONFIG_POLL_SECONDS)
+            return min(polls)
+        return min(result.requeue_after, *polls)
     return result.requeue_after
 
 

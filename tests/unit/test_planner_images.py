@@ -1,0 +1,81 @@
+"""The registry check in the planner: a revision whose images are not in their registry is not
+created (pure; the shell looks the images up, see permafrost.artifacts.registry.Checker)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from planner_fixtures import applied, condition, event_reasons, situation
+
+from permafrost.artifacts import images
+from permafrost.releases import planner
+
+IMAGE = "reg.example/shop/checkout@sha256:" + "a" * 64
+
+
+def _with(*checks: images.Check, fail_open: bool = False) -> planner.Situation:
+    return dataclasses.replace(situation(), image_checks=checks, images_fail_open=fail_open)
+
+
+def _created(plan: planner.Plan) -> bool:
+    return any(isinstance(a, planner.CreateRevision) for a in plan.actions)
+
+
+def test_images_found_in_their_registry_let_the_revision_be_created() -> None:
+    plan = planner.plan(_with(images.Check(IMAGE, images.OK)))
+    assert _created(plan)
+    assert plan.status.phase != "Held"
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_a_missing_image_holds_the_release_and_nothing_is_created(fail_open: bool) -> None:
+    missing = images.Check(IMAGE, images.MISSING, f"{IMAGE}: the registry has no such image")
+    s = _with(images.Check("reg.example/ok:1", images.OK), missing, fail_open=fail_open)
+    plan = planner.plan(s)
+    assert not _created(plan)
+    assert plan.status.phase == "Held"
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("False", "ImageNotFound")
+    assert "the registry has no such image" in compliant.message
+    assert "ImageNotFound" in event_reasons(plan)
+    # The same verdict on the next pass: no second Event.
+    assert "ImageNotFound" not in event_reasons(planner.plan(applied(s, plan)))
+
+
+def test_an_unreachable_registry_holds_when_the_check_fails_closed() -> None:
+    down = images.Check(IMAGE, images.UNREACHABLE, "reg.example is unreachable: timed out")
+    plan = planner.plan(_with(down))
+    assert not _created(plan)
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("False", "RegistryUnreachable")
+    assert plan.status.phase == "Held"
+
+
+def test_an_unreachable_registry_is_reported_and_let_through_when_the_check_fails_open() -> None:
+    down = images.Check(IMAGE, images.UNREACHABLE, "reg.example is unreachable: timed out")
+    plan = planner.plan(_with(down, fail_open=True))
+    assert _created(plan)
+    assert "RegistryUnreachable" in event_reasons(plan)
+    assert condition(plan, "PolicyCompliant").reason != "RegistryUnreachable"
+
+
+def test_an_image_that_is_not_a_reference_holds_whatever_the_mode() -> None:
+    bad = images.Check("${IMAGE}", images.INVALID, "'${IMAGE}' is not a repository name")
+    for fail_open in (False, True):
+        plan = planner.plan(_with(bad, fail_open=fail_open))
+        assert not _created(plan)
+        assert condition(plan, "PolicyCompliant").reason == "InvalidImage"
+
+
+def test_hold_of_names_every_image_of_the_worst_outcome() -> None:
+    checks = (
+        images.Check("a", images.MISSING, "a: missing"),
+        images.Check("b", images.UNREACHABLE, "b: down"),
+        images.Check("c", images.MISSING, "c: missing"),
+    )
+    reason, message = images.hold_of(checks, fail_open=False) or ("", "")
+    assert reason == "ImageNotFound"
+    assert message.startswith("a: missing; c: missing")
+    assert images.hold_of(checks[1:2], fail_open=True) is None
+    assert images.hold_of((), fail_open=False) is None
