@@ -634,7 +634,7 @@ def _against_the_api(work: Coroutine[Any, Any, T]) -> T:
 
 
 async def _release(namespace: str, name: str) -> dict[str, Any]:
-    body = await kube.find_release(namespace, name)
+    body = await kube.find_release(namespace=namespace, name=name)
     if body is None:
         elsewhere = sorted(
             r["metadata"]["namespace"]

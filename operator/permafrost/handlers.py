@@ -167,7 +167,7 @@ async def _follow_peering(runtime: Runtime, peering: Peering) -> None:
             now = datetime.datetime.now(datetime.UTC)
             verdicts = []
             for namespace in peering.namespaces or (None,):
-                body = await kube.read_peering(namespace, peering.name)
+                body = await kube.read_peering(namespace=namespace, name=peering.name)
                 peers = (body or {}).get("status") or {}
                 verdict = may_act(
                     peers, identity=peering.identity, priority=peering.priority, now=now
@@ -240,8 +240,8 @@ async def _reconcile(runtime: Runtime, key: Key) -> float | None:
     try:
         async with asyncio.timeout(RECONCILE_TIMEOUT_SECONDS):
             return await reconciler.reconcile(
-                namespace,
-                name,
+                namespace=namespace,
+                name=name,
                 policies=store.STORE,
                 fence=runtime.may_write,
                 images=runtime.images,
@@ -261,7 +261,11 @@ async def _reconcile_workload(runtime: Runtime, key: WorkloadKey) -> float | Non
                     runtime.workloads.add((namespace, workload_kind, workload))
                 return None
             return await reconciler.reconcile_workload(
-                namespace, kind, name, namespaces=store.STORE, fence=runtime.may_write
+                namespace=namespace,
+                kind=kind,
+                name=name,
+                namespaces=store.STORE,
+                fence=runtime.may_write,
             )
     except reconciler.Fenced as exc:
         logger.warning("%s %s/%s: %s", kind, namespace, name, exc)

@@ -112,7 +112,7 @@ async def _get_or_none(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> 
 # --- reads -------------------------------------------------------------------------------------
 
 
-async def read_release(namespace: str, name: str) -> dict[str, Any] | None:
+async def read_release(*, namespace: str, name: str) -> dict[str, Any] | None:
     c = clients()
     result: dict[str, Any] | None = await _get_or_none(
         c.custom.get_namespaced_custom_object,
@@ -125,14 +125,14 @@ async def read_release(namespace: str, name: str) -> dict[str, Any] | None:
     return result
 
 
-async def list_revision_deployments(namespace: str, release: str) -> list[dict[str, Any]]:
+async def list_revision_deployments(*, namespace: str, release: str) -> list[dict[str, Any]]:
     c = clients()
     selector = f"{models.LABEL_RELEASE}={manifests.release_label(release)}"
     body = await _raw(c.apps.list_namespaced_deployment, namespace, label_selector=selector)
     return [d for d in body.get("items", []) if _owned_by(d, release)]
 
 
-async def list_revision_pods(namespace: str, release: str) -> list[dict[str, Any]]:
+async def list_revision_pods(*, namespace: str, release: str) -> list[dict[str, Any]]:
     c = clients()
     selector = f"{models.LABEL_RELEASE}={manifests.release_label(release)}"
     body = await _raw(c.core.list_namespaced_pod, namespace, label_selector=selector)
@@ -157,7 +157,7 @@ class ConfigForbidden(Exception):
         self.kind, self.name, self.detail = kind, name, detail
 
 
-async def read_config(namespace: str, ref: models.ConfigRef) -> dict[str, Any] | None:
+async def read_config(*, namespace: str, ref: models.ConfigRef) -> dict[str, Any] | None:
     """A referenced ConfigMap/Secret; ``None`` if it does not exist.
 
     Raises :class:`ConfigForbidden` if the operator may not read it (Secrets are granted per
@@ -184,7 +184,7 @@ async def list_services(namespace: str) -> list[dict[str, Any]]:
     return list(body.get("items") or [])
 
 
-async def list_endpoint_slices(namespace: str, service: str) -> list[dict[str, Any]]:
+async def list_endpoint_slices(*, namespace: str, service: str) -> list[dict[str, Any]]:
     """The EndpointSlices of a Service: the endpoints kube-proxy routes its requests to."""
     body = await _raw(
         clients().discovery.list_namespaced_endpoint_slice,
@@ -275,13 +275,13 @@ async def list_releases(namespace: str | None) -> list[dict[str, Any]]:
     return sorted(items, key=lambda r: (r["metadata"]["namespace"], r["metadata"]["name"]))
 
 
-async def find_release(namespace: str, name: str) -> dict[str, Any] | None:
+async def find_release(*, namespace: str, name: str) -> dict[str, Any] | None:
     """The GuardedRelease, or ``None`` if there is none of that name.
 
     Raises :class:`ApiProblem` (``NOT_INSTALLED``) if the CRD is not installed: the apiserver
     answers 404 for both, and only a list tells them apart.
     """
-    body = await read_release(namespace, name)
+    body = await read_release(namespace=namespace, name=name)
     if body is None:
         await list_releases(namespace)
     return body
@@ -305,7 +305,7 @@ async def list_events(namespace: str, *, kind: str, names: Collection[str]) -> l
 # --- writes ------------------------------------------------------------------------------------
 
 
-async def _create(fn: Callable[..., Any], namespace: str, body: Mapping[str, Any]) -> Any:
+async def _create(*, fn: Callable[..., Any], namespace: str, body: Mapping[str, Any]) -> Any:
     try:
         return await _raw(fn, namespace, dict(body))
     except ApiException as exc:
@@ -314,11 +314,13 @@ async def _create(fn: Callable[..., Any], namespace: str, body: Mapping[str, Any
         raise
 
 
-async def create_revision(namespace: str, action: planner.CreateRevision) -> None:
+async def create_revision(*, namespace: str, action: planner.CreateRevision) -> None:
     """Create the Deployment, then its snapshots owned by it (so they go when it goes)."""
     c = clients()
     name = action.deployment["metadata"]["name"]
-    created = await _create(c.apps.create_namespaced_deployment, namespace, action.deployment)
+    created = await _create(
+        fn=c.apps.create_namespaced_deployment, namespace=namespace, body=action.deployment
+    )
     deployment = created or await _raw(c.apps.read_namespaced_deployment, name, namespace)
     owner = manifests.owner_reference(
         api_version="apps/v1", kind="Deployment", name=name, uid=deployment["metadata"]["uid"]
@@ -330,10 +332,10 @@ async def create_revision(namespace: str, action: planner.CreateRevision) -> Non
             if snapshot["kind"] == "ConfigMap"
             else (c.core.create_namespaced_secret)
         )
-        await _create(create, namespace, body)
+        await _create(fn=create, namespace=namespace, body=body)
 
 
-async def scale(namespace: str, name: str, replicas: int) -> None:
+async def scale(*, namespace: str, name: str, replicas: int) -> None:
     """Change only the replica count, through the scale subresource."""
     await _call(
         clients().apps.patch_namespaced_deployment_scale,
@@ -343,10 +345,12 @@ async def scale(namespace: str, name: str, replicas: int) -> None:
     )
 
 
-async def route_service(namespace: str, action: planner.RouteService) -> None:
+async def route_service(*, namespace: str, action: planner.RouteService) -> None:
     c = clients()
     if action.create is not None:
-        created = await _create(c.core.create_namespaced_service, namespace, action.create)
+        created = await _create(
+            fn=c.core.create_namespaced_service, namespace=namespace, body=action.create
+        )
         if created is not None:
             return
     # NB: a merge patch would merge the old selector's keys into the new one; replace it whole.
@@ -361,7 +365,7 @@ async def route_service(namespace: str, action: planner.RouteService) -> None:
         await _call(c.core.patch_namespaced_service, action.name, namespace, patch)
 
 
-async def delete_revision(namespace: str, name: str) -> None:
+async def delete_revision(*, namespace: str, name: str) -> None:
     try:
         await _call(
             clients().apps.delete_namespaced_deployment,
@@ -374,19 +378,21 @@ async def delete_revision(namespace: str, name: str) -> None:
             raise
 
 
-async def apply(namespace: str, action: planner.Action) -> None:
+async def apply(*, namespace: str, action: planner.Action) -> None:
     """Carry out one planned action."""
     match action:
         case planner.CreateRevision():
-            await create_revision(namespace, action)
+            await create_revision(namespace=namespace, action=action)
         case planner.Scale(name=name, replicas=replicas):
-            await scale(namespace, name, replicas)
+            await scale(namespace=namespace, name=name, replicas=replicas)
         case planner.RouteService():
-            await route_service(namespace, action)
+            await route_service(namespace=namespace, action=action)
         case planner.Annotate(name=name, annotations=annotations):
-            await patch_workload_metadata(namespace, "Deployment", name, annotations=annotations)
+            await patch_workload_metadata(
+                namespace=namespace, kind="Deployment", name=name, annotations=annotations
+            )
         case planner.DeleteRevision(name=name):
-            await delete_revision(namespace, name)
+            await delete_revision(namespace=namespace, name=name)
 
 
 async def patch_status(
@@ -464,19 +470,22 @@ async def post_event(
 # --- admission and drift -----------------------------------------------------------------------
 
 
-async def read_secret(namespace: str, name: str) -> dict[str, Any] | None:
+async def read_secret(*, namespace: str, name: str) -> dict[str, Any] | None:
     result: dict[str, Any] | None = await _get_or_none(
         clients().core.read_namespaced_secret, name, namespace
     )
     return result
 
 
-async def create_secret(namespace: str, body: Mapping[str, Any]) -> bool:
+async def create_secret(*, namespace: str, body: Mapping[str, Any]) -> bool:
     """Create a Secret; ``False`` if one of that name already exists (someone was first)."""
-    return await _create(clients().core.create_namespaced_secret, namespace, body) is not None
+    created = await _create(
+        fn=clients().core.create_namespaced_secret, namespace=namespace, body=body
+    )
+    return created is not None
 
 
-async def replace_secret(namespace: str, body: Mapping[str, Any]) -> bool:
+async def replace_secret(*, namespace: str, body: Mapping[str, Any]) -> bool:
     """Replace a Secret at the resourceVersion in ``body``; ``False`` on a conflict."""
     try:
         await _raw(
@@ -561,7 +570,7 @@ def _workload_methods(
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 
 
-async def find_frozen(namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+async def find_frozen(*, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
     """A frozen object (a workload, a ReplicaSet or a Pod) as the cluster holds it now.
 
     NB: listed by name rather than read: the operator lists these kinds (it watches them) and
@@ -581,7 +590,7 @@ async def find_frozen(namespace: str, kind: str, name: str) -> dict[str, Any] | 
     return items[0] if items else None
 
 
-async def read_workload(namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+async def read_workload(*, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
     read, _, _ = _workload_methods(kind)
     result: dict[str, Any] | None = await _get_or_none(read, name, namespace)
     return result
@@ -597,10 +606,10 @@ async def list_workloads(namespace: str) -> list[dict[str, Any]]:
 
 
 async def patch_workload_metadata(
+    *,
     namespace: str,
     kind: str,
     name: str,
-    *,
     annotations: Mapping[str, str | None] | None = None,
     labels: Mapping[str, str | None] | None = None,
 ) -> None:
@@ -632,7 +641,7 @@ async def list_policies() -> list[dict[str, Any]]:
     return items
 
 
-async def read_peering(namespace: str | None, name: str) -> dict[str, Any] | None:
+async def read_peering(*, namespace: str | None, name: str) -> dict[str, Any] | None:
     """Kopf's peering object ``name`` (KopfPeering in ``namespace``, or ClusterKopfPeering).
 
     NB: listed by name, not read: replicas are granted list and watch on the peering kinds (as

@@ -69,7 +69,7 @@ async def test_a_slow_answer_from_the_apiserver_does_not_stall_the_event_loop(
     slow_apiserver.throttle(burst=BURST, every=EVERY)
     started = time.monotonic()
     read = asyncio.create_task(
-        kube.read_config(namespace, models.ConfigRef(kind="ConfigMap", name="big"))
+        kube.read_config(namespace=namespace, ref=models.ConfigRef(kind="ConfigMap", name="big"))
     )
     stall = await _longest_stall(read)
     took = time.monotonic() - started

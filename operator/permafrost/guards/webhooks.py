@@ -323,7 +323,7 @@ async def _load_bundle(options: Options, *, now: datetime.datetime) -> certs.Bun
             ) from None
         return bundle
     if options.tls_secret:
-        secret = await kube.read_secret(options.namespace, options.tls_secret)
+        secret = await kube.read_secret(namespace=options.namespace, name=options.tls_secret)
         if secret is None:
             raise kopf.PermanentError(
                 f"TLS Secret {options.namespace}/{options.tls_secret} does not exist"
@@ -338,7 +338,7 @@ async def _load_bundle(options: Options, *, now: datetime.datetime) -> certs.Bun
             ) from None
     hostnames = options.hostnames()
     for _ in range(5):  # NB: replicas race to create or renew; the loser re-reads
-        secret = await kube.read_secret(options.namespace, TLS_SECRET)
+        secret = await kube.read_secret(namespace=options.namespace, name=TLS_SECRET)
         if secret is None:
             bundle = certs.issue(hostnames=hostnames, now=now)
             body = {
@@ -348,7 +348,7 @@ async def _load_bundle(options: Options, *, now: datetime.datetime) -> certs.Bun
                 "metadata": {"name": TLS_SECRET, "namespace": options.namespace},
                 "data": bundle.to_secret_data(),
             }
-            if await kube.create_secret(options.namespace, body):
+            if await kube.create_secret(namespace=options.namespace, body=body):
                 logger.info("created webhook TLS Secret %s/%s", options.namespace, TLS_SECRET)
                 return bundle
             continue
@@ -358,7 +358,7 @@ async def _load_bundle(options: Options, *, now: datetime.datetime) -> certs.Bun
             return bundle
         renewed = certs.renew(bundle, hostnames=hostnames, now=now)
         secret["data"] = renewed.to_secret_data()
-        if await kube.replace_secret(options.namespace, secret):
+        if await kube.replace_secret(namespace=options.namespace, body=secret):
             logger.info("renewed the webhook certificate: %s", why)
             return renewed
     raise kopf.TemporaryError("could not settle the webhook TLS Secret", delay=5)
@@ -556,7 +556,9 @@ async def _record_break_glass(
     give_up = loop.time() + CONFIRM_SECONDS
     while True:
         try:
-            live = await kube.find_frozen(request.namespace, request.kind, request.name)
+            live = await kube.find_frozen(
+                namespace=request.namespace, kind=request.kind, name=request.name
+            )
         except Exception as exc:
             logger.warning(
                 "break-glass on %s %s/%s: could not look at it (%s); not recorded",

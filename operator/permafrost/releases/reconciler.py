@@ -56,9 +56,9 @@ def utcnow() -> datetime.datetime:
 
 
 async def reconcile(
+    *,
     namespace: str,
     name: str,
-    *,
     clock: Clock = utcnow,
     policies: store.Store | None = None,
     fence: Fence | None = None,
@@ -74,7 +74,7 @@ async def reconcile(
     a release that changed meanwhile is refused (409) and planned again.
     """
     terminating = policies is not None and namespace in policies.terminating
-    body = None if terminating else await kube.read_release(namespace, name)
+    body = None if terminating else await kube.read_release(namespace=namespace, name=name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         metrics.PHASES.forget(namespace, name)
         return None
@@ -102,11 +102,13 @@ async def reconcile(
     named = spec.service.name if spec.service else None
     try:
         sources_list, deployments, pods, services, slices = await asyncio.gather(
-            asyncio.gather(*(kube.read_config(namespace, ref) for ref in spec.config_refs)),
-            kube.list_revision_deployments(namespace, name),
-            kube.list_revision_pods(namespace, name),
+            asyncio.gather(
+                *(kube.read_config(namespace=namespace, ref=ref) for ref in spec.config_refs)
+            ),
+            kube.list_revision_deployments(namespace=namespace, release=name),
+            kube.list_revision_pods(namespace=namespace, release=name),
             kube.list_services(namespace),
-            kube.list_endpoint_slices(namespace, named) if named else _nothing(),
+            kube.list_endpoint_slices(namespace=namespace, service=named) if named else _nothing(),
         )
     except kube.ConfigForbidden as exc:
         # NB: a Secret in a namespace that did not grant the operator its Secrets: nothing is
@@ -198,7 +200,7 @@ async def reconcile(
         )
         _check(fence)
         try:
-            await kube.apply(namespace, action)
+            await kube.apply(namespace=namespace, action=action)
         except Exception as exc:
             if not kube.namespace_terminating(exc):
                 raise
@@ -359,10 +361,10 @@ def _headline_reason(status: models.GuardedReleaseStatus) -> str:
 
 
 async def reconcile_workload(
+    *,
     namespace: str,
     kind: str,
     name: str,
-    *,
     namespaces: store.Store,
     clock: Clock = utcnow,
     fence: Fence | None = None,
@@ -375,7 +377,7 @@ async def reconcile_workload(
     labels = namespaces.namespaces.get(namespace)
     if labels is None or labels.get(models.LABEL_ENFORCE) != "true":
         return None
-    obj = await kube.read_workload(namespace, kind, name)
+    obj = await kube.read_workload(namespace=namespace, kind=kind, name=name)
     if obj is None or models.LABEL_RELEASE in ((obj.get("metadata") or {}).get("labels") or {}):
         return None
     obj = {**obj, "kind": kind}
@@ -383,7 +385,11 @@ async def reconcile_workload(
     if verdict.annotations or verdict.labels:
         _check(fence)
         await kube.patch_workload_metadata(
-            namespace, kind, name, annotations=verdict.annotations, labels=verdict.labels
+            namespace=namespace,
+            kind=kind,
+            name=name,
+            annotations=verdict.annotations,
+            labels=verdict.labels,
         )
     if verdict.event is not None:
         type_, reason, message = verdict.event
