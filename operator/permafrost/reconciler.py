@@ -27,6 +27,7 @@ from permafrost import (
     observations,
     planner,
     policy,
+    sessions,
     store,
 )
 
@@ -206,6 +207,7 @@ async def reconcile(
                 extra=_fields(namespace, name, revision=None, reason="NamespaceTerminating"),
             )
             return None
+    tainted_wake = await _replace_tainted(release, spec, pods, now=now, fence=fence)
     applied_at = clock()
     for event in result.events:
         metrics.ROLLOUT_EVENTS.labels(reason=event.reason).inc()
@@ -265,11 +267,60 @@ async def reconcile(
     # release. The requeue below is only for changes that time alone brings (deadlines, delays),
     # and for referenced ConfigMaps and Secrets, which are read, never watched (see
     # CONFIG_POLL_SECONDS).
+    requeue = _sooner(result.requeue_after, tainted_wake)
     if spec.config_refs:
-        if result.requeue_after is None:
+        if requeue is None:
             return CONFIG_POLL_SECONDS
-        return min(result.requeue_after, CONFIG_POLL_SECONDS)
-    return result.requeue_after
+        return min(requeue, CONFIG_POLL_SECONDS)
+    return requeue
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+async def _replace_tainted(
+    release: manifests.ReleaseRef,
+    spec: models.GuardedReleaseSpec,
+    pods: list[dict[str, Any]],
+    *,
+    now: datetime.datetime,
+    fence: Fence | None,
+) -> float | None:
+    """Delete the release's pods a break-glass session marked, once it is over (their
+    ReplicaSets make fresh pods of the same revision); return seconds until the next session
+    ends (``None``: none is open on a marked pod)."""
+    due, wake = sessions.replacements(pods, now=now, enabled=spec.rollout.replace_tainted_pods)
+    by_name = {str(p["metadata"].get("name")): p for p in pods}
+    for replacement in due:
+        pod = by_name[replacement.name]
+        revision = (pod["metadata"].get("labels") or {}).get(models.LABEL_REVISION)
+        logger.info(
+            "release %s/%s: %s",
+            release.namespace,
+            release.name,
+            replacement.message,
+            extra=_fields(
+                release.namespace,
+                release.name,
+                revision=revision,
+                reason=sessions.TAINTED_POD_REPLACED,
+            ),
+        )
+        _check(fence)
+        await kube.delete_pod(release.namespace, replacement.name, uid=pod["metadata"].get("uid"))
+        metrics.ROLLOUT_EVENTS.labels(reason=sessions.TAINTED_POD_REPLACED).inc()
+        await kube.post_event(
+            release=release,
+            type_="Normal",
+            reason=sessions.TAINTED_POD_REPLACED,
+            message=replacement.message,
+            now=now,
+        )
+    if wake is None:
+        return None
+    # NB: a second late rather than early: the pod is looked at again once the session is over.
+    return max(0.0, (wake - now).total_seconds()) + 1.0
 
 
 async def _nothing() -> list[dict[str, Any]]:

@@ -381,6 +381,8 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
     ("apps", "replicasets", "list"): ("kube.py", (r"apps\.list_namespaced_replica_set\b",)),
     ("", "pods", "list"): ("kube.py", (r"core\.list_namespaced_pod\b",)),
     ("", "pods", "watch"): ("handlers.py", (r'on\.event\(\s*"",\s*"v1",\s*"pods",',)),
+    ("", "pods", "patch"): ("kube.py", (r"core\.patch_namespaced_pod,",)),
+    ("", "pods", "delete"): ("kube.py", (r"core\.delete_namespaced_pod,",)),
     ("", "configmaps", "get"): ("kube.py", (r"core\.read_namespaced_config_map",)),
     ("", "configmaps", "create"): ("kube.py", (r"core\.create_namespaced_config_map",)),
     ("", "secrets", "get"): ("kube.py", (r"core\.read_namespaced_secret",)),
