@@ -293,7 +293,7 @@ def test_a_managed_pod_outside_enforced_namespaces_is_guarded_by_the_webhook_onl
     name = pod["metadata"]["name"]
     proc = crds.kubectl("exec", name, *EXEC, namespace=namespace, check=False)
     refused(proc, "connect.permafrost.dev", "is denied")
-    member = (f"--as={BREAK_GLASS_GROUP}-member", f"--as-group={BREAK_GLASS_GROUP}")
+    member = ("--as=carol", f"--as-group={BREAK_GLASS_GROUP}", "--as-group=system:masters")
     proc = crds.kubectl("exec", *member, name, *EXEC, namespace=namespace, check=False)
     refused(proc, "no break-glass session")
 
