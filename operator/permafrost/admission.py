@@ -10,6 +10,8 @@ and Pods). What runs in a frozen workload never changes in place:
   ``rollout restart``);
 - Pods: container and init-container images are frozen, and no ephemeral container may be
   added (``kubectl debug``).
+- Pods: nobody execs, attaches or port-forwards into them without a break-glass session
+  (decided in :mod:`permafrost.sessions`; the webhook and fail-safe configuration are here).
 
 Everything else is allowed: scaling, metadata that does not change what runs, deletion.
 Exempt users (the operator's own service account) are always allowed. A *break-glass*

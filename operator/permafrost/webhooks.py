@@ -658,7 +658,14 @@ async def _pod_connect(**kwargs: Any) -> None:
         )
         if decision.reason == sessions.BREAK_GLASS_EXEC:
             metrics.BREAK_GLASS.labels(result=subresource).inc()
-            runtime.spawn(_record_connect(pod, decision, taint=sessions.taint_of(subresource)))
+            runtime.spawn(
+                _record_connect(
+                    pod,
+                    decision,
+                    taint=sessions.taint_of(subresource),
+                    key=_connect_occurrence(request, decision, now=now),
+                )
+            )
         else:
             runtime.spawn(
                 kube.post_object_event(
@@ -667,14 +674,28 @@ async def _pod_connect(**kwargs: Any) -> None:
                     reason=decision.reason,
                     message=decision.message,
                     now=now,
+                    key=_connect_occurrence(request, decision, now=now),
                 )
             )
     if not decision.allowed:
         raise kopf.AdmissionError(decision.message, code=403)
 
 
+def _connect_occurrence(
+    request: sessions.Connect, decision: admission.Decision, *, now: datetime.datetime
+) -> str:
+    """What makes one exec, attach or port-forward one occurrence: the pod, the user, the
+    decision and its message (which holds the command), within a second.
+
+    NB: kubectl tries a WebSocket first and, when that upgrade is refused, SPDY: one denied
+    command reaches the webhook twice, and is recorded once.
+    """
+    uid = ((request.pod or {}).get("metadata") or {}).get("uid")
+    return f"{uid}/{request.username}/{decision.reason}/{decision.message}/{now:%Y%m%dT%H%M%S}"
+
+
 async def _record_connect(
-    pod: Mapping[str, Any], decision: admission.Decision, *, taint: str | None
+    pod: Mapping[str, Any], decision: admission.Decision, *, taint: str | None, key: str
 ) -> None:
     """Mark a pod a session let an exec or attach into, and record it (on the pod and on its
     release, for ``permafrost history``).
@@ -690,7 +711,7 @@ async def _record_connect(
             await kube.patch_pod_metadata(namespace, name, labels={sessions.LABEL_TAINTED: taint})
         except Exception as exc:
             logger.warning("could not mark pod %s/%s tainted: %s", namespace, name, exc)
-    await _post_session_event(pod, decision)
+    await _post_session_event(pod, decision, key=key)
 
 
 async def _record_session(
@@ -732,7 +753,9 @@ async def _record_session(
     await _post_session_event(live, decision)
 
 
-async def _post_session_event(pod: Mapping[str, Any], decision: admission.Decision) -> None:
+async def _post_session_event(
+    pod: Mapping[str, Any], decision: admission.Decision, *, key: str | None = None
+) -> None:
     now = datetime.datetime.now(datetime.UTC)
     involved = {"apiVersion": "v1", "kind": "Pod", **pod}
     await kube.post_object_event(
@@ -741,6 +764,7 @@ async def _post_session_event(pod: Mapping[str, Any], decision: admission.Decisi
         reason=decision.reason,
         message=decision.message,
         now=now,
+        key=key,
     )
     meta = pod.get("metadata") or {}
     release = ((meta.get("labels") or {}).get(models.LABEL_RELEASE)) or ""
@@ -753,6 +777,7 @@ async def _post_session_event(pod: Mapping[str, Any], decision: admission.Decisi
                 reason=decision.reason,
                 message=decision.message,
                 now=now,
+                key=None if key is None else f"{key}/release",
             )
 
 
