@@ -12,17 +12,28 @@ alone holds is asserted as documented (docs/admission.md).
 
 from __future__ import annotations
 
+import datetime
 import json
 import pathlib
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import yaml
 
-from conftest import BREAK_GLASS_GROUP, Operator, release, wait_phase
+from conftest import (
+    BREAK_GLASS_GROUP,
+    Operator,
+    free_port,
+    release,
+    start_guarded,
+    stop_guarded,
+    wait_phase,
+)
 from k8s_harness import ROOT, Cluster, RealNode, wait_for
 
 pytestmark = pytest.mark.real_node
@@ -300,3 +311,88 @@ def test_a_managed_pod_outside_enforced_namespaces_is_guarded_by_the_webhook_onl
     guarded_operator.stop()
     proc = crds.kubectl("exec", name, *EXEC, namespace=namespace, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_release_may_keep_its_marked_pods_and_port_forward_may_be_allowed(
+    crds: Cluster,
+    namespace: str,
+    operator_namespace: str,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    op = start_guarded(
+        crds, namespace, operator_namespace, tmp_path / "operator.log", ["--allow-port-forward"]
+    )
+    request.node.operator_log = op.log
+    try:
+        manifest = release("web", replicas=1, deadline=60, min_ready=1, scale_down_delay=1)
+        manifest["spec"]["rollout"]["replaceTaintedPods"] = False
+        manifest["spec"]["template"]["spec"] = real_node.schedule(
+            {"containers": [{"name": "app", "image": demo_images["v1"], "readinessProbe": PROBE}]}
+        )
+        crds.apply(manifest, namespace=namespace)
+        revision = wait_phase(crds, namespace, "web", "Stable", timeout=120)["stableRevision"]
+        name = wait_for(lambda: _pods(crds, namespace, revision), timeout=60, what="a pod")[0][
+            "metadata"
+        ]["name"]
+
+        # Port-forward is allowed to anyone (read-only debugging); exec still is not.
+        bob = ("--as=bob", "--as-group=system:masters")
+        port = free_port()
+        forward = subprocess.Popen(
+            ["kubectl", "-n", namespace, *bob, "port-forward", name, f"{port}:8080"],
+            env=crds.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            answer = wait_for(
+                lambda: _get(f"http://127.0.0.1:{port}/"), timeout=20, what="the port-forward"
+            )
+            assert answer["version"] == "v1"
+        finally:
+            forward.terminate()
+            forward.wait(timeout=10)
+        refused(
+            crds.kubectl("exec", *bob, name, *EXEC, namespace=namespace, check=False), "is denied"
+        )
+
+        # A session's exec marks the pod; the release keeps it after the session.
+        carol = ("--as=carol", f"--as-group={BREAK_GLASS_GROUP}", "--as-group=system:masters")
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        until = now + datetime.timedelta(seconds=10)
+        crds.kubectl(
+            "annotate", "pod", name, *carol,
+            "permafrost.dev/session-user=carol",
+            f"permafrost.dev/session-since={now:%Y-%m-%dT%H:%M:%SZ}",
+            f"permafrost.dev/session-until={until:%Y-%m-%dT%H:%M:%SZ}",
+            "permafrost.dev/session-reason=opt-out check",
+            namespace=namespace,
+        )  # fmt: skip
+        proc = crds.kubectl("exec", *carol, name, *EXEC, namespace=namespace, check=False)
+        assert proc.returncode == 0, proc.stderr
+        wait_for(
+            lambda: (crds.get("pod", name, namespace=namespace)["metadata"]["labels"]).get(TAINTED),
+            timeout=20,
+            what="the pod marked",
+        )
+        time.sleep(max(0.0, (until - datetime.datetime.now(datetime.UTC)).total_seconds()) + 15)
+        kept = crds.get("pod", name, namespace=namespace)
+        assert kept is not None
+        assert not kept["metadata"].get("deletionTimestamp")
+        assert kept["metadata"]["labels"][TAINTED] == "exec"
+        assert not _events(crds, namespace, "TaintedPodReplaced", "web")
+    finally:
+        stop_guarded(crds, op)
+
+
+def _get(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            body: dict[str, Any] = json.loads(answer.read())
+            return body
+    except OSError:
+        return None
