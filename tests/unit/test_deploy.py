@@ -262,11 +262,12 @@ def test_names_are_pinned_where_the_api_allows(objects: list[dict[str, Any]]) ->
         o["metadata"]["name"]
         for o in objects
         if o["kind"] == "ValidatingAdmissionPolicyBinding"
-        and o["spec"]["policyName"] == webhooks.POLICY
+        and o["spec"]["policyName"] in (webhooks.POLICY, admission.EXEC_POLICY)
     }
     assert names == {
         webhooks.WEBHOOK_CONFIGURATION,
         webhooks.POLICY,
+        admission.EXEC_POLICY,
         *bindings,
         admission.SERVICE_GUARD,
     }
