@@ -383,8 +383,8 @@ def _pinned_image_rule(list_name: str) -> Schema:
     """The CEL rule, on an item of ``spec.template.spec.<list_name>``, that pins its image."""
     where = f"spec.template.spec.{list_name}"
     fix = (
-        "use name@sha256:<64 hex> (resolve tags with `permafrost pin FILE`, `crane digest IMAGE` or "
-        "`docker buildx imagetools inspect IMAGE`)"
+        "use name@sha256:<64 hex> (resolve tags with `permafrost pin FILE`, "
+        "`crane digest IMAGE` or `docker buildx imagetools inspect IMAGE`)"
     )
     return {
         "rule": f"has(self.image) && self.image.matches('{PINNED_IMAGE_RE}')",

@@ -120,6 +120,15 @@ NOT_RUN: dict[str, str] = {
         "a placeholder image and a reader's Deployment; break-glass runs in "
         "tests/integration/test_admission_vectors.py"
     ),
+    "docs/admission.md: permafrost break-glass web-5c8d7f9b4a-6d9f-x2x7q -n shop --for 15m "
+    '--reason "INC-1234 read the live config"': (
+        "a reader's pod; sessions run for real in tests/integration/test_exec_sessions.py"
+    ),
+    "docs/cli.md: permafrost break-glass web-5c8d7f9b4a-6d9f-x2x7q -n shop --for 15m "
+    '--reason "INC-1234 read the live config"': (
+        "a reader's pod and a transcript; sessions run for real in "
+        "tests/integration/test_exec_sessions.py"
+    ),
     "docs/cli.md: permafrost status -A": DEMO,
     "docs/cli.md: permafrost status checkout -n permafrost-demo": DEMO,
     "docs/cli.md: kubectl -n permafrost-demo patch configmap checkout-config -p "

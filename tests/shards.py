@@ -41,6 +41,7 @@ SECONDS: dict[str, float] = {
     "integration/test_least_privilege.py": 90,
     "integration/test_high_availability.py": 80,
     "integration/test_real_node.py": 50,
+    "integration/test_exec_sessions.py": 200,
     "integration/test_crd_validation.py": 40,
     "integration/test_doc_commands.py": 40,
     "integration/test_peering.py": 40,

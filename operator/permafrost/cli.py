@@ -27,6 +27,7 @@ import difflib
 import logging
 import os
 import pathlib
+import re
 import socket
 import sys
 import time
@@ -39,6 +40,7 @@ import kopf
 import permafrost
 from permafrost import kube, models, presenting
 from permafrost.artifacts import images, registry
+from permafrost.guards import sessions
 from permafrost.policies import checking, documents
 
 if TYPE_CHECKING:
@@ -205,6 +207,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "e.g. from cert-manager; needs a get grant on it) instead of Permafrost's own CA",
     )
     guard.add_argument(
+        "--allow-port-forward",
+        action="store_true",
+        help="let everyone port-forward into frozen pods (read-only debugging); exec and attach "
+        "still need a break-glass session",
+    )
+    guard.add_argument(
         "--break-glass-group",
         action="append",
         metavar="GROUP",
@@ -330,8 +338,62 @@ def _build_parser() -> argparse.ArgumentParser:
     history.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
     history.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
+    glass = commands.add_parser(
+        "break-glass",
+        help="open a time-boxed break-glass session on a frozen pod (exec, attach, port-forward)",
+        description="Open a break-glass session on a frozen pod for yourself: until it ends, "
+        "your kubectl exec, attach, cp and port-forward into that pod are let through and "
+        "recorded (Events, a metric, permafrost history), and the pod is marked "
+        "permafrost.dev/tainted. Once it ends, the operator replaces the pod by a fresh one of "
+        "the same revision. Only members of a break-glass group may open one.",
+    )
+    glass.add_argument("pod", metavar="POD", help="the pod (NAME or pod/NAME)")
+    glass.add_argument("-n", "--namespace", help=NAMESPACE_HELP)
+    glass.add_argument(
+        "--for",
+        dest="duration",
+        required=True,
+        metavar="DURATION",
+        help="how long: e.g. 90s, 15m, 1h (at most 4h)",
+    )
+    glass.add_argument("--reason", required=True, help="why (recorded)")
+
     _settable_from_environment(run)
     return parser
+
+
+def parse_duration(text: str) -> datetime.timedelta:
+    """``90s``, ``15m``, ``1h``, ``1h30m`` as a timedelta; ValueError otherwise."""
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+    if not text.strip() or match is None:
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 15m, 1h)")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return datetime.timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+async def _break_glass(args: argparse.Namespace) -> str:
+    name = args.pod.removeprefix("pod/").removeprefix("pods/")
+    user = await kube.whoami()
+    if not user:
+        raise NotFound("the Kubernetes API does not say who you are; no session opened")
+    try:
+        session = sessions.open_session(
+            user=user,
+            reason=args.reason,
+            duration=parse_duration(args.duration),
+            now=datetime.datetime.now(datetime.UTC),
+        )
+    except ValueError as exc:
+        raise NotFound(str(exc), hint="e.g. --for 15m --reason 'why' (at most 4h)") from None
+    await kube.patch_pod_metadata(
+        namespace=args.namespace, name=name, annotations=session.annotations()
+    )
+    until = session.until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"{args.namespace}/{name}: break-glass session for {user} until {until}: exec, attach "
+        "and port-forward are let through and recorded; the pod is marked "
+        f"{sessions.LABEL_TAINTED} and replaced by a fresh one after the session"
+    )
 
 
 def _scope_options(parser: argparse.ArgumentParser) -> None:
@@ -581,6 +643,7 @@ def _run(args: argparse.Namespace) -> int:
                 or [f"system:serviceaccount:{args.operator_namespace}:permafrost"],
                 break_glass_groups=args.break_glass_group or ["permafrost:break-glass"],
                 namespace=args.operator_namespace,
+                allow_port_forward=args.allow_port_forward,
             ),
         )
         _admission_preflight(memo["admission"], takeover=args.webhook_takeover)
@@ -1019,6 +1082,13 @@ def _for_people(args: argparse.Namespace) -> int:
     if args.command == "history":
         print(_against_the_api(_history(args)), flush=True)
         return EXIT_OK
+    if args.command == "break-glass":
+        try:
+            parse_duration(args.duration)
+        except ValueError as exc:
+            raise NotFound(str(exc), hint="e.g. --for 15m (at most 4h)") from None
+        print(_against_the_api(_break_glass(args)), flush=True)
+        return EXIT_OK
     if args.command == "rollback":
         revision = _against_the_api(_rollback(args.namespace, args.name, args.to))
         print(
@@ -1062,7 +1132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except documents.InputError as exc:
                 print(f"permafrost pin: {exc}", file=sys.stderr)
                 return EXIT_USAGE
-        if args.command in ("status", "history", "rollback", "retry"):
+        if args.command in ("status", "history", "rollback", "retry", "break-glass"):
             return _for_people(args)
     except NotFound as exc:
         print(f"permafrost: {exc}", file=sys.stderr)

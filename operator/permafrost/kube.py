@@ -629,6 +629,42 @@ async def patch_workload_metadata(
     )
 
 
+async def patch_pod_metadata(
+    *,
+    namespace: str,
+    name: str,
+    labels: Mapping[str, str | None] | None = None,
+    annotations: Mapping[str, str | None] | None = None,
+) -> None:
+    """Merge-patch only ``metadata`` of a pod (a mark, a session; never what runs); a ``None``
+    value removes its key."""
+    metadata: dict[str, Any] = {}
+    if labels:
+        metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    await _raw(
+        clients().core.patch_namespaced_pod,
+        name,
+        namespace,
+        {"metadata": metadata},
+        _content_type="application/merge-patch+json",
+    )
+
+
+async def delete_pod(*, namespace: str, name: str, uid: str | None = None) -> None:
+    """Delete a pod (its ReplicaSet makes a fresh one); with ``uid``, only that very pod.
+
+    NB: the precondition keeps a plan made from an old read from deleting the pod that took
+    the name meanwhile (StatefulSets reuse names)."""
+    body = {"preconditions": {"uid": uid}} if uid else None
+    try:
+        await _raw(clients().core.delete_namespaced_pod, name, namespace, body=body)
+    except ApiException as exc:
+        if exc.status not in (404, 409):
+            raise
+
+
 async def list_policies() -> list[dict[str, Any]]:
     """Every GuardrailPolicy; none if their CRD is not installed (policies are optional)."""
     body = await _get_or_none(

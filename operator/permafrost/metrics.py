@@ -40,7 +40,9 @@ ADMISSION_DURATION = prometheus_client.Histogram(
 )
 BREAK_GLASS = prometheus_client.Counter(
     "permafrost_break_glass_total",
-    "Mutations let through under break-glass and seen in the cluster (used), or refused.",
+    "Mutations let through under break-glass and seen in the cluster (used), or refused; "
+    "break-glass sessions opened on pods (session) and what they let in (exec, attach, "
+    "portforward).",
     ["result"],
     registry=REGISTRY,
 )

@@ -92,6 +92,9 @@ class RolloutSpec(Model):
     progress_deadline_seconds: int = pydantic.Field(default=120, ge=1)
     min_ready_seconds: int = pydantic.Field(default=10, ge=0)
     scale_down_delay_seconds: int = pydantic.Field(default=30, ge=0)
+    # A pod a break-glass session let an exec or attach into is replaced by a fresh pod of the
+    # same revision once the session is over (false: it is only marked permafrost.dev/tainted).
+    replace_tainted_pods: bool = True
 
 
 class RollbackSpec(Model):

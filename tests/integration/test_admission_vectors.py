@@ -18,6 +18,7 @@ per-test ``guarded_operator`` fixture and restore the guards before they end.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import http.client
 import json
 import pathlib
@@ -1041,6 +1042,108 @@ def test_break_glass_on_a_large_workload_is_still_recorded(guarded: Frozen) -> N
         c.kubectl("delete", "deployment", t.name, "--ignore-not-found", namespace=ns, check=False)
 
 
+# --- exec, attach, cp, port-forward (CONNECT) ----------------------------------------------------
+# NB: these pods run on fake nodes: a CONNECT admission lets through fails next with "no
+# preferred addresses found" (there is no kubelet to reach); a denial never gets that far.
+# Real exec on the real node: tests/integration/test_exec_sessions.py.
+NO_KUBELET = "no preferred addresses found"
+
+
+def connect_ways(target: Target, tmp: pathlib.Path) -> dict[str, tuple[str, ...]]:
+    return {
+        "exec": ("exec", target.name, "--", "true"),
+        "cp": ("cp", f"{target.name}:/etc/hostname", str(tmp / f"copied-{target.name}")),
+        "attach": ("attach", target.name),
+        "port-forward": ("port-forward", target.name, "0:8080"),
+    }
+
+
+def connect(cluster: Cluster, target: Target, args: Sequence[str], *who: str) -> Any:
+    # NB: the flags go first: after exec's "--" they would be the command's.
+    return cluster.kubectl(*who, *args, namespace=target.namespace, check=False, timeout=30)
+
+
+def developers(cluster: Cluster, namespace: str) -> None:
+    """alice (break-glass), bob and carol may exec and edit in ``namespace``, as developers."""
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "developers-connect"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+            for user in ("alice", "bob", "carol")
+        ],
+    }
+    cluster.apply(binding, namespace=namespace)
+
+
+@pytest.mark.parametrize("key", ["managed-pod", "pod", "unenforced-managed-pod"])
+def test_exec_attach_cp_and_port_forward_into_a_frozen_pod_are_denied(
+    guarded: Frozen, key: str
+) -> None:
+    target = guarded.target(key)
+    developers(guarded.cluster, target.namespace)
+    for way, args in connect_ways(target, guarded.tmp).items():
+        for who in ((), MEMBER):  # a member, too, needs a session (none is open)
+            proc = connect(guarded.cluster, target, args, *who)
+            assert proc.returncode != 0, (way, proc.stdout)
+            assert f"into Pod {target.namespace}/{target.name} is denied" in proc.stderr, (
+                way,
+                proc.stderr,
+            )
+            assert "permafrost break-glass" in proc.stderr, proc.stderr
+            if who or key.startswith("unenforced-"):
+                # NB: members pass the policy; outside enforced namespaces it does not apply.
+                assert 'admission webhook "connect.permafrost.dev"' in proc.stderr, proc.stderr
+            else:
+                assert "ValidatingAdmissionPolicy 'permafrost-frozen-exec'" in proc.stderr
+
+
+def test_exec_into_a_pod_that_is_not_frozen_is_not_an_admission_matter(guarded: Frozen) -> None:
+    target = guarded.target("unenforced-pod")
+    developers(guarded.cluster, target.namespace)
+    for way, args in connect_ways(target, guarded.tmp).items():
+        proc = connect(guarded.cluster, target, args, *NON_MEMBER)
+        assert NO_KUBELET in proc.stderr, (way, proc.stderr)
+
+
+def test_a_session_opened_by_a_member_for_themselves_lets_only_them_in(guarded: Frozen) -> None:
+    target = guarded.target("unenforced-managed-pod")
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    until = now + datetime.timedelta(seconds=20)
+
+    def annotations(user: str) -> list[str]:
+        return [
+            f"permafrost.dev/session-user={user}",
+            f"permafrost.dev/session-since={now:%Y-%m-%dT%H:%M:%SZ}",
+            f"permafrost.dev/session-until={until:%Y-%m-%dT%H:%M:%SZ}",
+            "permafrost.dev/session-reason=vector suite",
+        ]
+
+    c = guarded.cluster
+    developers(c, target.namespace)
+    refused = connect(c, target, ("annotate", "pod", target.name, *annotations("bob")), *MEMBER)
+    assert refused.returncode != 0, refused.stdout
+    assert "refused" in refused.stderr, refused.stderr
+    assert "for themselves" in refused.stderr, refused.stderr
+    opened = connect(c, target, ("annotate", "pod", target.name, *annotations("alice")), *MEMBER)
+    assert opened.returncode == 0, opened.stderr
+    for way, args in connect_ways(target, guarded.tmp).items():
+        proc = connect(c, target, args, *MEMBER)
+        assert NO_KUBELET in proc.stderr, (way, proc.stderr)  # admitted
+        other = connect(c, target, args, "--as=carol", f"--as-group={BREAK_GLASS_GROUP}")
+        assert "no break-glass session of yours" in other.stderr, (way, other.stderr)
+    assert wait_for(
+        lambda: (c.get("pod", target.name, namespace=target.namespace)["metadata"]["labels"]).get(
+            "permafrost.dev/tainted"
+        ),
+        timeout=20,
+        what="the pod marked",
+    ) in ("exec", "attach")
+    assert events(c, target.namespace, reason="BreakGlassExec", name=target.name)
+
+
 # --- without the operator: the fail-safe policy -------------------------------------------------
 
 FAIL_SAFE = [
@@ -1076,6 +1179,17 @@ def test_with_the_operator_gone_the_policy_still_denies_every_vector_and_scaling
     for key, vector in FAIL_SAFE:
         target = targets.get(key) or resolve(crds, namespace, key)
         assert_denied(crds, target, vector, tmp_path, by_policy=True)
+
+    # exec and friends: denied by the exec policy in this enforced namespace (a CONNECT shows it
+    # no labels, so it cannot tell managed pods; members of a break-glass group pass it).
+    developers(crds, namespace)
+    for target in targets.values():
+        for way, args in connect_ways(target, tmp_path).items():
+            proc = connect(crds, target, args)
+            assert proc.returncode != 0, (way, proc.stdout)
+            assert "ValidatingAdmissionPolicy 'permafrost-frozen-exec'" in proc.stderr, proc.stderr
+            member = connect(crds, target, args, *MEMBER)
+            assert NO_KUBELET in member.stderr, (way, member.stderr)
 
     for key in ("managed-deployment", "deployment"):
         target = resolve(crds, namespace, key)

@@ -4,7 +4,8 @@ The namespace, ServiceAccount and RBAC are applied for real from ``kubectl kusto
 token is minted for the ServiceAccount (TokenRequest API) and the real operator runs with a
 kubeconfig holding only that token, cluster-wide, with peering and admission, as the Deployment
 runs it. It then goes through a rollout to Stable, an automatic rollback, an admission denial,
-a break-glass use (an Event the webhook posts), workloads fingerprinted in an enforced
+a break-glass use (an Event the webhook posts), an exec under a break-glass session (the pod
+marked, then replaced), workloads fingerprinted in an enforced
 namespace, and a drift repair. A missing permission fails a scenario, and the operator's log is
 scanned for any refusal at all. Afterwards the cluster is as it was: the webhook configuration,
 the RBAC and (when this module made them) the namespace, the peering object and the fail-safe
@@ -47,10 +48,14 @@ IDENTITY_KINDS = (
     "RoleBinding",
 )
 POLICY = "permafrost-frozen-workloads"
+EXEC_POLICY = "permafrost-frozen-exec"
 POLICY_OBJECTS = (
     ("validatingadmissionpolicy", POLICY),
     ("validatingadmissionpolicybinding", f"{POLICY}-managed"),
     ("validatingadmissionpolicybinding", f"{POLICY}-enforced"),
+    ("validatingadmissionpolicy", EXEC_POLICY),
+    ("validatingadmissionpolicybinding", f"{EXEC_POLICY}-managed"),
+    ("validatingadmissionpolicybinding", f"{EXEC_POLICY}-enforced"),
 )
 PEERING = "permafrost"
 TLS_SECRET = "permafrost-webhook-tls"
@@ -524,6 +529,50 @@ def test_a_break_glass_use_is_let_through_and_recorded_by_the_webhook(
         "replicasets", namespace=namespace, selector=f"permafrost.dev/revision={stable}"
     )["items"][0]["metadata"]["name"]
     _break_glass(c, namespace, "replicaset", replicaset, reason=f"{reason} (rs)", debug="2")
+
+
+def test_an_exec_under_a_break_glass_session_marks_the_pod_which_is_replaced_after(
+    op: Deployed, namespace: str
+) -> None:
+    c = op.cluster
+    stable = _stable(c, namespace)
+    c.kubectl(
+        "create", "rolebinding", "oncall", "--clusterrole=edit", "--user=alice", namespace=namespace
+    )
+    alice = ("--as=alice", "--as-group=permafrost:break-glass", "--as-group=system:authenticated")
+    pod = wait_for(
+        lambda: c.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={stable}")[
+            "items"
+        ],
+        timeout=30,
+        what="a pod of the stable revision",
+    )[0]["metadata"]["name"]
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    until = now + datetime.timedelta(seconds=8)
+    c.kubectl(
+        "annotate", "pod", pod, *alice, "permafrost.dev/session-user=alice",
+        f"permafrost.dev/session-since={now:%Y-%m-%dT%H:%M:%SZ}",
+        f"permafrost.dev/session-until={until:%Y-%m-%dT%H:%M:%SZ}",
+        "permafrost.dev/session-reason=least privilege", namespace=namespace,
+    )  # fmt: skip
+    # NB: a fake node: the exec, admitted, then fails to reach a kubelet.
+    proc = c.kubectl("exec", *alice, pod, "--", "true", namespace=namespace, check=False)
+    assert "no preferred addresses found" in proc.stderr, proc.stderr
+    wait_for(  # the operator's patch of the pod's labels
+        lambda: (c.get("pod", pod, namespace=namespace)["metadata"]["labels"]).get(
+            "permafrost.dev/tainted"
+        ),
+        timeout=30,
+        what="the pod marked",
+    )
+    wait_for(  # the operator's delete of the pod, once the session is over
+        lambda: (
+            (gone := c.get("pod", pod, namespace=namespace)) is None
+            or gone["metadata"].get("deletionTimestamp")
+        ),
+        timeout=60,
+        what="the marked pod deleted",
+    )
 
 
 def test_workloads_in_an_enforced_namespace_are_fingerprinted(op: Deployed, namespace: str) -> None:

@@ -265,11 +265,12 @@ def test_names_are_pinned_where_the_api_allows(objects: list[dict[str, Any]]) ->
         o["metadata"]["name"]
         for o in objects
         if o["kind"] == "ValidatingAdmissionPolicyBinding"
-        and o["spec"]["policyName"] == webhooks.POLICY
+        and o["spec"]["policyName"] in (webhooks.POLICY, admission.EXEC_POLICY)
     }
     assert names == {
         webhooks.WEBHOOK_CONFIGURATION,
         webhooks.POLICY,
+        admission.EXEC_POLICY,
         *bindings,
         admission.SERVICE_GUARD,
         admission.SERVICE_ROUTES,
@@ -385,6 +386,8 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
     ("apps", "replicasets", "list"): ("kube.py", (r"apps\.list_namespaced_replica_set\b",)),
     ("", "pods", "list"): ("kube.py", (r"core\.list_namespaced_pod\b",)),
     ("", "pods", "watch"): ("handlers.py", (r'on\.event\(\s*"",\s*"v1",\s*"pods",',)),
+    ("", "pods", "patch"): ("kube.py", (r"core\.patch_namespaced_pod,",)),
+    ("", "pods", "delete"): ("kube.py", (r"core\.delete_namespaced_pod,",)),
     ("", "configmaps", "get"): ("kube.py", (r"core\.read_namespaced_config_map",)),
     ("", "configmaps", "create"): ("kube.py", (r"core\.create_namespaced_config_map",)),
     ("", "secrets", "get"): ("kube.py", (r"core\.read_namespaced_secret",)),

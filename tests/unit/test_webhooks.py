@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from permafrost import kube, metrics, models
-from permafrost.guards import admission, certs, webhooks
+from permafrost.guards import admission, certs, sessions, webhooks
 from permafrost.policies import store
 
 UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
@@ -988,3 +988,104 @@ async def test_a_renewed_certificate_is_served_by_the_same_listener(tmp_path: pa
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+# --- exec, attach, port-forward (CONNECT) -------------------------------------------------------
+
+
+def connect_review(subresource: str, *, user: str, groups: list[str]) -> dict[str, Any]:
+    """An AdmissionReview of ``kubectl exec`` as the apiserver sends it: the object is the
+    options, with no metadata; the pod is only named."""
+    kind = {"exec": "PodExecOptions", "attach": "PodAttachOptions"}.get(
+        subresource, "PodPortForwardOptions"
+    )
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": UID,
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "subResource": subresource,
+            "name": "web-1",
+            "namespace": NS,
+            "operation": "CONNECT",
+            "userInfo": {"username": user, "groups": groups},
+            "object": {"kind": kind, "apiVersion": "v1", "command": ["sh"], "container": "web"},
+            "oldObject": None,
+            "dryRun": False,
+        },
+    }
+
+
+def managed_pod(annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-1",
+            "namespace": NS,
+            "uid": "6a0c3f5e-0000-4000-8000-0000000000aa",
+            "labels": {models.LABEL_RELEASE: "web", models.LABEL_REVISION: "abc"},
+            "annotations": annotations or {},
+        },
+    }
+
+
+async def test_an_exec_into_a_frozen_pod_is_denied_and_recorded_once_per_occurrence(
+    posted: list[dict[str, Any]], runtime: webhooks.Runtime, holds: Holds
+) -> None:
+    holds["web-1"] = managed_pod()
+    body = connect_review("exec", user="bob", groups=["system:authenticated"])
+    assert webhooks.malformed(body) is None
+    first = await webhooks.answer(body, webhook="pods-connect", runtime=runtime)
+    again = await webhooks.answer(body, webhook="pods-connect", runtime=runtime)
+    await settle(runtime)
+    for response in (first, again):
+        payload = response["response"]
+        assert payload["allowed"] is False
+        assert payload["status"]["code"] == 403
+        assert f"exec into Pod {NS}/web-1 is denied" in payload["status"]["message"]
+    assert [e["reason"] for e in posted] == ["ExecDenied", "ExecDenied"]
+    assert posted[0]["key"] == posted[1]["key"]  # one Event: the second post is a 409
+
+
+async def test_an_exec_under_a_session_is_let_through_and_marks_the_pod(
+    posted: list[dict[str, Any]],
+    runtime: webhooks.Runtime,
+    holds: Holds,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    session = sessions.open_session(
+        user="alice", reason="INC-7", duration=datetime.timedelta(minutes=5), now=now
+    )
+    holds["web-1"] = managed_pod(session.annotations())
+    marked: list[tuple[str, str, Any]] = []
+
+    async def patch_pod_metadata(namespace: str, name: str, **kwargs: Any) -> None:
+        marked.append((namespace, name, kwargs))
+
+    async def read_release(namespace: str, name: str) -> dict[str, Any] | None:
+        return {"metadata": {"name": name, "namespace": namespace, "uid": "r-1"}}
+
+    monkeypatch.setattr(kube, "patch_pod_metadata", patch_pod_metadata)
+    monkeypatch.setattr(kube, "read_release", read_release)
+    body = connect_review("exec", user="alice", groups=["permafrost:break-glass"])
+    response = await webhooks.answer(body, webhook="pods-connect", runtime=runtime)
+    await settle(runtime)
+    assert response["response"]["allowed"] is True
+    assert "is recorded" in response["response"]["warnings"][0]
+    assert marked == [(NS, "web-1", {"labels": {sessions.LABEL_TAINTED: "exec"}})]
+    assert [(e["reason"], e["involved"]["kind"]) for e in posted] == [
+        ("BreakGlassExec", "Pod"),
+        ("BreakGlassExec", models.KIND),
+    ]
+    assert "alice ran exec ['sh']" in posted[0]["message"]
+    # Port-forward under the same session does not mark the pod.
+    marked.clear()
+    body = connect_review("portforward", user="alice", groups=["permafrost:break-glass"])
+    response = await webhooks.answer(body, webhook="pods-connect", runtime=runtime)
+    await settle(runtime)
+    assert response["response"]["allowed"] is True
+    assert marked == []

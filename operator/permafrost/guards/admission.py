@@ -10,6 +10,8 @@ and Pods). What runs in a frozen workload never changes in place:
   ``rollout restart``);
 - Pods: container and init-container images are frozen, and no ephemeral container may be
   added (``kubectl debug``).
+- Pods: nobody execs, attaches or port-forwards into them without a break-glass session
+  (decided in :mod:`permafrost.guards.sessions`; the webhook and fail-safe configuration are here).
 
 Everything else is allowed: scaling, metadata that does not change what runs, deletion.
 Exempt users (the operator's own service account) are always allowed. A *break-glass*
@@ -67,6 +69,8 @@ class Settings:
     exempt_users: frozenset[str] = frozenset()
     break_glass_groups: frozenset[str] = frozenset({"permafrost:break-glass"})
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
+    # Port-forward into frozen pods for everyone (read-only debugging; exec and attach never).
+    allow_port_forward: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,6 +411,24 @@ POLICY_RULES: tuple[dict[str, Any], ...] = (
         "scope": "Cluster",
     },
 )
+
+
+def connect_rules(settings: Settings) -> tuple[dict[str, Any], ...]:
+    """The CONNECT subresources of pods that reach into a running container (exec, attach and,
+    unless allowed by the settings, port-forward)."""
+    resources = ["pods/exec", "pods/attach"]
+    if not settings.allow_port_forward:
+        resources.append("pods/portforward")
+    return (
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CONNECT"],
+            "resources": resources,
+        },
+    )
+
+
 MANAGED_OBJECTS = {"matchExpressions": [{"key": models.LABEL_RELEASE, "operator": "Exists"}]}
 UNMANAGED = {"matchExpressions": [{"key": models.LABEL_RELEASE, "operator": "DoesNotExist"}]}
 
@@ -481,6 +503,13 @@ def webhook_configuration(
             ),
             {
                 **webhook("releases", "releases", RELEASE_RULES, enforced=False),
+                "objectSelector": {},
+            },
+            # NB: a CONNECT's object is its options (PodExecOptions): no labels, so any object
+            # selector but the empty one never matches it (seen on kube 1.36). The webhook reads
+            # the pod to know whether it is frozen.
+            {
+                **webhook("connect", "pods-connect", connect_rules(settings), enforced=False),
                 "objectSelector": {},
             },
             # NB: a broken policy must never be admitted (and then silently ignored), so this
@@ -653,6 +682,141 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
             {
                 "namespaceSelector": _namespaces(settings, enforced=True),
                 "objectSelector": copy.deepcopy(UNMANAGED),
+            },
+        ),
+    ]
+
+
+EXEC_POLICY = "permafrost-frozen-exec"
+
+
+SESSION_ANNOTATIONS = (
+    "permafrost.dev/session-user",
+    "permafrost.dev/session-since",
+    "permafrost.dev/session-until",
+    "permafrost.dev/session-reason",
+)
+MAX_SESSION_CEL = "duration('4h')"  # sessions.MAX_SESSION; a unit test keeps them equal
+SESSION_RULES: tuple[dict[str, Any], ...] = (
+    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]},
+)
+
+
+def exec_policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
+    """The fail-safe for exec, attach and port-forward, and for break-glass sessions: a
+    ValidatingAdmissionPolicy and its two bindings (enforced namespaces; managed pods).
+
+    The apiserver evaluates CONNECT requests in policies, but sees only the request (user, pod
+    name, namespace) and its options, never the pod: it cannot tell a pod Permafrost manages,
+    nor read a break-glass session on it. So in the namespaces that enforce immutable workloads
+    (``permafrost.dev/enforce=true``) it denies every exec, attach (and, unless allowed,
+    port-forward) except to exempt users and members of a break-glass group; the webhook, which
+    reads the pod, decides the rest: sessions, and pods of releases elsewhere.
+
+    On an UPDATE of a frozen pod that writes a session (the annotations
+    ``permafrost.dev/session-*``), it checks what it can without a clock: the writer is in a
+    break-glass group, writes it for themselves, and it lasts at most 4h.
+
+    NB: the enforced binding has no object selector: a CONNECT's object (PodExecOptions) has no
+    labels, and any object selector but the empty one never matches it (seen on kube 1.36).
+    The managed binding's selector thus matches the UPDATEs of managed pods only.
+    """
+    groups = ", ".join(sorted(settings.break_glass_groups)) or "none configured"
+    member = f"request.userInfo.groups.exists(g, g in {_cel_list(settings.break_glass_groups)})"
+    message = json.dumps(
+        f" is denied: namespace is labelled {LABEL_ENFORCE}=true, and a shell in a pod changes "
+        "what runs outside any revision. Debug a copy (kubectl debug POD --copy-to=NAME); in an "
+        f"emergency, members of {groups} open a session: permafrost break-glass POD --for 15m "
+        "--reason '...'"
+    )
+    verb = (
+        "(request.subResource == 'portforward' ? 'port-forward' : request.subResource) + ' into "
+        "Pod ' + request.namespace + '/' + request.name"
+    )
+
+    def annotation(obj: str, key: str) -> str:
+        k = json.dumps(key)
+        return (
+            f"(has({obj}.metadata.annotations) && {k} in {obj}.metadata.annotations ? "
+            f"{obj}.metadata.annotations[{k}] : '')"
+        )
+
+    user, since, until = (annotation("object", k) for k in SESSION_ANNOTATIONS[:3])
+    rfc3339 = json.dumps(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?Z$")
+    changed = " || ".join(
+        f"{annotation('object', k)} != {annotation('oldObject', k)}" for k in SESSION_ANNOTATIONS
+    )
+    written = " || ".join(f"{annotation('object', k)} != ''" for k in SESSION_ANNOTATIONS)
+    valid = (
+        f"{member} && {user} == request.userInfo.username && "
+        # NB: a malformed time is refused with the message, not with a conversion error.
+        f"{since}.matches({rfc3339}) && {until}.matches({rfc3339}) && "
+        f"timestamp({until}) > timestamp({since}) && "
+        f"timestamp({until}) - timestamp({since}) <= {MAX_SESSION_CEL}"
+    )
+    policy: dict[str, Any] = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    copy.deepcopy(r) for r in (*connect_rules(settings), *SESSION_RULES)
+                ]
+            },
+            "validations": [
+                {
+                    "expression": f"request.operation != 'CONNECT' || {member}",
+                    "messageExpression": f"{verb} + {message}",
+                    "reason": "Forbidden",
+                },
+                {
+                    # NB: || absorbs errors: a CONNECT's object has no metadata to look at.
+                    "expression": f"request.operation != 'UPDATE' || !({changed}) || "
+                    f"!({written}) || ({valid})",
+                    "messageExpression": "'break-glass session on Pod ' + request.namespace + "
+                    "'/' + request.name + "
+                    + json.dumps(
+                        f" refused: only members of {groups} open one, for themselves, for "
+                        "at most 4h (permafrost break-glass POD --for 15m --reason '...')"
+                    ),
+                    "reason": "Forbidden",
+                },
+            ],
+        },
+    }
+    if settings.exempt_users:
+        policy["spec"]["matchConditions"] = [
+            {
+                "name": "not-exempt",
+                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
+            }
+        ]
+
+    def binding(suffix: str, resources: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {
+                "name": f"{name}-{suffix}",
+                "labels": {models.LABEL_MANAGED_BY: models.MANAGER},
+            },
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": dict(resources),
+            },
+        }
+
+    return [
+        policy,
+        binding("enforced", {"namespaceSelector": _namespaces(settings, enforced=True)}),
+        binding(
+            "managed",
+            {
+                "namespaceSelector": _namespaces(settings, enforced=False),
+                "objectSelector": copy.deepcopy(MANAGED_OBJECTS),
             },
         ),
     ]

@@ -31,7 +31,7 @@ import aiohttp.web
 import kopf
 
 from permafrost import kube, metrics, models
-from permafrost.guards import admission, certs
+from permafrost.guards import admission, certs, sessions
 from permafrost.policies import checking, policy, store
 from permafrost.releases import conditions
 
@@ -389,6 +389,7 @@ async def _register(options: Options, bundle: certs.Bundle) -> None:
     )
     for body in (
         *admission.policy_manifests(name=POLICY, settings=options.settings),
+        *admission.exec_policy_manifests(name=admission.EXEC_POLICY, settings=options.settings),
         *admission.service_guard_manifests(name=admission.SERVICE_GUARD, settings=guard),
         *admission.service_route_manifests(name=admission.SERVICE_ROUTES, settings=guard),
     ):
@@ -502,6 +503,17 @@ async def _frozen_workload(scope: admission.Scope, **kwargs: Any) -> None:
         dry_run=dryrun,
     )
     decision = admission.review(request, runtime.options.settings)
+    # Break-glass sessions (exec into frozen pods): opening one is decided here, first.
+    session = sessions.review_session(
+        request, runtime.options.settings, now=datetime.datetime.now(datetime.UTC)
+    )
+    if session is not None and (not session.allowed or decision.allowed):
+        if session.allowed and session.reason != admission.EXEMPT:
+            if not dryrun:
+                runtime.spawn(_record_session(request, session, dict(body)))
+            kwargs["warnings"].extend(session.warnings)
+        elif not session.allowed:
+            decision = session
     violations: tuple[policy.RuleResult, ...] = ()
     if decision.allowed and request.operation == "CREATE" and request.scope == "enforced":
         decision, violations = _policies_at_create(
@@ -592,13 +604,194 @@ async def _record_break_glass(
     )
 
 
+# --- exec, attach, port-forward; break-glass sessions ----------------------------------------
+
+
+async def pod_connect(**kwargs: Any) -> None:
+    """Validate an exec, attach or port-forward into a pod (a CONNECT on its subresource)."""
+    with metrics.time_admission("pods-connect"):
+        await _pod_connect(**kwargs)
+
+
+async def _pod_connect(**kwargs: Any) -> None:
+    runtime: Runtime | None = kwargs.get("runtime")
+    subresource = str(kwargs.get("subresource") or "")
+    if runtime is None or subresource not in sessions.CONNECT_SUBRESOURCES:
+        return
+    settings = runtime.options.settings
+    namespace, name = str(kwargs.get("namespace") or ""), str(kwargs.get("name") or "")
+    if not namespace or not name or namespace in settings.excluded_namespaces:
+        return
+    userinfo: Mapping[str, Any] = kwargs.get("userinfo") or {}
+    # NB: the options carry no labels: whether the pod is frozen is read from the pod itself
+    # (a failed read fails this review, which denies: the operator is up and cannot tell).
+    pod = await kube.find_frozen(namespace=namespace, kind="Pod", name=name)
+    now = datetime.datetime.now(datetime.UTC)
+    request = sessions.Connect(
+        subresource=subresource,
+        namespace=namespace,
+        name=name,
+        username=str(userinfo.get("username") or ""),
+        groups=tuple(userinfo.get("groups") or ()),
+        pod=pod,
+        namespace_labels=store.STORE.namespace(namespace)["labels"],
+        options=kwargs.get("new"),
+    )
+    decision = sessions.review_connect(request, settings, now=now)
+    kwargs["warnings"].extend(decision.warnings)
+    metrics.count_admission(
+        webhook="pods-connect", reason=decision.reason, allowed=decision.allowed
+    )
+    if decision.event_type is not None and pod is not None:
+        _log_decision(
+            webhook="pods-connect",
+            decision=decision,
+            kind="Pod",
+            namespace=namespace,
+            name=name,
+            username=request.username,
+        )
+        if decision.reason == sessions.BREAK_GLASS_EXEC:
+            metrics.BREAK_GLASS.labels(result=subresource).inc()
+            runtime.spawn(
+                _record_connect(
+                    pod,
+                    decision,
+                    taint=sessions.taint_of(subresource),
+                    key=_connect_occurrence(request, decision, now=now),
+                )
+            )
+        else:
+            runtime.spawn(
+                kube.post_object_event(
+                    involved={"apiVersion": "v1", "kind": "Pod", **pod},
+                    type_=decision.event_type,
+                    reason=decision.reason,
+                    message=decision.message,
+                    now=now,
+                    key=_connect_occurrence(request, decision, now=now),
+                )
+            )
+    if not decision.allowed:
+        raise kopf.AdmissionError(decision.message, code=403)
+
+
+def _connect_occurrence(
+    request: sessions.Connect, decision: admission.Decision, *, now: datetime.datetime
+) -> str:
+    """What makes one exec, attach or port-forward one occurrence: the pod, the user, the
+    decision and its message (which holds the command), within a second.
+
+    NB: kubectl tries a WebSocket first and, when that upgrade is refused, SPDY: one denied
+    command reaches the webhook twice, and is recorded once.
+    """
+    uid = ((request.pod or {}).get("metadata") or {}).get("uid")
+    return f"{uid}/{request.username}/{decision.reason}/{decision.message}/{now:%Y%m%dT%H%M%S}"
+
+
+async def _record_connect(
+    pod: Mapping[str, Any], decision: admission.Decision, *, taint: str | None, key: str
+) -> None:
+    """Mark a pod a session let an exec or attach into, and record it (on the pod and on its
+    release, for ``permafrost history``).
+
+    NB: a CONNECT leaves nothing to confirm in the cluster, unlike a break-glass change. The
+    decision came from the pod as read from the cluster (its session, which only its user may
+    write), so a forged review can at most mark a pod whose session's user could have.
+    """
+    meta = pod.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    if taint is not None:
+        try:
+            await kube.patch_pod_metadata(
+                namespace=namespace, name=name, labels={sessions.LABEL_TAINTED: taint}
+            )
+        except Exception as exc:
+            logger.warning("could not mark pod %s/%s tainted: %s", namespace, name, exc)
+    await _post_session_event(pod, decision, key=key)
+
+
+async def _record_session(
+    request: admission.Request, decision: admission.Decision, body: Mapping[str, Any]
+) -> None:
+    """Record an opened break-glass session (Event on the pod and its release, metric) once the
+    session is seen on the pod (a forged review records nothing)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + CONFIRM_SECONDS
+    wanted = sessions.session_of(request.new)
+    while True:
+        try:
+            live = await kube.find_frozen(
+                namespace=request.namespace, kind="Pod", name=request.name
+            )
+        except Exception as exc:
+            logger.warning(
+                "break-glass session on pod %s/%s: %s; not recorded",
+                request.namespace,
+                request.name,
+                exc,
+            )
+            return
+        if (
+            live is not None
+            and sessions.session_of(live) == wanted
+            and ((live.get("metadata") or {}).get("uid") == (body.get("metadata") or {}).get("uid"))
+        ):
+            break
+        if loop.time() >= give_up:
+            logger.warning(
+                "break-glass session on pod %s/%s by %s was admitted but never appeared: "
+                "not recorded",
+                request.namespace,
+                request.name,
+                request.username,
+            )
+            return
+        await asyncio.sleep(CONFIRM_INTERVAL)
+    metrics.BREAK_GLASS.labels(result="session").inc()
+    await _post_session_event(live, decision)
+
+
+async def _post_session_event(
+    pod: Mapping[str, Any], decision: admission.Decision, *, key: str | None = None
+) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    involved = {"apiVersion": "v1", "kind": "Pod", **pod}
+    await kube.post_object_event(
+        involved=involved,
+        type_=decision.event_type or "Warning",
+        reason=decision.reason,
+        message=decision.message,
+        now=now,
+        key=key,
+    )
+    meta = pod.get("metadata") or {}
+    release = ((meta.get("labels") or {}).get(models.LABEL_RELEASE)) or ""
+    if release:
+        body = await kube.read_release(namespace=str(meta.get("namespace")), name=str(release))
+        if body is not None:
+            await kube.post_object_event(
+                involved={**body, "apiVersion": models.API_VERSION, "kind": models.KIND},
+                type_=decision.event_type or "Warning",
+                reason=decision.reason,
+                message=decision.message,
+                now=now,
+                key=None if key is None else f"{key}/release",
+            )
+
+
 def settings_from(
-    *, exempt_users: Sequence[str], break_glass_groups: Sequence[str], namespace: str
+    *,
+    exempt_users: Sequence[str],
+    break_glass_groups: Sequence[str],
+    namespace: str,
+    allow_port_forward: bool = False,
 ) -> admission.Settings:
     return admission.Settings(
         exempt_users=frozenset(exempt_users),
         break_glass_groups=frozenset(break_glass_groups),
         excluded_namespaces=frozenset({"kube-system", namespace}),
+        allow_port_forward=allow_port_forward,
     )
 
 
@@ -777,6 +970,7 @@ _WORKLOADS = frozenset(
 ROUTES: Mapping[str, Route] = {
     "frozen-managed": Route(frozen_workload, _WORKLOADS, param="managed", any_subresource=True),
     "frozen-enforced": Route(frozen_workload, _WORKLOADS, param="enforced", any_subresource=True),
+    "pods-connect": Route(pod_connect, frozenset({("", "v1", "pods")}), any_subresource=True),
     "releases": Route(guarded_release, frozenset({(models.GROUP, models.VERSION, models.PLURAL)})),
     "policies": Route(
         guardrail_policy, frozenset({(models.GROUP, models.VERSION, models.POLICY_PLURAL)})
@@ -842,6 +1036,9 @@ async def answer(
             new=new,
             operation=request.get("operation"),
             subresource=subresource,
+            # NB: a CONNECT's object (PodExecOptions) has no metadata: the pod is named here.
+            name=request.get("name"),
+            namespace=request.get("namespace"),
             userinfo=request["userInfo"],
             dryrun=bool(request.get("dryRun")),
             param=route.param,

@@ -19,7 +19,7 @@ import pydantic
 from permafrost import kube, metrics, models
 from permafrost.artifacts import images as image_checks
 from permafrost.artifacts import registry
-from permafrost.guards import admission
+from permafrost.guards import admission, sessions
 from permafrost.policies import checking, policy, store
 from permafrost.releases import conditions, manifests, observations, planner
 
@@ -214,6 +214,7 @@ async def reconcile(
                 extra=_fields(namespace, name, revision=None, reason="NamespaceTerminating"),
             )
             return None
+    tainted_wake = await _replace_tainted(release, spec, pods, now=now, fence=fence)
     applied_at = clock()
     for event in result.events:
         metrics.ROLLOUT_EVENTS.labels(reason=event.reason).inc()
@@ -273,6 +274,7 @@ async def reconcile(
     # release. The requeue below is only for changes that time alone brings (deadlines, delays),
     # and for referenced ConfigMaps and Secrets, which are read, never watched (see
     # CONFIG_POLL_SECONDS).
+    requeue = _sooner(result.requeue_after, tainted_wake)
     polls = []
     if spec.config_refs:
         polls.append(CONFIG_POLL_SECONDS)
@@ -280,10 +282,60 @@ async def reconcile(
         # NB: a registry is not watched: an image pushed, or a registry back, is seen this soon.
         polls.append(registry.MISSING_SECONDS)
     if polls:
-        if result.requeue_after is None:
-            return min(polls)
-        return min(result.requeue_after, *polls)
-    return result.requeue_after
+        return min(polls) if requeue is None else min(requeue, *polls)
+    return requeue
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+async def _replace_tainted(
+    release: manifests.ReleaseRef,
+    spec: models.GuardedReleaseSpec,
+    pods: list[dict[str, Any]],
+    *,
+    now: datetime.datetime,
+    fence: Fence | None,
+) -> float | None:
+    """Delete the release's pods a break-glass session marked, once it is over (their
+    ReplicaSets make fresh pods of the same revision); return seconds until the next session
+    ends (``None``: none is open on a marked pod)."""
+    due, wake = sessions.replacements(pods, now=now, enabled=spec.rollout.replace_tainted_pods)
+    by_name = {str(p["metadata"].get("name")): p for p in pods}
+    for replacement in due:
+        pod = by_name[replacement.name]
+        revision = (pod["metadata"].get("labels") or {}).get(models.LABEL_REVISION)
+        logger.info(
+            "release %s/%s: %s",
+            release.namespace,
+            release.name,
+            replacement.message,
+            extra=_fields(
+                release.namespace,
+                release.name,
+                revision=revision,
+                reason=sessions.TAINTED_POD_REPLACED,
+            ),
+        )
+        _check(fence)
+        await kube.delete_pod(
+            namespace=release.namespace,
+            name=replacement.name,
+            uid=pod["metadata"].get("uid"),
+        )
+        metrics.ROLLOUT_EVENTS.labels(reason=sessions.TAINTED_POD_REPLACED).inc()
+        await kube.post_event(
+            release=release,
+            type_="Normal",
+            reason=sessions.TAINTED_POD_REPLACED,
+            message=replacement.message,
+            now=now,
+        )
+    if wake is None:
+        return None
+    # NB: a second late rather than early: the pod is looked at again once the session is over.
+    return max(0.0, (wake - now).total_seconds()) + 1.0
 
 
 async def _nothing() -> list[dict[str, Any]]:
