@@ -51,6 +51,7 @@ POLICY_OBJECTS = (
     ("validatingadmissionpolicy", POLICY),
     ("validatingadmissionpolicybinding", f"{POLICY}-managed"),
     ("validatingadmissionpolicybinding", f"{POLICY}-enforced"),
+    ("validatingadmissionpolicybinding", f"{POLICY}-unenforced"),
 )
 PEERING = "permafrost"
 TLS_SECRET = "permafrost-webhook-tls"
