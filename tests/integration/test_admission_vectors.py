@@ -24,6 +24,7 @@ import pathlib
 import ssl
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -40,7 +41,7 @@ from conftest import (
     stop_guarded,
     wait_phase,
 )
-from k8s_harness import Cluster, to_yaml, wait_for
+from k8s_harness import Cluster, RealNode, to_yaml, wait_for
 from permafrost import admission, models, webhooks
 
 OLD_DIGEST = "a" * 64
@@ -1507,6 +1508,93 @@ def test_with_the_operator_gone_the_policy_still_denies_the_traffic_vectors(
         timeout=60,
         what="the revision's ReplicaSet to re-create its pod",
     )
+
+
+@pytest.mark.real_node
+def test_on_the_real_node_a_hand_made_pod_or_endpointslice_would_take_the_traffic(
+    crds: Cluster,
+    namespace: str,
+    guarded_operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+) -> None:
+    """The vectors are real: with the guards gone, kube-proxy sends a managed Service's traffic
+    to a pod made by hand with the stable revision's labels, and to whatever a hand-written
+    EndpointSlice names. With the guards, both are refused and only the verified v1 answers."""
+    probe = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
+
+    def pod_spec(image: str) -> dict[str, Any]:
+        return real_node.schedule(
+            {"containers": [{"name": "app", "image": image, "readinessProbe": probe}]}
+        )
+
+    manifest = release("web", service="web", deadline=30, min_ready=2, scale_down_delay=2)
+    manifest["spec"]["template"]["spec"] = pod_spec(demo_images["v1"])
+    crds.apply(manifest, namespace=namespace)
+    wait_phase(crds, namespace, "web", "Stable", timeout=90)
+    ip = crds.get("service", "web", namespace=namespace)["spec"]["clusterIP"]
+    url = f"http://{ip}/"
+    crds.kubectl(
+        "create", "rolebinding", "developers", "--clusterrole=edit", "--user=bob",
+        namespace=namespace,
+    )  # fmt: skip
+    _grant_endpointslices(crds, namespace)
+    # NB: what the Service selects, as the stable pods carry it; not pod-template-hash (the
+    # ReplicaSet would adopt the pod, one too many, and delete one).
+    labels = revision_pod(crds, namespace, release_name="web")["metadata"]["labels"]
+    selector = crds.get("service", "web", namespace=namespace)["spec"]["selector"]
+    stable = {k: labels[k] for k in selector}
+    assert stable == selector
+
+    def versions(n: int = 40) -> set[str]:
+        seen = set()
+        for _ in range(n):
+            with urllib.request.urlopen(url, timeout=3) as answer:
+                seen.add(json.loads(answer.read())["version"])
+        return seen
+
+    def ready_ip(name: str) -> str | None:
+        pod = crds.get("pod", name, namespace=namespace) or {}
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pod.get("status", {}).get("conditions", [])
+        )
+        return str(pod["status"]["podIP"]) if ready else None
+
+    v2 = {"apiVersion": "v1", "kind": "Pod", "spec": pod_spec(demo_images["v2"])}
+    hijack = {**v2, "metadata": {"name": "hijack", "labels": dict(stable)}}
+    assert_reserved(as_user(crds, hijack, namespace, *BOB), f"Pod {namespace}/hijack")
+    impostor = {**v2, "metadata": {"name": "impostor", "labels": {"app": "impostor"}}}
+    crds.create(impostor, namespace=namespace)
+    impostor_ip = wait_for(lambda: ready_ip("impostor"), timeout=60, what="the impostor Ready")
+    forged = _endpointslice("web-forged", "web", impostor_ip)
+    forged["ports"] = [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    proc = as_user(crds, forged, namespace, *MALLORY)
+    assert proc.returncode != 0, proc.stdout
+    assert ENDPOINTS_RESERVED in proc.stderr
+    assert versions() == {"v1"}
+
+    try:
+        guarded_operator.stop()
+        remove_guards(crds)
+        wait_for(
+            lambda: as_user(crds, forged, namespace, "--dry-run=server").returncode == 0,
+            timeout=30,
+            interval=0.5,
+            what="the guards to be gone",
+        )
+        crds.create(forged, namespace=namespace)
+        wait_for(lambda: "v2" in versions(20), timeout=30, what="the forged slice to take traffic")
+        crds.kubectl("delete", "endpointslice", "web-forged", namespace=namespace)
+        wait_for(lambda: versions() == {"v1"}, timeout=30, what="the forged slice gone")
+        crds.create(hijack, namespace=namespace)
+        wait_for(lambda: ready_ip("hijack"), timeout=60, what="the hand-made pod Ready")
+        wait_for(lambda: "v2" in versions(20), timeout=30, what="the hand-made pod to take traffic")
+    finally:
+        crds.kubectl("delete", "pod", "hijack", "impostor", "--ignore-not-found", "--wait=false",
+                     namespace=namespace, check=False)  # fmt: skip
+        if not bindings_exist(crds):
+            restore_policy(crds)
 
 
 # --- without the operator: the fail-safe policy -------------------------------------------------
