@@ -2,16 +2,22 @@
 
 A workload is *frozen* when Permafrost manages it (it carries ``permafrost.dev/release``: a
 revision Deployment, its ReplicaSets and Pods) or when its namespace opted in with the label
-``permafrost.dev/enforce=true`` (every Deployment, StatefulSet and DaemonSet, their ReplicaSets
-and Pods). What runs in a frozen workload never changes in place:
+``permafrost.dev/enforce=true`` (every Deployment, StatefulSet, DaemonSet, ReplicationController,
+Job and CronJob, their ReplicaSets and Pods). What runs in a frozen workload never changes in
+place:
 
-- workloads and ReplicaSets: ``spec.template`` and ``spec.selector`` are frozen (this covers
-  ``kubectl set image/env/resources``, ``edit``, ``patch``, ``apply``, ``replace`` and
-  ``rollout restart``);
+- workloads and ReplicaSets: ``spec.template`` (a CronJob's ``spec.jobTemplate``) and
+  ``spec.selector`` are frozen (this covers ``kubectl set image/env/resources``, ``edit``,
+  ``patch``, ``apply``, ``replace`` and ``rollout restart``);
 - Pods: container and init-container images are frozen, and no ephemeral container may be
   added (``kubectl debug``).
 
 Everything else is allowed: scaling, metadata that does not change what runs, deletion.
+
+Wherever Permafrost guards (every namespace but the excluded ones), the labels a managed Service
+selects a verified revision's pods by are reserved (:func:`reserved`): only kube-controller-manager
+creates pods that carry them, and nobody adds them to a pod or a pod template; in enforced
+namespaces only the EndpointSlice controllers write a Service's EndpointSlices.
 Exempt users (the operator's own service account) are always allowed. A *break-glass*
 annotation, set in the same request by a member of a break-glass group, lets one mutation
 through; it is reported as an Event. The same rules, minus the Events, are enforced by a
@@ -155,7 +161,8 @@ def frozen_changes(request: Request) -> list[tuple[str, str]]:
     """What in the request would change what runs: ``[(reason, description)]``, empty if none."""
     old, new = _spec(request.old), _spec(request.new)
     changes: list[tuple[str, str]] = []
-    if request.subresource is None:
+    # NB: a pod's labels change through pods/status too (the apiserver keeps them from it).
+    if request.subresource in (None, "status"):
         old_labels, new_labels = _labels(request.old), _labels(request.new)
         for label in (models.LABEL_RELEASE, models.LABEL_REVISION):
             if label in old_labels and new_labels.get(label) != old_labels[label]:
@@ -253,7 +260,10 @@ def reserved(request: Request, settings: Settings) -> Decision | None:
       kube-controller-manager, where Permafrost guards it (kube-proxy routes a Service's
       traffic to every slice with that label, whoever wrote it).
     """
-    if request.subresource is not None or request.operation not in ("CREATE", "UPDATE"):
+    if request.subresource not in (None, "status") or request.operation not in (
+        "CREATE",
+        "UPDATE",
+    ):
         return None
     what = f"{request.kind} {request.namespace}/{request.name}"
     controller = request.username in settings.controller_users
@@ -539,6 +549,16 @@ RESERVED_RULES: tuple[dict[str, Any], ...] = (
         "apiVersions": ["v1"],
         "operations": ["CREATE", "UPDATE"],
         "resources": ["jobs", "cronjobs"],
+    },
+)
+# NB: pods/status can change a pod's labels. The policy alone sees it: the kubelet writes it
+# on every change of a pod's state, which must not wait on the operator's webhook.
+STATUS_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "operations": ["UPDATE"],
+        "resources": ["pods/status"],
     },
 )
 ENDPOINT_RULES: tuple[dict[str, Any], ...] = (
@@ -844,7 +864,8 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
         },
         # The revision labels are reserved (see :func:`reserved`); no break-glass.
         {
-            "expression": "request.kind.kind == 'EndpointSlice' || variables.subresource != '' "
+            "expression": "request.kind.kind == 'EndpointSlice' || "
+            "(variables.subresource != '' && variables.subresource != 'status') "
             f"|| (request.operation == 'CREATE' ? (request.userInfo.username in {controllers} "
             f"|| !{revision_labels}.exists(l, l in variables.podLabels)) : "
             f"{revision_labels}.all(l, !(l in variables.podLabels) || "
@@ -871,7 +892,13 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
             "matchConstraints": {
                 "resourceRules": [
                     copy.deepcopy(r)
-                    for r in (*FROZEN_RULES, *CREATE_RULES, *RESERVED_RULES, *ENDPOINT_RULES)
+                    for r in (
+                        *FROZEN_RULES,
+                        *CREATE_RULES,
+                        *RESERVED_RULES,
+                        *ENDPOINT_RULES,
+                        *STATUS_RULES,
+                    )
                 ]
             },
             # NB: request.subResource is absent (not "") for the main resource.

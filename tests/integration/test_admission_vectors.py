@@ -1151,6 +1151,34 @@ def test_labelling_a_pod_into_a_release_is_denied(guarded: Frozen, labelling: st
         c.kubectl("delete", "pod", name, "--wait=false", namespace=ns, check=False)
 
 
+def test_pod_labels_cannot_change_through_pods_status_either(guarded: Frozen) -> None:
+    """The apiserver takes a pod's labels from a pods/status write too (the kubelet's and the
+    controllers' path; no default role but theirs grants it): the policy judges it."""
+    c, ns = guarded.cluster, guarded.unenforced
+    stable = revision_pod(c, ns)
+    name, before = stable["metadata"]["name"], stable["metadata"]["labels"]
+    drop = {"metadata": {"labels": {models.LABEL_REVISION: None}}}
+    proc = c.kubectl(
+        "patch", "pod", name, "--subresource=status", "--type", "merge", "-p", json.dumps(drop),
+        namespace=ns, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert LABELS_FROZEN in proc.stderr
+    assert c.get("pod", name, namespace=ns)["metadata"]["labels"] == before
+    plain = f"plain-{uuid.uuid4().hex[:6]}"
+    assert as_user(c, bare_pod(plain, {"app": "x"}), ns).returncode == 0
+    try:
+        add = {"metadata": {"labels": {k: before[k] for k in LABELLINGS["both-labels"]}}}
+        proc = c.kubectl(
+            "patch", "pod", plain, "--subresource=status", "--type", "merge",
+            "-p", json.dumps(add), namespace=ns, check=False,
+        )  # fmt: skip
+        assert_reserved(proc, f"Pod {ns}/{plain}")
+        assert c.get("pod", plain, namespace=ns)["metadata"]["labels"] == {"app": "x"}
+    finally:
+        c.kubectl("delete", "pod", plain, "--wait=false", namespace=ns, check=False)
+
+
 def test_moving_a_revision_pod_to_another_revision_is_denied(guarded: Frozen) -> None:
     c, ns = guarded.cluster, guarded.unenforced
     pod = revision_pod(c, ns, release_name="cart")

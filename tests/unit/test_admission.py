@@ -657,7 +657,7 @@ LABELS = (
             id="adding-a-revision-label-to-a-pod-is-denied",
         ),
         pytest.param(
-            allowed(
+            denied(
                 update(
                     "Pod",
                     "managed",
@@ -665,9 +665,37 @@ LABELS = (
                     old_labels=FROZEN_LABELS,
                     subresource="status",
                 ),
+                admission.LABELS_FROZEN,
+                f"changes its {models.LABEL_REVISION} label",
+            ),
+            id="a-pod-status-update-cannot-change-the-labels-either",
+        ),
+        pytest.param(
+            denied(
+                update(
+                    "Pod",
+                    "unenforced",
+                    put("metadata", "labels", models.LABEL_RELEASE, value=RELEASE),
+                    labelled=False,
+                    subresource="status",
+                ),
+                admission.REVISION_LABELS_RESERVED,
+                f"it adds {models.LABEL_RELEASE},",
+            ),
+            id="a-pod-status-update-cannot-add-a-revision-label",
+        ),
+        pytest.param(
+            allowed(
+                update(
+                    "Pod",
+                    "managed",
+                    put("status", "phase", value="Failed"),
+                    old_labels=FROZEN_LABELS,
+                    subresource="status",
+                ),
                 admission.NO_CHANGE,
             ),
-            id="a-subresource-update-is-not-judged-on-labels",
+            id="a-pod-status-update-that-keeps-the-labels-is-allowed",
         ),
         pytest.param(
             allowed(
@@ -1904,6 +1932,7 @@ ENDPOINT_OPERATIONS = {
     ("discovery.k8s.io", "endpointslices", "CREATE"),
     ("discovery.k8s.io", "endpointslices", "UPDATE"),
 }
+STATUS_OPERATIONS = {("", "pods/status", "UPDATE")}
 
 
 def configuration(client_config: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
@@ -2227,8 +2256,11 @@ def test_the_bindings_select_like_the_webhooks() -> None:
 def test_the_policy_sees_the_updates_and_creations_the_enforced_webhook_sees() -> None:
     policy, *_ = manifests()
     seen = operations(policy["spec"]["matchConstraints"]["resourceRules"])
-    assert seen == UPDATED | CREATED | RESERVED_OPERATIONS | ENDPOINT_OPERATIONS
-    assert seen == operations(webhooks_by_scope(configuration())["enforced"]["rules"])
+    assert seen == UPDATED | CREATED | RESERVED_OPERATIONS | ENDPOINT_OPERATIONS | STATUS_OPERATIONS
+    # NB: pods/status, which the kubelet writes all the time, is the policy's alone.
+    assert seen - STATUS_OPERATIONS == operations(
+        webhooks_by_scope(configuration())["enforced"]["rules"]
+    )
 
 
 def test_the_exempt_users_are_spared_by_a_match_condition() -> None:
