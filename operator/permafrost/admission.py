@@ -78,6 +78,7 @@ BREAK_GLASS_REFUSED = "BreakGlassRefused"
 UNPINNED_IMAGE = "UnpinnedImage"
 REVISION_LABELS_RESERVED = "RevisionLabelsReserved"
 ENDPOINTS_RESERVED = "EndpointsReserved"
+POD_IP_FROZEN = "PodIPFrozen"
 NOT_FROZEN = "NotFrozen"
 NO_CHANGE = "NoChange"
 EXEMPT = "Exempt"
@@ -280,6 +281,23 @@ def reserved(request: Request, settings: Settings) -> Decision | None:
             "selects",
             event_type="Warning",
         )
+    if request.kind == "Pod" and request.subresource == "status":
+        # NB: the EndpointSlice controller publishes a pod's status.podIPs: a revision pod's
+        # assigned IP, changed, would send the Service's traffic anywhere.
+        revision_pod = any(label in _labels(request.old) for label in REVISION_LABELS)
+        old_status, new_status = _field(request.old, "status"), _field(request.new, "status")
+        assigned = old_status.get("podIP")
+        if (
+            revision_pod
+            and assigned
+            and any(new_status.get(key) != old_status.get(key) for key in ("podIP", "podIPs"))
+        ):
+            return Decision(
+                False,
+                POD_IP_FROZEN,
+                f"{what} is refused: {POD_IP_MESSAGE}",
+                event_type="Warning",
+            )
     if request.kind == "Pod":
         new, old = _labels(request.new), _labels(request.old)
     elif request.kind in TEMPLATE_KINDS:
@@ -739,6 +757,10 @@ RESERVED_MESSAGE = (
     "and Permafrost verifies a revision before it takes traffic); update the GuardedRelease "
     "instead, or use labels of your own"
 )
+POD_IP_MESSAGE = (
+    "the IP of a revision's pod never changes once assigned (the EndpointSlice controller "
+    "publishes it: the Service's traffic would go there)"
+)
 ENDPOINTS_MESSAGE = (
     " is refused: only the EndpointSlice controller writes a Service's endpoints here "
     "(kube-proxy sends the Service's traffic to every EndpointSlice that names it)"
@@ -872,6 +894,17 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
             "(l in variables.oldPodLabels && (request.kind.kind == 'Pod' || "
             "variables.oldPodLabels[l] == variables.podLabels[l]))))",
             "messageExpression": f"{what} + {json.dumps(RESERVED_MESSAGE)}",
+            "reason": "Forbidden",
+        },
+        {
+            "expression": "variables.subresource != 'status' || request.kind.kind != 'Pod' || "
+            f"!{revision_labels}.exists(l, l in variables.oldPodLabels) || "
+            "!has(oldObject.status) || !has(oldObject.status.podIP) || "
+            "oldObject.status.podIP == '' || (has(object.status) && has(object.status.podIP) && "
+            "object.status.podIP == oldObject.status.podIP && "
+            "(has(object.status.podIPs) ? object.status.podIPs : []) == "
+            "(has(oldObject.status.podIPs) ? oldObject.status.podIPs : []))",
+            "messageExpression": f"{what} + {json.dumps(' is refused: ' + POD_IP_MESSAGE)}",
             "reason": "Forbidden",
         },
         {

@@ -1151,9 +1151,9 @@ def test_labelling_a_pod_into_a_release_is_denied(guarded: Frozen, labelling: st
         c.kubectl("delete", "pod", name, "--wait=false", namespace=ns, check=False)
 
 
-def test_pod_labels_cannot_change_through_pods_status_either(guarded: Frozen) -> None:
-    """The apiserver takes a pod's labels from a pods/status write too (the kubelet's and the
-    controllers' path; no default role but theirs grants it): the policy judges it."""
+def test_pod_labels_and_ips_cannot_change_through_pods_status(guarded: Frozen) -> None:
+    """The apiserver takes a pod's labels and IPs from a pods/status write (the kubelet's and
+    the controllers' path; no default role but theirs grants it): the policy judges it."""
     c, ns = guarded.cluster, guarded.unenforced
     stable = revision_pod(c, ns)
     name, before = stable["metadata"]["name"], stable["metadata"]["labels"]
@@ -1165,6 +1165,17 @@ def test_pod_labels_cannot_change_through_pods_status_either(guarded: Frozen) ->
     assert proc.returncode != 0, proc.stdout
     assert LABELS_FROZEN in proc.stderr
     assert c.get("pod", name, namespace=ns)["metadata"]["labels"] == before
+    # Nor its IP, which the EndpointSlice controller would publish for the Service.
+    ip = stable["status"]["podIP"]
+    assert ip
+    moved = {"status": {"podIP": "10.244.0.254", "podIPs": [{"ip": "10.244.0.254"}]}}
+    proc = c.kubectl(
+        "patch", "pod", name, "--subresource=status", "--type", "merge", "-p", json.dumps(moved),
+        namespace=ns, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert "never changes once assigned" in proc.stderr, proc.stderr
+    assert c.get("pod", name, namespace=ns)["status"]["podIP"] == ip
     plain = f"plain-{uuid.uuid4().hex[:6]}"
     assert as_user(c, bare_pod(plain, {"app": "x"}), ns).returncode == 0
     try:

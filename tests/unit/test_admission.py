@@ -236,6 +236,7 @@ def update(
     labelled: bool | None = None,
     old_annotations: Mapping[str, str] | None = None,
     old_labels: Mapping[str, str] | None = None,
+    old_status: Mapping[str, Any] | None = None,
 ) -> admission.Request:
     """An UPDATE of ``shop/web`` that applies ``edits`` (labelled by default in managed scope)."""
     old = obj(
@@ -244,6 +245,8 @@ def update(
         annotations=old_annotations,
     )
     old["metadata"]["labels"].update(old_labels or {})
+    if old_status:
+        old["status"].update(old_status)
     new = copy.deepcopy(old)
     for edit in edits:
         edit(new)
@@ -696,6 +699,51 @@ LABELS = (
                 admission.NO_CHANGE,
             ),
             id="a-pod-status-update-that-keeps-the-labels-is-allowed",
+        ),
+        pytest.param(
+            denied(
+                update(
+                    "Pod",
+                    "managed",
+                    put("status", "podIP", value="10.244.0.66"),
+                    put("status", "podIPs", value=[{"ip": "10.244.0.66"}]),
+                    old_labels=FROZEN_LABELS,
+                    old_status={"podIP": "10.244.0.9", "podIPs": [{"ip": "10.244.0.9"}]},
+                    subresource="status",
+                ),
+                admission.POD_IP_FROZEN,
+                what("Pod"),
+                "never changes once assigned",
+            ),
+            id="the-assigned-ip-of-a-revision-pod-cannot-change",
+        ),
+        pytest.param(
+            allowed(
+                update(
+                    "Pod",
+                    "managed",
+                    put("status", "podIP", value="10.244.0.9"),
+                    put("status", "podIPs", value=[{"ip": "10.244.0.9"}]),
+                    old_labels=FROZEN_LABELS,
+                    subresource="status",
+                ),
+                admission.NO_CHANGE,
+            ),
+            id="a-revision-pod-gets-its-ip-assigned",
+        ),
+        pytest.param(
+            allowed(
+                update(
+                    "Pod",
+                    "unenforced",
+                    put("status", "podIP", value="10.244.0.66"),
+                    labelled=False,
+                    old_status={"podIP": "10.244.0.9"},
+                    subresource="status",
+                ),
+                admission.NOT_FROZEN,
+            ),
+            id="the-ip-of-a-pod-of-no-revision-is-not-judged",
         ),
         pytest.param(
             allowed(
@@ -1382,6 +1430,7 @@ def test_every_reason_constant_of_a_decision_is_covered_by_the_table() -> None:
         admission.UNPINNED_IMAGE,
         admission.REVISION_LABELS_RESERVED,
         admission.ENDPOINTS_RESERVED,
+        admission.POD_IP_FROZEN,
     }
 
 
@@ -2303,9 +2352,9 @@ def test_every_validation_explains_itself_and_forbids() -> None:
     Then the reserved revision labels and EndpointSlices, which break-glass never lets through.
     """
     policy, *_ = manifests()
-    *updates, creation, labels, endpoints = policy["spec"]["validations"]
+    *updates, creation, labels, pod_ip, endpoints = policy["spec"]["validations"]
     assert len(updates) == 6
-    for validation in (*updates, creation, labels, endpoints):
+    for validation in (*updates, creation, labels, pod_ip, endpoints):
         assert validation["reason"] == "Forbidden"
         assert validation["messageExpression"]
     for validation in updates:
@@ -2316,7 +2365,7 @@ def test_every_validation_explains_itself_and_forbids() -> None:
     assert creation["expression"].startswith("request.operation != 'CREATE' || ")
     assert "variables.breakGlass" not in creation["expression"]
     assert "pinned by digest" in creation["messageExpression"]
-    for validation in (labels, endpoints):
+    for validation in (labels, pod_ip, endpoints):
         assert "breakGlass" not in validation["expression"]
         assert "is refused" in validation["messageExpression"]
 
@@ -2491,6 +2540,8 @@ def policy_mismatch(case: Case) -> str | None:
         return f"policy {'denies' if denials else 'allows'}: {denials}"
     if case.reason == admission.REVISION_LABELS_RESERVED:
         fragments: tuple[str, ...] = (f"{what(req.kind)} is refused: ", "update the GuardedRelease")
+    elif case.reason == admission.POD_IP_FROZEN:
+        fragments = (f"{what(req.kind)} is refused: ", "never changes once assigned")
     elif case.reason == admission.ENDPOINTS_RESERVED:
         fragments = (f"{what(req.kind)} is refused: ", "only the EndpointSlice controller")
     elif req.operation == "CREATE":
