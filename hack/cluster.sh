@@ -112,6 +112,10 @@ kwokctl_config() {
     kwok-controller=manage-all-nodes=false
     kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
     "kube-apiserver=service-cluster-ip-range=$SERVICE_CIDR"
+    # NB: each controller acts as its own ServiceAccount (system:serviceaccount:kube-system:
+    # replicaset-controller, ...), as kubeadm, kind and managed clusters run it: admission tells
+    # the pods a ReplicaSet creates from the ones a user creates by who creates them.
+    kube-controller-manager=use-service-account-credentials=true
   )
   if [ "$(mode_name)" = real-node ]; then
     local pki="$KWOK_WORKDIR/clusters/$CLUSTER_NAME/pki"
@@ -135,7 +139,7 @@ kwokctl_config() {
     echo "  kubeApiserverCertSANs: [\"$KUBERNETES_SERVICE_IP\", \"$NODE_IP\"]"
     echo "componentsPatches:"
     local component arg
-    for component in kwok-controller kube-apiserver; do
+    for component in kwok-controller kube-apiserver kube-controller-manager; do
       echo "- name: $component"
       echo "  extraArgs:"
       for arg in "${args[@]}"; do

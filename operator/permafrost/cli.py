@@ -225,6 +225,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="never denied (repeatable; default: the operator's service account "
         "system:serviceaccount:NS:permafrost)",
     )
+    guard.add_argument(
+        "--controller-user",
+        action="append",
+        metavar="USER",
+        help="a user kube-controller-manager's controllers act as: the only creators of the "
+        "pods and ReplicaSets that carry a revision's labels, and the only writers of "
+        "EndpointSlices where Permafrost guards them (repeatable; default: "
+        "system:kube-controller-manager and the replicaset-, deployment-, endpointslice- and "
+        "endpointslicemirroring-controller ServiceAccounts of kube-system)",
+    )
 
     rollback = commands.add_parser(
         "rollback", help="promote a retained revision again (it is verified first)"
@@ -644,6 +654,7 @@ def _run(args: argparse.Namespace) -> int:
                 break_glass_groups=args.break_glass_group or ["permafrost:break-glass"],
                 namespace=args.operator_namespace,
                 allow_port_forward=args.allow_port_forward,
+                controller_users=args.controller_user or (),
             ),
         )
         _admission_preflight(memo["admission"], takeover=args.webhook_takeover)

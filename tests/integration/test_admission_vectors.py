@@ -25,6 +25,7 @@ import pathlib
 import ssl
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -41,7 +42,7 @@ from conftest import (
     stop_guarded,
     wait_phase,
 )
-from k8s_harness import Cluster, to_yaml, wait_for
+from k8s_harness import Cluster, RealNode, to_yaml, wait_for
 from permafrost import models
 from permafrost.guards import admission, webhooks
 
@@ -53,7 +54,7 @@ PROBE_IMAGE = "registry.example/probe@sha256:" + "c" * 64  # for dry runs: a cha
 UNPINNED_IMAGE = "registry.example/x:1.0"
 
 POLICY = webhooks.POLICY
-BINDINGS = (f"{POLICY}-managed", f"{POLICY}-enforced")
+BINDINGS = (f"{POLICY}-managed", f"{POLICY}-enforced", f"{POLICY}-unenforced")
 # The settings the guarded operator runs with (its defaults for these flags).
 SETTINGS = webhooks.settings_from(
     exempt_users=[f"system:serviceaccount:{OPERATOR_NAMESPACE}:permafrost"],
@@ -280,7 +281,15 @@ def remove_guards(cluster: Cluster) -> None:
 
 
 def restore_policy(cluster: Cluster) -> None:
-    """The fail-safe policy and its bindings, applied as the operator applies them."""
+    """The fail-safe policy and its bindings, applied as the operator applies them.
+
+    NB: the operator runs as the tests' user here, and adds itself to the users that may create
+    its revisions' pods; so does this.
+    """
+    me = cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout
+    settings = dataclasses.replace(
+        SETTINGS, controller_users=SETTINGS.controller_users | {me.strip()}
+    )
     cluster.kubectl(
         "apply",
         "--server-side",
@@ -289,7 +298,7 @@ def restore_policy(cluster: Cluster) -> None:
         "--force-conflicts",
         "-f",
         "-",
-        stdin=to_yaml(admission.policy_manifests(name=POLICY, settings=SETTINGS)),
+        stdin=to_yaml(admission.policy_manifests(name=POLICY, settings=settings)),
     )
 
 
@@ -423,15 +432,16 @@ def frozen(
                 what=f"the default ServiceAccount in {ns}",
             )
         # alice (break-glass) and bob (not) may edit workloads here, as developers would.
-        crds.kubectl(
-            "create",
-            "rolebinding",
-            "developers",
-            "--clusterrole=edit",
-            "--user=alice",
-            "--user=bob",
-            namespace=namespace,
-        )
+        for ns in (namespace, unenforced):
+            crds.kubectl(
+                "create",
+                "rolebinding",
+                "developers",
+                "--clusterrole=edit",
+                "--user=alice",
+                "--user=bob",
+                namespace=ns,
+            )
         crds.create(workload("Deployment", "web"), namespace=namespace)
         op.start()
         wait_for_webhook(crds, Target(namespace, "deployment", "web"))
@@ -1142,6 +1152,592 @@ def test_a_session_opened_by_a_member_for_themselves_lets_only_them_in(guarded: 
         what="the pod marked",
     ) in ("exec", "attach")
     assert events(c, target.namespace, reason="BreakGlassExec", name=target.name)
+
+
+# --- traffic: the revision labels are reserved, a Service's endpoints are its controller's -----
+
+RESERVED_BY_POLICY = "are reserved for the pods of a GuardedRelease's revisions"
+RESERVED_BY_WEBHOOK = "which only the pods of a GuardedRelease's revisions carry"
+ENDPOINTS_RESERVED = "only the EndpointSlice controller writes"
+JOB_TEMPLATE_FROZEN = "spec.jobTemplate cannot change in place"
+BOB = NON_MEMBER
+# Someone an admin granted EndpointSlice writes (no default role does).
+MALLORY = ("--as=mallory", "--as-group=system:authenticated")
+
+
+def assert_reserved(proc: subprocess.CompletedProcess[str], what: str) -> None:
+    """Denied, by the policy or the webhook, naming the object and what to do instead."""
+    said = proc.stderr + proc.stdout
+    assert proc.returncode != 0, f"{what} was allowed:\n{said}"
+    assert f"{what} is refused: " in said, said
+    assert RESERVED_BY_POLICY in said or RESERVED_BY_WEBHOOK in said, said
+    assert "update the GuardedRelease" in said, said
+
+
+def revision_pod(cluster: Cluster, namespace: str, release_name: str = "shop") -> dict[str, Any]:
+    """A pod of the release's stable revision, as the cluster holds it."""
+    target = resolve(cluster, namespace, "managed-pod", release_name=release_name)
+    pod: dict[str, Any] = cluster.get("pod", target.name, namespace=namespace)
+    return pod
+
+
+def bare_pod(name: str, labels: dict[str, str], **metadata: Any) -> dict[str, Any]:
+    """A pod made by hand, running an image nobody verified."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels, **metadata},
+        "spec": {"containers": [{"name": "app", "image": NEW_IMAGE}]},
+    }
+
+
+def as_user(cluster: Cluster, manifest: dict[str, Any], namespace: str, *who: str) -> Any:
+    return cluster.kubectl(
+        "create", *who, "-f", "-", stdin=json.dumps(manifest), namespace=namespace, check=False
+    )
+
+
+LABELLINGS = {
+    "both-labels": (models.LABEL_RELEASE, models.LABEL_REVISION),
+    "the-release-label": (models.LABEL_RELEASE,),
+    "the-revision-label": (models.LABEL_REVISION,),
+}
+
+
+@pytest.mark.parametrize("labelling", sorted(LABELLINGS))
+@pytest.mark.parametrize("where", ["enforced", "unenforced"])
+def test_a_pod_made_by_hand_with_the_revision_labels_is_denied(
+    guarded: Frozen, where: str, labelling: str
+) -> None:
+    """The hijack: a bare pod labelled like the stable revision's would join its Service."""
+    c = guarded.cluster
+    ns = guarded.namespace if where == "enforced" else guarded.unenforced
+    stable = revision_pod(c, ns)["metadata"]["labels"]
+    labels = {"app": stable["app"], **{k: stable[k] for k in LABELLINGS[labelling]}}
+    name = f"hijack-{uuid.uuid4().hex[:6]}"
+    proc = as_user(c, bare_pod(name, labels), ns, *BOB)
+    assert_reserved(proc, f"Pod {ns}/{name}")
+    assert c.get("pod", name, namespace=ns) is None
+    # The same pod without the labels is the user's to run (where nothing is enforced).
+    if where == "unenforced":
+        proc = as_user(c, bare_pod(name, {"app": stable["app"]}), ns, *BOB)
+        assert proc.returncode == 0, proc.stderr
+        c.kubectl("delete", "pod", name, "--wait=false", namespace=ns, check=False)
+
+
+def test_an_owner_reference_to_the_revisions_replicaset_proves_nothing(guarded: Frozen) -> None:
+    """Whoever creates a pod writes its ownerReferences: the pod is judged by who creates it."""
+    c, ns = guarded.cluster, guarded.unenforced
+    stable = revision_pod(c, ns)
+    (owner,) = stable["metadata"]["ownerReferences"]
+    assert owner["kind"] == "ReplicaSet"
+    name = f"forged-{uuid.uuid4().hex[:6]}"
+    pod = bare_pod(name, dict(stable["metadata"]["labels"]), ownerReferences=[owner])
+    for who in (BOB, ("--as=admin-ish", "--as-group=system:masters")):
+        proc = as_user(c, pod, ns, *who)
+        assert_reserved(proc, f"Pod {ns}/{name}")
+    assert c.get("pod", name, namespace=ns) is None
+
+
+@pytest.mark.parametrize("labelling", sorted(LABELLINGS))
+def test_labelling_a_pod_into_a_release_is_denied(guarded: Frozen, labelling: str) -> None:
+    c, ns = guarded.cluster, guarded.unenforced
+    stable = revision_pod(c, ns)["metadata"]["labels"]
+    name = f"relabel-{uuid.uuid4().hex[:6]}"
+    proc = as_user(c, bare_pod(name, {"app": stable["app"]}), ns, *BOB)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        labels = [f"{k}={stable[k]}" for k in LABELLINGS[labelling]]
+        proc = c.kubectl("label", "pod", name, *labels, *BOB, namespace=ns, check=False)
+        assert_reserved(proc, f"Pod {ns}/{name}")
+        assert c.get("pod", name, namespace=ns)["metadata"]["labels"] == {"app": stable["app"]}
+    finally:
+        c.kubectl("delete", "pod", name, "--wait=false", namespace=ns, check=False)
+
+
+def test_pod_labels_and_ips_cannot_change_through_pods_status(guarded: Frozen) -> None:
+    """The apiserver takes a pod's labels and IPs from a pods/status write (the kubelet's and
+    the controllers' path; no default role but theirs grants it): the policy judges it."""
+    c, ns = guarded.cluster, guarded.unenforced
+    stable = revision_pod(c, ns)
+    name, before = stable["metadata"]["name"], stable["metadata"]["labels"]
+    drop = {"metadata": {"labels": {models.LABEL_REVISION: None}}}
+    proc = c.kubectl(
+        "patch", "pod", name, "--subresource=status", "--type", "merge", "-p", json.dumps(drop),
+        namespace=ns, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert LABELS_FROZEN in proc.stderr
+    assert c.get("pod", name, namespace=ns)["metadata"]["labels"] == before
+    # Nor its IP, which the EndpointSlice controller would publish for the Service.
+    ip = stable["status"]["podIP"]
+    assert ip
+    moved = {"status": {"podIP": "10.244.0.254", "podIPs": [{"ip": "10.244.0.254"}]}}
+    proc = c.kubectl(
+        "patch", "pod", name, "--subresource=status", "--type", "merge", "-p", json.dumps(moved),
+        namespace=ns, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert "never changes once assigned" in proc.stderr, proc.stderr
+    assert c.get("pod", name, namespace=ns)["status"]["podIP"] == ip
+    plain = f"plain-{uuid.uuid4().hex[:6]}"
+    assert as_user(c, bare_pod(plain, {"app": "x"}), ns).returncode == 0
+    try:
+        add = {"metadata": {"labels": {k: before[k] for k in LABELLINGS["both-labels"]}}}
+        proc = c.kubectl(
+            "patch", "pod", plain, "--subresource=status", "--type", "merge",
+            "-p", json.dumps(add), namespace=ns, check=False,
+        )  # fmt: skip
+        assert_reserved(proc, f"Pod {ns}/{plain}")
+        assert c.get("pod", plain, namespace=ns)["metadata"]["labels"] == {"app": "x"}
+    finally:
+        c.kubectl("delete", "pod", plain, "--wait=false", namespace=ns, check=False)
+
+
+def test_moving_a_revision_pod_to_another_revision_is_denied(guarded: Frozen) -> None:
+    c, ns = guarded.cluster, guarded.unenforced
+    pod = revision_pod(c, ns, release_name="cart")
+    name, before = pod["metadata"]["name"], pod["metadata"]["labels"]
+    proc = c.kubectl(
+        "label", "pod", name, f"{models.LABEL_REVISION}=0123456789", "--overwrite",
+        namespace=ns, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert LABELS_FROZEN in proc.stderr
+    assert c.get("pod", name, namespace=ns)["metadata"]["labels"] == before
+
+
+def _with_pods_labelled(kind: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A workload of ``kind`` whose pods would carry ``labels``."""
+    template: dict[str, Any] = {
+        "metadata": {"labels": {"app": name, **labels}},
+        "spec": {"containers": [{"name": "app", "image": NEW_IMAGE}]},
+    }
+    if kind in ("Job", "CronJob"):
+        template["spec"]["restartPolicy"] = "Never"
+        job = {"template": template}
+        if kind == "Job":
+            return {"apiVersion": "batch/v1", "kind": kind, "metadata": {"name": name}, "spec": job}
+        spec: dict[str, Any] = {"schedule": "0 3 * * *", "jobTemplate": {"spec": job}}
+        return {"apiVersion": "batch/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    if kind == "ReplicationController":
+        spec = {"replicas": 1, "selector": {"app": name}, "template": template}
+        return {"apiVersion": "v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    manifest = workload(kind if kind != "ReplicaSet" else "Deployment", name, image=NEW_IMAGE)
+    manifest["kind"] = kind
+    manifest["spec"]["template"]["metadata"]["labels"].update(labels)
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "ReplicationController", "Job",
+     "CronJob"],
+)  # fmt: skip
+def test_a_workload_whose_pods_would_carry_the_revision_labels_is_denied(
+    guarded: Frozen, kind: str
+) -> None:
+    """Its controller would create the pods (the ReplicaSet controller itself, for a
+    ReplicaSet or a Deployment's ReplicaSet): the workload is judged when it is made."""
+    c, ns = guarded.cluster, guarded.unenforced
+    stable = revision_pod(c, ns)["metadata"]["labels"]
+    labels = {k: stable[k] for k in (models.LABEL_RELEASE, models.LABEL_REVISION)}
+    name = f"carrier-{kind.lower()}"
+    proc = as_user(c, _with_pods_labelled(kind, name, labels), ns, *BOB)
+    assert_reserved(proc, f"{kind} {ns}/{name}")
+    assert c.get(kind.lower(), name, namespace=ns) is None
+
+
+def test_giving_a_workloads_pods_the_revision_labels_is_denied(guarded: Frozen) -> None:
+    c = guarded.cluster
+    t = guarded.target("unenforced-deployment")
+    stable = revision_pod(c, t.namespace)["metadata"]["labels"]
+    before = what_runs(c, t)
+    body = {
+        "spec": {
+            "template": {
+                "metadata": {"labels": {models.LABEL_REVISION: stable[models.LABEL_REVISION]}}
+            }
+        }
+    }
+    proc = _kubectl(c, t, "patch", t.ref, "--type", "merge", "-p", json.dumps(body), *BOB)
+    assert_reserved(proc, f"Deployment {t.namespace}/{t.name}")
+    assert what_runs(c, t) == before
+
+
+def _cronjob(name: str, image: str = IMAGE) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": name},
+        "spec": {
+            "schedule": "0 3 * * *",
+            "jobTemplate": {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{"name": "app", "image": image}],
+                        }
+                    }
+                }
+            },
+        },
+    }
+
+
+def test_set_image_on_a_cronjob_in_an_enforced_namespace_is_denied(guarded: Frozen) -> None:
+    c, ns = guarded.cluster, guarded.namespace
+    name = f"nightly-{uuid.uuid4().hex[:6]}"
+    c.create(_cronjob(name), namespace=ns)
+
+    def template() -> Any:
+        return c.get("cronjob", name, namespace=ns)["spec"]["jobTemplate"]
+
+    before = template()
+    for how in (
+        ("set", "image", f"cronjob/{name}", f"app={NEW_IMAGE}"),
+        ("set", "env", f"cronjob/{name}", "MODE=changed-in-place"),
+        ("patch", "cronjob", name, "--type", "json", "-p", json.dumps([{
+            "op": "replace", "value": NEW_IMAGE,
+            "path": "/spec/jobTemplate/spec/template/spec/containers/0/image",
+        }])),
+    ):  # fmt: skip
+        proc = c.kubectl(*how, *BOB, namespace=ns, check=False)
+        assert proc.returncode != 0, f"{how} was allowed"
+        assert f"CronJob {ns}/{name} is frozen by Permafrost" in proc.stderr, proc.stderr
+        assert JOB_TEMPLATE_FROZEN in proc.stderr or "changes spec.jobTemplate" in proc.stderr
+        assert template() == before
+    # What does not change what runs is allowed: suspending it, its schedule.
+    proc = c.kubectl(
+        "patch", "cronjob", name, "-p", json.dumps({"spec": {"suspend": True}}), *BOB,
+        namespace=ns, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert c.get("cronjob", name, namespace=ns)["spec"]["suspend"] is True
+
+
+@pytest.mark.parametrize("kind", ["CronJob", "Job", "ReplicationController"])
+def test_creating_a_job_or_cronjob_with_an_unpinned_image_in_an_enforced_namespace_is_denied(
+    guarded: Frozen, kind: str
+) -> None:
+    c, ns = guarded.cluster, guarded.namespace
+    name = f"unpinned-{kind.lower()}"
+    manifest = _with_pods_labelled(kind, name, {})
+    pod = manifest["spec"]
+    pod = (pod["jobTemplate"]["spec"] if kind == "CronJob" else pod)["template"]["spec"]
+    pod["containers"][0]["image"] = UNPINNED_IMAGE
+    proc = c.create(manifest, namespace=ns, check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert c.get(kind.lower(), name, namespace=ns) is None
+    assert_unpinned_refused(proc.stderr, f"{kind} {ns}/{name}")
+
+
+def test_a_jobs_template_and_its_pods_images_are_frozen(guarded: Frozen) -> None:
+    c, ns = guarded.cluster, guarded.namespace
+    name = f"once-{uuid.uuid4().hex[:6]}"
+    job = _with_pods_labelled("Job", name, {})
+    job["spec"]["template"]["spec"]["containers"][0]["image"] = IMAGE
+    job["spec"]["suspend"] = True  # NB: a suspended Job's template is partly mutable
+    c.create(job, namespace=ns)
+    proc = c.kubectl("set", "image", f"job/{name}", f"app={NEW_IMAGE}", namespace=ns, check=False)
+    assert proc.returncode != 0, proc.stdout
+    proc = c.kubectl(
+        "patch", "job", name, "--type", "merge", "-p",
+        json.dumps({"spec": {"template": {"spec": {"nodeSelector": {"x": "y"}}}}}),
+        namespace=ns, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert f"Job {ns}/{name} is frozen by Permafrost" in proc.stderr, proc.stderr
+    c.kubectl("patch", "job", name, "-p", json.dumps({"spec": {"suspend": False}}), namespace=ns)
+    pod_name = wait_for(
+        lambda: _running_pod(c, ns, f"job-name={name}")
+        or next(
+            (p["metadata"]["name"] for p in _live(
+                c.get("pods", namespace=ns, selector=f"job-name={name}")["items"]
+            )),
+            None,
+        ),
+        timeout=30,
+        what=f"a pod of the Job {name}",
+    )  # fmt: skip
+    pod = Target(ns, "pod", pod_name)
+    assert_denied(c, pod, POD_SET_IMAGE, guarded.tmp)
+
+
+def _endpointslice(name: str, service: str, ip: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
+    }
+
+
+def _grant_endpointslices(cluster: Cluster, namespace: str) -> None:
+    cluster.kubectl(
+        "create", "role", "endpointslice-writer", "--verb=create,update,patch,get",
+        "--resource=endpointslices.discovery.k8s.io", namespace=namespace, check=False,
+    )  # fmt: skip
+    cluster.kubectl(
+        "create", "rolebinding", "endpointslice-writer", "--role=endpointslice-writer",
+        "--user=mallory", namespace=namespace, check=False,
+    )  # fmt: skip
+
+
+def test_an_endpointslice_written_by_hand_for_a_service_is_denied_where_enforced(
+    guarded: Frozen,
+) -> None:
+    """kube-proxy sends a Service's traffic to every EndpointSlice labelled with its name,
+    whoever wrote it. Where Permafrost enforces, only the EndpointSlice controller writes them."""
+    c, ns = guarded.cluster, guarded.namespace
+    _grant_endpointslices(c, ns)
+    name = f"shop-forged-{uuid.uuid4().hex[:6]}"
+    proc = as_user(c, _endpointslice(name, "shop", "10.244.0.250"), ns, *MALLORY)
+    assert proc.returncode != 0, proc.stdout
+    assert f"EndpointSlice {ns}/{name} is refused: " in proc.stderr, proc.stderr
+    assert ENDPOINTS_RESERVED in proc.stderr
+    assert c.get("endpointslice", name, namespace=ns) is None
+    # ... nor changes the controller's.
+    (owned, *_) = c.get("endpointslices", namespace=ns, selector="kubernetes.io/service-name=shop")[
+        "items"
+    ]
+    ops = [{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "10.244.0.250"}]
+    proc = c.kubectl(
+        "patch", "endpointslice", owned["metadata"]["name"], "--type", "json",
+        "-p", json.dumps(ops), *MALLORY, namespace=ns, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert ENDPOINTS_RESERVED in proc.stderr
+    # The EndpointSlice controller still keeps them: scaling the release's Service follows.
+    assert c.get("endpointslice", owned["metadata"]["name"], namespace=ns)["endpoints"]
+
+
+def test_where_nothing_is_enforced_endpointslices_are_left_to_rbac(guarded: Frozen) -> None:
+    """The one vector admission leaves open (docs/security.md): a hand-written EndpointSlice
+    in a namespace that did not opt in. No default role grants EndpointSlice writes."""
+    c, ns = guarded.cluster, guarded.unenforced
+    proc = as_user(c, _endpointslice("shop-by-bob", "shop", "10.244.0.251"), ns, *BOB)
+    assert proc.returncode != 0
+    assert 'cannot create resource "endpointslices"' in proc.stderr, proc.stderr
+    _grant_endpointslices(c, ns)
+    name = f"shop-granted-{uuid.uuid4().hex[:6]}"
+    proc = as_user(c, _endpointslice(name, "shop", "10.244.0.251"), ns, *MALLORY)
+    assert proc.returncode == 0, proc.stderr
+    c.kubectl("delete", "endpointslice", name, namespace=ns, check=False)
+    # ... unless the slice itself claims to be the release's.
+    slice_ = _endpointslice(name, "shop", "10.244.0.251")
+    slice_["metadata"]["labels"][models.LABEL_RELEASE] = "shop"
+    proc = as_user(c, slice_, ns, *MALLORY)
+    assert proc.returncode != 0, proc.stdout
+    assert ENDPOINTS_RESERVED in proc.stderr
+
+
+def test_with_only_the_webhook_the_traffic_vectors_are_denied_all_the_same(
+    guarded: Frozen,
+) -> None:
+    """The policy answers first when both hold; without its bindings, the webhook says no."""
+    c, ns = guarded.cluster, guarded.unenforced
+    stable = revision_pod(c, ns)["metadata"]["labels"]
+    try:
+        c.kubectl("delete", "validatingadmissionpolicybinding", *BINDINGS, "--ignore-not-found")
+        name = f"hijack-{uuid.uuid4().hex[:6]}"
+
+        def by_webhook() -> bool:
+            proc = as_user(c, bare_pod(name, dict(stable)), ns, "--dry-run=server", *BOB)
+            return proc.returncode != 0 and RESERVED_BY_WEBHOOK in proc.stderr
+
+        wait_for(by_webhook, timeout=30, interval=0.5, what="the webhook alone to deny")
+        proc = as_user(c, bare_pod(name, dict(stable)), ns, *BOB)
+        assert_reserved(proc, f"Pod {ns}/{name}")
+        assert 'admission webhook "managed.frozen.permafrost.dev" denied' in proc.stderr
+        revision_only = {models.LABEL_REVISION: stable[models.LABEL_REVISION]}
+        proc = as_user(c, bare_pod(name, revision_only), ns, *BOB)
+        assert_reserved(proc, f"Pod {ns}/{name}")
+        assert 'admission webhook "unenforced.labels.permafrost.dev" denied' in proc.stderr
+        proc = as_user(c, bare_pod(name, {"app": "x"}), ns, *BOB)
+        assert proc.returncode == 0, proc.stderr
+        proc = c.kubectl(
+            "label", "pod", name, f"{models.LABEL_RELEASE}=shop", *BOB, namespace=ns, check=False
+        )
+        assert_reserved(proc, f"Pod {ns}/{name}")
+        c.kubectl("delete", "pod", name, "--wait=false", namespace=ns, check=False)
+        carrier = _with_pods_labelled("CronJob", "carrier", revision_only)
+        assert_reserved(as_user(c, carrier, ns, *BOB), f"CronJob {ns}/carrier")
+        nightly = f"nightly-{uuid.uuid4().hex[:6]}"
+        c.create(_cronjob(nightly), namespace=guarded.namespace)
+        proc = c.kubectl(
+            "set", "image", f"cronjob/{nightly}", f"app={NEW_IMAGE}",
+            namespace=guarded.namespace, check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0, proc.stdout
+        assert 'admission webhook "enforced.frozen.permafrost.dev" denied' in proc.stderr
+        assert "changes spec.jobTemplate" in proc.stderr
+        _grant_endpointslices(c, guarded.namespace)
+        proc = as_user(
+            c, _endpointslice("forged", "shop", "10.244.0.252"), guarded.namespace, *MALLORY
+        )
+        assert proc.returncode != 0, proc.stdout
+        assert 'admission webhook "enforced.frozen.permafrost.dev" denied' in proc.stderr
+        assert "only the EndpointSlice controller writes the endpoints" in proc.stderr
+    finally:
+        restore_policy(c)
+
+
+def test_with_the_operator_gone_the_policy_still_denies_the_traffic_vectors(
+    crds: Cluster, namespace: str, guarded_operator: Operator
+) -> None:
+    """The fail-safe holds them: in an enforced namespace, then in one that did not opt in."""
+    crds.apply(release("shop", service="shop"), namespace=namespace)
+    crds.kubectl(
+        "create", "rolebinding", "developers", "--clusterrole=edit", "--user=bob",
+        namespace=namespace,
+    )  # fmt: skip
+    _grant_endpointslices(crds, namespace)
+    stable = revision_pod(crds, namespace)["metadata"]["labels"]
+    crds.create(_cronjob("nightly"), namespace=namespace)
+
+    guarded_operator.stop()
+    crds.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
+
+    proc = crds.kubectl(
+        "set", "image", "cronjob/nightly", f"app={NEW_IMAGE}", *BOB,
+        namespace=namespace, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert JOB_TEMPLATE_FROZEN in proc.stderr
+    proc = as_user(crds, _endpointslice("forged", "shop", "10.244.0.253"), namespace, *MALLORY)
+    assert proc.returncode != 0, proc.stdout
+    assert ENDPOINTS_RESERVED in proc.stderr
+
+    for enforced in (True, False):
+        if not enforced:
+            crds.kubectl("label", "namespace", namespace, f"{admission.LABEL_ENFORCE}-")
+            # NB: the policy reads the namespace from the apiserver's cache: until it follows,
+            # a pinned CronJob's new image is still denied as frozen.
+            wait_for(
+                lambda: crds.kubectl(
+                    "set", "image", "cronjob/nightly", f"app={NEW_IMAGE}", "--dry-run=server",
+                    namespace=namespace, check=False,
+                ).returncode == 0,
+                timeout=30,
+                interval=0.5,
+                what="the policy to see the namespace no longer enforced",
+            )  # fmt: skip
+        for labelling, labels in LABELLINGS.items():
+            name = f"hijack-{labelling}"
+            pod = bare_pod(name, {k: stable[k] for k in labels})
+            proc = as_user(crds, pod, namespace, *BOB)
+            assert_reserved(proc, f"Pod {namespace}/{name}")
+            assert f"ValidatingAdmissionPolicy '{POLICY}'" in proc.stderr
+        plain = f"plain-{enforced}".lower()
+        proc = as_user(crds, bare_pod(plain, {"app": "shop"}), namespace, *BOB)
+        assert proc.returncode == 0, proc.stderr
+        revision = f"{models.LABEL_REVISION}={stable[models.LABEL_REVISION]}"
+        proc = crds.kubectl("label", "pod", plain, revision, *BOB, namespace=namespace, check=False)
+        assert_reserved(proc, f"Pod {namespace}/{plain}")
+        carrier = _with_pods_labelled("Deployment", "carrier", {models.LABEL_RELEASE: "shop"})
+        assert_reserved(as_user(crds, carrier, namespace, *BOB), f"Deployment {namespace}/carrier")
+
+    # What the cluster's controllers do goes on: the revision's pods are re-created.
+    victim = revision_pod(crds, namespace)["metadata"]["name"]
+    crds.kubectl("delete", "pod", victim, "--wait=false", namespace=namespace)
+    wait_for(
+        lambda: (
+            (p := _running_pod(crds, namespace, f"{models.LABEL_RELEASE}=shop")) and p != victim
+        ),
+        timeout=60,
+        what="the revision's ReplicaSet to re-create its pod",
+    )
+
+
+@pytest.mark.real_node
+def test_on_the_real_node_a_hand_made_pod_or_endpointslice_would_take_the_traffic(
+    crds: Cluster,
+    namespace: str,
+    guarded_operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+) -> None:
+    """The vectors are real: with the guards gone, kube-proxy sends a managed Service's traffic
+    to a pod made by hand with the stable revision's labels, and to whatever a hand-written
+    EndpointSlice names. With the guards, both are refused and only the verified v1 answers."""
+    probe = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
+
+    def pod_spec(image: str) -> dict[str, Any]:
+        return real_node.schedule(
+            {"containers": [{"name": "app", "image": image, "readinessProbe": probe}]}
+        )
+
+    manifest = release("web", service="web", deadline=30, min_ready=2, scale_down_delay=2)
+    manifest["spec"]["template"]["spec"] = pod_spec(demo_images["v1"])
+    crds.apply(manifest, namespace=namespace)
+    wait_phase(crds, namespace, "web", "Stable", timeout=90)
+    ip = crds.get("service", "web", namespace=namespace)["spec"]["clusterIP"]
+    url = f"http://{ip}/"
+    crds.kubectl(
+        "create", "rolebinding", "developers", "--clusterrole=edit", "--user=bob",
+        namespace=namespace,
+    )  # fmt: skip
+    _grant_endpointslices(crds, namespace)
+    # NB: what the Service selects, as the stable pods carry it; not pod-template-hash (the
+    # ReplicaSet would adopt the pod, one too many, and delete one).
+    labels = revision_pod(crds, namespace, release_name="web")["metadata"]["labels"]
+    selector = crds.get("service", "web", namespace=namespace)["spec"]["selector"]
+    stable = {k: labels[k] for k in selector}
+    assert stable == selector
+
+    def versions(n: int = 40) -> set[str]:
+        seen = set()
+        for _ in range(n):
+            with urllib.request.urlopen(url, timeout=3) as answer:
+                seen.add(json.loads(answer.read())["version"])
+        return seen
+
+    def ready_ip(name: str) -> str | None:
+        pod = crds.get("pod", name, namespace=namespace) or {}
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pod.get("status", {}).get("conditions", [])
+        )
+        return str(pod["status"]["podIP"]) if ready else None
+
+    v2 = {"apiVersion": "v1", "kind": "Pod", "spec": pod_spec(demo_images["v2"])}
+    hijack = {**v2, "metadata": {"name": "hijack", "labels": dict(stable)}}
+    assert_reserved(as_user(crds, hijack, namespace, *BOB), f"Pod {namespace}/hijack")
+    impostor = {**v2, "metadata": {"name": "impostor", "labels": {"app": "impostor"}}}
+    crds.create(impostor, namespace=namespace)
+    impostor_ip = wait_for(lambda: ready_ip("impostor"), timeout=60, what="the impostor Ready")
+    forged = _endpointslice("web-forged", "web", impostor_ip)
+    forged["ports"] = [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    proc = as_user(crds, forged, namespace, *MALLORY)
+    assert proc.returncode != 0, proc.stdout
+    assert ENDPOINTS_RESERVED in proc.stderr
+    assert versions() == {"v1"}
+
+    try:
+        guarded_operator.stop()
+        remove_guards(crds)
+        wait_for(
+            lambda: as_user(crds, forged, namespace, "--dry-run=server").returncode == 0,
+            timeout=30,
+            interval=0.5,
+            what="the guards to be gone",
+        )
+        crds.create(forged, namespace=namespace)
+        wait_for(lambda: "v2" in versions(20), timeout=30, what="the forged slice to take traffic")
+        crds.kubectl("delete", "endpointslice", "web-forged", namespace=namespace)
+        wait_for(lambda: versions() == {"v1"}, timeout=30, what="the forged slice gone")
+        crds.create(hijack, namespace=namespace)
+        wait_for(lambda: ready_ip("hijack"), timeout=60, what="the hand-made pod Ready")
+        wait_for(lambda: "v2" in versions(20), timeout=30, what="the hand-made pod to take traffic")
+    finally:
+        crds.kubectl("delete", "pod", "hijack", "impostor", "--ignore-not-found", "--wait=false",
+                     namespace=namespace, check=False)  # fmt: skip
+        if not bindings_exist(crds):
+            restore_policy(crds)
 
 
 # --- without the operator: the fail-safe policy -------------------------------------------------

@@ -469,7 +469,7 @@ def test_kubectl_apply_k_runs_two_ready_replicas_one_active_serving_webhooks_thr
     )
     managers = {m["manager"] for m in policy["metadata"]["managedFields"]}
     assert "permafrost" in managers, managers
-    for suffix in ("managed", "enforced"):
+    for suffix in ("managed", "enforced", "unenforced"):
         assert cluster.get("validatingadmissionpolicybinding", f"{POLICY_NAME}-{suffix}")
     builtin = {p.stem for p in (ROOT / "deploy" / "policies").glob("permafrost-*.yaml")}
     names_there = {

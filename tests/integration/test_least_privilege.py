@@ -56,6 +56,7 @@ POLICY_OBJECTS = (
     ("validatingadmissionpolicy", EXEC_POLICY),
     ("validatingadmissionpolicybinding", f"{EXEC_POLICY}-managed"),
     ("validatingadmissionpolicybinding", f"{EXEC_POLICY}-enforced"),
+    ("validatingadmissionpolicybinding", f"{POLICY}-unenforced"),
 )
 PEERING = "permafrost"
 TLS_SECRET = "permafrost-webhook-tls"

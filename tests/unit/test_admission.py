@@ -45,6 +45,11 @@ GROUPS: dict[str, tuple[str, ...]] = {
     BOB: ("system:authenticated", "developers"),
     OPERATOR: ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NS}"),
 }
+REPLICASET_CONTROLLER = "system:serviceaccount:kube-system:replicaset-controller"
+DEPLOYMENT_CONTROLLER = "system:serviceaccount:kube-system:deployment-controller"
+ENDPOINTSLICE_CONTROLLER = "system:serviceaccount:kube-system:endpointslice-controller"
+for _controller in (REPLICASET_CONTROLLER, DEPLOYMENT_CONTROLLER, ENDPOINTSLICE_CONTROLLER):
+    GROUPS[_controller] = ("system:serviceaccounts", "system:serviceaccounts:kube-system")
 SETTINGS = admission.Settings(
     exempt_users=frozenset({OPERATOR}),
     break_glass_groups=frozenset({"permafrost:break-glass", "sre"}),
@@ -106,6 +111,15 @@ def obj(
         "labels": labels,
         "annotations": dict(annotations or {}),
     }
+    if kind == "EndpointSlice":
+        metadata["labels"] = {**labels, admission.LABEL_SERVICE_NAME: NAME}
+        return {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": kind,
+            "metadata": metadata,
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.9"]}],
+        }
     if kind == "Pod":
         spec = {**pod_spec(image=image, init_image=init_image), "nodeName": "node-1"}
         return {
@@ -122,10 +136,16 @@ def obj(
             "spec": pod_spec(image=image, init_image=init_image),
         },
     }
-    if kind != "DaemonSet":
+    if kind in ("Job", "CronJob"):
+        del spec["selector"]
+    if kind == "ReplicationController":
+        spec["selector"] = {"app": "web"}
+    if kind not in ("DaemonSet", "Job", "CronJob"):
         spec["replicas"] = 2
+    if kind == "CronJob":
+        spec = {"schedule": "0 3 * * *", "jobTemplate": {"spec": spec}}
     return {
-        "apiVersion": "apps/v1",
+        "apiVersion": API_VERSIONS.get(kind, "apps/v1"),
         "kind": kind,
         "metadata": metadata,
         "spec": spec,
@@ -134,6 +154,7 @@ def obj(
 
 
 Mutate = Callable[[dict[str, Any]], None]
+API_VERSIONS = {"Job": "batch/v1", "CronJob": "batch/v1", "ReplicationController": "v1"}
 
 
 def _parent(target: Any, path: Sequence[str | int]) -> Any:
@@ -216,6 +237,7 @@ def update(
     labelled: bool | None = None,
     old_annotations: Mapping[str, str] | None = None,
     old_labels: Mapping[str, str] | None = None,
+    old_status: Mapping[str, Any] | None = None,
 ) -> admission.Request:
     """An UPDATE of ``shop/web`` that applies ``edits`` (labelled by default in managed scope)."""
     old = obj(
@@ -224,6 +246,8 @@ def update(
         annotations=old_annotations,
     )
     old["metadata"]["labels"].update(old_labels or {})
+    if old_status:
+        old["status"].update(old_status)
     new = copy.deepcopy(old)
     for edit in edits:
         edit(new)
@@ -237,9 +261,20 @@ def create(
     image: str = APP,
     init_image: str = MIGRATE,
     user: str = BOB,
+    template_labels: Mapping[str, str] | None = None,
 ) -> admission.Request:
     new = obj(kind, labelled=scope == "managed", image=image, init_image=init_image)
+    if template_labels:
+        _template(new)["metadata"]["labels"].update(template_labels)
     return request(kind, scope, None, new, user=user, operation="CREATE")
+
+
+def _template(o: dict[str, Any]) -> dict[str, Any]:
+    spec = o["spec"]
+    template: dict[str, Any] = (spec["jobTemplate"]["spec"] if "jobTemplate" in spec else spec)[
+        "template"
+    ]
+    return template
 
 
 @dataclasses.dataclass(frozen=True)
@@ -615,16 +650,18 @@ LABELS = (
             id="re-setting-the-labels-to-the-values-they-have-is-no-change",
         ),
         pytest.param(
-            allowed(
+            denied(
                 update(
                     "Pod", "enforced", put("metadata", "labels", models.LABEL_REVISION, value="x")
                 ),
-                admission.NO_CHANGE,
+                admission.REVISION_LABELS_RESERVED,
+                what("Pod"),
+                f"it adds {models.LABEL_REVISION},",
             ),
-            id="adding-a-revision-label-that-was-not-there-is-allowed",
+            id="adding-a-revision-label-to-a-pod-is-denied",
         ),
         pytest.param(
-            allowed(
+            denied(
                 update(
                     "Pod",
                     "managed",
@@ -632,9 +669,82 @@ LABELS = (
                     old_labels=FROZEN_LABELS,
                     subresource="status",
                 ),
+                admission.LABELS_FROZEN,
+                f"changes its {models.LABEL_REVISION} label",
+            ),
+            id="a-pod-status-update-cannot-change-the-labels-either",
+        ),
+        pytest.param(
+            denied(
+                update(
+                    "Pod",
+                    "unenforced",
+                    put("metadata", "labels", models.LABEL_RELEASE, value=RELEASE),
+                    labelled=False,
+                    subresource="status",
+                ),
+                admission.REVISION_LABELS_RESERVED,
+                f"it adds {models.LABEL_RELEASE},",
+            ),
+            id="a-pod-status-update-cannot-add-a-revision-label",
+        ),
+        pytest.param(
+            allowed(
+                update(
+                    "Pod",
+                    "managed",
+                    put("status", "phase", value="Failed"),
+                    old_labels=FROZEN_LABELS,
+                    subresource="status",
+                ),
                 admission.NO_CHANGE,
             ),
-            id="a-subresource-update-is-not-judged-on-labels",
+            id="a-pod-status-update-that-keeps-the-labels-is-allowed",
+        ),
+        pytest.param(
+            denied(
+                update(
+                    "Pod",
+                    "managed",
+                    put("status", "podIP", value="10.244.0.66"),
+                    put("status", "podIPs", value=[{"ip": "10.244.0.66"}]),
+                    old_labels=FROZEN_LABELS,
+                    old_status={"podIP": "10.244.0.9", "podIPs": [{"ip": "10.244.0.9"}]},
+                    subresource="status",
+                ),
+                admission.POD_IP_FROZEN,
+                what("Pod"),
+                "never changes once assigned",
+            ),
+            id="the-assigned-ip-of-a-revision-pod-cannot-change",
+        ),
+        pytest.param(
+            allowed(
+                update(
+                    "Pod",
+                    "managed",
+                    put("status", "podIP", value="10.244.0.9"),
+                    put("status", "podIPs", value=[{"ip": "10.244.0.9"}]),
+                    old_labels=FROZEN_LABELS,
+                    subresource="status",
+                ),
+                admission.NO_CHANGE,
+            ),
+            id="a-revision-pod-gets-its-ip-assigned",
+        ),
+        pytest.param(
+            allowed(
+                update(
+                    "Pod",
+                    "unenforced",
+                    put("status", "podIP", value="10.244.0.66"),
+                    labelled=False,
+                    old_status={"podIP": "10.244.0.9"},
+                    subresource="status",
+                ),
+                admission.NOT_FROZEN,
+            ),
+            id="the-ip-of-a-pod-of-no-revision-is-not-judged",
         ),
         pytest.param(
             allowed(
@@ -998,7 +1108,7 @@ CREATE = (
             allowed(create(kind, "managed", image=UNPINNED), admission.NOT_FROZEN),
             id=f"creating-a-{kind.lower()}-in-the-managed-scope-is-allowed",
         )
-        for kind in KINDS
+        for kind in WORKLOADS
     ]
     + [
         pytest.param(
@@ -1009,7 +1119,261 @@ CREATE = (
     ]
 )
 
-CASES = FROZEN + ALLOWED + OPERATIONS + UNMANAGED + LABELS + EXEMPT + BREAK_GLASS + CREATE
+
+def _on_template(kind: str, edit: Mutate) -> Mutate:
+    """``edit`` (written against ``spec.template``) applied to a CronJob's job template."""
+    if kind != "CronJob":
+        return edit
+
+    def apply(o: dict[str, Any]) -> None:
+        inner = {"spec": o["spec"]["jobTemplate"]["spec"]}
+        edit(inner)
+
+    return apply
+
+
+def _without_service_name() -> dict[str, Any]:
+    slice_ = obj("EndpointSlice", labelled=False)
+    del slice_["metadata"]["labels"][admission.LABEL_SERVICE_NAME]
+    return slice_
+
+
+# --- who may give pods the revision labels, and write a Service's endpoints -------------------
+
+ADD_RELEASE = put("metadata", "labels", models.LABEL_RELEASE, value=RELEASE)
+TEMPLATE_REVISION = put(*TEMPLATE, "metadata", "labels", models.LABEL_REVISION, value=REVISION)
+CRONJOB_IMAGE = put(
+    "spec", "jobTemplate", "spec", "template", "spec", "containers", 0, "image", value=APP_V2
+)
+SUSPEND = put("spec", "suspend", value=True)
+TEMPLATE_KINDS = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob")
+RESERVED = (
+    [
+        pytest.param(
+            denied(
+                create("Pod", scope, template_labels=None),
+                admission.REVISION_LABELS_RESERVED,
+                what("Pod"),
+                f"it carries {models.LABEL_RELEASE},",
+                "update the GuardedRelease",
+            ),
+            id=f"creating-a-pod-with-the-release-label-by-hand-is-denied-{scope}",
+        )
+        for scope in ("managed",)
+    ]
+    + [
+        pytest.param(
+            denied(
+                request(
+                    "Pod",
+                    scope,
+                    None,
+                    {
+                        **obj("Pod", labelled=False),
+                        "metadata": {
+                            "name": NAME,
+                            "namespace": NS,
+                            "labels": {models.LABEL_REVISION: REVISION},
+                        },
+                    },
+                    operation="CREATE",
+                ),
+                admission.REVISION_LABELS_RESERVED,
+                f"it carries {models.LABEL_REVISION},",
+            ),
+            id=f"creating-a-pod-with-only-the-revision-label-by-hand-is-denied-{scope}",
+        )
+        for scope in ("enforced", "unenforced")
+    ]
+    + [
+        pytest.param(
+            allowed(create("Pod", "managed", user=REPLICASET_CONTROLLER), admission.NOT_FROZEN),
+            id="the-replicaset-controller-creates-a-revision-pod",
+        ),
+        pytest.param(
+            allowed(create("Pod", "managed", user=OPERATOR), admission.EXEMPT),
+            id="the-operator-may-create-a-revision-pod",
+        ),
+        pytest.param(
+            allowed(create("Pod", "unenforced"), admission.NOT_FROZEN),
+            id="creating-a-pod-without-the-labels-where-nothing-is-enforced-is-allowed",
+        ),
+        pytest.param(
+            denied(
+                update("Pod", "unenforced", ADD_RELEASE, labelled=False),
+                admission.REVISION_LABELS_RESERVED,
+                f"it adds {models.LABEL_RELEASE},",
+            ),
+            id="labelling-a-pod-into-a-release-is-denied-where-nothing-is-enforced",
+        ),
+        pytest.param(
+            denied(
+                update("Pod", "managed", ADD_RELEASE, labelled=False),
+                admission.REVISION_LABELS_RESERVED,
+                f"it adds {models.LABEL_RELEASE},",
+            ),
+            id="labelling-a-pod-into-a-release-is-denied-by-the-managed-webhook",
+        ),
+        pytest.param(
+            allowed(
+                update("Pod", "unenforced", put("metadata", "labels", "team", value="x")),
+                admission.NOT_FROZEN,
+            ),
+            id="other-labels-of-a-pod-where-nothing-is-enforced-are-not-judged",
+        ),
+        pytest.param(
+            allowed(
+                update("Deployment", "unenforced", SET_IMAGE, labelled=False),
+                admission.NOT_FROZEN,
+            ),
+            id="where-nothing-is-enforced-an-unmanaged-template-may-change",
+        ),
+        pytest.param(
+            allowed(
+                create(
+                    "ReplicaSet",
+                    "managed",
+                    user=DEPLOYMENT_CONTROLLER,
+                    template_labels=FROZEN_LABELS,
+                ),
+                admission.NOT_FROZEN,
+            ),
+            id="the-deployment-controller-creates-a-revision-replicaset",
+        ),
+    ]
+    + [
+        pytest.param(
+            denied(
+                create(kind, scope, template_labels={models.LABEL_RELEASE: RELEASE}),
+                admission.REVISION_LABELS_RESERVED,
+                what(kind),
+                f"it makes pods with {models.LABEL_RELEASE},",
+            ),
+            id=f"creating-a-{kind.lower()}-whose-pods-carry-the-release-label-is-denied-{scope}",
+        )
+        for kind in TEMPLATE_KINDS
+        for scope in ("unenforced", "enforced")
+    ]
+    + [
+        pytest.param(
+            denied(
+                update(kind, "unenforced", _on_template(kind, TEMPLATE_REVISION), labelled=False),
+                admission.REVISION_LABELS_RESERVED,
+                f"it changes its pod template to carry {models.LABEL_REVISION},",
+            ),
+            id=f"giving-a-{kind.lower()}-template-the-revision-label-is-denied",
+        )
+        for kind in ("Deployment", "StatefulSet", "CronJob")
+    ]
+    + [
+        pytest.param(
+            denied(
+                update("CronJob", "enforced", CRONJOB_IMAGE),
+                admission.TEMPLATE_FROZEN,
+                what("CronJob"),
+                "changes spec.jobTemplate",
+                INSTEAD["enforced"],
+            ),
+            id="set-image-on-a-cronjob-in-an-enforced-namespace-is-denied",
+        ),
+        pytest.param(
+            allowed(update("CronJob", "enforced", SUSPEND), admission.NO_CHANGE),
+            id="suspending-a-cronjob-in-an-enforced-namespace-is-allowed",
+        ),
+        pytest.param(
+            denied(
+                update("Job", "enforced", SET_IMAGE),
+                admission.TEMPLATE_FROZEN,
+                "changes spec.template",
+            ),
+            id="a-job-template-is-frozen-too",
+        ),
+        pytest.param(
+            denied(
+                update("ReplicationController", "enforced", put(*CONTAINER, "image", value=APP_V2)),
+                admission.TEMPLATE_FROZEN,
+                "changes spec.template",
+            ),
+            id="a-replicationcontroller-template-is-frozen-too",
+        ),
+    ]
+    + [
+        pytest.param(
+            denied(
+                request(
+                    "EndpointSlice",
+                    scope,
+                    None,
+                    obj("EndpointSlice", labelled=scope == "managed"),
+                    operation="CREATE",
+                ),
+                admission.ENDPOINTS_RESERVED,
+                what("EndpointSlice"),
+                f"Service {NAME!r}",
+            ),
+            id=f"an-endpointslice-written-by-hand-is-denied-{scope}",
+        )
+        for scope in ("enforced", "managed")
+    ]
+    + [
+        pytest.param(
+            denied(
+                update(
+                    "EndpointSlice",
+                    "enforced",
+                    put("endpoints", 0, "addresses", 0, value="10.244.0.66"),
+                    labelled=False,
+                ),
+                admission.ENDPOINTS_RESERVED,
+            ),
+            id="changing-the-endpoints-of-a-slice-by-hand-is-denied",
+        ),
+        pytest.param(
+            allowed(
+                request(
+                    "EndpointSlice",
+                    "enforced",
+                    None,
+                    obj("EndpointSlice", labelled=False),
+                    operation="CREATE",
+                    user=ENDPOINTSLICE_CONTROLLER,
+                ),
+                admission.NOT_FROZEN,
+            ),
+            id="the-endpointslice-controller-writes-endpointslices",
+        ),
+        pytest.param(
+            allowed(
+                request(
+                    "EndpointSlice",
+                    "unenforced",
+                    None,
+                    obj("EndpointSlice", labelled=False),
+                    operation="CREATE",
+                ),
+                admission.NOT_FROZEN,
+            ),
+            id="where-nothing-is-enforced-endpointslices-are-not-judged",
+        ),
+        pytest.param(
+            allowed(
+                request(
+                    "EndpointSlice",
+                    "enforced",
+                    None,
+                    _without_service_name(),
+                    operation="CREATE",
+                ),
+                admission.NOT_FROZEN,
+            ),
+            id="an-endpointslice-of-no-service-is-not-judged",
+        ),
+    ]
+)
+
+CASES = (
+    FROZEN + ALLOWED + OPERATIONS + UNMANAGED + LABELS + EXEMPT + BREAK_GLASS + CREATE + RESERVED
+)
 FROZEN_REASONS = {
     admission.LABELS_FROZEN,
     admission.TEMPLATE_FROZEN,
@@ -1065,6 +1429,9 @@ def test_every_reason_constant_of_a_decision_is_covered_by_the_table() -> None:
         admission.BREAK_GLASS_USED,
         admission.BREAK_GLASS_REFUSED,
         admission.UNPINNED_IMAGE,
+        admission.REVISION_LABELS_RESERVED,
+        admission.ENDPOINTS_RESERVED,
+        admission.POD_IP_FROZEN,
     }
 
 
@@ -1358,7 +1725,7 @@ DRIFTS = [
             ),
             id=f"a-{kind.lower()}-changed-in-place-is-reported-and-labelled",
         )
-        for kind in admission.TOP_LEVEL_KINDS
+        for kind in ("Deployment", "StatefulSet", "DaemonSet")
     ],
     pytest.param(
         Drift(
@@ -1584,12 +1951,38 @@ UPDATED = {
     ("apps", "replicasets", "UPDATE"),
     ("", "pods", "UPDATE"),
     ("", "pods/ephemeralcontainers", "UPDATE"),
+    ("", "replicationcontrollers", "UPDATE"),
+    ("batch", "jobs", "UPDATE"),
+    ("batch", "cronjobs", "UPDATE"),
 }
 CREATED = {
     ("apps", "deployments", "CREATE"),
     ("apps", "statefulsets", "CREATE"),
     ("apps", "daemonsets", "CREATE"),
+    ("", "replicationcontrollers", "CREATE"),
+    ("batch", "jobs", "CREATE"),
+    ("batch", "cronjobs", "CREATE"),
 }
+# Whatever makes pods, created or changed: the revision labels are reserved.
+RESERVED_OPERATIONS = {
+    (group, plural, operation)
+    for group, plural in [
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("apps", "daemonsets"),
+        ("apps", "replicasets"),
+        ("", "pods"),
+        ("", "replicationcontrollers"),
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+    ]
+    for operation in ("CREATE", "UPDATE")
+}
+ENDPOINT_OPERATIONS = {
+    ("discovery.k8s.io", "endpointslices", "CREATE"),
+    ("discovery.k8s.io", "endpointslices", "UPDATE"),
+}
+STATUS_OPERATIONS = {("", "pods/status", "UPDATE")}
 
 
 def configuration(client_config: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
@@ -1724,11 +2117,37 @@ def test_the_timeout_can_be_set() -> None:
 
 
 def test_the_managed_webhook_sees_updates_of_workloads_pods_and_ephemeral_containers() -> None:
-    assert operations(webhooks_by_scope(configuration())["managed"]["rules"]) == UPDATED
+    assert (
+        operations(webhooks_by_scope(configuration())["managed"]["rules"])
+        == UPDATED | RESERVED_OPERATIONS | ENDPOINT_OPERATIONS
+    )
 
 
 def test_the_enforced_webhook_also_sees_top_level_workloads_created() -> None:
-    assert operations(webhooks_by_scope(configuration())["enforced"]["rules"]) == UPDATED | CREATED
+    assert (
+        operations(webhooks_by_scope(configuration())["enforced"]["rules"])
+        == UPDATED | CREATED | RESERVED_OPERATIONS | ENDPOINT_OPERATIONS
+    )
+
+
+def test_where_nothing_is_enforced_only_what_gives_pods_the_revision_labels_is_sent() -> None:
+    hook = webhooks_by_scope(configuration())["unenforced"]
+    assert hook["name"] == "unenforced.labels.permafrost.dev"
+    assert hook["clientConfig"]["url"].endswith("/frozen-unenforced")
+    assert operations(hook["rules"]) == RESERVED_OPERATIONS
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["objectSelector"] == {
+        "matchExpressions": [{"key": models.LABEL_RELEASE, "operator": "DoesNotExist"}]
+    }
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            EXCLUDED,
+            {"key": models.LABEL_ENFORCE, "operator": "NotIn", "values": ["true"]},
+        ]
+    }
+    (condition,) = hook["matchConditions"]
+    for label in (models.LABEL_RELEASE, models.LABEL_REVISION):
+        assert json.dumps(label) in condition["expression"]
 
 
 def test_the_webhooks_exclude_whatever_the_settings_exclude() -> None:
@@ -1822,9 +2241,13 @@ def test_which_objects_each_webhook_and_binding_sees(
 ) -> None:
     hooks = webhooks_by_scope(configuration())
     _, *bindings = admission.policy_manifests(name="p", settings=SETTINGS)
+    # NB: whatever no other scope sees (in a namespace that is not excluded) is unenforced.
+    excluded = namespace["kubernetes.io/metadata.name"] in SETTINGS.excluded_namespaces
+    unenforced = not (managed or enforced or excluded)
     for scope, hook, binding, expected in [
         ("managed", hooks["managed"], bindings[0], managed),
         ("enforced", hooks["enforced"], bindings[1], enforced),
+        ("unenforced", hooks["unenforced"], bindings[2], unenforced),
     ]:
         for selectors in (hook, binding["spec"]["matchResources"]):
             sees = selects(selectors["namespaceSelector"], namespace) and selects(
@@ -1840,23 +2263,27 @@ def manifests(settings: admission.Settings = SETTINGS) -> list[dict[str, Any]]:
     return admission.policy_manifests(name="permafrost-frozen-workloads", settings=settings)
 
 
-def test_the_fail_safe_is_a_policy_and_two_bindings_that_deny() -> None:
-    policy, managed, enforced = manifests()
+def test_the_fail_safe_is_a_policy_and_three_bindings_that_deny() -> None:
+    policy, managed, enforced, unenforced = manifests()
     assert policy["kind"] == "ValidatingAdmissionPolicy"
     assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
     assert policy["spec"]["failurePolicy"] == "Fail"
-    for binding, suffix in ((managed, "managed"), (enforced, "enforced")):
+    for binding, suffix in (
+        (managed, "managed"),
+        (enforced, "enforced"),
+        (unenforced, "unenforced"),
+    ):
         assert binding["kind"] == "ValidatingAdmissionPolicyBinding"
         assert binding["apiVersion"] == "admissionregistration.k8s.io/v1"
         assert binding["metadata"]["name"] == f"permafrost-frozen-workloads-{suffix}"
         assert binding["spec"]["policyName"] == "permafrost-frozen-workloads"
         assert binding["spec"]["validationActions"] == ["Deny"]
-    for body in (policy, managed, enforced):
+    for body in (policy, managed, enforced, unenforced):
         assert body["metadata"]["labels"] == {models.LABEL_MANAGED_BY: models.MANAGER}
 
 
 def test_the_bindings_select_like_the_webhooks() -> None:
-    _, managed, enforced = manifests()
+    _, managed, enforced, unenforced = manifests()
     hooks = webhooks_by_scope(configuration())
     assert managed["spec"]["matchResources"] == {
         "namespaceSelector": hooks["managed"]["namespaceSelector"],
@@ -1866,15 +2293,24 @@ def test_the_bindings_select_like_the_webhooks() -> None:
         "namespaceSelector": hooks["enforced"]["namespaceSelector"],
         "objectSelector": hooks["enforced"]["objectSelector"],
     }
-    assert EXCLUDED in managed["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
-    assert EXCLUDED in enforced["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert unenforced["spec"]["matchResources"] == {
+        "namespaceSelector": hooks["unenforced"]["namespaceSelector"],
+        "objectSelector": hooks["unenforced"]["objectSelector"],
+    }
+    for binding in (managed, enforced, unenforced):
+        assert (
+            EXCLUDED in binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+        )
 
 
 def test_the_policy_sees_the_updates_and_creations_the_enforced_webhook_sees() -> None:
     policy, *_ = manifests()
     seen = operations(policy["spec"]["matchConstraints"]["resourceRules"])
-    assert seen == UPDATED | CREATED
-    assert seen == operations(webhooks_by_scope(configuration())["enforced"]["rules"])
+    assert seen == UPDATED | CREATED | RESERVED_OPERATIONS | ENDPOINT_OPERATIONS | STATUS_OPERATIONS
+    # NB: pods/status, which the kubelet writes all the time, is the policy's alone.
+    assert seen - STATUS_OPERATIONS == operations(
+        webhooks_by_scope(configuration())["enforced"]["rules"]
+    )
 
 
 def test_the_exempt_users_are_spared_by_a_match_condition() -> None:
@@ -1895,30 +2331,44 @@ def test_without_exempt_users_the_policy_spares_nobody() -> None:
 def test_the_break_glass_groups_are_in_the_break_glass_variable() -> None:
     policy, *_ = manifests()
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
-    assert list(variables) == ["subresource", "breakGlass"]  # breakGlass reads subresource
+    # NB: in order: breakGlass reads subresource, frozen reads enforced.
+    assert list(variables) == [
+        "subresource",
+        "breakGlass",
+        "enforced",
+        "frozen",
+        "podLabels",
+        "oldPodLabels",
+        "podSpec",
+    ]
     assert '["permafrost:break-glass", "sre"]' in variables["breakGlass"]
     assert "request.userInfo.groups" in variables["breakGlass"]
     assert json.dumps(BG) in variables["breakGlass"]
 
 
 def test_every_validation_explains_itself_and_forbids() -> None:
-    """Five validations of updates (template, selector, pod images, ephemeral containers,
-    labels), which break-glass lets through, then one of creations (digest pinning), which it
-    does not; each is a no-op for the other operation."""
+    """Six validations of updates of what is frozen (template, job template, selector, pod
+    images, ephemeral containers, labels), which break-glass lets through, then one of
+    creations (digest pinning), which it does not; each is a no-op for the other operation.
+    Then the reserved revision labels and EndpointSlices, which break-glass never lets through.
+    """
     policy, *_ = manifests()
-    *updates, creation = policy["spec"]["validations"]
-    assert len(updates) == 5
-    for validation in (*updates, creation):
+    *updates, creation, labels, pod_ip, endpoints = policy["spec"]["validations"]
+    assert len(updates) == 6
+    for validation in (*updates, creation, labels, pod_ip, endpoints):
         assert validation["reason"] == "Forbidden"
         assert validation["messageExpression"]
     for validation in updates:
         assert validation["expression"].startswith(
-            "request.operation != 'UPDATE' || variables.breakGlass || "
+            "request.operation != 'UPDATE' || !variables.frozen || variables.breakGlass || "
         )
         assert "permafrost:break-glass, sre" in validation["messageExpression"]
     assert creation["expression"].startswith("request.operation != 'CREATE' || ")
     assert "variables.breakGlass" not in creation["expression"]
     assert "pinned by digest" in creation["messageExpression"]
+    for validation in (labels, pod_ip, endpoints):
+        assert "breakGlass" not in validation["expression"]
+        assert "is refused" in validation["messageExpression"]
 
 
 def test_the_manifests_share_no_state_with_later_calls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1931,7 +2381,7 @@ def test_the_manifests_share_no_state_with_later_calls(monkeypatch: pytest.Monke
     hooks[0]["objectSelector"]["matchExpressions"].append({"key": "x", "operator": "Exists"})
     hooks[1]["rules"][0]["resources"].append("cronjobs")
     hooks[1]["rules"][2]["resources"].append("jobs")  # CREATE_RULES
-    policy, binding, _ = manifests()
+    policy, binding, *_ = manifests()
     policy["spec"]["matchConstraints"]["resourceRules"][1]["operations"].append("DELETE")
     policy["spec"]["matchConstraints"]["resourceRules"][2]["operations"].append("UPDATE")
     binding["spec"]["matchResources"]["objectSelector"]["matchExpressions"].clear()
@@ -1948,6 +2398,10 @@ PLURALS = {
     "DaemonSet": ("apps", "daemonsets"),
     "ReplicaSet": ("apps", "replicasets"),
     "Pod": ("", "pods"),
+    "ReplicationController": ("", "replicationcontrollers"),
+    "Job": ("batch", "jobs"),
+    "CronJob": ("batch", "cronjobs"),
+    "EndpointSlice": ("discovery.k8s.io", "endpointslices"),
 }
 
 
@@ -2074,8 +2528,7 @@ BLANK_REASONS = {
     "a-blank-break-glass-annotation-is-no-reason",
 }
 MANAGED_CREATIONS = {
-    f"creating-a-{kind.lower()}-in-the-managed-scope-is-allowed"
-    for kind in admission.TOP_LEVEL_KINDS
+    f"creating-a-{kind.lower()}-in-the-managed-scope-is-allowed" for kind in WORKLOADS
 }
 COMPARED = [p for p in CASES if p.id != HARMLESS_DIVERGENCE and p.id not in MANAGED_CREATIONS]
 
@@ -2086,8 +2539,14 @@ def policy_mismatch(case: Case) -> str | None:
     denials = apiserver(case.settings).denials(req, namespace_of(req))
     if (not denials) != case.allowed:
         return f"policy {'denies' if denials else 'allows'}: {denials}"
-    if req.operation == "CREATE":
-        fragments: tuple[str, ...] = (
+    if case.reason == admission.REVISION_LABELS_RESERVED:
+        fragments: tuple[str, ...] = (f"{what(req.kind)} is refused: ", "update the GuardedRelease")
+    elif case.reason == admission.POD_IP_FROZEN:
+        fragments = (f"{what(req.kind)} is refused: ", "never changes once assigned")
+    elif case.reason == admission.ENDPOINTS_RESERVED:
+        fragments = (f"{what(req.kind)} is refused: ", "only the EndpointSlice controller")
+    elif req.operation == "CREATE":
+        fragments = (
             f"{what(req.kind)} is refused: ",
             "pinned by digest (name@sha256:<64 hex>)",
             "enforces immutable workloads",

@@ -2,18 +2,24 @@
 
 A workload is *frozen* when Permafrost manages it (it carries ``permafrost.dev/release``: a
 revision Deployment, its ReplicaSets and Pods) or when its namespace opted in with the label
-``permafrost.dev/enforce=true`` (every Deployment, StatefulSet and DaemonSet, their ReplicaSets
-and Pods). What runs in a frozen workload never changes in place:
+``permafrost.dev/enforce=true`` (every Deployment, StatefulSet, DaemonSet, ReplicationController,
+Job and CronJob, their ReplicaSets and Pods). What runs in a frozen workload never changes in
+place:
 
-- workloads and ReplicaSets: ``spec.template`` and ``spec.selector`` are frozen (this covers
-  ``kubectl set image/env/resources``, ``edit``, ``patch``, ``apply``, ``replace`` and
-  ``rollout restart``);
+- workloads and ReplicaSets: ``spec.template`` (a CronJob's ``spec.jobTemplate``) and
+  ``spec.selector`` are frozen (this covers ``kubectl set image/env/resources``, ``edit``,
+  ``patch``, ``apply``, ``replace`` and ``rollout restart``);
 - Pods: container and init-container images are frozen, and no ephemeral container may be
   added (``kubectl debug``).
 - Pods: nobody execs, attaches or port-forwards into them without a break-glass session
   (decided in :mod:`permafrost.guards.sessions`; the webhook and fail-safe configuration are here).
 
 Everything else is allowed: scaling, metadata that does not change what runs, deletion.
+
+Wherever Permafrost guards (every namespace but the excluded ones), the labels a managed Service
+selects a verified revision's pods by are reserved (:func:`reserved`): only kube-controller-manager
+creates pods that carry them, and nobody adds them to a pod or a pod template; in enforced
+namespaces only the EndpointSlice controllers write a Service's EndpointSlices.
 Exempt users (the operator's own service account) are always allowed. A *break-glass*
 annotation, set in the same request by a member of a break-glass group, lets one mutation
 through; it is reported as an Event. The same rules, minus the Events, are enforced by a
@@ -39,8 +45,29 @@ from permafrost.releases import hashing
 ANNOTATION_BREAK_GLASS = models.ANNOTATION_BREAK_GLASS
 LABEL_ENFORCE = models.LABEL_ENFORCE
 
-WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
-TOP_LEVEL_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
+WORKLOAD_KINDS = frozenset(
+    {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job"}
+)
+TOP_LEVEL_KINDS = frozenset(
+    {"Deployment", "StatefulSet", "DaemonSet", "ReplicationController", "Job", "CronJob"}
+)
+# Kinds whose pods come from a template: its labels are the pods' labels.
+TEMPLATE_KINDS = WORKLOAD_KINDS | {"CronJob"}
+# The labels a managed Service selects a revision's pods by.
+REVISION_LABELS = (models.LABEL_RELEASE, models.LABEL_REVISION)
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+# Who kube-controller-manager's controllers act as: each controller as its own ServiceAccount
+# (--use-service-account-credentials, as kubeadm, kind and managed clusters run it), else the
+# controller manager's own user.
+CONTROLLER_USERS = frozenset(
+    {
+        "system:kube-controller-manager",
+        "system:serviceaccount:kube-system:replicaset-controller",
+        "system:serviceaccount:kube-system:deployment-controller",
+        "system:serviceaccount:kube-system:endpointslice-controller",
+        "system:serviceaccount:kube-system:endpointslicemirroring-controller",
+    }
+)
 DIGEST = re.compile(r"@sha256:[a-f0-9]{64}$|@sha512:[a-f0-9]{128}$")
 
 # Reasons (Events, admission responses, metrics).
@@ -52,6 +79,9 @@ EPHEMERAL_CONTAINERS_DENIED = "EphemeralContainersDenied"
 BREAK_GLASS_USED = "BreakGlassUsed"
 BREAK_GLASS_REFUSED = "BreakGlassRefused"
 UNPINNED_IMAGE = "UnpinnedImage"
+REVISION_LABELS_RESERVED = "RevisionLabelsReserved"
+ENDPOINTS_RESERVED = "EndpointsReserved"
+POD_IP_FROZEN = "PodIPFrozen"
 NOT_FROZEN = "NotFrozen"
 NO_CHANGE = "NoChange"
 EXEMPT = "Exempt"
@@ -59,7 +89,9 @@ DRIFT_DETECTED = "DriftDetected"
 DRIFT_REPAIRED = "DriftRepaired"
 BREAK_GLASS_ACCEPTED = "BreakGlassAccepted"
 
-Scope = Literal["managed", "enforced"]
+# NB: "unenforced": an object Permafrost does not manage in a namespace that did not opt in;
+# nothing there is frozen, only the revision labels are reserved.
+Scope = Literal["managed", "enforced", "unenforced"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +103,9 @@ class Settings:
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
     # Port-forward into frozen pods for everyone (read-only debugging; exec and attach never).
     allow_port_forward: bool = False
+    # kube-controller-manager's identities: the only creators of a revision's ReplicaSets and
+    # pods (besides exempt users) and the only writers of a Service's EndpointSlices.
+    controller_users: frozenset[str] = CONTROLLER_USERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +167,8 @@ def frozen_changes(request: Request) -> list[tuple[str, str]]:
     """What in the request would change what runs: ``[(reason, description)]``, empty if none."""
     old, new = _spec(request.old), _spec(request.new)
     changes: list[tuple[str, str]] = []
-    if request.subresource is None:
+    # NB: a pod's labels change through pods/status too (the apiserver keeps them from it).
+    if request.subresource in (None, "status"):
         old_labels, new_labels = _labels(request.old), _labels(request.new)
         for label in (models.LABEL_RELEASE, models.LABEL_REVISION):
             if label in old_labels and new_labels.get(label) != old_labels[label]:
@@ -145,6 +181,9 @@ def frozen_changes(request: Request) -> list[tuple[str, str]]:
             for key in ("containers", "initContainers"):
                 if _images(old, key) != _images(new, key):
                     changes.append((IMAGE_FROZEN, f"changes the images of spec.{key}"))
+    elif request.kind == "CronJob" and request.subresource is None:
+        if old.get("jobTemplate") != new.get("jobTemplate"):
+            changes.append((TEMPLATE_FROZEN, "changes spec.jobTemplate"))
     elif request.kind in WORKLOAD_KINDS and request.subresource is None:
         if old.get("template") != new.get("template"):
             changes.append((TEMPLATE_FROZEN, "changes spec.template"))
@@ -190,8 +229,11 @@ def _break_glass(request: Request) -> str | None:
 
 
 def unpinned_images(obj: Mapping[str, Any] | None) -> list[str]:
-    """Images of a workload's pod template (or a pod) not pinned by digest."""
+    """Images of a workload's pod template (a CronJob's job template, or a pod) not pinned by
+    digest."""
     spec = _spec(obj)
+    if "jobTemplate" in spec:
+        spec = _spec(_field(spec, "jobTemplate"))
     pod_spec = _field(_field(spec, "template"), "spec") if "template" in spec else spec
     return [
         image
@@ -201,10 +243,109 @@ def unpinned_images(obj: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def _template_labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    """The labels of the pods a workload makes (a CronJob: through its job template)."""
+    spec = _spec(obj)
+    if "jobTemplate" in spec:
+        spec = _spec(_field(spec, "jobTemplate"))
+    return _labels(_field(spec, "template"))
+
+
+def reserved(request: Request, settings: Settings) -> Decision | None:
+    """A denial if the request would let a managed Service's traffic reach what Permafrost did
+    not verify, else ``None``. No break-glass: there is no emergency a forged pod answers.
+
+    - a Pod created with ``permafrost.dev/release`` or ``permafrost.dev/revision`` by anyone
+      but kube-controller-manager (a revision's ReplicaSet); ownerReferences prove nothing,
+      the creator writes them;
+    - one of these labels added to a Pod (changing or removing one is :data:`LABELS_FROZEN`);
+    - a workload whose pod template carries one, created by anyone but kube-controller-manager
+      (a revision Deployment's ReplicaSet) or changed to carry a new value: its controller
+      would create the pods;
+    - an EndpointSlice of a Service (``kubernetes.io/service-name``) written by anyone but
+      kube-controller-manager, where Permafrost guards it (kube-proxy routes a Service's
+      traffic to every slice with that label, whoever wrote it).
+    """
+    if request.subresource not in (None, "status") or request.operation not in (
+        "CREATE",
+        "UPDATE",
+    ):
+        return None
+    what = f"{request.kind} {request.namespace}/{request.name}"
+    controller = request.username in settings.controller_users
+    if request.kind == "EndpointSlice":
+        service = _labels(request.new).get(LABEL_SERVICE_NAME)
+        if controller or not service or request.scope == "unenforced":
+            return None
+        return Decision(
+            False,
+            ENDPOINTS_RESERVED,
+            f"{what} is refused: only the EndpointSlice controller writes the endpoints of "
+            f"Service {service!r} here (kube-proxy sends the Service's traffic to every "
+            "EndpointSlice that names it); a Service's endpoints are the verified pods it "
+            "selects",
+            event_type="Warning",
+        )
+    if request.kind == "Pod" and request.subresource == "status":
+        # NB: the EndpointSlice controller publishes a pod's status.podIPs: a revision pod's
+        # assigned IP, changed, would send the Service's traffic anywhere.
+        revision_pod = any(label in _labels(request.old) for label in REVISION_LABELS)
+        old_status, new_status = _field(request.old, "status"), _field(request.new, "status")
+        assigned = old_status.get("podIP")
+        if (
+            revision_pod
+            and assigned
+            and any(new_status.get(key) != old_status.get(key) for key in ("podIP", "podIPs"))
+        ):
+            return Decision(
+                False,
+                POD_IP_FROZEN,
+                f"{what} is refused: {POD_IP_MESSAGE}",
+                event_type="Warning",
+            )
+    if request.kind == "Pod":
+        new, old = _labels(request.new), _labels(request.old)
+    elif request.kind in TEMPLATE_KINDS:
+        new, old = _template_labels(request.new), _template_labels(request.old)
+    else:
+        return None
+    carried = [label for label in REVISION_LABELS if label in new]
+    if not carried:
+        return None
+    if request.operation == "CREATE":
+        if controller:
+            return None
+        how = "carries" if request.kind == "Pod" else "makes pods with"
+    else:
+        carried = [label for label in carried if label not in old or old[label] != new[label]]
+        if request.kind == "Pod":
+            # NB: changing or removing one the pod has is LABELS_FROZEN (break-glass applies).
+            carried = [label for label in carried if label not in old]
+        if not carried:
+            return None
+        how = "adds" if request.kind == "Pod" else "changes its pod template to carry"
+    labels = " and ".join(carried)
+    return Decision(
+        False,
+        REVISION_LABELS_RESERVED,
+        f"{what} is refused: it {how} {labels}, which only the pods of a GuardedRelease's "
+        "revisions carry: a managed Service selects its pods by them, and Permafrost verifies "
+        "a revision before it takes traffic. To run something else, update the GuardedRelease "
+        "(Permafrost creates the revision's pods), or use labels of your own",
+        event_type="Warning",
+    )
+
+
 def review(request: Request, settings: Settings) -> Decision:
-    """Decide one admission request against a frozen workload."""
+    """Decide one admission request against a frozen workload (or, in scope ``unenforced``,
+    only against the reserved labels: :func:`reserved`)."""
     if request.username in settings.exempt_users:
         return Decision(True, EXEMPT)
+    refused = reserved(request, settings)
+    if refused is not None:
+        return refused
+    if request.scope == "unenforced" or request.kind == "EndpointSlice":
+        return Decision(True, NOT_FROZEN)
     what = f"{request.kind} {request.namespace}/{request.name}"
     if request.operation == "CREATE":
         if request.scope == "enforced" and request.kind in TOP_LEVEL_KINDS:
@@ -383,7 +524,13 @@ FROZEN_RULES: tuple[dict[str, Any], ...] = (
         "apiGroups": [""],
         "apiVersions": ["v1"],
         "operations": ["UPDATE"],
-        "resources": ["pods", "pods/ephemeralcontainers"],
+        "resources": ["pods", "pods/ephemeralcontainers", "replicationcontrollers"],
+    },
+    {
+        "apiGroups": ["batch"],
+        "apiVersions": ["v1"],
+        "operations": ["UPDATE"],
+        "resources": ["jobs", "cronjobs"],
     },
 )
 CREATE_RULES: tuple[dict[str, Any], ...] = (
@@ -392,6 +539,57 @@ CREATE_RULES: tuple[dict[str, Any], ...] = (
         "apiVersions": ["v1"],
         "operations": ["CREATE"],
         "resources": ["deployments", "statefulsets", "daemonsets"],
+    },
+    {
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE"],
+        "resources": ["replicationcontrollers"],
+    },
+    {
+        "apiGroups": ["batch"],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE"],
+        "resources": ["jobs", "cronjobs"],
+    },
+)
+# Whatever makes pods: the revision labels are reserved (see :func:`reserved`).
+RESERVED_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": ["apps"],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"],
+    },
+    {
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": ["pods", "replicationcontrollers"],
+    },
+    {
+        "apiGroups": ["batch"],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": ["jobs", "cronjobs"],
+    },
+)
+# NB: pods/status can change a pod's labels. The policy alone sees it: the kubelet writes it
+# on every change of a pod's state, which must not wait on the operator's webhook.
+STATUS_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "operations": ["UPDATE"],
+        "resources": ["pods/status"],
+    },
+)
+ENDPOINT_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": ["endpointslices"],
     },
 )
 RELEASE_RULES: tuple[dict[str, Any], ...] = (
@@ -448,6 +646,36 @@ def _namespaces(settings: Settings, *, enforced: bool) -> dict[str, Any]:
     return selector
 
 
+def _unenforced_namespaces(settings: Settings) -> dict[str, Any]:
+    """The namespaces that did not opt in (the complement of the enforced ones)."""
+    selector = _namespaces(settings, enforced=False)
+    selector["matchExpressions"].append(
+        {"key": LABEL_ENFORCE, "operator": "NotIn", "values": ["true"]}
+    )
+    return selector
+
+
+def _cel_get(path: str, default: str) -> str:
+    """CEL: the field at the dotted ``path`` (its first part: an object), else ``default``.
+
+    NB: has() on each step, not CEL's optional fields (``.?``): the expressions stay within
+    what every CEL implementation parses."""
+    parts = path.split(".")
+    checks = " && ".join(f"has({'.'.join(parts[: i + 1])})" for i in range(1, len(parts)))
+    return f"({checks} ? {path} : {default})"
+
+
+def _cel_pod_labels(o: str) -> str:
+    """CEL: the labels of the pods ``o`` makes: a Pod's own, a workload's pod template's (a
+    CronJob's through its job template); ``{}`` if none."""
+    return (
+        f"(request.kind.kind == 'Pod' ? {_cel_get(f'{o}.metadata.labels', '{}')} : "
+        f"request.kind.kind == 'CronJob' ? "
+        f"{_cel_get(f'{o}.spec.jobTemplate.spec.template.metadata.labels', '{}')} : "
+        f"{_cel_get(f'{o}.spec.template.metadata.labels', '{}')})"
+    )
+
+
 def webhook_configuration(
     *,
     name: str,
@@ -497,10 +725,34 @@ def webhook_configuration(
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
         "webhooks": [
-            webhook("managed.frozen", "frozen-managed", FROZEN_RULES, enforced=False),
             webhook(
-                "enforced.frozen", "frozen-enforced", (*FROZEN_RULES, *CREATE_RULES), enforced=True
+                "managed.frozen",
+                "frozen-managed",
+                (*FROZEN_RULES, *RESERVED_RULES, *ENDPOINT_RULES),
+                enforced=False,
             ),
+            webhook(
+                "enforced.frozen",
+                "frozen-enforced",
+                (*FROZEN_RULES, *CREATE_RULES, *RESERVED_RULES, *ENDPOINT_RULES),
+                enforced=True,
+            ),
+            # NB: where nothing is frozen, only what carries the revision labels is sent (so not
+            # every pod and workload of the cluster); a managed object goes to the managed
+            # webhook only.
+            {
+                **webhook("unenforced.labels", "frozen-unenforced", RESERVED_RULES, enforced=True),
+                "namespaceSelector": _unenforced_namespaces(settings),
+                "matchConditions": [
+                    {
+                        "name": "revision-labels",
+                        "expression": " || ".join(
+                            f"{json.dumps(label)} in {_cel_pod_labels('object')}"
+                            for label in REVISION_LABELS
+                        ),
+                    }
+                ],
+            },
             {
                 **webhook("releases", "releases", RELEASE_RULES, enforced=False),
                 "objectSelector": {},
@@ -527,6 +779,22 @@ def webhook_configuration(
 
 def _cel_list(values: frozenset[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in sorted(values)) + "]"
+
+
+RESERVED_MESSAGE = (
+    " is refused: the labels permafrost.dev/release and permafrost.dev/revision are reserved "
+    "for the pods of a GuardedRelease's revisions (a managed Service selects its pods by them, "
+    "and Permafrost verifies a revision before it takes traffic); update the GuardedRelease "
+    "instead, or use labels of your own"
+)
+POD_IP_MESSAGE = (
+    "the IP of a revision's pod never changes once assigned (the EndpointSlice controller "
+    "publishes it: the Service's traffic would go there)"
+)
+ENDPOINTS_MESSAGE = (
+    " is refused: only the EndpointSlice controller writes a Service's endpoints here "
+    "(kube-proxy sends the Service's traffic to every EndpointSlice that names it)"
+)
 
 
 def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
@@ -559,6 +827,24 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
     )
     ephemeral = "(has({o}.spec.ephemeralContainers) ? size({o}.spec.ephemeralContainers) : 0)"
     release = json.dumps(models.LABEL_RELEASE)
+    controllers = _cel_list(settings.controller_users)
+    revision_labels = _cel_list(frozenset(REVISION_LABELS))
+    enforce = json.dumps(LABEL_ENFORCE)
+    enforced = (
+        f"has(namespaceObject.metadata.labels) && {enforce} in namespaceObject.metadata.labels "
+        f"&& namespaceObject.metadata.labels[{enforce}] == 'true'"
+    )
+    meta_labels = "(has({o}.metadata.labels) ? {o}.metadata.labels : {{}})"
+    # NB: frozen as the bindings chose before the unenforced one: managed (the object, before
+    # or after, carries the release label) or in an enforced namespace. Every frozen rule is
+    # gated by it (CEL's || is true if any side is, whatever errors the others raise): the
+    # unenforced binding sees every pod and workload where nothing is frozen. (A policy's
+    # matchConditions cannot read namespaceObject.)
+    frozen = (
+        f"request.kind.kind != 'EndpointSlice' && ({enforced} || "
+        f"{release} in {meta_labels.format(o='object')} || (oldObject != null && "
+        f"{release} in {meta_labels.format(o='oldObject')}))"
+    )
     groups = ", ".join(sorted(settings.break_glass_groups)) or "none configured"
     what = "request.kind.kind + ' ' + request.namespace + '/' + request.name"
     instead = (
@@ -576,8 +862,8 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
 
     def rule(expression: str, frozen: str, *, operation: str = "UPDATE") -> dict[str, Any]:
         return {
-            "expression": f"request.operation != '{operation}' || variables.breakGlass || "
-            f"{expression}",
+            "expression": f"request.operation != '{operation}' || !variables.frozen || "
+            f"variables.breakGlass || {expression}",
             "messageExpression": f"{what} + {json.dumps(' is frozen by Permafrost: ' + frozen)}"
             f" + '; ' + {instead} + {tail}",
             "reason": "Forbidden",
@@ -587,6 +873,11 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
         rule(
             "!has(object.spec.template) || object.spec.template == oldObject.spec.template",
             "spec.template cannot change in place",
+        ),
+        rule(
+            "!has(object.spec.jobTemplate) || "
+            "object.spec.jobTemplate == oldObject.spec.jobTemplate",
+            "spec.jobTemplate cannot change in place",
         ),
         rule(
             "!has(object.spec.selector) || object.spec.selector == oldObject.spec.selector",
@@ -611,17 +902,47 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
             "its permafrost.dev/release and permafrost.dev/revision labels cannot change",
         ),
         {
-            "expression": "request.operation != 'CREATE' || !has(object.spec.template) || "
-            f"!has(namespaceObject.metadata.labels) || !({json.dumps(LABEL_ENFORCE)} in "
-            f"namespaceObject.metadata.labels) || "
-            f"namespaceObject.metadata.labels[{json.dumps(LABEL_ENFORCE)}] != 'true' || "
+            # NB: a CronJob's pods come from spec.jobTemplate.spec.template.
+            "expression": "request.operation != 'CREATE' || !variables.enforced || "
+            f"!(request.kind.kind in {_cel_list(TOP_LEVEL_KINDS)}) || "
             + " && ".join(
-                f"(!has(object.spec.template.spec.{k}) || object.spec.template.spec.{k}.all(c, "
-                f"c.image.matches({json.dumps(DIGEST.pattern)})))"
+                f"(has(variables.podSpec.{k}) ? variables.podSpec.{k} : []).all(c, "
+                f"c.image.matches({json.dumps(DIGEST.pattern)}))"
                 for k in ("containers", "initContainers")
             ),
             "messageExpression": f"{what} + ' is refused: every image must be pinned by "
             "digest (name@sha256:<64 hex>) in a namespace that enforces immutable workloads'",
+            "reason": "Forbidden",
+        },
+        # The revision labels are reserved (see :func:`reserved`); no break-glass.
+        {
+            "expression": "request.kind.kind == 'EndpointSlice' || "
+            "(variables.subresource != '' && variables.subresource != 'status') "
+            f"|| (request.operation == 'CREATE' ? (request.userInfo.username in {controllers} "
+            f"|| !{revision_labels}.exists(l, l in variables.podLabels)) : "
+            f"{revision_labels}.all(l, !(l in variables.podLabels) || "
+            "(l in variables.oldPodLabels && (request.kind.kind == 'Pod' || "
+            "variables.oldPodLabels[l] == variables.podLabels[l]))))",
+            "messageExpression": f"{what} + {json.dumps(RESERVED_MESSAGE)}",
+            "reason": "Forbidden",
+        },
+        {
+            "expression": "variables.subresource != 'status' || request.kind.kind != 'Pod' || "
+            f"!{revision_labels}.exists(l, l in variables.oldPodLabels) || "
+            "!has(oldObject.status) || !has(oldObject.status.podIP) || "
+            "oldObject.status.podIP == '' || (has(object.status) && has(object.status.podIP) && "
+            "object.status.podIP == oldObject.status.podIP && "
+            "(has(object.status.podIPs) ? object.status.podIPs : []) == "
+            "(has(oldObject.status.podIPs) ? oldObject.status.podIPs : []))",
+            "messageExpression": f"{what} + {json.dumps(' is refused: ' + POD_IP_MESSAGE)}",
+            "reason": "Forbidden",
+        },
+        {
+            "expression": "request.kind.kind != 'EndpointSlice' || "
+            f"!({json.dumps(LABEL_SERVICE_NAME)} in {meta_labels.format(o='object')}) || "
+            f"request.userInfo.username in {controllers} || !(variables.enforced || "
+            f"{release} in {meta_labels.format(o='object')})",
+            "messageExpression": f"{what} + {json.dumps(ENDPOINTS_MESSAGE)}",
             "reason": "Forbidden",
         },
     ]
@@ -632,7 +953,16 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": {
-                "resourceRules": [copy.deepcopy(r) for r in (*FROZEN_RULES, *CREATE_RULES)]
+                "resourceRules": [
+                    copy.deepcopy(r)
+                    for r in (
+                        *FROZEN_RULES,
+                        *CREATE_RULES,
+                        *RESERVED_RULES,
+                        *ENDPOINT_RULES,
+                        *STATUS_RULES,
+                    )
+                ]
             },
             # NB: request.subResource is absent (not "") for the main resource.
             "variables": [
@@ -641,6 +971,19 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
                     "expression": "has(request.subResource) ? request.subResource : ''",
                 },
                 {"name": "breakGlass", "expression": break_glass},
+                {"name": "enforced", "expression": enforced},
+                {"name": "frozen", "expression": frozen},
+                {"name": "podLabels", "expression": _cel_pod_labels("object")},
+                {
+                    "name": "oldPodLabels",
+                    "expression": f"oldObject != null ? {_cel_pod_labels('oldObject')} : {{}}",
+                },
+                {
+                    "name": "podSpec",
+                    "expression": "request.kind.kind == 'CronJob' ? "
+                    f"{_cel_get('object.spec.jobTemplate.spec.template.spec', '{}')} : "
+                    f"{_cel_get('object.spec.template.spec', '{}')}",
+                },
             ],
             "validations": validations,
         },
@@ -681,6 +1024,13 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
             "enforced",
             {
                 "namespaceSelector": _namespaces(settings, enforced=True),
+                "objectSelector": copy.deepcopy(UNMANAGED),
+            },
+        ),
+        binding(
+            "unenforced",
+            {
+                "namespaceSelector": _unenforced_namespaces(settings),
                 "objectSelector": copy.deepcopy(UNMANAGED),
             },
         ),

@@ -413,6 +413,17 @@ async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
         # material goes elsewhere and into the live context (:meth:`Server.reload`).
     )
     settings.admission.server = server
+    # NB: the operator creates its revisions' Deployments, whose pods carry the revision labels.
+    # In-cluster it is exempt; run elsewhere (a kubeconfig's user), that user may create them too.
+    me = await kube.whoami()
+    if me:
+        options = dataclasses.replace(
+            options,
+            settings=dataclasses.replace(
+                options.settings,
+                controller_users=options.settings.controller_users | {me},
+            ),
+        )
     await _register(options, bundle)
     runtime = Runtime(options=options, server=server, directory=directory)
     server.runtime = runtime
@@ -476,7 +487,8 @@ async def teardown(runtime: Runtime | None) -> None:
 
 async def frozen_workload(**kwargs: Any) -> None:
     """Validate a request on a frozen workload (``param``: "managed" or "enforced")."""
-    scope: admission.Scope = "enforced" if kwargs.get("param") == "enforced" else "managed"
+    param = kwargs.get("param")
+    scope: admission.Scope = param if param in ("enforced", "unenforced") else "managed"
     with metrics.time_admission(f"frozen-{scope}"):
         await _frozen_workload(scope, **kwargs)
 
@@ -515,7 +527,12 @@ async def _frozen_workload(scope: admission.Scope, **kwargs: Any) -> None:
         elif not session.allowed:
             decision = session
     violations: tuple[policy.RuleResult, ...] = ()
-    if decision.allowed and request.operation == "CREATE" and request.scope == "enforced":
+    if (
+        decision.allowed
+        and request.operation == "CREATE"
+        and request.scope == "enforced"
+        and request.kind in _POLICY_KINDS
+    ):
         decision, violations = _policies_at_create(
             dict(body), request.namespace, kwargs["warnings"]
         )
@@ -786,12 +803,14 @@ def settings_from(
     break_glass_groups: Sequence[str],
     namespace: str,
     allow_port_forward: bool = False,
+    controller_users: Sequence[str] = (),
 ) -> admission.Settings:
     return admission.Settings(
         exempt_users=frozenset(exempt_users),
         break_glass_groups=frozenset(break_glass_groups),
         excluded_namespaces=frozenset({"kube-system", namespace}),
         allow_port_forward=allow_port_forward,
+        controller_users=frozenset(controller_users or admission.CONTROLLER_USERS),
     )
 
 
@@ -963,14 +982,23 @@ _WORKLOADS = frozenset(
         ("apps", "v1", "daemonsets"),
         ("apps", "v1", "replicasets"),
         ("", "v1", "pods"),
+        ("", "v1", "replicationcontrollers"),
+        ("batch", "v1", "jobs"),
+        ("batch", "v1", "cronjobs"),
+        ("discovery.k8s.io", "v1", "endpointslices"),
     }
 )
+# NB: the kinds create-stage GuardrailPolicies are asked about at admission.
+_POLICY_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
 # NB: the webhook configuration routes each scope to the path /frozen-<scope> (see
 # admission.webhook_configuration), releases to /releases and policies to /policies.
 ROUTES: Mapping[str, Route] = {
     "frozen-managed": Route(frozen_workload, _WORKLOADS, param="managed", any_subresource=True),
     "frozen-enforced": Route(frozen_workload, _WORKLOADS, param="enforced", any_subresource=True),
     "pods-connect": Route(pod_connect, frozenset({("", "v1", "pods")}), any_subresource=True),
+    "frozen-unenforced": Route(
+        frozen_workload, _WORKLOADS, param="unenforced", any_subresource=True
+    ),
     "releases": Route(guarded_release, frozenset({(models.GROUP, models.VERSION, models.PLURAL)})),
     "policies": Route(
         guardrail_policy, frozenset({(models.GROUP, models.VERSION, models.POLICY_PLURAL)})
