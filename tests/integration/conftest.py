@@ -304,6 +304,7 @@ BREAK_GLASS_GROUP = "permafrost:break-glass"
 WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
 SERVICE_GUARD = "permafrost-service-selectors"  # permafrost.guards.admission.SERVICE_GUARD
 SERVICE_ROUTES = "permafrost-service-routes"  # permafrost.guards.admission.SERVICE_ROUTES
+SERVICE_TYPE = "permafrost-service-type"  # permafrost.guards.admission.SERVICE_TYPE
 
 
 def webhook_target(cluster: Cluster) -> str | None:
@@ -435,6 +436,8 @@ def stop_guarded(cluster: Cluster, op: Operator) -> None:
     for kind in ("mutatingadmissionpolicybinding", "mutatingadmissionpolicy"):
         for name in (SERVICE_GUARD, SERVICE_ROUTES):
             cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+    for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+        cluster.kubectl("delete", kind, SERVICE_TYPE, "--ignore-not-found", check=False)
 
 
 # --- Argo CD (tests/argocd_harness.py) ----------------------------------------------------------

@@ -269,3 +269,63 @@ def test_a_service_created_under_a_releases_name_selects_only_its_verified_revis
         crds.kubectl("delete", "mutatingadmissionpolicybinding", binding["metadata"]["name"],
                      check=False)  # fmt: skip
         crds.kubectl("delete", "mutatingadmissionpolicy", policy["metadata"]["name"], check=False)
+
+
+def test_a_releases_service_cannot_become_or_be_created_as_a_dns_alias(
+    crds: Cluster, namespace: str
+) -> None:
+    """The ValidatingAdmissionPolicy of deploy/ (admission.service_type_manifests), bound to
+    this namespace only, no operator running: a routed Service (Permafrost's two keys in its
+    selector) is not turned into ``type: ExternalName``, a Service named by a release is not
+    created as one; another Service may be, and the operator's identity is exempt."""
+    operator_user = f"system:serviceaccount:{namespace}:operator"
+    policy, binding = admission.service_type_manifests(
+        name=f"{admission.SERVICE_TYPE}-{namespace}"[:63],
+        settings=admission.Settings(exempt_users=frozenset({operator_user})),
+    )
+    binding["spec"]["policyName"] = policy["metadata"]["name"]
+    binding["spec"]["matchResources"] = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    }
+    crds.kubectl("create", "rolebinding", "operator", "--clusterrole=edit",
+                 f"--serviceaccount={namespace}:operator", namespace=namespace)  # fmt: skip
+    crds.apply(release("shop", service="shop"), namespace=namespace)
+    ours = {"app": "shop", "permafrost.dev/release": "shop", "permafrost.dev/revision": "aaaa"}
+    crds.apply(service("shop", ours), namespace=namespace)
+    crds.apply([policy, binding])
+    alias = {"spec": {"type": "ExternalName", "externalName": "elsewhere.example"}}
+    try:
+
+        def refused(*who: str) -> str | None:
+            proc = crds.kubectl(
+                "patch", "service", "shop", "--type=merge", "-p", json.dumps(alias),
+                "--dry-run=server", *who, namespace=namespace, check=False,
+            )  # fmt: skip
+            return proc.stderr if proc.returncode != 0 else None
+
+        # NB: the apiserver loads a new policy asynchronously: until it applies, retry.
+        message = wait_for(refused, timeout=30, interval=1, what="the policy to apply")
+        assert "carries a GuardedRelease's traffic: it cannot be of type ExternalName" in message
+        assert crds.get("service", "shop", namespace=namespace)["spec"]["type"] == "ClusterIP"
+        # Deleted and created again as an alias under the release's name: refused too.
+        crds.kubectl("delete", "service", "shop", namespace=namespace)
+        external = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "shop"},
+            "spec": {"type": "ExternalName", "externalName": "elsewhere.example"},
+        }
+        created = crds.kubectl("create", "-f", "-", stdin=yaml.safe_dump(external),
+                               namespace=namespace, check=False)  # fmt: skip
+        assert created.returncode != 0
+        assert "cannot be of type ExternalName" in created.stderr
+        # Another name is the user's; the operator's identity is exempt.
+        other = {**external, "metadata": {"name": "partner-api"}}
+        crds.kubectl("create", "-f", "-", stdin=yaml.safe_dump(other), namespace=namespace)
+        crds.kubectl("create", "-f", "-", f"--as={operator_user}",
+                     stdin=yaml.safe_dump(external), namespace=namespace)  # fmt: skip
+    finally:
+        crds.kubectl("delete", "validatingadmissionpolicybinding",
+                     binding["metadata"]["name"], check=False)  # fmt: skip
+        crds.kubectl("delete", "validatingadmissionpolicy", policy["metadata"]["name"],
+                     check=False)  # fmt: skip

@@ -2778,3 +2778,25 @@ def test_the_services_routes_add_both_keys_on_create_from_the_releases_of_the_na
 def test_without_exempt_users_the_services_routes_have_no_match_conditions() -> None:
     policy, _ = admission.service_route_manifests(name="r", settings=admission.Settings())
     assert "matchConditions" not in policy["spec"]
+
+
+# --- service_type_manifests --------------------------------------------------------------------
+
+
+def test_a_releases_service_never_becomes_a_dns_alias() -> None:
+    settings = admission.Settings(exempt_users=frozenset({"system:serviceaccount:p:permafrost"}))
+    policy, binding = admission.service_type_manifests(name="t", settings=settings)
+    assert policy["kind"] == "ValidatingAdmissionPolicy"
+    assert policy["spec"]["paramKind"]["kind"] == "GuardedRelease"
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert [(r["operations"], r["resources"]) for r in rules] == [
+        (["CREATE", "UPDATE"], ["services"])
+    ]
+    (validation,) = policy["spec"]["validations"]
+    assert "ExternalName" in validation["expression"]
+    assert '"permafrost.dev/revision" in oldObject.spec.selector' in validation["expression"]
+    assert "params.spec.service.name == object.metadata.name" in validation["expression"]
+    conditions = {c["name"]: c["expression"] for c in policy["spec"]["matchConditions"]}
+    assert '"system:serviceaccount:p:permafrost"' in conditions["not-exempt"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["paramRef"] == {"selector": {}, "parameterNotFoundAction": "Allow"}

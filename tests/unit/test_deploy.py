@@ -141,6 +141,8 @@ def test_deploy_installs_every_piece_and_nothing_twice(objects: list[dict[str, A
         ("MutatingAdmissionPolicyBinding", admission.SERVICE_GUARD),
         ("MutatingAdmissionPolicy", admission.SERVICE_ROUTES),
         ("MutatingAdmissionPolicyBinding", admission.SERVICE_ROUTES),
+        ("ValidatingAdmissionPolicy", admission.SERVICE_TYPE),
+        ("ValidatingAdmissionPolicyBinding", admission.SERVICE_TYPE),
     ]:
         assert (kind, name) in keys
 
@@ -274,6 +276,7 @@ def test_names_are_pinned_where_the_api_allows(objects: list[dict[str, Any]]) ->
         *bindings,
         admission.SERVICE_GUARD,
         admission.SERVICE_ROUTES,
+        admission.SERVICE_TYPE,
     }
     role = _one(objects, "Role", "permafrost")
     assert role["rules"] == [

@@ -1360,3 +1360,85 @@ def service_route_manifests(*, name: str, settings: Settings) -> list[dict[str, 
         },
     }
     return [policy, binding]
+
+
+SERVICE_TYPE = "permafrost-service-type"
+
+
+def service_type_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding: a release's Service never becomes (or is
+    created as) ``type: ExternalName``.
+
+    An ExternalName Service is a DNS alias: its name resolves to whatever host it names, and
+    its selector — Permafrost's keys included — no longer decides anything. So, for anyone but
+    the exempt users, the apiserver denies an update to ``ExternalName`` of a Service whose
+    selector carries both of Permafrost's keys, and the creation of an ``ExternalName`` Service
+    named by a GuardedRelease of its namespace (``spec.service.name``; the releases are the
+    policy's parameters, as for :func:`service_route_manifests`).
+
+    NB: a denial, not a repair as for the selector keys: no write of a GitOps tool turns a
+    Service into a DNS alias by accident, and there is nothing to restore it to that the
+    apiserver could fill in (a cluster IP is allocated on creation only).
+    """
+    release, revision = json.dumps(models.LABEL_RELEASE), json.dumps(models.LABEL_REVISION)
+    routed = (
+        "request.operation == 'UPDATE' && has(oldObject.spec.selector) && "
+        f"{release} in oldObject.spec.selector && {revision} in oldObject.spec.selector"
+    )
+    named = (
+        "params != null && has(params.spec.service) && has(params.spec.service.name) && "
+        "params.spec.service.name == object.metadata.name"
+    )
+    what = "'Service ' + request.namespace + '/' + request.name"
+    spec: dict[str, Any] = {
+        "paramKind": {"apiVersion": f"{models.GROUP}/{models.VERSION}", "kind": models.KIND},
+        "failurePolicy": "Fail",
+        "matchConstraints": {
+            "resourceRules": [
+                {
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": ["services"],
+                }
+            ]
+        },
+        "validations": [
+            {
+                "expression": "!has(object.spec.type) || object.spec.type != 'ExternalName' || "
+                f"!(({routed}) || ({named}))",
+                "messageExpression": f"{what} + "
+                + json.dumps(
+                    " carries a GuardedRelease's traffic: it cannot be of type ExternalName (its "
+                    "name would resolve to a host where no revision was verified); route "
+                    "elsewhere with a Service of another name"
+                ),
+                "reason": "Forbidden",
+            }
+        ],
+    }
+    if settings.exempt_users:
+        spec["matchConditions"] = [
+            {
+                "name": "not-exempt",
+                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
+            }
+        ]
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
+        "spec": spec,
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
+        "spec": {
+            "policyName": name,
+            "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": _namespaces(settings, enforced=False)},
+        },
+    }
+    return [policy, binding]

@@ -392,6 +392,7 @@ async def _register(options: Options, bundle: certs.Bundle) -> None:
         *admission.exec_policy_manifests(name=admission.EXEC_POLICY, settings=options.settings),
         *admission.service_guard_manifests(name=admission.SERVICE_GUARD, settings=guard),
         *admission.service_route_manifests(name=admission.SERVICE_ROUTES, settings=guard),
+        *admission.service_type_manifests(name=admission.SERVICE_TYPE, settings=guard),
     ):
         await kube.apply_cluster_object(body)
 
