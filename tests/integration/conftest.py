@@ -305,6 +305,7 @@ WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
 SERVICE_GUARD = "permafrost-service-selectors"  # permafrost.guards.admission.SERVICE_GUARD
 SERVICE_ROUTES = "permafrost-service-routes"  # permafrost.guards.admission.SERVICE_ROUTES
 SERVICE_TYPE = "permafrost-service-type"  # permafrost.guards.admission.SERVICE_TYPE
+EXEC_POLICY = "permafrost-frozen-exec"  # permafrost.guards.admission.EXEC_POLICY
 
 
 def webhook_target(cluster: Cluster) -> str | None:
@@ -420,11 +421,31 @@ def wait_for_webhook(cluster: Cluster, port: int) -> None:
     wait_for(webhook_answers, timeout=60, interval=0.5, what="the operator's webhook to answer")
 
 
+# The cluster-wide policies an operator with --admission applies (admission.policy_manifests,
+# exec_policy_manifests, service_type_manifests): (kind, name).
+FAIL_SAFE_POLICIES = (
+    *(
+        ("validatingadmissionpolicybinding", f"{WEBHOOK_CONFIGURATION}-{scope}")
+        for scope in ("managed", "enforced", "unenforced")
+    ),
+    ("validatingadmissionpolicy", WEBHOOK_CONFIGURATION),
+    *(
+        ("validatingadmissionpolicybinding", f"{EXEC_POLICY}-{scope}")
+        for scope in ("managed", "enforced")
+    ),
+    ("validatingadmissionpolicy", EXEC_POLICY),
+    ("validatingadmissionpolicybinding", SERVICE_TYPE),
+    ("validatingadmissionpolicy", SERVICE_TYPE),
+)
+
+
 def stop_guarded(cluster: Cluster, op: Operator) -> None:
     """Stop an operator that served admission, and unregister its webhooks: they would point at
-    a closed port (and the policies webhook fails closed). The Services' guard it applied goes
-    too: it exempts only that operator's user, and would put back the selector keys that the
-    next test's operator switches."""
+    a closed port (and the policies webhook fails closed). The policies it applied go too: they
+    exempt only that operator's user; the Services' guard would put back the selector keys that
+    the next test's operator switches, and the fail-safe policy, which reserves the revision
+    labels to kube-controller-manager and the exempt users, would refuse the revisions of the
+    next test's operator if it runs under another identity."""
     op.stop()
     cluster.kubectl(
         "delete",
@@ -436,8 +457,8 @@ def stop_guarded(cluster: Cluster, op: Operator) -> None:
     for kind in ("mutatingadmissionpolicybinding", "mutatingadmissionpolicy"):
         for name in (SERVICE_GUARD, SERVICE_ROUTES):
             cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
-    for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
-        cluster.kubectl("delete", kind, SERVICE_TYPE, "--ignore-not-found", check=False)
+    for kind, name in FAIL_SAFE_POLICIES:
+        cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
 
 
 # --- Argo CD (tests/argocd_harness.py) ----------------------------------------------------------
