@@ -1056,7 +1056,13 @@ def test_break_glass_on_a_large_workload_is_still_recorded(guarded: Frozen) -> N
 # NB: these pods run on fake nodes: a CONNECT admission lets through fails next with "no
 # preferred addresses found" (there is no kubelet to reach); a denial never gets that far.
 # Real exec on the real node: tests/integration/test_exec_sessions.py.
-NO_KUBELET = "no preferred addresses found"
+# NB: with the real node in the cluster, the fake nodes have no address; without it, kwok answers
+# for them, and has no exec to run either. Both come after admission: the request was admitted.
+NO_KUBELET = ("no preferred addresses found", "no exec found for container")
+
+
+def admitted(stderr: str) -> bool:
+    return any(said in stderr for said in NO_KUBELET)
 
 
 def connect_ways(target: Target, tmp: pathlib.Path) -> dict[str, tuple[str, ...]]:
@@ -1115,7 +1121,7 @@ def test_exec_into_a_pod_that_is_not_frozen_is_not_an_admission_matter(guarded: 
     developers(guarded.cluster, target.namespace)
     for way, args in connect_ways(target, guarded.tmp).items():
         proc = connect(guarded.cluster, target, args, *NON_MEMBER)
-        assert NO_KUBELET in proc.stderr, (way, proc.stderr)
+        assert admitted(proc.stderr), (way, proc.stderr)
 
 
 def test_a_session_opened_by_a_member_for_themselves_lets_only_them_in(guarded: Frozen) -> None:
@@ -1141,7 +1147,7 @@ def test_a_session_opened_by_a_member_for_themselves_lets_only_them_in(guarded: 
     assert opened.returncode == 0, opened.stderr
     for way, args in connect_ways(target, guarded.tmp).items():
         proc = connect(c, target, args, *MEMBER)
-        assert NO_KUBELET in proc.stderr, (way, proc.stderr)  # admitted
+        assert admitted(proc.stderr), (way, proc.stderr)  # admitted
         other = connect(c, target, args, "--as=carol", f"--as-group={BREAK_GLASS_GROUP}")
         assert "no break-glass session of yours" in other.stderr, (way, other.stderr)
     assert wait_for(
@@ -1785,7 +1791,7 @@ def test_with_the_operator_gone_the_policy_still_denies_every_vector_and_scaling
             assert proc.returncode != 0, (way, proc.stdout)
             assert "ValidatingAdmissionPolicy 'permafrost-frozen-exec'" in proc.stderr, proc.stderr
             member = connect(crds, target, args, *MEMBER)
-            assert NO_KUBELET in member.stderr, (way, member.stderr)
+            assert admitted(member.stderr), (way, member.stderr)
 
     for key in ("managed-deployment", "deployment"):
         target = resolve(crds, namespace, key)
