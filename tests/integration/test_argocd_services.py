@@ -305,7 +305,13 @@ def test_a_service_never_fights_argocd_and_never_selects_unverified_pods(
             verified: set[str] = set()
 
             def step(name: str, sha: str, health: str, syncs: int) -> None:
-                synced = watch.wait(f"{name}: synced", in_sync_with(sha), timeout=90)
+                # NB: the window starts once the sync is in the history too (see
+                # test_argocd_sync's step).
+                synced = watch.wait(
+                    f"{name}: synced",
+                    lambda s: in_sync_with(sha)(s) and s.app.syncs == syncs,
+                    timeout=90,
+                )
                 watch.wait(
                     f"{name}: {health}",
                     lambda s: s.app.revision == sha and gr_health(s)[0] == health,

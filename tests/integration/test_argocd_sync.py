@@ -158,10 +158,17 @@ def test_the_example_app_through_a_rollout_a_rollback_and_the_revert(
             annotations=options["annotations"],
         )
 
-        def step(name: str, sha: str, health: str, fragment: str) -> Sample:
-            """Wait until Argo CD synced ``sha`` and the release settled at ``health``; then
-            check the whole time since the sync, and a quiet window after it."""
-            synced = watch.wait(f"{name}: synced to {sha[:8]}", in_sync_with(sha), timeout=90)
+        def step(name: str, sha: str, health: str, fragment: str, syncs: int) -> Sample:
+            """Wait until Argo CD synced ``sha`` (its ``syncs``-th sync) and the release settled
+            at ``health``; then check the whole time since the sync, and a quiet window after
+            it."""
+            # NB: Argo CD may report the new revision Synced a moment before it appends the sync
+            # to the history: the window starts once both are written.
+            synced = watch.wait(
+                f"{name}: synced to {sha[:8]}",
+                lambda s: in_sync_with(sha)(s) and s.app.syncs == syncs,
+                timeout=90,
+            )
             settled = watch.wait(
                 f"{name}: the release {health}",
                 lambda s: s.app.revision == sha and gr_health(s)[0] == health,
@@ -182,7 +189,7 @@ def test_the_example_app_through_a_rollout_a_rollback_and_the_revert(
             return last
 
         # v1: first sync; the release is Progressing until its first revision is verified.
-        first = step("v1", v1_sha, "Healthy", "replicas Ready")
+        first = step("v1", v1_sha, "Healthy", "replicas Ready", 1)
         assert any(gr_health(s)[0] == "Progressing" for s in watch.samples), steps
         assert first.app.syncs == 1
         stable_v1 = first.observed["stableRevision"]
@@ -191,7 +198,7 @@ def test_the_example_app_through_a_rollout_a_rollback_and_the_revert(
         v2_sha = repo.commit("v2", {"shop/checkout.yaml": checkout_edit(v2)})
         argocd.refresh(shop_app)
         start = time.monotonic()
-        second = step("v2", v2_sha, "Healthy", "replicas Ready")
+        second = step("v2", v2_sha, "Healthy", "replicas Ready", 2)
         assert any(gr_health(s)[0] == "Progressing" for s in watch.since(start)), steps
         assert second.app.syncs == 2
         stable_v2 = second.observed["stableRevision"]
@@ -200,7 +207,7 @@ def test_the_example_app_through_a_rollout_a_rollback_and_the_revert(
         # v3 crash-loops: rolled back; Degraded with the reason; traffic stays on v2.
         v3_sha = repo.commit("v3: broken", {"shop/checkout.yaml": checkout_edit(v3_broken)})
         argocd.refresh(shop_app)
-        third = step("v3 (broken)", v3_sha, "Degraded", "Rolled back (CrashLoop)")
+        third = step("v3 (broken)", v3_sha, "Degraded", "Rolled back (CrashLoop)", 3)
         assert third.app.health == "Degraded", third.app.summary()
         assert third.app.syncs == 3
         assert third.observed["stableRevision"] == stable_v2
@@ -210,7 +217,7 @@ def test_the_example_app_through_a_rollout_a_rollback_and_the_revert(
         # The revert: the same content as v2, the same hash; Healthy without a new rollout.
         revert_sha = repo.revert(v3_sha)
         argocd.refresh(shop_app)
-        fourth = step("revert", revert_sha, "Healthy", "replicas Ready")
+        fourth = step("revert", revert_sha, "Healthy", "replicas Ready", 4)
         assert fourth.app.health == "Healthy", fourth.app.summary()
         assert fourth.app.syncs == 4
         assert fourth.observed["stableRevision"] == stable_v2
