@@ -188,6 +188,11 @@ spec:
   tolerations: [{{key: permafrost.dev/real-node, operator: Exists}}]
   containers: [{{name: sleeper, image: "{pause}"}}]
 """
+    # NB: a pod cannot be created until the ServiceAccount controller made "default" (with the
+    # controllers on ServiceAccount credentials, it may come a few seconds after the node).
+    second.kubectl(
+        "wait", "--for=create", "serviceaccount/default", "-n", "default", "--timeout=60s"
+    )
     second.kubectl("apply", "-f", "-", stdin=pod)
     second.kubectl("wait", "--for=condition=Ready", "pod/sleeper", "--timeout=60s")
     during = second.state()
