@@ -781,6 +781,14 @@ def _cel_list(values: frozenset[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in sorted(values)) + "]"
 
 
+def _not_exempt(settings: Settings) -> dict[str, str]:
+    """The match condition that leaves the exempt users (the operator) alone."""
+    return {
+        "name": "not-exempt",
+        "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
+    }
+
+
 RESERVED_MESSAGE = (
     " is refused: the labels permafrost.dev/release and permafrost.dev/revision are reserved "
     "for the pods of a GuardedRelease's revisions (a managed Service selects its pods by them, "
@@ -989,12 +997,7 @@ def policy_manifests(*, name: str, settings: Settings) -> list[dict[str, Any]]:
         },
     }
     if settings.exempt_users:
-        policy["spec"]["matchConditions"] = [
-            {
-                "name": "not-exempt",
-                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
-            }
-        ]
+        policy["spec"]["matchConditions"] = [_not_exempt(settings)]
 
     def binding(suffix: str, resources: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -1137,12 +1140,7 @@ def exec_policy_manifests(*, name: str, settings: Settings) -> list[dict[str, An
         },
     }
     if settings.exempt_users:
-        policy["spec"]["matchConditions"] = [
-            {
-                "name": "not-exempt",
-                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
-            }
-        ]
+        policy["spec"]["matchConditions"] = [_not_exempt(settings)]
 
     def binding(suffix: str, resources: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -1221,13 +1219,7 @@ def service_guard_manifests(*, name: str, settings: Settings) -> list[dict[str, 
         {"name": "not-break-glass", "expression": f"!({break_glass})"},
     ]
     if settings.exempt_users:
-        conditions.insert(
-            0,
-            {
-                "name": "not-exempt",
-                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
-            },
-        )
+        conditions.insert(0, _not_exempt(settings))
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingAdmissionPolicy",
@@ -1310,12 +1302,7 @@ def service_route_manifests(*, name: str, settings: Settings) -> list[dict[str, 
     )
     conditions: list[dict[str, str]] = []
     if settings.exempt_users:
-        conditions.append(
-            {
-                "name": "not-exempt",
-                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
-            }
-        )
+        conditions.append(_not_exempt(settings))
     spec: dict[str, Any] = {
         "paramKind": {"apiVersion": f"{models.GROUP}/{models.VERSION}", "kind": models.KIND},
         "failurePolicy": "Fail",
@@ -1418,12 +1405,7 @@ def service_type_manifests(*, name: str, settings: Settings) -> list[dict[str, A
         ],
     }
     if settings.exempt_users:
-        spec["matchConditions"] = [
-            {
-                "name": "not-exempt",
-                "expression": f"!(request.userInfo.username in {_cel_list(settings.exempt_users)})",
-            }
-        ]
+        spec["matchConditions"] = [_not_exempt(settings)]
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
