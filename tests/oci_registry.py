@@ -77,8 +77,8 @@ def crane(*args: str) -> str:
     return out.stdout.strip()
 
 
-def push(ref: str, content: bytes, *, platform: str | None = None) -> str:
-    """An image of one layer holding ``content``, pushed as ``ref``; its digest."""
+def _append(ref: str, content: bytes, *more: str) -> None:
+    """``crane append`` of one layer holding ``content`` onto an empty image, as ``ref``."""
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w") as tar:
         info = tarfile.TarInfo("content")
@@ -87,7 +87,12 @@ def push(ref: str, content: bytes, *, platform: str | None = None) -> str:
     with tempfile.NamedTemporaryFile(suffix=".tar") as path:
         path.write(layer.getvalue())
         path.flush()
-        crane("append", "-f", path.name, "-t", ref)
+        crane("append", "-f", path.name, "-t", ref, *more)
+
+
+def push(ref: str, content: bytes, *, platform: str | None = None) -> str:
+    """An image of one layer holding ``content``, pushed as ``ref``; its digest."""
+    _append(ref, content)
     if platform:
         crane("mutate", "--set-platform", platform, ref, "-t", ref)
     return crane("digest", ref)
@@ -96,15 +101,7 @@ def push(ref: str, content: bytes, *, platform: str | None = None) -> str:
 def build(ref: str, content: bytes, *, into: pathlib.Path) -> str:
     """An image of one layer holding ``content``, written to the tarball ``into`` (not pushed:
     see :func:`push_tarball`); its digest once pushed as ``ref``."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        info = tarfile.TarInfo("content")
-        info.size = len(content)
-        tar.addfile(info, io.BytesIO(content))
-    with tempfile.NamedTemporaryFile(suffix=".tar") as path:
-        path.write(layer.getvalue())
-        path.flush()
-        crane("append", "-f", path.name, "-t", ref, "-o", str(into))
+    _append(ref, content, "-o", str(into))
     return crane("digest", "--tarball", str(into))
 
 
