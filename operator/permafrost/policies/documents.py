@@ -8,7 +8,7 @@ a YAML "billion laughs" bomb, absurd nesting or a huge file is refused with a cl
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -98,12 +98,12 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def load_all(text: str | bytes, *, source: str) -> list[Document]:
-    """Every non-empty document of a YAML (or JSON) stream, each a mapping.
-
-    Raises :class:`InputError` for oversized input, invalid YAML, alias bombs, nesting deeper
-    than ``MAX_DEPTH``, or a document that is not a mapping.
-    """
+def _each_node(
+    text: str | bytes, *, source: str, use: Callable[[int, yaml.Node, _BoundedLoader], None]
+) -> None:
+    """Call ``use(index, node, loader)`` for every non-empty document of ``text`` (``index``
+    1-based), within the bounds; any failure, ``use``'s included, is an :class:`InputError`
+    naming ``source``."""
     if len(text) > MAX_BYTES:
         raise InputError(f"{source}: larger than {MAX_BYTES // (1024 * 1024)} MiB")
     try:
@@ -112,7 +112,6 @@ def load_all(text: str | bytes, *, source: str) -> list[Document]:
         loader = _BoundedLoader(text)
     except yaml.YAMLError as exc:
         raise InputError(f"{source}: not valid YAML: {exc}") from None
-    documents: list[Document] = []
     try:
         index = 0
         while loader.check_node():
@@ -124,19 +123,7 @@ def load_all(text: str | bytes, *, source: str) -> list[Document]:
                 raise InputError(
                     f"{source}#{index}: expands to more than {MAX_NODES} YAML nodes (a YAML bomb?)"
                 )
-            try:
-                body = loader.construct_document(node)
-            except RecursionError:
-                raise InputError(f"{source}#{index}: nested too deeply") from None
-            if body is None:
-                continue
-            if not isinstance(body, Mapping):
-                raise InputError(
-                    f"{source}#{index}: a document must be a mapping, not {type(body).__name__}"
-                )
-            if _depth(body) > MAX_DEPTH:
-                raise InputError(f"{source}#{index}: nested deeper than {MAX_DEPTH} levels")
-            documents.append(Document(source=source, index=index, body=body))
+            use(index, node, loader)
     except InputError as exc:
         if str(exc).startswith(source):
             raise
@@ -147,6 +134,32 @@ def load_all(text: str | bytes, *, source: str) -> list[Document]:
         raise InputError(f"{source}: nested too deeply") from None
     finally:
         loader.dispose()
+
+
+def load_all(text: str | bytes, *, source: str) -> list[Document]:
+    """Every non-empty document of a YAML (or JSON) stream, each a mapping.
+
+    Raises :class:`InputError` for oversized input, invalid YAML, alias bombs, nesting deeper
+    than ``MAX_DEPTH``, or a document that is not a mapping.
+    """
+    documents: list[Document] = []
+
+    def construct(index: int, node: yaml.Node, loader: _BoundedLoader) -> None:
+        try:
+            body = loader.construct_document(node)
+        except RecursionError:
+            raise InputError(f"{source}#{index}: nested too deeply") from None
+        if body is None:
+            return
+        if not isinstance(body, Mapping):
+            raise InputError(
+                f"{source}#{index}: a document must be a mapping, not {type(body).__name__}"
+            )
+        if _depth(body) > MAX_DEPTH:
+            raise InputError(f"{source}#{index}: nested deeper than {MAX_DEPTH} levels")
+        documents.append(Document(source=source, index=index, body=body))
+
+    _each_node(text, source=source, use=construct)
     return documents
 
 
@@ -156,33 +169,6 @@ def compose_all(text: str, *, source: str) -> list[yaml.Node]:
 
     The same bounds as :func:`load_all`; raises :class:`InputError`.
     """
-    if len(text) > MAX_BYTES:
-        raise InputError(f"{source}: larger than {MAX_BYTES // (1024 * 1024)} MiB")
-    try:
-        loader = _BoundedLoader(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source}: not valid YAML: {exc}") from None
     nodes: list[yaml.Node] = []
-    try:
-        index = 0
-        while loader.check_node():
-            index += 1
-            node = loader.get_node()
-            if node is None:
-                continue
-            if _expanded_size(node) > MAX_NODES:
-                raise InputError(
-                    f"{source}#{index}: expands to more than {MAX_NODES} YAML nodes (a YAML bomb?)"
-                )
-            nodes.append(node)
-    except InputError as exc:
-        if str(exc).startswith(source):
-            raise
-        raise InputError(f"{source}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source}: not valid YAML: {exc}") from None
-    except RecursionError:
-        raise InputError(f"{source}: nested too deeply") from None
-    finally:
-        loader.dispose()
+    _each_node(text, source=source, use=lambda _, node, __: nodes.append(node))
     return nodes
