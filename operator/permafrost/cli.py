@@ -163,6 +163,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="serve the admission webhooks and install the fail-safe policy",
     )
     guard.add_argument(
+        "--webhook-thread",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the webhooks on an event loop and thread of their own, apart from "
+        "reconciles (default: %(default)s)",
+    )
+    guard.add_argument(
         "--webhook-listen",
         default="0.0.0.0:9443",
         metavar="HOST:PORT",
@@ -648,6 +655,7 @@ def _run(args: argparse.Namespace) -> int:
             namespace=args.operator_namespace,
             tls_secret=args.tls_secret,
             tls_dir=args.tls_dir,
+            threaded=args.webhook_thread,
             settings=webhooks.settings_from(
                 exempt_users=args.exempt_user
                 or [f"system:serviceaccount:{args.operator_namespace}:permafrost"],

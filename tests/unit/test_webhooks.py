@@ -990,6 +990,173 @@ async def test_a_renewed_certificate_is_served_by_the_same_listener(tmp_path: pa
         await listener.wait_closed()
 
 
+# --- the server's own loop and thread ------------------------------------------------------------
+
+# How long Kopf's loop is kept busy (a reconcile that holds it, on a loaded core).
+BLOCK_SECONDS = 2.0
+
+
+async def _no_kopf_dispatch(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("reviews are answered by webhooks.answer, never by Kopf's dispatch")
+
+
+class Serving:
+    """A :class:`webhooks.Server` listening on loopback with its own CA, for real HTTPS calls."""
+
+    def __init__(self, tmp_path: pathlib.Path, runtime: webhooks.Runtime, *, threaded: bool):
+        now = datetime.datetime.now(datetime.UTC)
+        self.ca = certs.new_ca(now=now)
+        first = certs.issue(hostnames=["localhost"], now=now, ca=self.ca)
+        self.ca_pem = first.ca_cert.decode()
+        certfile, pkeyfile = webhooks._write(tmp_path, first)
+        self.server = webhooks.Server(
+            addr="127.0.0.1", host="localhost", certfile=certfile, pkeyfile=pkeyfile,
+            threaded=threaded,
+        )  # fmt: skip
+        self.server.runtime = runtime
+        self.configs = self.server(_no_kopf_dispatch)
+        self.url = ""
+
+    async def start(self) -> None:
+        # NB: as Kopf does: ``async with server``, whose exit closes the serving generator.
+        await self.server.__aenter__()
+        config = await anext(self.configs)
+        self.url = str(config["url"]).rstrip("/")
+
+    def post(self, body: dict[str, Any], *, path: str = "frozen-managed") -> dict[str, Any]:
+        """POST a review as the apiserver does (blocking: run it in a thread)."""
+        import json
+        import urllib.request
+
+        context = ssl.create_default_context(cadata=self.ca_pem)
+        request = urllib.request.Request(
+            f"{self.url}/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+
+    def served_serial(self) -> int:
+        import socket
+
+        context = ssl.create_default_context(cadata=self.ca_pem)
+        port = int(self.url.rpartition(":")[2])
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+    async def stop(self) -> None:
+        await self.server.__aexit__(None, None, None)
+
+
+async def _answer_while_the_loop_is_blocked(serving: Serving) -> tuple[dict[str, Any], float]:
+    """Post a review from another thread while Kopf's loop (this one) is blocked; returns the
+    answer and how long after the block ended it came (negative: before)."""
+    import concurrent.futures
+    import time
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answered_at: list[float] = []
+
+        def call() -> dict[str, Any]:
+            answer = serving.post(review())
+            answered_at.append(time.monotonic())
+            return answer
+
+        future = pool.submit(call)
+        time.sleep(BLOCK_SECONDS)  # noqa: ASYNC251  (the point: this loop is blocked)
+        unblocked_at = time.monotonic()
+        answer = await asyncio.wrap_future(future)
+    return answer, answered_at[0] - unblocked_at
+
+
+async def test_reviews_are_answered_while_kopfs_loop_is_blocked(
+    tmp_path: pathlib.Path, posted: list[dict[str, Any]], runtime: webhooks.Runtime
+) -> None:
+    """The server runs on a loop and thread of its own: a review is answered, and its side
+    effect (the Event) posted, while the operator's loop cannot run at all."""
+    import threading
+
+    serving = Serving(tmp_path, runtime, threaded=True)
+    await serving.start()
+    try:
+        answer, lateness = await _answer_while_the_loop_is_blocked(serving)
+        assert answer["response"]["allowed"] is False
+        assert answer["response"]["status"]["code"] == 403
+        assert lateness < -BLOCK_SECONDS / 2, f"answered {lateness:.2f} s after the block"
+        for _ in range(100):  # the Event is posted by a task of the server's loop
+            if posted:
+                break
+            await asyncio.sleep(0.02)
+        assert [e["reason"] for e in posted] == [admission.TEMPLATE_FROZEN]
+        names = {thread.name for thread in threading.enumerate()}
+        assert webhooks.THREAD_NAME in names
+    finally:
+        await serving.stop()
+    assert webhooks.THREAD_NAME not in {thread.name for thread in threading.enumerate()}
+    with pytest.raises(ConnectionRefusedError):  # the listener is closed with its thread
+        serving.served_serial()
+
+
+async def test_on_kopfs_loop_a_review_waits_for_the_loop(
+    tmp_path: pathlib.Path, posted: list[dict[str, Any]], runtime: webhooks.Runtime
+) -> None:
+    """The same call with the server on Kopf's loop (``--no-webhook-thread``) is answered only
+    once the loop is free again: what the thread is for."""
+    serving = Serving(tmp_path, runtime, threaded=False)
+    await serving.start()
+    try:
+        answer, lateness = await _answer_while_the_loop_is_blocked(serving)
+        assert answer["response"]["allowed"] is False
+        assert lateness >= 0
+    finally:
+        await serving.stop()
+
+
+async def test_a_renewed_certificate_is_served_by_the_threaded_listener(
+    tmp_path: pathlib.Path, runtime: webhooks.Runtime
+) -> None:
+    """:meth:`webhooks.Server.reload` from the operator's loop changes the certificate on the
+    server's loop, between its handshakes; the listener is never closed."""
+    serving = Serving(tmp_path, runtime, threaded=True)
+    await serving.start()
+    try:
+        before = await asyncio.to_thread(serving.served_serial)
+        second = certs.issue(
+            hostnames=["localhost"], now=datetime.datetime.now(datetime.UTC), ca=serving.ca
+        )
+        renewed = tmp_path / "renewed"
+        renewed.mkdir()
+        await asyncio.to_thread(serving.server.reload, *webhooks._write(renewed, second))
+        after = await asyncio.to_thread(serving.served_serial)
+        assert before != after
+        assert after == x509.load_pem_x509_certificate(second.cert).serial_number
+    finally:
+        await serving.stop()
+
+
+async def test_a_port_already_taken_is_raised_on_kopfs_loop(
+    tmp_path: pathlib.Path, runtime: webhooks.Runtime
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        serving = Serving(tmp_path, runtime, threaded=True)
+        serving.server.port = taken.getsockname()[1]
+        # NB: Kopf's listener sets SO_REUSEPORT: only a socket without it keeps the port.
+        with pytest.raises(OSError, match="address already in use"):
+            await serving.start()
+        await serving.stop()
+
+
 # --- exec, attach, port-forward (CONNECT) -------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 The server (Kopf's, hardened) parses each AdmissionReview once and calls the handler of its
 path (:data:`ROUTES`, :func:`answer`); the handler parses it into an :class:`admission.Request`,
 asks the pure :func:`admission.review`, and answers. Nothing on this path waits on the
-network: Events are posted by a background task after the answer.
+network: Events are posted by a background task after the answer. The server runs on an event
+loop of its own, in a thread of its own (:class:`Server`): reconciles never delay an answer.
 
 At start-up (only with ``permafrost run --admission``) the operator loads or creates its TLS
 material in a Secret shared by all replicas, starts Kopf's webhook server with it, and applies
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import dataclasses
 import datetime
 import json
@@ -22,9 +24,10 @@ import logging
 import pathlib
 import ssl
 import tempfile
+import threading
 import urllib.parse
 import weakref
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import aiohttp.web
@@ -58,6 +61,7 @@ class Options:
     tls_secret: str | None = None  # a user-supplied Secret (cert-manager): tls.crt, tls.key, ca.crt
     tls_dir: str | None = None  # the same files, from a Secret mounted as a volume
     settings: admission.Settings = dataclasses.field(default_factory=admission.Settings)
+    threaded: bool = True  # the server on a loop and thread of its own (see :class:`Server`)
 
     def hostnames(self) -> list[str]:
         names: list[str] = []
@@ -115,9 +119,79 @@ class Server(kopf.WebhookServer):
     webhooks only validate, and Kopf's dispatch (a memo, a diff and a deep copy of the body
     for a JSON patch that would always be empty) cost more than the decisions themselves.
 
+    The listener, the reviews and their side effects (Events, break-glass records) run on an
+    event loop of their own, in the thread :data:`THREAD_NAME` (``threaded=False``: on Kopf's
+    loop, as Kopf does). Reconciles, watches and their handlers share Kopf's loop; a review
+    waiting behind them would wait for as long as the longest of them keeps the loop, on a
+    loaded core that is the apiserver's own timeout. What the reviews read from the rest of
+    the operator is either immutable (the options) or replaced whole, never mutated in place
+    (:class:`store.Store`); Prometheus' metrics are thread-safe.
+
     NB: overrides ``kopf.WebhookServer._serve`` (which Kopf calls as ``self._serve(fn,
-    request)``); the Kopf version is pinned below 2 and the integration tests exercise it.
+    request)``) and ``__call__`` (Kopf's async generator of client configurations, run here in
+    the server's thread); the Kopf version is pinned below 2 and the integration tests exercise
+    it.
     """
+
+    def __init__(self, *, threaded: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.threaded = threaded
+        # The server's own loop while it serves (``None``: not started, or not threaded).
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        """Serve (in the server's thread, unless not ``threaded``), and yield each client
+        configuration of the listener to Kopf, as :class:`kopf.WebhookServer` does; stop serving
+        when the generator is closed (Kopf closes it on leaving ``async with server``, when the
+        operator stops)."""
+        if not self.threaded:
+            async for config in super().__call__(fn):
+                yield config
+            return
+        outer = asyncio.get_running_loop()
+        configs: asyncio.Queue[kopf.WebhookClientConfig | BaseException] = asyncio.Queue()
+        started = threading.Event()
+        stop: list[Callable[[], object]] = []
+
+        async def serve() -> None:
+            inner = asyncio.get_running_loop()
+            task = asyncio.current_task()
+            assert task is not None
+            self.loop = inner
+
+            def cancel() -> None:
+                if not inner.is_closed():  # NB: it ends on its own when the listener fails
+                    inner.call_soon_threadsafe(task.cancel)
+
+            stop.append(cancel)
+            started.set()
+            try:
+                # NB: Kopf's own generator, unwrapped: Kopf's wrapper would register it for
+                # closing on leaving ``async with server``, from Kopf's loop, while it runs here.
+                async for config in _KOPF_SERVE(self, fn):
+                    outer.call_soon_threadsafe(configs.put_nowait, config)
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # NB: e.g. the port is taken: raised in Kopf's loop
+                outer.call_soon_threadsafe(configs.put_nowait, exc)
+            finally:
+                self.loop = None
+                await _cancel_pending()
+
+        thread = threading.Thread(target=asyncio.run, args=(serve(),), name=THREAD_NAME)
+        thread.daemon = True  # NB: never keeps a stopping process alive
+        thread.start()
+        try:
+            while True:
+                item = await configs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            await asyncio.to_thread(started.wait, 10)
+            for cancel in stop:
+                cancel()
+            await asyncio.to_thread(thread.join, 10)
 
     # The listener's TLS context, kept to swap its certificate in place (see :meth:`reload`).
     _context: ssl.SSLContext | None = None
@@ -137,8 +211,26 @@ class Server(kopf.WebhookServer):
         moment, and the apiserver's calls meanwhile fail (1 in 168 during a rotation, seen).
         Loading them into the live context changes nothing for connections already made.
         """
-        if self._context is not None:
-            self._context.load_cert_chain(certfile, pkeyfile)
+        context, loop = self._context, self.loop
+        if context is None:
+            return
+        if loop is None:
+            context.load_cert_chain(certfile, pkeyfile)
+            return
+        # NB: OpenSSL's contexts are not to be changed while another thread handshakes with
+        # them: the change is made on the server's loop, between two of its handshakes.
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def load() -> None:
+            try:
+                context.load_cert_chain(certfile, pkeyfile)
+            except BaseException as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        loop.call_soon_threadsafe(load)
+        done.result(timeout=30)
 
     # What the webhooks decide with (set by :func:`setup`); none: nothing is ever denied.
     runtime: Runtime | None = None
@@ -186,6 +278,21 @@ class Server(kopf.WebhookServer):
             logger.warning("unusable admission review: %r", exc)
             raise aiohttp.web.HTTPBadRequest(reason="unusable admission review") from None
         return aiohttp.web.json_response(response)
+
+
+THREAD_NAME = "permafrost-webhooks"
+_KOPF_SERVE: Callable[
+    [kopf.WebhookServer, kopf.WebhookFn], AsyncIterator[kopf.WebhookClientConfig]
+] = getattr(kopf.WebhookServer.__call__, "__wrapped__", kopf.WebhookServer.__call__)
+
+
+async def _cancel_pending() -> None:
+    """Cancel and await the tasks left on the server's loop (the reviews' side effects)."""
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 MAX_REVIEW_BYTES = 8 * 1024 * 1024
@@ -247,10 +354,17 @@ class Runtime:
     directory: pathlib.Path
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     dropped: int = 0
+    # NB: tasks are spawned on the server's loop (reviews) and on Kopf's (renewals).
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def spawn(self, coro: Any) -> None:
-        """Run ``coro`` in the background, unless :data:`MAX_BACKGROUND_TASKS` already run: then
-        it is dropped (and counted, and logged once per burst)."""
+        """Run ``coro`` in the background on the running loop, unless
+        :data:`MAX_BACKGROUND_TASKS` already run: then it is dropped (and counted, and logged
+        once per burst)."""
+        with self.lock:
+            self._spawn(coro)
+
+    def _spawn(self, coro: Any) -> None:
         if len(self.tasks) >= MAX_BACKGROUND_TASKS:
             coro.close()
             if not self.dropped:
@@ -265,7 +379,11 @@ class Runtime:
         self.dropped = 0
         task = asyncio.create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        with self.lock:
+            self.tasks.discard(task)
 
 
 TLS_FILES = (certs.SECRET_CA_CERT, certs.SECRET_CERT, certs.SECRET_KEY)
@@ -410,6 +528,7 @@ async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
         certfile=certfile,
         pkeyfile=pkeyfile,
         cadata=bundle.ca_cert,
+        threaded=options.threaded,
         # NB: Kopf restarts its listener when these files change: they never do; renewed
         # material goes elsewhere and into the live context (:meth:`Server.reload`).
     )
@@ -478,9 +597,13 @@ async def teardown(runtime: Runtime | None) -> None:
     """Stop what :func:`setup` started (nothing if admission was not served)."""
     if runtime is not None:
         runtime.server.runtime = None
-        for task in list(runtime.tasks):
+        # NB: only the tasks of this loop: the server's thread cancels its own when it stops.
+        loop = asyncio.get_running_loop()
+        with runtime.lock:
+            mine = [task for task in runtime.tasks if task.get_loop() is loop]
+        for task in mine:
             task.cancel()
-        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        await asyncio.gather(*mine, return_exceptions=True)
 
 
 # --- handlers ----------------------------------------------------------------------------------
