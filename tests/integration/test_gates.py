@@ -1,0 +1,166 @@
+"""Promotion gates on the real node: an HTTP gate judges a revision by its answers.
+
+The demo app (examples/app) runs as real containers. A revision that passes its readiness probe
+but answers 20% of requests with 500s (``ERROR_RATE=0.2``) is failed by its HTTP gate and rolled
+back: it never takes traffic. A healthy revision passes its gates and is promoted. The gates
+reach the candidate through the preview Service, which selects it only while it is verified;
+the release's Service never selects a revision that has not passed its gates.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from conftest import Background, Operator, release, status
+from k8s_harness import Cluster, RealNode, condition, wait_for
+
+pytestmark = pytest.mark.real_node
+
+NAME = "gated"
+PREVIEW = f"{NAME}-preview"
+PROBE = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
+# NB: one replica, so the gate's requests all reach one process, whose ERROR_RATE is exact:
+# with 0.2 the 5th request is the first 500.
+GATE = {
+    "name": "smoke",
+    "http": {"port": "http", "path": "/", "expectedStatus": 200, "bodyRegex": '"version"'},
+    "count": 6,
+    "intervalSeconds": 1,
+    "failureLimit": 0,
+    # NB: the first request may come a moment before kube-proxy routes the preview's new
+    # endpoints: that answer is unknown (an Error), never a success, and one is tolerated.
+    "inconclusiveLimit": 2,
+}
+
+
+def manifest(real_node: RealNode, image: str, **env: str) -> dict[str, Any]:
+    body = release(NAME, replicas=1, service=NAME, deadline=60, min_ready=1, scale_down_delay=2)
+    body["spec"]["service"]["preview"] = True
+    body["spec"]["rollout"]["gates"] = [GATE]
+    app: dict[str, Any] = {"name": "app", "image": image, "readinessProbe": PROBE}
+    if env:
+        app["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    body["spec"]["template"]["spec"] = real_node.schedule({"containers": [app]})
+    return body
+
+
+class SelectorLog(Background):
+    """Every revision a Service's selector named while the block ran (sampled)."""
+
+    def __init__(self, cluster: Cluster, namespace: str, service: str) -> None:
+        super().__init__()
+        self.cluster, self.namespace, self.service = cluster, namespace, service
+        self.seen: list[str] = []
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            svc = self.cluster.get("service", self.service, namespace=self.namespace)
+            revision = ((svc or {}).get("spec", {}).get("selector") or {}).get(
+                "permafrost.dev/revision"
+            )
+            if revision and (not self.seen or self.seen[-1] != revision):
+                self.seen.append(revision)
+            self._stop.wait(0.2)
+
+
+def gates_of(st: Mapping[str, Any], revision: str) -> dict[str, Any]:
+    record = next(r for r in st.get("revisions", []) if r["hash"] == revision)
+    return {g["name"]: g for g in record.get("gates", [])}
+
+
+def permafrost(*args: str, env: Mapping[str, str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "permafrost", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.stdout
+
+
+def test_an_http_gate_fails_a_ready_revision_that_answers_500s_and_passes_a_healthy_one(
+    crds: Cluster,
+    namespace: str,
+    operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+) -> None:
+    v1, v2 = demo_images["v1"], demo_images["v2"]
+
+    # 1. v1, healthy: its gate passes through the preview, then it is promoted.
+    with SelectorLog(crds, namespace, PREVIEW) as preview_log:
+        crds.apply(manifest(real_node, v1), namespace=namespace)
+        st = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "Stable" and s,
+            timeout=120,
+            interval=0.5,
+            what="v1 promoted after its gate",
+        )
+    first = st["stableRevision"]
+    smoke = gates_of(st, first)["smoke"]
+    assert smoke["verdict"] == "Passed", smoke
+    assert smoke["successful"] >= 1, smoke
+    assert smoke["failed"] == 0, smoke
+    assert smoke["successful"] + smoke["inconclusive"] + smoke["errors"] >= GATE["count"], smoke
+    assert any(m["phase"] == "Successful" and m["value"] == "200" for m in smoke["measurements"])
+    # the preview selected the candidate while it was verified, and no pod after
+    assert first in preview_log.seen, preview_log.seen
+    selector = crds.get("service", PREVIEW, namespace=namespace)["spec"]["selector"]
+    assert selector["permafrost.dev/revision"] == "none", selector
+
+    # 2. v2 answering 20% 500s while Ready: failed by its gate, rolled back, never promoted.
+    with (
+        SelectorLog(crds, namespace, NAME) as service_log,
+        SelectorLog(crds, namespace, PREVIEW) as preview_log,
+    ):
+        crds.apply(
+            manifest(real_node, v2, APP_VERSION="v2-errors", ERROR_RATE="0.2"),
+            namespace=namespace,
+        )
+        st = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "RolledBack" and s,
+            timeout=120,
+            interval=0.5,
+            what="v2 rolled back by its gate",
+        )
+    bad = st["desiredRevision"]
+    assert bad != first
+    assert st["stableRevision"] == first, st
+    rolled_back = condition({"status": st}, "RolledBack") or {}
+    assert rolled_back.get("reason") == "GateFailed", rolled_back
+    record = next(r for r in st["revisions"] if r["hash"] == bad)
+    assert record["outcome"] == "Failed", record
+    assert not record.get("promotedAt"), record
+    smoke = gates_of(st, bad)["smoke"]
+    assert smoke["verdict"] == "Failed", smoke
+    assert any(m["phase"] == "Failed" and m["value"] == "500" for m in smoke["measurements"])
+    assert service_log.seen == [first], service_log.seen  # the Service never left v1
+    assert bad in preview_log.seen, preview_log.seen
+
+    def scaled_down() -> bool:
+        pods = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={bad}")
+        return not pods["items"]
+
+    wait_for(scaled_down, timeout=60, interval=0.5, what="the failed revision scaled to 0")
+
+    # 3. What people see: the gate's measurements in status and history.
+    shown = permafrost("status", NAME, "-n", namespace, env=crds.env)
+    assert "Promotion gates" in shown, shown
+    assert "smoke" in shown, shown
+    assert "Failed" in shown, shown
+    history = permafrost("history", NAME, "-n", namespace, env=crds.env)
+    assert "GateFailed" in history, history
+    assert "GatePassed" in history, history
+    document = json.loads(permafrost("history", NAME, "-n", namespace, "-o", "json", env=crds.env))
+    gates = {r["hash"]: r.get("gates") for r in document["revisions"]}
+    assert gates[bad], gates
+    assert gates[bad][0]["verdict"] == "Failed", gates
