@@ -33,7 +33,7 @@ def measured(g: models.Gate, phases: list[MeasurementPhase]) -> models.GateRecor
     rec = verdicts.start(g, now=NOW)
     for i, phase in enumerate(phases):
         rec = verdicts.record(
-            rec, Measurement(at=verdicts._timestamp(at(i * g.interval_seconds)), phase=phase)
+            rec, Measurement(at=verdicts.stamp(at(i * g.interval_seconds)), phase=phase)
         )
     return rec
 
@@ -107,7 +107,7 @@ def test_the_first_measurement_is_due_at_once_then_every_interval() -> None:
     assert ev.verdict == GateVerdict.RUNNING
     assert ev.due == NOW
     assert ev.measure_now(NOW)
-    rec = verdicts.record(rec, Measurement(at=verdicts._timestamp(NOW), phase=S))
+    rec = verdicts.record(rec, Measurement(at=verdicts.stamp(NOW), phase=S))
     rec, ev = verdicts.evaluate(g, rec, now=at(2))
     assert ev.due == at(5)
     assert not ev.measure_now(at(2))
@@ -119,7 +119,7 @@ def test_a_final_verdict_stays_and_nothing_more_is_measured() -> None:
     assert ev.verdict == GateVerdict.FAILED
     assert ev.due is None
     # a success recorded later (a late measurement) does not turn it around
-    rec = verdicts.record(rec, Measurement(at=verdicts._timestamp(at(2)), phase=S))
+    rec = verdicts.record(rec, Measurement(at=verdicts.stamp(at(2)), phase=S))
     _, ev = verdicts.evaluate(g, rec, now=at(3))
     assert ev.verdict == GateVerdict.FAILED
 
@@ -156,7 +156,7 @@ def test_an_invalid_query_makes_the_gate_misconfigured() -> None:
     rec = verdicts.record(
         verdicts.start(g, now=NOW),
         Measurement(
-            at=verdicts._timestamp(NOW),
+            at=verdicts.stamp(NOW),
             phase=E,
             reason=verdicts.QUERY_INVALID,
             message="parse error",
@@ -213,3 +213,14 @@ def test_gates_run_within_the_progress_deadline() -> None:
                 "gates": [{"name": "g", "http": {}, "count": 10, "intervalSeconds": 5}],
             }
         )
+
+
+def test_the_interval_counts_from_the_measurements_own_time_to_the_millisecond() -> None:
+    g = gate(count=3, intervalSeconds=1)
+    taken_at = NOW + datetime.timedelta(seconds=16.9)
+    rec = verdicts.record(
+        verdicts.start(g, now=NOW), Measurement(at=verdicts.stamp(taken_at), phase=S)
+    )
+    _, ev = verdicts.evaluate(g, rec, now=NOW + datetime.timedelta(seconds=17.3))
+    assert not ev.measure_now(NOW + datetime.timedelta(seconds=17.3))
+    assert ev.due == taken_at + datetime.timedelta(seconds=1)

@@ -87,10 +87,15 @@ def gate_record(
     rec = verdicts.start(g, now=ago(started))
     for i, phase in enumerate(phases):
         when = ago(started) + datetime.timedelta(seconds=i * g.interval_seconds)
-        rec = verdicts.record(rec, models.Measurement(at=verdicts._timestamp(when), phase=phase))
+        rec = verdicts.record(rec, models.Measurement(at=verdicts.stamp(when), phase=phase))
     if judged:
         rec, _ = verdicts.evaluate(g, rec, now=ago(0.5))
     return rec
+
+
+def pod_labels(revision: str) -> dict[str, str]:
+    """The labels of a revision's pods: the template's and Permafrost's."""
+    return {"app": "checkout", **manifests.selector(RELEASE.name, revision)}
 
 
 def verifying(
@@ -108,7 +113,10 @@ def verifying(
         spec=spec,
         records=[stable(V1), record],
         stable_revision=V1,
-        views=[view(V1), view(V2)],
+        views=[
+            dataclasses.replace(view(V1), labels=pod_labels(V1)),
+            dataclasses.replace(view(V2), labels=pod_labels(V2)),
+        ],
         service=routed_to(V1),
     )
     return dataclasses.replace(s, preview=preview)
@@ -181,7 +189,7 @@ def test_passed_gates_promote_with_an_event_and_the_preview_selects_nothing_afte
 def test_a_gate_passing_in_this_pass_says_so() -> None:
     g = http_gate()
     rec = gate_record(g, [S, S], started=20)
-    rec = verdicts.record(rec, models.Measurement(at=verdicts._timestamp(ago(1)), phase=S))
+    rec = verdicts.record(rec, models.Measurement(at=verdicts.stamp(ago(1)), phase=S))
     plan = planner.plan(verifying(gated_spec(g), gates=[rec], preview=preview_to(V2)))
     assert conditions.GATE_PASSED in event_reasons(plan)
     assert outcome(plan, V2) == Outcome.STABLE
@@ -191,7 +199,7 @@ def test_a_failed_gate_fails_the_revision_and_rolls_back() -> None:
     g = http_gate()
     rec = gate_record(g, [S], started=20)
     rec = verdicts.record(
-        rec, models.Measurement(at=verdicts._timestamp(ago(1)), phase=F, message="GET /: 500")
+        rec, models.Measurement(at=verdicts.stamp(ago(1)), phase=F, message="GET /: 500")
     )
     plan = planner.plan(verifying(gated_spec(g), gates=[rec], preview=preview_to(V2)))
     assert outcome(plan, V2) == Outcome.FAILED
@@ -302,9 +310,15 @@ def test_a_foreign_service_of_the_preview_name_is_never_touched() -> None:
 
 def test_the_preview_is_not_an_unguarded_service() -> None:
     s = verifying(gated_spec(http_gate()), preview=preview_to(V2))
-    s = dataclasses.replace(s, other_services=(preview_to(V2),))
-    plan = planner.plan(s)
+    # as the shell observes the other Services: without the release's uid, so never "owned"
+    observed = dataclasses.replace(preview_to(V2), owned=False)
+    plan = planner.plan(dataclasses.replace(s, other_services=(observed,)))
     assert condition(plan, conditions.TRAFFIC_GUARDED).status == models.ConditionStatus.TRUE
+    assert "UnguardedService" not in event_reasons(plan)
+    # a Service of that name the release does not own is reported like any other
+    foreign = dataclasses.replace(s, preview=observed, other_services=(observed,))
+    plan = planner.plan(foreign)
+    assert condition(plan, conditions.TRAFFIC_GUARDED).status == models.ConditionStatus.FALSE
 
 
 def test_pods_that_become_unready_during_the_gates_fail_the_revision() -> None:
@@ -321,7 +335,7 @@ def test_pods_that_become_unready_during_the_gates_fail_the_revision() -> None:
 def test_a_measurement_is_recorded_in_its_gate() -> None:
     g = http_gate()
     plan = planner.plan(verifying(gated_spec(g), preview=preview_to(V2)))
-    m = models.Measurement(at=verdicts._timestamp(NOW), phase=F, value="500")
+    m = models.Measurement(at=verdicts.stamp(NOW), phase=F, value="500")
     status = verdicts.with_measurement(plan.status, revision=V2, gate="smoke", measurement=m)
     rec = gates_of(planner.Plan((), status, (), None))["smoke"]
     assert rec.failed == 1

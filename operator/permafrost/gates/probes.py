@@ -31,17 +31,13 @@ NO_ANSWER = "NoAnswer"
 TIMED_OUT = "TimedOut"
 
 
-def _stamp(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 async def measure(action: planner.Measure, *, now: datetime.datetime) -> Measurement:
-    """One measurement of ``action.gate``, taken now (stamped ``now``, the plan's time)."""
+    """One measurement of ``action.gate``, stamped ``now`` (when it is taken)."""
     gate = action.gate
     if gate.http is not None:
         if action.url is None:  # NB: the planner never asks this; said, not assumed healthy
             return Measurement(
-                at=_stamp(now),
+                at=verdicts.stamp(now),
                 phase=MeasurementPhase.ERROR,
                 reason=NO_ANSWER,
                 message="no URL to measure",
@@ -54,7 +50,7 @@ async def measure(action: planner.Measure, *, now: datetime.datetime) -> Measure
 async def http(spec: models.HttpGate, *, url: str, now: datetime.datetime) -> Measurement:
     """GET ``url``: Successful on ``expectedStatus`` (and a body matching ``bodyRegex``),
     Failed on any other answer, Error when there is none within ``timeoutSeconds``."""
-    at = _stamp(now)
+    at = verdicts.stamp(now)
     timeout = aiohttp.ClientTimeout(total=spec.timeout_seconds)
     try:
         # NB: a new connection per measurement (no keep-alive): each one goes through
@@ -114,7 +110,7 @@ async def http(spec: models.HttpGate, *, url: str, now: datetime.datetime) -> Me
 async def query(spec: models.PrometheusGate, *, now: datetime.datetime) -> Measurement:
     """Run the gate's query: its value judged by ``successCondition``; a query Prometheus
     refuses makes the gate Misconfigured, every other error an Inconclusive measurement."""
-    at = _stamp(now)
+    at = verdicts.stamp(now)
     try:
         value = await asyncio.wait_for(
             prometheus.query(

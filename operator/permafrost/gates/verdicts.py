@@ -58,6 +58,16 @@ def _timestamp(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def stamp(moment: datetime.datetime) -> str:
+    """A measurement's time: RFC 3339 in UTC with milliseconds (as metav1.MicroTime, shorter).
+
+    NB: not whole seconds: a measurement planned at 16.9 s and taken at 17.1 s, stamped 16 s,
+    made the next one due at once — two measurements 0.2 s apart with a 1 s interval.
+    """
+    utc = moment.astimezone(datetime.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
 def _parse(value: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -95,7 +105,7 @@ def judge_value(expression: str, value: float, *, at: datetime.datetime) -> Meas
     shown = repr(value)
     if math.isnan(value):
         return Measurement(
-            at=_timestamp(at),
+            at=stamp(at),
             phase=MeasurementPhase.INCONCLUSIVE,
             value=shown,
             reason=NOT_A_NUMBER,
@@ -106,24 +116,24 @@ def judge_value(expression: str, value: float, *, at: datetime.datetime) -> Meas
         verdict = program.execute({"result": float(value)})
     except Exception as exc:  # NB: fails safe: an error is never a success
         return Measurement(
-            at=_timestamp(at),
+            at=stamp(at),
             phase=MeasurementPhase.ERROR,
             value=shown,
             reason=CONDITION_ERROR,
             message=str(exc),
         )
     if verdict is True:
-        return Measurement(at=_timestamp(at), phase=MeasurementPhase.SUCCESSFUL, value=shown)
+        return Measurement(at=stamp(at), phase=MeasurementPhase.SUCCESSFUL, value=shown)
     if verdict is False:
         return Measurement(
-            at=_timestamp(at),
+            at=stamp(at),
             phase=MeasurementPhase.FAILED,
             value=shown,
             reason=CONDITION_FALSE,
             message=f"{expression} is false for result={shown}",
         )
     return Measurement(
-        at=_timestamp(at),
+        at=stamp(at),
         phase=MeasurementPhase.ERROR,
         value=shown,
         reason=CONDITION_ERROR,

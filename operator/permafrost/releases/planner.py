@@ -1232,8 +1232,9 @@ def unguarded_services(s: Situation, *, stable: str | None) -> list[ServiceView]
         for svc in s.other_services
         if not svc.acknowledged
         and (s.spec.service is None or svc.name != s.spec.service.name)
-        # NB: the preview Service is Permafrost's own, made to reach the unverified revision.
-        and not (svc.owned and svc.name == preview)
+        # NB: the preview Service is Permafrost's own, made to reach the unverified revision
+        # (owned: the preview observed with the release's uid, as other_services are not).
+        and not (s.preview is not None and s.preview.owned and svc.name == preview)
         and any(_selects(svc.selector, pods) for pods in (*unverified, *any_revision))
     ]
 

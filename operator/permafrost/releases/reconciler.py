@@ -242,7 +242,7 @@ async def reconcile(
     if measures:
         # NB: every due measurement at once (each bounded by its gate's timeout), never one
         # after the other; the results go into the one status write below.
-        taken = await asyncio.gather(*(probes.measure(m, now=now) for m in measures))
+        taken = await asyncio.gather(*(probes.measure(m, now=clock()) for m in measures))
         for action, measurement in zip(measures, taken, strict=True):
             logger.info(
                 "release %s/%s: gate %s of revision %s: %s%s",
