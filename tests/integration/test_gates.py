@@ -17,10 +17,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Background, Operator, release, status
-from k8s_harness import Cluster, RealNode, condition, wait_for
-
-pytestmark = pytest.mark.real_node
+from conftest import Background, Operator, release, status, wait_phase
+from k8s_harness import Cluster, KubectlError, RealNode, condition, wait_for
 
 NAME = "gated"
 PREVIEW = f"{NAME}-preview"
@@ -87,6 +85,7 @@ def permafrost(*args: str, env: Mapping[str, str]) -> str:
     return proc.stdout
 
 
+@pytest.mark.real_node
 def test_an_http_gate_fails_a_ready_revision_that_answers_500s_and_passes_a_healthy_one(
     crds: Cluster,
     namespace: str,
@@ -166,3 +165,95 @@ def test_an_http_gate_fails_a_ready_revision_that_answers_500s_and_passes_a_heal
     gates = {r["hash"]: r.get("gates") for r in document["revisions"]}
     assert gates[bad], gates
     assert gates[bad][0]["verdict"] == "Failed", gates
+
+
+# Nothing listens there: a Prometheus that is down.
+DOWN = "http://127.0.0.1:9"
+
+
+def prometheus_gate(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "errors",
+        "prometheus": {
+            "address": DOWN,
+            "query": 'sum(rate(demo_http_requests_total{code="500"}[1m]))',
+            "successCondition": "result < 0.05",
+            "timeoutSeconds": 1,
+        },
+        "count": 3,
+        "intervalSeconds": 1,
+        **fields,
+    }
+
+
+def test_a_prometheus_that_is_down_holds_the_revision_and_the_deadline_fails_it(
+    crds: Cluster, namespace: str, operator: Operator
+) -> None:
+    """Pods on the fake nodes: no real node needed. Unknown is never healthy: every
+    measurement of a Prometheus that is down is Inconclusive, the revision is held (never
+    promoted, the Service stays on the stable revision), then failed at its progress deadline."""
+    name = "metrics"
+    crds.apply(release(name, service=name, deadline=25), namespace=namespace)
+    first = wait_phase(crds, namespace, name, "Stable")["stableRevision"]
+
+    body = release(name, service=name, deadline=25, digest="@sha256:" + "4" * 64)
+    body["spec"]["rollout"]["gates"] = [prometheus_gate()]
+    crds.apply(body, namespace=namespace)
+    st = wait_phase(crds, namespace, name, "Held", timeout=60)
+    held = st["desiredRevision"]
+    progressing = condition({"status": st}, "Progressing") or {}
+    assert progressing.get("reason") == "GateInconclusive", progressing
+    assert "unknown is never healthy" in progressing.get("message", ""), progressing
+    errors = gates_of(st, held)["errors"]
+    assert errors["verdict"] == "Inconclusive", errors
+    assert errors["successful"] == 0, errors
+    assert errors["measurements"][0]["reason"] == "PrometheusUnreachable", errors
+    assert st["stableRevision"] == first, st
+    selector = crds.get("service", name, namespace=namespace)["spec"]["selector"]
+    assert selector["permafrost.dev/revision"] == first, selector
+
+    st = wait_phase(crds, namespace, name, "RolledBack", timeout=60)
+    degraded = condition({"status": st}, "Degraded") or {}
+    assert degraded.get("reason") == "GatesNotPassed", degraded
+    assert st["stableRevision"] == first, st
+
+
+def test_a_success_condition_that_does_not_compile_holds_as_misconfigured(
+    crds: Cluster, namespace: str, operator: Operator
+) -> None:
+    name = "badcel"
+    body = release(name, deadline=60)
+    body["spec"]["rollout"]["gates"] = [
+        prometheus_gate(
+            prometheus={**prometheus_gate()["prometheus"], "successCondition": "result <"}
+        )
+    ]
+    crds.apply(body, namespace=namespace)
+    st = wait_phase(crds, namespace, name, "Held", timeout=60)
+    progressing = condition({"status": st}, "Progressing") or {}
+    assert progressing.get("reason") == "GateMisconfigured", progressing
+    assert "does not compile" in progressing.get("message", ""), progressing
+    assert st.get("stableRevision") is None, st
+    events = crds.get("events", namespace=namespace)["items"]
+    assert any(e.get("reason") == "GateMisconfigured" for e in events), events
+
+
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [
+        ({"name": "g", "http": {}, "count": 0}, "count"),
+        ({"name": "g", "http": {}, "intervalSeconds": 0}, "intervalSeconds"),
+        ({"name": "g", "http": {}, "failureLimit": -1}, "failureLimit"),
+        ({"name": "g"}, "exactly one of http and prometheus"),
+        ({**prometheus_gate(), "http": {}}, "exactly one of http and prometheus"),
+        ({"name": "g", "http": {}, "count": 30, "intervalSeconds": 2}, "progressDeadlineSeconds"),
+    ],
+)
+def test_the_crd_refuses_a_gate_that_cannot_work(
+    crds: Cluster, namespace: str, gate: dict[str, Any], message: str
+) -> None:
+    body = release("refused", deadline=60)
+    body["spec"]["rollout"]["gates"] = [gate]
+    with pytest.raises(KubectlError) as refused:
+        crds.apply(body, namespace=namespace)
+    assert message in str(refused.value), refused.value
