@@ -61,8 +61,9 @@ def _timestamp(moment: datetime.datetime) -> str:
 def stamp(moment: datetime.datetime) -> str:
     """A measurement's time: RFC 3339 in UTC with milliseconds (as metav1.MicroTime, shorter).
 
-    NB: not whole seconds: a measurement planned at 16.9 s and taken at 17.1 s, stamped 16 s,
-    made the next one due at once — two measurements 0.2 s apart with a 1 s interval.
+    NB: not whole seconds: the next measurement is due ``intervalSeconds`` after this one, and a
+    stamp cut to the second would make that up to a second early (with ``intervalSeconds: 1``,
+    a measurement taken at 17.98 s stamped 17 s makes the next due at 18 s, almost at once).
     """
     utc = moment.astimezone(datetime.UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
