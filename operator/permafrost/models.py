@@ -162,6 +162,11 @@ class RolloutSpec(Model):
     # Checks the revision must pass, once its pods are Ready for minReadySeconds, before it is
     # promoted; they run within progressDeadlineSeconds.
     gates: list[Gate] = pydantic.Field(default_factory=list, max_length=MAX_GATES)
+    # Analysis after promotion: for up to this long after a revision is promoted, its gates run
+    # again (http ones through the release's Service) while the previous revision stays up; a
+    # gate that fails, or not all passed by the end, switches traffic back to it at once.
+    # 0: no analysis after promotion.
+    post_promotion_seconds: int = pydantic.Field(default=0, ge=0, le=86400)
 
     @pydantic.model_validator(mode="after")
     def _gates_fit(self) -> RolloutSpec:
@@ -294,6 +299,11 @@ class RevisionRecord(Model):
     failed_at: str | None = None
     # The promotion gates of the current attempt (spec.rollout.gates), in the spec's order.
     gates: list[GateRecord] = pydantic.Field(default_factory=list)
+    # The revision this one replaced when it was promoted (traffic goes back to it if the
+    # analysis after promotion fails), the gates of that analysis, and when it passed.
+    previous: str | None = None
+    analysis: list[GateRecord] = pydantic.Field(default_factory=list)
+    analyzed_at: str | None = None
 
 
 class GuardedReleaseStatus(Model):

@@ -217,14 +217,15 @@ def gate_rows(status: models.GuardedReleaseStatus) -> list[list[str]]:
     successful, F failed, I inconclusive, E errors) and the newest measurements kept."""
     rows = []
     for r in status.revisions:
-        for g in r.gates:
+        for g, after in [*((g, False) for g in r.gates), *((g, True) for g in r.analysis)]:
             tallies = f"{g.successful}S {g.failed}F {g.inconclusive}I {g.errors}E"
             last = " ".join(
                 f"{clock(m.at)}={m.value or m.phase.value}"
                 + ("" if m.phase == models.MeasurementPhase.SUCCESSFUL else f"({m.phase.value})")
                 for m in g.measurements[-5:]
             )
-            rows.append([r.hash, g.name, g.kind, g.verdict.value, tallies, last or "-"])
+            name = f"{g.name} (after promotion)" if after else g.name
+            rows.append([r.hash, name, g.kind, g.verdict.value, tallies, last or "-"])
     return rows
 
 
@@ -235,7 +236,7 @@ def _gate_lines(status: models.GuardedReleaseStatus) -> list[str]:
     lines = ["", "Promotion gates (last attempt of each revision):"]
     lines.append(_indent(table(GATE_HEADERS, rows)))
     for r in status.revisions:
-        for g in r.gates:
+        for g in [*r.gates, *r.analysis]:
             if g.verdict != models.GateVerdict.RUNNING and g.message:
                 lines.append(f"  {r.hash}/{g.name}: {_one_line(g.message)}")
     return lines

@@ -257,3 +257,70 @@ def test_the_crd_refuses_a_gate_that_cannot_work(
     with pytest.raises(KubectlError) as refused:
         crds.apply(body, namespace=namespace)
     assert message in str(refused.value), refused.value
+
+
+@pytest.mark.real_node
+def test_analysis_after_promotion_switches_traffic_back_when_a_gate_fails(
+    crds: Cluster,
+    namespace: str,
+    operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+) -> None:
+    """v2 answers every 5th request with a 500: its three gate requests before promotion all
+    succeed, so it is promoted; the same gate, run again after promotion through the release's
+    Service (v1 kept up), gets the 5th request's 500 and switches traffic back to v1 at once."""
+    v1, v2 = demo_images["v1"], demo_images["v2"]
+
+    def analysed(image: str, **env: str) -> dict[str, Any]:
+        body = manifest(real_node, image, **env)
+        body["spec"]["rollout"]["gates"] = [{**GATE, "count": 3}]
+        body["spec"]["rollout"]["postPromotionSeconds"] = 40
+        return body
+
+    crds.apply(analysed(v1), namespace=namespace)
+    first = wait_for(
+        lambda: (s := status(crds, namespace, NAME)).get("phase") == "Stable" and s,
+        timeout=120,
+        interval=0.5,
+        what="v1 promoted",
+    )["stableRevision"]
+
+    with SelectorLog(crds, namespace, NAME) as service_log:
+        crds.apply(analysed(v2, APP_VERSION="v2-errors", ERROR_RATE="0.2"), namespace=namespace)
+        st = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "RolledBack" and s,
+            timeout=120,
+            interval=0.5,
+            what="v2 switched back by its analysis after promotion",
+        )
+    bad = st["desiredRevision"]
+    assert st["stableRevision"] == first, st
+    assert service_log.seen == [first, bad, first], service_log.seen
+    rolled_back = condition({"status": st}, "RolledBack") or {}
+    assert rolled_back.get("reason") == "AnalysisFailed", rolled_back
+    record = next(r for r in st["revisions"] if r["hash"] == bad)
+    assert record["outcome"] == "Failed", record
+    assert record.get("promotedAt"), record  # it did take traffic, then lost it
+    assert gates_of(st, bad)["smoke"]["verdict"] == "Passed", record
+    analysis = {g["name"]: g for g in record["analysis"]}["smoke"]
+    assert analysis["verdict"] == "Failed", analysis
+    failing = next(m for m in analysis["measurements"] if m["phase"] == "Failed")
+    assert failing["value"] == "500", analysis
+    from permafrost.releases.conditions import parse_timestamp
+
+    back = next(r for r in st["revisions"] if r["hash"] == first)
+    switched = parse_timestamp(back["promotedAt"]) - parse_timestamp(failing["at"])
+    print(
+        f"\n[analysis] traffic back on {first} {switched.total_seconds():.1f}s after the failing "
+        f"measurement",
+        file=sys.stderr,
+    )
+    # promotedAt has whole seconds: the switch is within the same or the next second
+    assert switched.total_seconds() <= 2, (failing, back)
+
+    def scaled_down() -> bool:
+        pods = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={bad}")
+        return not pods["items"]
+
+    wait_for(scaled_down, timeout=60, interval=0.5, what="the failed revision scaled to 0")

@@ -340,3 +340,107 @@ def test_a_measurement_is_recorded_in_its_gate() -> None:
     rec = gates_of(planner.Plan((), status, (), None))["smoke"]
     assert rec.failed == 1
     assert rec.measurements == [m]
+
+
+# --- analysis after promotion --------------------------------------------------------------------
+
+
+def analysed(
+    *,
+    analysis: Sequence[models.GateRecord] = (),
+    promoted: float = 10,
+    window: int = 60,
+    endpoints: dict[str, int] | None = None,
+    v1_replicas: int = 2,
+) -> planner.Situation:
+    """V2 promoted ``promoted`` seconds ago, replacing V1 (still up); the Service routes to V2."""
+    g = http_gate()
+    spec = gated_spec(g)
+    spec = spec.model_copy(
+        update={"rollout": spec.rollout.model_copy(update={"post_promotion_seconds": window})}
+    )
+    from planner_fixtures import at, record
+
+    v2 = record(V2, Outcome.STABLE, created=120, started=120, promoted=promoted).model_copy(
+        update={"previous": V1, "analysis": list(analysis), "reason": "Verified"}
+    )
+    v1 = record(V1, Outcome.RETIRED, created=3600, promoted=3000, retired=promoted)
+    service = dataclasses.replace(
+        routed_to(V2),
+        cluster_ip="10.96.0.10",
+        endpoints={V2: 2} if endpoints is None else endpoints,
+        ports=(models.ServicePort(name="http", port=80, target_port=8080),),
+    )
+    s = situation(
+        spec=spec,
+        records=[v2, v1],
+        stable_revision=V2,
+        views=[view(V1, replicas=v1_replicas), view(V2)],
+        service=service,
+    )
+    del at
+    return dataclasses.replace(s, preview=preview_to(models.REVISION_NONE))
+
+
+def test_after_promotion_the_gates_run_again_through_the_service_with_the_previous_kept_up() -> (
+    None
+):
+    plan = planner.plan(analysed())
+    measures = [a for a in plan.actions if isinstance(a, planner.Measure)]
+    assert [(m.stage, m.url) for m in measures] == [("analysis", "http://10.96.0.10:80/")]
+    assert ("scale", V1, 0) not in summary(plan)  # kept up during the window
+    assert plan.status.phase == "Progressing"
+    assert outcome(plan, V2) == Outcome.STABLE
+
+
+def test_no_analysis_measurement_while_the_previous_revision_still_has_endpoints() -> None:
+    plan = planner.plan(analysed(endpoints={V1: 2, V2: 2}))
+    assert not [a for a in plan.actions if isinstance(a, planner.Measure)]
+
+
+def test_a_gate_failing_after_promotion_switches_traffic_back_at_once() -> None:
+    g = http_gate()
+    plan = planner.plan(analysed(analysis=[gate_record(g, [S, F], judged=False)]))
+    assert outcome(plan, V2) == Outcome.FAILED
+    assert outcome(plan, V1) == Outcome.STABLE
+    assert plan.status.stable_revision == V1
+    assert ("route", V1, "patch") in summary(plan)
+    assert ("scale", V2, 0) not in summary(plan)  # not before the Service let it go
+    assert plan.status.phase == "RolledBack"
+    assert condition(plan, conditions.ROLLED_BACK).reason == conditions.ANALYSIS_FAILED
+    assert {conditions.GATE_FAILED, "RolledBack"} <= set(event_reasons(plan))
+
+
+def test_the_next_pass_scales_the_failed_revision_down_and_it_stays_failed() -> None:
+    g = http_gate()
+    s = analysed(analysis=[gate_record(g, [S, F], judged=False)])
+    first = planner.plan(s)
+    from planner_fixtures import applied
+
+    plan = planner.plan(applied(s, first))
+    assert ("scale", V2, 0) in summary(plan)
+    assert plan.status.stable_revision == V1
+    assert outcome(plan, V2) == Outcome.FAILED
+
+
+def test_gates_not_passed_by_the_end_of_the_window_switch_back() -> None:
+    g = http_gate()
+    plan = planner.plan(analysed(analysis=[gate_record(g, [S])], promoted=61))
+    assert plan.status.stable_revision == V1
+    assert condition(plan, conditions.DEGRADED).reason == conditions.ANALYSIS_NOT_PASSED
+
+
+def test_a_passed_analysis_ends_the_window_and_the_previous_is_scaled_down_as_usual() -> None:
+    g = http_gate()
+    plan = planner.plan(analysed(analysis=[gate_record(g, [S, S, S], judged=False)]))
+    assert conditions.ANALYSIS_PASSED in event_reasons(plan)
+    v2 = next(r for r in plan.status.revisions if r.hash == V2)
+    assert v2.analyzed_at is not None
+    assert plan.status.stable_revision == V2
+    assert plan.status.phase == "Stable"
+
+
+def test_no_analysis_when_nothing_is_left_to_switch_back_to() -> None:
+    plan = planner.plan(analysed(v1_replicas=0))
+    assert not [a for a in plan.actions if isinstance(a, planner.Measure)]
+    assert plan.status.phase == "Stable"

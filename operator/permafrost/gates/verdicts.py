@@ -269,16 +269,17 @@ def with_measurement(
     revision: str,
     gate: str,
     measurement: Measurement,
+    stage: str = "gates",
 ) -> models.GuardedReleaseStatus:
-    """``status`` with ``measurement`` recorded in the gate ``gate`` of ``revision``'s record
-    (unchanged if there is no such record: the attempt ended meanwhile)."""
+    """``status`` with ``measurement`` recorded in the gate ``gate`` of ``revision``'s record,
+    among its ``gates`` (before promotion) or its ``analysis`` (after); unchanged if there is
+    no such record (the attempt ended meanwhile)."""
     records = []
     for rev in status.revisions:
         if rev.hash == revision:
+            kept = rev.gates if stage == "gates" else rev.analysis
             rev = rev.model_copy(
-                update={
-                    "gates": [record(g, measurement) if g.name == gate else g for g in rev.gates]
-                }
+                update={stage: [record(g, measurement) if g.name == gate else g for g in kept]}
             )
         records.append(rev)
     return status.model_copy(update={"revisions": records})

@@ -72,6 +72,11 @@ GATE_INCONCLUSIVE = "GateInconclusive"
 GATE_MISCONFIGURED = "GateMisconfigured"
 GATES_NOT_PASSED = "GatesNotPassed"
 GATE_HOLDING_REASONS = frozenset({GATE_INCONCLUSIVE, GATE_MISCONFIGURED})
+# Analysis after promotion (spec.rollout.postPromotionSeconds): passed (an Event), or failed —
+# a gate failed, or not all passed within the window — and traffic switched back.
+ANALYSIS_PASSED = "AnalysisPassed"
+ANALYSIS_FAILED = "AnalysisFailed"
+ANALYSIS_NOT_PASSED = "AnalysisNotPassed"
 
 
 def timestamp(moment: datetime.datetime) -> str:

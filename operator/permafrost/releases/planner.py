@@ -68,9 +68,11 @@ TRANSITIONS: Mapping[Outcome | None, frozenset[Outcome]] = {
     ),
     # replaced, or its Deployment deleted; or started again (a Stable record the status no
     # longer names stable: a status restored or edited)
-    Outcome.STABLE: frozenset({Outcome.RETIRED, Outcome.PROGRESSING}),
-    # a new attempt: a retry, a rollback to it, the spec back at it
-    Outcome.RETIRED: frozenset({Outcome.PROGRESSING}),
+    # or failed by its analysis after promotion (traffic switched back)
+    Outcome.STABLE: frozenset({Outcome.RETIRED, Outcome.PROGRESSING, Outcome.FAILED}),
+    # a new attempt: a retry, a rollback to it, the spec back at it; or traffic switched back
+    # to it when the revision that replaced it failed its analysis after promotion
+    Outcome.RETIRED: frozenset({Outcome.PROGRESSING, Outcome.STABLE}),
     Outcome.FAILED: frozenset({Outcome.PROGRESSING}),
     Outcome.SUPERSEDED: frozenset({Outcome.PROGRESSING}),
 }
@@ -272,9 +274,13 @@ class Measure:
     revision: str
     gate: models.Gate
     url: str | None = None
+    # "gates": before promotion; "analysis": after it (the record's analysis gates)
+    stage: Literal["gates", "analysis"] = "gates"
 
     def __str__(self) -> str:
         target = f" at {self.url}" if self.url else ""
+        if self.stage == "analysis":
+            target += " (analysis after promotion)"
         return (
             f"measure gate {self.gate.name} ({self.gate.kind}) of revision {self.revision}{target}"
         )
@@ -397,6 +403,8 @@ class _Work:
     hold: tuple[str, str] | None = None  # (reason, message): a policy holds the rollout
     # (reason, message): a promotion gate holds the revision (inconclusive, misconfigured)
     gate_hold: tuple[str, str] | None = None
+    # the previous revision, kept up while the stable one is analysed after its promotion
+    keep_up: str | None = None
 
     def record(self, revision: str, **changes: Any) -> RevisionRecord:
         """Change a revision's record; a change of its outcome is checked (:func:`transition`)."""
@@ -658,6 +666,9 @@ def _promote(w: _Work, target: str) -> None:
         message=None,
         promoted_at=now,
         drained_at=None,
+        previous=previous,
+        analysis=[],
+        analyzed_at=None,
     )
     w.stable = target
     w.event(
@@ -800,6 +811,159 @@ def _preview_url(w: _Work, target: str, gate: models.Gate) -> str | None:
     return f"http://{host}:{port.port}{gate.http.path}"
 
 
+def _run_gates(
+    w: _Work,
+    target: str,
+    previous: Sequence[models.GateRecord],
+    *,
+    stage: Literal["gates", "analysis"],
+    url: Callable[[models.Gate], str | None],
+) -> tuple[list[models.GateRecord], list[verdicts.Evaluation], bool]:
+    """Bring every gate's record up to date, post an Event for each new verdict, and plan the
+    measurements that are due. Returns the records, their evaluations, and whether an http gate
+    waits for its Service to route to the revision's pods (``url`` gives None)."""
+    s = w.s
+    old = {g.name: g for g in previous}
+    records: list[models.GateRecord] = []
+    evaluations: list[verdicts.Evaluation] = []
+    waiting = False
+    what = "" if stage == "gates" else " (analysis after promotion)"
+    for gate in s.spec.rollout.gates:
+        rec = old.get(gate.name) or verdicts.start(gate, now=s.now)
+        before = rec.verdict if rec.spec_digest == verdicts.spec_digest(gate) else None
+        rec, found = verdicts.evaluate(gate, rec, now=s.now, problem=gate_problem(s, gate))
+        if found.verdict != before and found.verdict in _GATE_EVENTS:
+            type_, reason = _GATE_EVENTS[found.verdict]
+            w.event(type_, reason, f"revision {target}{what}: {found.message}", revision=target)
+        if found.due is not None:
+            if found.measure_now(s.now):
+                address = url(gate) if gate.http is not None else None
+                if gate.http is not None and address is None:
+                    waiting = True
+                    w.wake.append(s.now + datetime.timedelta(seconds=ENDPOINTS_RECHECK_SECONDS))
+                else:
+                    w.actions.append(Measure(revision=target, gate=gate, url=address, stage=stage))
+                    w.wake.append(s.now + datetime.timedelta(seconds=gate.interval_seconds))
+            else:
+                w.wake.append(found.due)
+        records.append(rec)
+        evaluations.append(found)
+    return records, evaluations, waiting
+
+
+def _service_url(w: _Work, target: str, gate: models.Gate) -> str | None:
+    """The URL an http gate measures the stable revision at after its promotion: the release's
+    Service, once its EndpointSlices hold every Ready pod of it and none of another revision."""
+    s = w.s
+    service = s.service
+    port = _gate_port(s, gate)
+    if service is None or port is None or gate.http is None or not service.cluster_ip:
+        return None
+    if service.endpoints is None or service.endpoints.get(target, 0) < s.spec.replicas:
+        return None
+    if any(r != target for r in service.endpoints):
+        return None  # NB: the previous revision still answers some requests: not judged yet
+    host = f"[{service.cluster_ip}]" if ":" in service.cluster_ip else service.cluster_ip
+    return f"http://{host}:{port.port}{gate.http.path}"
+
+
+def _analyse(w: _Work, target: str) -> None:
+    """Analysis after promotion: the stable ``target``'s gates run again for up to
+    ``postPromotionSeconds`` after its promotion, the revision it replaced kept up; a Failed
+    gate, or gates not all Passed by the end of the window (unknown is never healthy), switch
+    traffic back to that revision at once and fail ``target``."""
+    s = w.s
+    window = s.spec.rollout.post_promotion_seconds
+    record = w.records[target]
+    if (
+        not window
+        or not s.spec.rollout.gates
+        or record.analyzed_at is not None
+        or record.promoted_at is None
+        or record.previous is None
+    ):
+        return
+    previous = w.records.get(record.previous)
+    if (
+        previous is None
+        or previous.outcome != Outcome.RETIRED
+        or record.previous not in s.revisions
+        or s.revisions[record.previous].replicas == 0
+    ):
+        return  # nothing left to switch back to
+    end = parse_timestamp(record.promoted_at) + datetime.timedelta(seconds=window)
+    records, evaluations, waiting = _run_gates(
+        w, target, record.analysis, stage="analysis", url=lambda g: _service_url(w, target, g)
+    )
+    w.record(target, analysis=records)
+    failed = [e for e in evaluations if e.verdict == GateVerdict.FAILED]
+    if failed:
+        _switch_back(
+            w,
+            target,
+            record.previous,
+            conditions.ANALYSIS_FAILED,
+            "; ".join(e.message for e in failed),
+        )
+        return
+    if all(e.verdict == GateVerdict.PASSED for e in evaluations):
+        w.record(target, analyzed_at=timestamp(s.now))
+        w.event(
+            "Normal",
+            conditions.ANALYSIS_PASSED,
+            f"revision {target} passed its analysis after promotion; revision "
+            f"{record.previous} is scaled down after the usual delay",
+            revision=target,
+        )
+        return
+    if s.now >= end:
+        _switch_back(
+            w,
+            target,
+            record.previous,
+            conditions.ANALYSIS_NOT_PASSED,
+            f"the gates had not passed {window}s after the promotion: "
+            + "; ".join(e.message for e in evaluations if e.verdict != GateVerdict.PASSED),
+        )
+        return
+    w.keep_up = record.previous
+    w.state = Pass.PROGRESSING
+    w.wake.append(end)
+    w.note = (
+        f"revision {target} serves; analysing it until {timestamp(end)}"
+        + (" (waiting for the Service to route only to it)" if waiting else "")
+        + f", revision {record.previous} kept up"
+    )
+
+
+def _switch_back(w: _Work, failed: str, previous: str, reason: str, message: str) -> None:
+    """The stable revision failed its analysis: traffic back to ``previous`` at once."""
+    s, now = w.s, timestamp(w.s.now)
+    w.record(failed, outcome=Outcome.FAILED, reason=reason, message=message, failed_at=now)
+    w.record(
+        previous,
+        outcome=Outcome.STABLE,
+        reason="SwitchedBack",
+        message=f"traffic switched back from revision {failed}",
+        promoted_at=now,
+        retired_at=None,
+        drained_at=None,
+    )
+    w.stable = previous
+    w.scale(previous, s.spec.replicas)
+    # NB: the failed revision is scaled to 0 by the next pass, once the Service's selector has
+    # moved: scaled in this one, its pods would stop as kube-proxy still sends them requests.
+    w.keep_up = failed
+    w.event(
+        "Warning",
+        "RolledBack",
+        f"revision {failed} failed its analysis after promotion ({reason}: {message}); "
+        f"traffic switched back to revision {previous}",
+        revision=failed,
+    )
+    w.state, w.failure = Pass.FAILED, w.records[failed]
+
+
 def _gates(w: _Work, target: str, record: RevisionRecord) -> bool:
     """Run the promotion gates of a revision whose pods are verified; True once all passed.
 
@@ -815,30 +979,9 @@ def _gates(w: _Work, target: str, record: RevisionRecord) -> bool:
     if record.ready_since is None:
         # NB: from now on, a pod that becomes unready fails the revision (BecameUnready).
         record = w.record(target, ready_since=timestamp(s.now))
-    old = {g.name: g for g in record.gates}
-    records: list[models.GateRecord] = []
-    evaluations: list[verdicts.Evaluation] = []
-    waiting = False
-    for gate in gates:
-        rec = old.get(gate.name) or verdicts.start(gate, now=s.now)
-        before = rec.verdict if rec.spec_digest == verdicts.spec_digest(gate) else None
-        rec, found = verdicts.evaluate(gate, rec, now=s.now, problem=gate_problem(s, gate))
-        if found.verdict != before and found.verdict in _GATE_EVENTS:
-            type_, reason = _GATE_EVENTS[found.verdict]
-            w.event(type_, reason, f"revision {target}: {found.message}", revision=target)
-        if found.due is not None:
-            if found.measure_now(s.now):
-                url = _preview_url(w, target, gate) if gate.http is not None else None
-                if gate.http is not None and url is None:
-                    waiting = True
-                    w.wake.append(s.now + datetime.timedelta(seconds=ENDPOINTS_RECHECK_SECONDS))
-                else:
-                    w.actions.append(Measure(revision=target, gate=gate, url=url))
-                    w.wake.append(s.now + datetime.timedelta(seconds=gate.interval_seconds))
-            else:
-                w.wake.append(found.due)
-        records.append(rec)
-        evaluations.append(found)
+    records, evaluations, waiting = _run_gates(
+        w, target, record.gates, stage="gates", url=lambda g: _preview_url(w, target, g)
+    )
     w.record(target, gates=records)
     failed = [e for e in evaluations if e.verdict == GateVerdict.FAILED]
     if failed:
@@ -1016,7 +1159,7 @@ def _housekeeping(w: _Work, target: str | None) -> None:
     selector: until then kube-proxy still sends it requests, which its pods' shutdown would fail.
     """
     s = w.s
-    live = {w.stable, target if w.state == Pass.PROGRESSING else None}
+    live = {w.stable, target if w.state == Pass.PROGRESSING else None, w.keep_up}
     delay = datetime.timedelta(seconds=s.spec.rollout.scale_down_delay_seconds)
     retained: list[RevisionRecord] = []
     for revision, record in w.records.items():
@@ -1483,6 +1626,7 @@ def plan(s: Situation) -> Plan:
     elif target == w.stable:
         _supersede_others(w, target)
         w.scale(target, s.spec.replicas)
+        _analyse(w, target)
         if s.revisions.get(target) is None and isinstance(s.desired, Desired):
             # The stable Deployment was deleted (deletion is allowed): create it again.
             w.actions.append(CreateRevision(s.desired.deployment, s.desired.snapshots))

@@ -260,7 +260,11 @@ async def reconcile(
                 kind=action.gate.kind, phase=str(measurement.phase)
             ).inc()
             new_status = verdicts.with_measurement(
-                new_status, revision=action.revision, gate=action.gate.name, measurement=measurement
+                new_status,
+                revision=action.revision,
+                gate=action.gate.name,
+                measurement=measurement,
+                stage=action.stage,
             )
     applied_at = clock()
     for event in result.events:
