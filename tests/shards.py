@@ -27,7 +27,7 @@ SECONDS: dict[str, float] = {
     "integration/test_autoscaling.py": 220,
     "integration/test_rollouts.py": 210,
     "integration/test_zero_downtime.py": 180,
-    "integration/test_gates.py": 210,
+    "integration/test_gates.py": 150,
     "integration/test_demo.py": 180,
     "integration/test_policies.py": 175,
     "integration/test_argocd_health.py": 160,
