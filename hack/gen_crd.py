@@ -427,7 +427,40 @@ def spec_schema(pod_template: Schema) -> Schema:
     schema = model_schema(models.GuardedReleaseSpec)
     schema["description"] = "The desired state: the pod template and how to roll it out."
     schema["properties"]["template"] = template_schema(pod_template)
+    _add_gate_rules(schema["properties"]["rollout"])
     return schema
+
+
+def _add_gate_rules(rollout: Schema) -> None:
+    """``spec.rollout.gates``: a list-map keyed by name; each gate has exactly one kind, and its
+    measurements fit within ``progressDeadlineSeconds`` (they run inside it)."""
+    gates = rollout["properties"]["gates"]
+    gates["x-kubernetes-list-type"] = "map"
+    gates["x-kubernetes-list-map-keys"] = ["name"]
+    gates["items"]["x-kubernetes-validations"] = [
+        {
+            "rule": "has(self.http) != has(self.prometheus)",
+            "message": "a gate has exactly one kind: http or prometheus",
+            "messageExpression": (
+                '"gate " + self.name + " must have exactly one of http and prometheus"'
+            ),
+            "reason": "FieldValueInvalid",
+        }
+    ]
+    rollout["x-kubernetes-validations"] = [
+        {
+            "rule": (
+                "!has(self.gates) || self.gates.all(g, "
+                "g.count * g.intervalSeconds < self.progressDeadlineSeconds)"
+            ),
+            "message": (
+                "every gate's count x intervalSeconds must be less than "
+                "progressDeadlineSeconds: the gates run within the progress deadline"
+            ),
+            "fieldPath": ".gates",
+            "reason": "FieldValueInvalid",
+        }
+    ]
 
 
 def status_schema() -> Schema:

@@ -4,7 +4,8 @@
 -- Progressing  the operator has not observed the current spec yet, or a revision is being
 --              verified, or it waits for referenced config, or the stable revision is scaling.
 -- Degraded     a revision failed (rolled back, or left running when automatic rollback is off),
---              or a GuardrailPolicy holds the rollout, or what runs violates an Enforce policy
+--              or a GuardrailPolicy or a promotion gate (inconclusive, misconfigured) holds the
+--              rollout, or what runs violates an Enforce policy
 --              (it keeps serving; while a revision is verified it stays Progressing); the
 --              message says which and why.
 -- Suspended    promotion waits for a manual approval (every violated rule asks for the
@@ -128,6 +129,15 @@ if compliant ~= nil and compliant.status == "False" then
 end
 
 local progressing = condition(status, "Progressing")
+if progressing ~= nil and (progressing.reason == "GateInconclusive"
+  or progressing.reason == "GateMisconfigured") then
+  -- NB: a promotion gate holds the revision (unknown is never healthy): it takes no traffic,
+  -- and fails at its progress deadline unless the spec changes or it is retried.
+  hs.status = "Degraded"
+  hs.message = "Held by a promotion gate (" .. tostring(progressing.reason) .. "): "
+    .. text(progressing, "a gate is inconclusive")
+  return hs
+end
 if progressing ~= nil and progressing.status == "True" then
   hs.status = "Progressing"
   hs.message = text(progressing, "A revision is being verified")

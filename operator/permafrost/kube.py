@@ -393,6 +393,9 @@ async def apply(*, namespace: str, action: planner.Action) -> None:
             )
         case planner.DeleteRevision(name=name):
             await delete_revision(namespace=namespace, name=name)
+        case planner.Measure():
+            # NB: no API call: the reconciler takes measurements (permafrost.gates.probes).
+            raise ValueError(f"not a Kubernetes action: {action}")
 
 
 async def patch_status(

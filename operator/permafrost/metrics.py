@@ -76,6 +76,13 @@ ROLLOUT_EVENTS = prometheus_client.Counter(
     ["reason"],
     registry=REGISTRY,
 )
+GATE_MEASUREMENTS = prometheus_client.Counter(
+    "permafrost_gate_measurements_total",
+    "Measurements of promotion gates, by gate kind (http, prometheus) and phase (Successful, "
+    "Failed, Inconclusive, Error).",
+    ["kind", "phase"],
+    registry=REGISTRY,
+)
 ROLLOUTS = prometheus_client.Counter(
     "permafrost_rollouts_total",
     "Verification attempts of a revision that ended, by outcome: Promoted, RolledBack (failed, "

@@ -82,16 +82,108 @@ class ServiceSpec(Model):
     """The Service whose selector Permafrost switches to the stable revision.
 
     If it does not exist, Permafrost creates it with ``ports`` (default: port 80 to 8080).
+    With ``preview``, Permafrost also keeps a Service ``<name>-preview`` (owned by the release,
+    the same ports) that selects the pods of the revision being verified, and none otherwise:
+    the HTTP gates, and people, reach the candidate through it before it takes traffic.
     """
 
     name: str = pydantic.Field(min_length=1, max_length=63)
     ports: list[ServicePort] | None = None
+    preview: bool = False
+
+
+# --- promotion gates ---------------------------------------------------------------------------
+
+# How many measurements of a gate the status keeps (the newest); the counts cover them all.
+GATE_MEASUREMENTS_KEPT = 10
+MAX_GATES = 16
+
+
+class HttpGate(Model):
+    """GET a path of the revision being verified, through the preview Service.
+
+    A measurement is Successful when the answer has ``expectedStatus`` (and, with ``bodyRegex``,
+    a body in which the regular expression is found), Failed on any other answer, and Error when
+    no answer came (refused, reset, timed out).
+    """
+
+    # The name or number of a port of the release's Service (and so of the preview Service).
+    port: int | str = "http"
+    path: str = pydantic.Field(default="/", min_length=1, max_length=1024, pattern=r"^/")
+    expected_status: int = pydantic.Field(default=200, ge=100, le=599)
+    body_regex: str | None = pydantic.Field(default=None, max_length=1024)
+    timeout_seconds: int = pydantic.Field(default=5, ge=1, le=60)
+
+
+class PrometheusGate(Model):
+    """Run a PromQL query; its single scalar or one-sample vector is ``result`` (a double) in
+    the CEL expression ``successCondition``, e.g. ``result < 0.05``."""
+
+    address: str = pydantic.Field(min_length=1, max_length=1024, pattern=r"^https?://")
+    query: str = pydantic.Field(min_length=1, max_length=4096)
+    success_condition: str = pydantic.Field(min_length=1, max_length=1024)
+    timeout_seconds: int = pydantic.Field(default=10, ge=1, le=60)
+
+
+class Gate(Model):
+    """A check a revision must pass before it takes traffic: ``count`` measurements, one every
+    ``intervalSeconds``, exactly one kind (``http`` or ``prometheus``).
+
+    Verdict: Failed once more than ``failureLimit`` measurements failed; Inconclusive once more
+    than ``inconclusiveLimit`` were unknown (inconclusive or errored: unknown is never healthy);
+    Passed once ``count`` were taken without either, at least one of them Successful.
+    """
+
+    name: str = pydantic.Field(
+        min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
+    http: HttpGate | None = None
+    prometheus: PrometheusGate | None = None
+    count: int = pydantic.Field(default=3, ge=1, le=1000)
+    interval_seconds: int = pydantic.Field(default=5, ge=1, le=3600)
+    failure_limit: int = pydantic.Field(default=0, ge=0, le=1000)
+    inconclusive_limit: int = pydantic.Field(default=0, ge=0, le=1000)
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind(self) -> Gate:
+        if (self.http is None) == (self.prometheus is None):
+            raise ValueError(f"gate {self.name}: exactly one of http and prometheus must be set")
+        return self
+
+    @property
+    def kind(self) -> Literal["http", "prometheus"]:
+        return "http" if self.http is not None else "prometheus"
 
 
 class RolloutSpec(Model):
     progress_deadline_seconds: int = pydantic.Field(default=120, ge=1)
     min_ready_seconds: int = pydantic.Field(default=10, ge=0)
     scale_down_delay_seconds: int = pydantic.Field(default=30, ge=0)
+    # Checks the revision must pass, once its pods are Ready for minReadySeconds, before it is
+    # promoted; they run within progressDeadlineSeconds.
+    gates: list[Gate] = pydantic.Field(default_factory=list, max_length=MAX_GATES)
+    # Analysis after promotion: for up to this long after a revision is promoted, its gates run
+    # again (http ones through the release's Service) while the previous revision stays up; a
+    # gate that fails, or not all passed by the end, switches traffic back to it at once.
+    # 0: no analysis after promotion.
+    post_promotion_seconds: int = pydantic.Field(default=0, ge=0, le=86400)
+
+    @pydantic.model_validator(mode="after")
+    def _gates_fit(self) -> RolloutSpec:
+        # NB: the CRD says the same (a list-map keyed by name, and a CEL rule): this is for
+        # `permafrost check` and for a spec read before the CRD was updated.
+        names = [g.name for g in self.gates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"gate names must be unique: {names}")
+        for g in self.gates:
+            if g.count * g.interval_seconds >= self.progress_deadline_seconds:
+                raise ValueError(
+                    f"gate {g.name}: count x intervalSeconds ({g.count * g.interval_seconds}s) "
+                    f"must be less than progressDeadlineSeconds "
+                    f"({self.progress_deadline_seconds}s): the gates run within it"
+                )
+        return self
+
     # A pod a break-glass session let an exec or attach into is replaced by a fresh pod of the
     # same revision once the session is over (false: it is only marked permafrost.dev/tainted).
     replace_tainted_pods: bool = True
@@ -141,6 +233,49 @@ class Outcome(enum.StrEnum):
     SUPERSEDED = "Superseded"  # replaced by a newer spec before it was verified
 
 
+class MeasurementPhase(enum.StrEnum):
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"  # no answer at all: counts as unknown, never as healthy
+
+
+class GateVerdict(enum.StrEnum):
+    RUNNING = "Running"
+    PASSED = "Passed"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    MISCONFIGURED = "Misconfigured"  # the gate cannot measure anything (bad CEL, bad query…)
+
+
+class Measurement(Model):
+    """One measurement of a gate: when, what it concluded, the value or why."""
+
+    at: str
+    phase: MeasurementPhase
+    value: str | None = None
+    reason: str | None = None  # CamelCase, e.g. HTTPStatus, PrometheusUnreachable, QueryInvalid
+    message: str | None = None
+
+
+class GateRecord(Model):
+    """A gate of one verification attempt of a revision, in ``status.revisions[].gates``."""
+
+    name: str
+    kind: str
+    verdict: GateVerdict = GateVerdict.RUNNING
+    message: str | None = None
+    # A digest of the gate's spec: a gate changed mid-verification starts afresh.
+    spec_digest: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    successful: int = 0
+    failed: int = 0
+    inconclusive: int = 0
+    errors: int = 0
+    measurements: list[Measurement] = pydantic.Field(default_factory=list)
+
+
 class RevisionRecord(Model):
     """The history of one revision, kept in ``status.revisions`` (newest first)."""
 
@@ -162,6 +297,13 @@ class RevisionRecord(Model):
     # pods (and the stable revision's ready ones): its scaleDownDelaySeconds counts from then.
     drained_at: str | None = None
     failed_at: str | None = None
+    # The promotion gates of the current attempt (spec.rollout.gates), in the spec's order.
+    gates: list[GateRecord] = pydantic.Field(default_factory=list)
+    # The revision this one replaced when it was promoted (traffic goes back to it if the
+    # analysis after promotion fails), the gates of that analysis, and when it passed.
+    previous: str | None = None
+    analysis: list[GateRecord] = pydantic.Field(default_factory=list)
+    analyzed_at: str | None = None
 
 
 class GuardedReleaseStatus(Model):

@@ -209,6 +209,37 @@ def revision_rows(status: models.GuardedReleaseStatus) -> list[list[str]]:
 
 
 REVISION_HEADERS = ["REVISION", "OUTCOME", "IMAGES", "CREATED", "PROMOTED", "ENDED", "REASON"]
+GATE_HEADERS = ["REVISION", "GATE", "KIND", "VERDICT", "MEASURED", "LAST MEASUREMENTS"]
+
+
+def gate_rows(status: models.GuardedReleaseStatus) -> list[list[str]]:
+    """The promotion gates of every retained revision's last attempt: verdict, tallies (S
+    successful, F failed, I inconclusive, E errors) and the newest measurements kept."""
+    rows = []
+    for r in status.revisions:
+        for g, after in [*((g, False) for g in r.gates), *((g, True) for g in r.analysis)]:
+            tallies = f"{g.successful}S {g.failed}F {g.inconclusive}I {g.errors}E"
+            last = " ".join(
+                f"{clock(m.at)}={m.value or m.phase.value}"
+                + ("" if m.phase == models.MeasurementPhase.SUCCESSFUL else f"({m.phase.value})")
+                for m in g.measurements[-5:]
+            )
+            name = f"{g.name} (after promotion)" if after else g.name
+            rows.append([r.hash, name, g.kind, g.verdict.value, tallies, last or "-"])
+    return rows
+
+
+def _gate_lines(status: models.GuardedReleaseStatus) -> list[str]:
+    rows = gate_rows(status)
+    if not rows:
+        return []
+    lines = ["", "Promotion gates (last attempt of each revision):"]
+    lines.append(_indent(table(GATE_HEADERS, rows)))
+    for r in status.revisions:
+        for g in [*r.gates, *r.analysis]:
+            if g.verdict != models.GateVerdict.RUNNING and g.message:
+                lines.append(f"  {r.hash}/{g.name}: {_one_line(g.message)}")
+    return lines
 
 
 def status_detail(release: Mapping[str, Any], *, now: datetime.datetime) -> str:
@@ -246,6 +277,7 @@ def status_detail(release: Mapping[str, Any], *, now: datetime.datetime) -> str:
         lines.append(_indent(table(REVISION_HEADERS, revision_rows(status))))
     else:
         lines.append("  <none>")
+    lines += _gate_lines(status)
     return "\n".join(lines)
 
 
@@ -562,6 +594,7 @@ def history_text(
         lines.append(_indent(table(REVISION_HEADERS, revision_rows(status))))
     else:
         lines.append("  <none>")
+    lines += _gate_lines(status)
     lines += ["", "Timeline (UTC):"]
     entries = timeline(release, events)
     if entries:

@@ -320,6 +320,8 @@ def summary(plan: planner.Plan) -> list[tuple[Any, ...]]:
             result.append(("route", target, "create" if action.create else "patch"))
         elif isinstance(action, planner.Annotate):
             result.append(("annotate", revision_of_name(action.name)))
+        elif isinstance(action, planner.Measure):
+            result.append(("measure", action.revision, action.gate.name))
         else:
             result.append(("delete", revision_of_name(action.name)))
     return result
@@ -350,7 +352,7 @@ def event_reasons(plan: planner.Plan) -> list[str]:
 def applied(s: planner.Situation, plan: planner.Plan) -> planner.Situation:
     """The situation right after the shell applied ``plan`` (no time passes, no pod changes)."""
     views = dict(s.revisions)
-    service = s.service
+    service, preview = s.service, s.preview
     for action in plan.actions:
         if isinstance(action, planner.CreateRevision):
             revision = action.deployment["metadata"]["annotations"][models.ANNOTATION_TEMPLATE_HASH]
@@ -359,7 +361,14 @@ def applied(s: planner.Situation, plan: planner.Plan) -> planner.Situation:
             revision = revision_of_name(action.name)
             views[revision] = dataclasses.replace(views[revision], replicas=action.replicas)
         elif isinstance(action, planner.RouteService):
-            service = planner.ServiceView(name=action.name, selector=dict(action.selector))
+            if action.name == manifests.preview_name(SERVICE):
+                preview = planner.ServiceView(
+                    name=action.name, selector=dict(action.selector), owned=True
+                )
+            else:
+                service = planner.ServiceView(name=action.name, selector=dict(action.selector))
+        elif isinstance(action, planner.Measure):
+            pass  # measured by the shell; nothing of the cluster changes
         elif isinstance(action, planner.Annotate):
             revision = revision_of_name(action.name)
             notes = action.annotations
@@ -375,4 +384,6 @@ def applied(s: planner.Situation, plan: planner.Plan) -> planner.Situation:
             )
         else:
             views.pop(revision_of_name(action.name), None)
-    return dataclasses.replace(s, status=plan.status, revisions=views, service=service)
+    return dataclasses.replace(
+        s, status=plan.status, revisions=views, service=service, preview=preview
+    )

@@ -360,3 +360,15 @@ def test_a_scale_not_yet_observed_is_progressing() -> None:
     body = load("healthy_stable")
     body["metadata"]["generation"] = body["status"]["observedGeneration"] + 1
     assert health(body) == ("Progressing", "Waiting for Permafrost to observe the latest spec")
+
+
+@pytest.mark.parametrize("reason", ["GateInconclusive", "GateMisconfigured"])
+def test_a_release_held_by_a_promotion_gate_is_degraded_and_says_which(reason: str) -> None:
+    body = load("healthy_stable")
+    body["status"]["desiredRevision"] = "0123456789"
+    for c in body["status"]["conditions"]:
+        if c["type"] == "Progressing":
+            c.update(status="False", reason=reason, message="gate smoke is inconclusive")
+    status, message = health(body)
+    assert status == "Degraded"
+    assert f"Held by a promotion gate ({reason}): gate smoke is inconclusive" in message

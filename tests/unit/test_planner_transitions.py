@@ -22,7 +22,9 @@ ALLOWED = {
     (Outcome.PROGRESSING, Outcome.SUPERSEDED),
     (Outcome.STABLE, Outcome.RETIRED),
     (Outcome.STABLE, Outcome.PROGRESSING),
+    (Outcome.STABLE, Outcome.FAILED),  # failed its analysis after promotion
     (Outcome.RETIRED, Outcome.PROGRESSING),
+    (Outcome.RETIRED, Outcome.STABLE),  # traffic switched back to it
     (Outcome.FAILED, Outcome.PROGRESSING),
     (Outcome.SUPERSEDED, Outcome.PROGRESSING),
 }

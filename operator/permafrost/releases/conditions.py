@@ -63,6 +63,20 @@ UNGUARDED_SERVICE = "UnguardedService"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 CRASH_LOOP = "CrashLoop"
 BECAME_UNREADY = "BecameUnready"
+# Promotion gates (spec.rollout.gates): Events for each gate's verdict; GateFailed and
+# GatesNotPassed (by the progress deadline) fail the revision, as reasons of Degraded and
+# RolledBack; GateInconclusive and GateMisconfigured hold it (Progressing=False, phase Held).
+GATE_PASSED = "GatePassed"
+GATE_FAILED = "GateFailed"
+GATE_INCONCLUSIVE = "GateInconclusive"
+GATE_MISCONFIGURED = "GateMisconfigured"
+GATES_NOT_PASSED = "GatesNotPassed"
+GATE_HOLDING_REASONS = frozenset({GATE_INCONCLUSIVE, GATE_MISCONFIGURED})
+# Analysis after promotion (spec.rollout.postPromotionSeconds): passed (an Event), or failed —
+# a gate failed, or not all passed within the window — and traffic switched back.
+ANALYSIS_PASSED = "AnalysisPassed"
+ANALYSIS_FAILED = "AnalysisFailed"
+ANALYSIS_NOT_PASSED = "AnalysisNotPassed"
 
 
 def timestamp(moment: datetime.datetime) -> str:

@@ -55,6 +55,11 @@ def revision_name(release: str, revision: str) -> str:
     return f"{bounded(base, limit=MAX_LABEL - len(suffix))}{suffix}"
 
 
+def preview_name(service: str) -> str:
+    """The name of a release's preview Service: ``<service>-preview``, a DNS-1123 label."""
+    return bounded(f"{service}-preview")
+
+
 def snapshot_name(source: str, revision: str) -> str:
     """The name of a config snapshot: ``<source>-<hash>``, never reused across revisions."""
     suffix = f"-{revision}"

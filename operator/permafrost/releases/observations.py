@@ -151,7 +151,34 @@ def service_view(
         owned=bool(release_uid) and any(o.get("uid") == release_uid for o in owners),
         acknowledged=annotations.get(models.ANNOTATION_SELECTS_UNVERIFIED) == "true",
         endpoints=endpoints,
+        cluster_ip=_cluster_ip(service),
+        ports=_ports(service),
     )
+
+
+def _cluster_ip(service: Mapping[str, Any]) -> str | None:
+    ip = (service.get("spec") or {}).get("clusterIP")
+    return str(ip) if isinstance(ip, str) and ip and ip != "None" else None
+
+
+def _ports(service: Mapping[str, Any]) -> tuple[models.ServicePort, ...]:
+    """The Service's ports; one that does not parse is left out (unknown, never guessed)."""
+    found = []
+    for raw in (service.get("spec") or {}).get("ports") or []:
+        if not isinstance(raw, Mapping):
+            continue
+        try:
+            found.append(
+                models.ServicePort(
+                    name=raw.get("name") or None,
+                    port=raw.get("port"),
+                    target_port=raw.get("targetPort"),
+                    protocol=raw.get("protocol") or "TCP",
+                )
+            )
+        except ValueError:
+            continue
+    return tuple(found)
 
 
 def other_services(

@@ -26,12 +26,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from permafrost import models
 from permafrost.artifacts import images
-from permafrost.models import ConditionStatus, Outcome, RevisionRecord
+from permafrost.gates import verdicts
+from permafrost.models import ConditionStatus, GateVerdict, Outcome, RevisionRecord
 from permafrost.policies import policy
 from permafrost.releases import conditions, hashing, manifests
 from permafrost.releases.conditions import parse_timestamp, timestamp
@@ -66,9 +68,11 @@ TRANSITIONS: Mapping[Outcome | None, frozenset[Outcome]] = {
     ),
     # replaced, or its Deployment deleted; or started again (a Stable record the status no
     # longer names stable: a status restored or edited)
-    Outcome.STABLE: frozenset({Outcome.RETIRED, Outcome.PROGRESSING}),
-    # a new attempt: a retry, a rollback to it, the spec back at it
-    Outcome.RETIRED: frozenset({Outcome.PROGRESSING}),
+    # or failed by its analysis after promotion (traffic switched back)
+    Outcome.STABLE: frozenset({Outcome.RETIRED, Outcome.PROGRESSING, Outcome.FAILED}),
+    # a new attempt: a retry, a rollback to it, the spec back at it; or traffic switched back
+    # to it when the revision that replaced it failed its analysis after promotion
+    Outcome.RETIRED: frozenset({Outcome.PROGRESSING, Outcome.STABLE}),
     Outcome.FAILED: frozenset({Outcome.PROGRESSING}),
     Outcome.SUPERSEDED: frozenset({Outcome.PROGRESSING}),
 }
@@ -152,6 +156,8 @@ class ServiceView:
     # them are ready (None: not observed). What kube-proxy routes to follows these, not the
     # selector: a retired revision keeps getting requests until its pods leave them.
     endpoints: Mapping[str, int] | None = None
+    cluster_ip: str | None = None  # None: headless, or not allocated yet
+    ports: tuple[models.ServicePort, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +199,8 @@ class Situation:
     # yet (None: no registry check); an unreachable registry holds unless it fails open.
     image_checks: tuple[images.Check, ...] | None = None
     images_fail_open: bool = False
+    # The preview Service (spec.service.preview), with its EndpointSlices; None: absent.
+    preview: ServiceView | None = None
 
 
 # --- what the shell does -----------------------------------------------------------------------
@@ -255,7 +263,30 @@ class DeleteRevision:
         return f"delete revision {self.name}"
 
 
-Action = CreateRevision | Scale | RouteService | Annotate | DeleteRevision
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """Take one measurement of a promotion gate of a revision; the shell records it in the
+    revision's gate record (:func:`permafrost.gates.verdicts.record`) before it writes the status.
+
+    ``url``: for an http gate, the URL of the gate's path through the preview Service.
+    """
+
+    revision: str
+    gate: models.Gate
+    url: str | None = None
+    # "gates": before promotion; "analysis": after it (the record's analysis gates)
+    stage: Literal["gates", "analysis"] = "gates"
+
+    def __str__(self) -> str:
+        target = f" at {self.url}" if self.url else ""
+        if self.stage == "analysis":
+            target += " (analysis after promotion)"
+        return (
+            f"measure gate {self.gate.name} ({self.gate.kind}) of revision {self.revision}{target}"
+        )
+
+
+Action = CreateRevision | Scale | RouteService | Annotate | DeleteRevision | Measure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +401,10 @@ class _Work:
     note: str = ""
     failure: RevisionRecord | None = None
     hold: tuple[str, str] | None = None  # (reason, message): a policy holds the rollout
+    # (reason, message): a promotion gate holds the revision (inconclusive, misconfigured)
+    gate_hold: tuple[str, str] | None = None
+    # the previous revision, kept up while the stable one is analysed after its promotion
+    keep_up: str | None = None
 
     def record(self, revision: str, **changes: Any) -> RevisionRecord:
         """Change a revision's record; a change of its outcome is checked (:func:`transition`)."""
@@ -631,6 +666,9 @@ def _promote(w: _Work, target: str) -> None:
         message=None,
         promoted_at=now,
         drained_at=None,
+        previous=previous,
+        analysis=[],
+        analyzed_at=None,
     )
     w.stable = target
     w.event(
@@ -670,6 +708,8 @@ def _progress(w: _Work, target: str, attempt: str | None) -> None:
     verdict = assess(
         view=view, replicas=s.spec.replicas, rollout=s.spec.rollout, record=record, now=s.now
     )
+    if isinstance(verdict, Healthy) and not _gates(w, target, record):
+        return
     if (
         isinstance(verdict, Healthy)
         and s.promote_verdict is not None
@@ -691,6 +731,307 @@ def _progress(w: _Work, target: str, attempt: str | None) -> None:
         w.wake.append(verdict.wake_at)
         w.state = Pass.PROGRESSING
         w.note = f"verifying revision {target}: {verdict.ready}/{s.spec.replicas} pods Ready"
+
+
+# --- promotion gates ---------------------------------------------------------------------------
+
+_GATE_EVENTS: Mapping[GateVerdict, tuple[Literal["Normal", "Warning"], str]] = {
+    GateVerdict.PASSED: ("Normal", conditions.GATE_PASSED),
+    GateVerdict.FAILED: ("Warning", conditions.GATE_FAILED),
+    GateVerdict.INCONCLUSIVE: ("Warning", conditions.GATE_INCONCLUSIVE),
+    GateVerdict.MISCONFIGURED: ("Warning", conditions.GATE_MISCONFIGURED),
+}
+
+
+def service_ports(s: Situation) -> tuple[models.ServicePort, ...]:
+    """The ports of the release's Service (and so of its preview): the spec's, else the live
+    Service's, else the default Permafrost creates it with."""
+    if s.spec.service is not None and s.spec.service.ports:
+        return tuple(s.spec.service.ports)
+    if s.service is not None and s.service.ports:
+        return s.service.ports
+    return (models.ServicePort(name="http", port=80, target_port=8080),)
+
+
+def _gate_port(s: Situation, gate: models.Gate) -> models.ServicePort | None:
+    assert gate.http is not None
+    wanted = gate.http.port
+    for port in service_ports(s):
+        if (isinstance(wanted, int) and port.port == wanted) or (
+            isinstance(wanted, str) and (port.name == wanted or str(port.port) == wanted)
+        ):
+            return port
+    return None
+
+
+def gate_problem(s: Situation, gate: models.Gate) -> str | None:
+    """Why ``gate`` cannot measure anything, as the spec and the preview Service stand (None:
+    it can). Such a gate is Misconfigured: it holds the revision, never promotes it."""
+    if gate.prometheus is not None:
+        try:
+            verdicts.compile_condition(gate.prometheus.success_condition)
+        except verdicts.ConditionError as exc:
+            return str(exc)
+        return None
+    assert gate.http is not None
+    if s.spec.service is None or not s.spec.service.preview:
+        return (
+            "an http gate measures the revision through its preview Service: set "
+            "spec.service.name and spec.service.preview: true"
+        )
+    if s.preview is not None and not s.preview.owned:
+        return (
+            f"Service {s.preview.name} exists and is not Permafrost's: rename or delete it, "
+            "Permafrost creates the preview Service itself"
+        )
+    if gate.http.body_regex is not None:
+        try:
+            re.compile(gate.http.body_regex)
+        except re.error as exc:
+            return f"bodyRegex {gate.http.body_regex!r} does not compile: {exc}"
+    if _gate_port(s, gate) is None:
+        known = ", ".join(f"{p.name or '-'}/{p.port}" for p in service_ports(s))
+        return f"port {gate.http.port!r} is not a port of Service {s.spec.service.name} ({known})"
+    return None
+
+
+def _preview_url(w: _Work, target: str, gate: models.Gate) -> str | None:
+    """The URL an http gate measures the candidate at, once the preview Service routes to every
+    one of its Ready pods (None: not yet; a request now would say nothing about the revision)."""
+    s = w.s
+    preview = s.preview
+    port = _gate_port(s, gate)
+    if preview is None or port is None or gate.http is None or not preview.cluster_ip:
+        return None
+    if preview.selector.get(models.LABEL_REVISION) != target:
+        return None
+    if preview.endpoints is None or preview.endpoints.get(target, 0) < s.spec.replicas:
+        return None
+    host = f"[{preview.cluster_ip}]" if ":" in preview.cluster_ip else preview.cluster_ip
+    return f"http://{host}:{port.port}{gate.http.path}"
+
+
+def _run_gates(
+    w: _Work,
+    target: str,
+    previous: Sequence[models.GateRecord],
+    *,
+    stage: Literal["gates", "analysis"],
+    url: Callable[[models.Gate], str | None],
+) -> tuple[list[models.GateRecord], list[verdicts.Evaluation], bool]:
+    """Bring every gate's record up to date, post an Event for each new verdict, and plan the
+    measurements that are due. Returns the records, their evaluations, and whether an http gate
+    waits for its Service to route to the revision's pods (``url`` gives None)."""
+    s = w.s
+    old = {g.name: g for g in previous}
+    records: list[models.GateRecord] = []
+    evaluations: list[verdicts.Evaluation] = []
+    waiting = False
+    what = "" if stage == "gates" else " (analysis after promotion)"
+    for gate in s.spec.rollout.gates:
+        rec = old.get(gate.name) or verdicts.start(gate, now=s.now)
+        before = rec.verdict if rec.spec_digest == verdicts.spec_digest(gate) else None
+        rec, found = verdicts.evaluate(gate, rec, now=s.now, problem=gate_problem(s, gate))
+        if found.verdict != before and found.verdict in _GATE_EVENTS:
+            type_, reason = _GATE_EVENTS[found.verdict]
+            w.event(type_, reason, f"revision {target}{what}: {found.message}", revision=target)
+        if found.due is not None:
+            if found.measure_now(s.now):
+                address = url(gate) if gate.http is not None else None
+                if gate.http is not None and address is None:
+                    waiting = True
+                    w.wake.append(s.now + datetime.timedelta(seconds=ENDPOINTS_RECHECK_SECONDS))
+                else:
+                    w.actions.append(Measure(revision=target, gate=gate, url=address, stage=stage))
+                    w.wake.append(s.now + datetime.timedelta(seconds=gate.interval_seconds))
+            else:
+                w.wake.append(found.due)
+        records.append(rec)
+        evaluations.append(found)
+    return records, evaluations, waiting
+
+
+def _service_url(w: _Work, target: str, gate: models.Gate) -> str | None:
+    """The URL an http gate measures the stable revision at after its promotion: the release's
+    Service, once its EndpointSlices hold every Ready pod of it and none of another revision."""
+    s = w.s
+    service = s.service
+    port = _gate_port(s, gate)
+    if service is None or port is None or gate.http is None or not service.cluster_ip:
+        return None
+    if service.endpoints is None or service.endpoints.get(target, 0) < s.spec.replicas:
+        return None
+    if any(r != target for r in service.endpoints):
+        return None  # NB: the previous revision still answers some requests: not judged yet
+    host = f"[{service.cluster_ip}]" if ":" in service.cluster_ip else service.cluster_ip
+    return f"http://{host}:{port.port}{gate.http.path}"
+
+
+def _analyse(w: _Work, target: str) -> None:
+    """Analysis after promotion: the stable ``target``'s gates run again for up to
+    ``postPromotionSeconds`` after its promotion, the revision it replaced kept up; a Failed
+    gate, or gates not all Passed by the end of the window (unknown is never healthy), switch
+    traffic back to that revision at once and fail ``target``."""
+    s = w.s
+    window = s.spec.rollout.post_promotion_seconds
+    record = w.records[target]
+    if (
+        not window
+        or not s.spec.rollout.gates
+        or record.analyzed_at is not None
+        or record.promoted_at is None
+        or record.previous is None
+    ):
+        return
+    previous = w.records.get(record.previous)
+    if (
+        previous is None
+        or previous.outcome != Outcome.RETIRED
+        or record.previous not in s.revisions
+        or s.revisions[record.previous].replicas == 0
+    ):
+        return  # nothing left to switch back to
+    end = parse_timestamp(record.promoted_at) + datetime.timedelta(seconds=window)
+    records, evaluations, waiting = _run_gates(
+        w, target, record.analysis, stage="analysis", url=lambda g: _service_url(w, target, g)
+    )
+    w.record(target, analysis=records)
+    failed = [e for e in evaluations if e.verdict == GateVerdict.FAILED]
+    if failed:
+        _switch_back(
+            w,
+            target,
+            record.previous,
+            conditions.ANALYSIS_FAILED,
+            "; ".join(e.message for e in failed),
+        )
+        return
+    if all(e.verdict == GateVerdict.PASSED for e in evaluations):
+        w.record(target, analyzed_at=timestamp(s.now))
+        w.event(
+            "Normal",
+            conditions.ANALYSIS_PASSED,
+            f"revision {target} passed its analysis after promotion; revision "
+            f"{record.previous} is scaled down after the usual delay",
+            revision=target,
+        )
+        return
+    if s.now >= end:
+        _switch_back(
+            w,
+            target,
+            record.previous,
+            conditions.ANALYSIS_NOT_PASSED,
+            f"the gates had not passed {window}s after the promotion: "
+            + "; ".join(e.message for e in evaluations if e.verdict != GateVerdict.PASSED),
+        )
+        return
+    w.keep_up = record.previous
+    w.state = Pass.PROGRESSING
+    w.wake.append(end)
+    w.note = (
+        f"revision {target} serves; analysing it until {timestamp(end)}"
+        + (" (waiting for the Service to route only to it)" if waiting else "")
+        + f", revision {record.previous} kept up"
+    )
+
+
+def _switch_back(w: _Work, failed: str, previous: str, reason: str, message: str) -> None:
+    """The stable revision failed its analysis: traffic back to ``previous`` at once."""
+    s, now = w.s, timestamp(w.s.now)
+    w.record(failed, outcome=Outcome.FAILED, reason=reason, message=message, failed_at=now)
+    w.record(
+        previous,
+        outcome=Outcome.STABLE,
+        reason="SwitchedBack",
+        message=f"traffic switched back from revision {failed}",
+        promoted_at=now,
+        retired_at=None,
+        drained_at=None,
+    )
+    w.stable = previous
+    w.scale(previous, s.spec.replicas)
+    # NB: the failed revision is scaled to 0 by the next pass, once the Service's selector has
+    # moved: scaled in this one, its pods would stop as kube-proxy still sends them requests.
+    w.keep_up = failed
+    w.event(
+        "Warning",
+        "RolledBack",
+        f"revision {failed} failed its analysis after promotion ({reason}: {message}); "
+        f"traffic switched back to revision {previous}",
+        revision=failed,
+    )
+    w.state, w.failure = Pass.FAILED, w.records[failed]
+
+
+def _gates(w: _Work, target: str, record: RevisionRecord) -> bool:
+    """Run the promotion gates of a revision whose pods are verified; True once all passed.
+
+    Otherwise plans the measurements that are due, and: a Failed gate fails the revision (the
+    automatic rollback follows); an Inconclusive or Misconfigured one holds it (phase Held),
+    never promotes it; a gate not final by the progress deadline fails it. Gates that are
+    Running keep it Progressing.
+    """
+    s = w.s
+    gates = s.spec.rollout.gates
+    if not gates:
+        return True
+    if record.ready_since is None:
+        # NB: from now on, a pod that becomes unready fails the revision (BecameUnready).
+        record = w.record(target, ready_since=timestamp(s.now))
+    records, evaluations, waiting = _run_gates(
+        w, target, record.gates, stage="gates", url=lambda g: _preview_url(w, target, g)
+    )
+    w.record(target, gates=records)
+    failed = [e for e in evaluations if e.verdict == GateVerdict.FAILED]
+    if failed:
+        _fail(w, target, conditions.GATE_FAILED, "; ".join(e.message for e in failed))
+        w.state, w.failure = Pass.FAILED, w.records[target]
+        return False
+    if all(e.verdict == GateVerdict.PASSED for e in evaluations):
+        return True
+    started = parse_timestamp(record.attempt_started_at or record.created_at)
+    deadline = started + datetime.timedelta(seconds=s.spec.rollout.progress_deadline_seconds)
+    open_ = [e for e in evaluations if e.verdict != GateVerdict.PASSED]
+    if s.now >= deadline:
+        _fail(
+            w,
+            target,
+            conditions.GATES_NOT_PASSED,
+            "the promotion gates had not passed by the progress deadline of "
+            f"{s.spec.rollout.progress_deadline_seconds}s: " + "; ".join(e.message for e in open_),
+        )
+        w.state, w.failure = Pass.FAILED, w.records[target]
+        return False
+    w.wake.append(deadline)
+    held = [
+        e for e in evaluations if e.verdict in (GateVerdict.INCONCLUSIVE, GateVerdict.MISCONFIGURED)
+    ]
+    if held:
+        reason = (
+            conditions.GATE_MISCONFIGURED
+            if any(e.verdict == GateVerdict.MISCONFIGURED for e in held)
+            else conditions.GATE_INCONCLUSIVE
+        )
+        w.gate_hold = (
+            reason,
+            f"revision {target} is held, never promoted: "
+            + "; ".join(e.message for e in held)
+            + f"; it fails at the progress deadline ({timestamp(deadline)}) unless the spec "
+            f"changes or the annotation {models.ANNOTATION_RETRY} is set to try again",
+        )
+        w.state = Pass.HELD
+        return False
+    w.state = Pass.PROGRESSING
+    running = ", ".join(
+        f"{r.name} {verdicts.taken(r)}/{g.count}" for g, r in zip(gates, records, strict=True)
+    )
+    w.note = (
+        f"verifying revision {target}: pods verified; "
+        + ("waiting for the preview Service to route to its pods; " if waiting else "")
+        + f"gates: {running}"
+    )
+    return False
 
 
 def _route(w: _Work) -> None:
@@ -730,6 +1071,43 @@ def _route(w: _Work) -> None:
         w.actions.insert(0, action)
     else:
         w.actions.append(action)
+
+
+def candidate(w: _Work) -> str | None:
+    """The revision being verified (Progressing, not stable), if any: what the preview selects."""
+    for revision, record in w.records.items():
+        if (
+            record.outcome == Outcome.PROGRESSING
+            and revision != w.stable
+            and revision in w.s.revisions
+            and w.state in (Pass.PROGRESSING, Pass.HELD)
+        ):
+            return revision
+    return None
+
+
+def _route_preview(w: _Work) -> None:
+    """Point the preview Service at the revision being verified; at no pod otherwise.
+
+    Created (owned by the release, the ports of the release's Service) when missing; a Service
+    of that name that Permafrost did not create is never touched (its gates are Misconfigured).
+    """
+    s = w.s
+    if s.spec.service is None or not s.spec.service.preview:
+        return
+    if s.preview is not None and not s.preview.owned:
+        return
+    revision = candidate(w) or models.REVISION_NONE
+    if s.preview is None and revision == models.REVISION_NONE and not s.revisions:
+        return
+    wanted = manifests.selector(s.release.name, revision)
+    name = manifests.preview_name(s.spec.service.name)
+    if s.preview is None:
+        spec = models.ServiceSpec(name=name, ports=list(service_ports(s)))
+        body = manifests.service(release=s.release, spec=spec, revision=revision)
+        w.actions.append(RouteService(name, wanted, body))
+    elif dict(s.preview.selector) != wanted:
+        w.actions.append(RouteService(name, wanted, None))
 
 
 def kept_selector_keys(s: Situation, revision: str) -> dict[str, str]:
@@ -781,7 +1159,7 @@ def _housekeeping(w: _Work, target: str | None) -> None:
     selector: until then kube-proxy still sends it requests, which its pods' shutdown would fail.
     """
     s = w.s
-    live = {w.stable, target if w.state == Pass.PROGRESSING else None}
+    live = {w.stable, target if w.state == Pass.PROGRESSING else None, w.keep_up}
     delay = datetime.timedelta(seconds=s.spec.rollout.scale_down_delay_seconds)
     retained: list[RevisionRecord] = []
     for revision, record in w.records.items():
@@ -865,6 +1243,8 @@ def _conditions(
             f"waiting for {', '.join(s.desired.missing)}: the rollout starts by "
             "itself when it exists",
         )
+    elif w.gate_hold is not None:
+        progressing = make(conditions.PROGRESSING, F, *w.gate_hold)
     elif problem is not None:
         progressing = make(
             conditions.PROGRESSING,
@@ -989,11 +1369,15 @@ def unguarded_services(s: Situation, *, stable: str | None) -> list[ServiceView]
     any_revision = [
         {k: v for k, v in pods.items() if k != models.LABEL_REVISION} for pods in labels.values()
     ]
+    preview = manifests.preview_name(s.spec.service.name) if s.spec.service else None
     return [
         svc
         for svc in s.other_services
         if not svc.acknowledged
         and (s.spec.service is None or svc.name != s.spec.service.name)
+        # NB: the preview Service is Permafrost's own, made to reach the unverified revision
+        # (owned: the preview observed with the release's uid, as other_services are not).
+        and not (s.preview is not None and s.preview.owned and svc.name == preview)
         and any(_selects(svc.selector, pods) for pods in (*unverified, *any_revision))
     ]
 
@@ -1152,6 +1536,9 @@ def _phase(conds: Sequence[models.Condition]) -> str:
     compliant = conditions.find(conds, conditions.POLICY_COMPLIANT)
     if compliant is not None and compliant.reason in conditions.HOLDING_REASONS:
         return "Held"
+    progressing = conditions.find(conds, conditions.PROGRESSING)
+    if progressing is not None and progressing.reason in conditions.GATE_HOLDING_REASONS:
+        return "Held"
     if conditions.is_true(conds, conditions.PROGRESSING):
         return "Progressing"
     progressing = conditions.find(conds, conditions.PROGRESSING)
@@ -1239,6 +1626,7 @@ def plan(s: Situation) -> Plan:
     elif target == w.stable:
         _supersede_others(w, target)
         w.scale(target, s.spec.replicas)
+        _analyse(w, target)
         if s.revisions.get(target) is None and isinstance(s.desired, Desired):
             # The stable Deployment was deleted (deletion is allowed): create it again.
             w.actions.append(CreateRevision(s.desired.deployment, s.desired.snapshots))
@@ -1255,6 +1643,7 @@ def plan(s: Situation) -> Plan:
         # a scale of the release (an autoscaler reacting to load) is for it, at once.
         w.scale(w.stable, s.spec.replicas)
     _route(w)
+    _route_preview(w)
     _housekeeping(w, target)
 
     conds = _conditions(w, target, problem, manual)

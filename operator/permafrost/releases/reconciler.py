@@ -19,6 +19,7 @@ import pydantic
 from permafrost import kube, metrics, models
 from permafrost.artifacts import images as image_checks
 from permafrost.artifacts import registry
+from permafrost.gates import probes, verdicts
 from permafrost.guards import admission, sessions
 from permafrost.policies import checking, policy, store
 from permafrost.releases import conditions, manifests, observations, planner
@@ -100,8 +101,18 @@ async def reconcile(
         return None
 
     named = spec.service.name if spec.service else None
+    preview_name = (
+        manifests.preview_name(spec.service.name) if spec.service and spec.service.preview else None
+    )
     try:
-        sources_list, deployments, pods, services, slices = await asyncio.gather(
+        (
+            sources_list,
+            deployments,
+            pods,
+            services,
+            slices,
+            preview_slices,
+        ) = await asyncio.gather(
             asyncio.gather(
                 *(kube.read_config(namespace=namespace, ref=ref) for ref in spec.config_refs)
             ),
@@ -109,6 +120,9 @@ async def reconcile(
             kube.list_revision_pods(namespace=namespace, release=name),
             kube.list_services(namespace),
             kube.list_endpoint_slices(namespace=namespace, service=named) if named else _nothing(),
+            kube.list_endpoint_slices(namespace=namespace, service=preview_name)
+            if preview_name
+            else _nothing(),
         )
     except kube.ConfigForbidden as exc:
         # NB: a Secret in a namespace that did not grant the operator its Secrets: nothing is
@@ -125,6 +139,7 @@ async def reconcile(
         )
         return CONFIG_POLL_SECONDS
     service = next((s for s in services if s["metadata"]["name"] == named), None)
+    preview = next((s for s in services if s["metadata"]["name"] == preview_name), None)
     now = clock()
     sources = {
         observations.config_key(r): s for r, s in zip(spec.config_refs, sources_list, strict=True)
@@ -168,6 +183,11 @@ async def reconcile(
         other_services=observations.other_services(services, named=named),
         image_checks=checks,
         images_fail_open=images.fail_open if images is not None else False,
+        preview=observations.service_view(
+            preview,
+            release_uid=release.uid,
+            endpoints=observations.endpoints(preview_slices, pods=pods),
+        ),
     )
     try:
         result = planner.plan(situation)
@@ -184,7 +204,10 @@ async def reconcile(
         return PLAN_RETRY_SECONDS
 
     by_name = {view.name: revision for revision, view in revisions.items()}
+    measures = [a for a in result.actions if isinstance(a, planner.Measure)]
     for action in result.actions:
+        if isinstance(action, planner.Measure):
+            continue
         logger.info(
             "release %s/%s: %s",
             namespace,
@@ -215,6 +238,34 @@ async def reconcile(
             )
             return None
     tainted_wake = await _replace_tainted(release, spec, pods, now=now, fence=fence)
+    new_status = result.status
+    if measures:
+        # NB: every due measurement at once (each bounded by its gate's timeout), never one
+        # after the other; the results go into the one status write below.
+        taken = await asyncio.gather(*(probes.measure(m, now=clock()) for m in measures))
+        for action, measurement in zip(measures, taken, strict=True):
+            logger.info(
+                "release %s/%s: gate %s of revision %s: %s%s",
+                namespace,
+                name,
+                action.gate.name,
+                action.revision,
+                measurement.phase,
+                f" ({measurement.message})" if measurement.message else "",
+                extra=_fields(
+                    namespace, name, revision=action.revision, reason=str(measurement.phase)
+                ),
+            )
+            metrics.GATE_MEASUREMENTS.labels(
+                kind=action.gate.kind, phase=str(measurement.phase)
+            ).inc()
+            new_status = verdicts.with_measurement(
+                new_status,
+                revision=action.revision,
+                gate=action.gate.name,
+                measurement=measurement,
+                stage=action.stage,
+            )
     applied_at = clock()
     for event in result.events:
         metrics.ROLLOUT_EVENTS.labels(reason=event.reason).inc()
@@ -234,11 +285,11 @@ async def reconcile(
         await kube.post_event(
             release=release, type_=event.type, reason=event.reason, message=event.message, now=now
         )
-    if result.status != status:
+    if new_status != status:
         _check(fence)
         try:
             await kube.patch_status(
-                namespace, name, result.status, resource_version=metadata.get("resourceVersion")
+                namespace, name, new_status, resource_version=metadata.get("resourceVersion")
             )
         except kube.Conflict:
             logger.info(
@@ -395,6 +446,8 @@ def _revision_of(action: planner.Action, by_name: dict[str, str]) -> str | None:
         return str(revision) if revision else None
     if isinstance(action, planner.RouteService):
         return action.selector.get(models.LABEL_REVISION)
+    if isinstance(action, planner.Measure):
+        return action.revision
     return by_name.get(action.name)
 
 

@@ -1,0 +1,326 @@
+"""Promotion gates on the real node: an HTTP gate judges a revision by its answers.
+
+The demo app (examples/app) runs as real containers. A revision that passes its readiness probe
+but answers 20% of requests with 500s (``ERROR_RATE=0.2``) is failed by its HTTP gate and rolled
+back: it never takes traffic. A healthy revision passes its gates and is promoted. The gates
+reach the candidate through the preview Service, which selects it only while it is verified;
+the release's Service never selects a revision that has not passed its gates.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from conftest import Background, Operator, release, status, wait_phase
+from k8s_harness import Cluster, KubectlError, RealNode, condition, wait_for
+
+NAME = "gated"
+PREVIEW = f"{NAME}-preview"
+PROBE = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
+# NB: one replica, so the gate's requests all reach one process, whose ERROR_RATE is exact:
+# with 0.2 the 5th request is the first 500.
+GATE = {
+    "name": "smoke",
+    "http": {"port": "http", "path": "/", "expectedStatus": 200, "bodyRegex": '"version"'},
+    "count": 6,
+    "intervalSeconds": 1,
+    "failureLimit": 0,
+    # NB: the first request may come a moment before kube-proxy routes the preview's new
+    # endpoints: that answer is unknown (an Error), never a success, and one is tolerated.
+    "inconclusiveLimit": 2,
+}
+
+
+def manifest(real_node: RealNode, image: str, **env: str) -> dict[str, Any]:
+    body = release(NAME, replicas=1, service=NAME, deadline=60, min_ready=1, scale_down_delay=2)
+    body["spec"]["service"]["preview"] = True
+    body["spec"]["rollout"]["gates"] = [GATE]
+    app: dict[str, Any] = {"name": "app", "image": image, "readinessProbe": PROBE}
+    if env:
+        app["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    body["spec"]["template"]["spec"] = real_node.schedule({"containers": [app]})
+    return body
+
+
+class SelectorLog(Background):
+    """Every revision a Service's selector named while the block ran (sampled)."""
+
+    def __init__(self, cluster: Cluster, namespace: str, service: str) -> None:
+        super().__init__()
+        self.cluster, self.namespace, self.service = cluster, namespace, service
+        self.seen: list[str] = []
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            svc = self.cluster.get("service", self.service, namespace=self.namespace)
+            revision = ((svc or {}).get("spec", {}).get("selector") or {}).get(
+                "permafrost.dev/revision"
+            )
+            if revision and (not self.seen or self.seen[-1] != revision):
+                self.seen.append(revision)
+            self._stop.wait(0.2)
+
+
+def gates_of(st: Mapping[str, Any], revision: str) -> dict[str, Any]:
+    record = next(r for r in st.get("revisions", []) if r["hash"] == revision)
+    return {g["name"]: g for g in record.get("gates", [])}
+
+
+def permafrost(*args: str, env: Mapping[str, str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "permafrost", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.real_node
+def test_an_http_gate_fails_a_ready_revision_that_answers_500s_and_passes_a_healthy_one(
+    crds: Cluster,
+    namespace: str,
+    operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+) -> None:
+    v1, v2 = demo_images["v1"], demo_images["v2"]
+
+    # 1. v1, healthy: its gate passes through the preview, then it is promoted.
+    with SelectorLog(crds, namespace, PREVIEW) as preview_log:
+        crds.apply(manifest(real_node, v1), namespace=namespace)
+        st = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "Stable" and s,
+            timeout=120,
+            interval=0.5,
+            what="v1 promoted after its gate",
+        )
+    first = st["stableRevision"]
+    smoke = gates_of(st, first)["smoke"]
+    assert smoke["verdict"] == "Passed", smoke
+    assert smoke["successful"] >= 1, smoke
+    assert smoke["failed"] == 0, smoke
+    assert smoke["successful"] + smoke["inconclusive"] + smoke["errors"] >= GATE["count"], smoke
+    assert any(m["phase"] == "Successful" and m["value"] == "200" for m in smoke["measurements"])
+    # the preview selected the candidate while it was verified, and no pod after
+    assert first in preview_log.seen, preview_log.seen
+    selector = crds.get("service", PREVIEW, namespace=namespace)["spec"]["selector"]
+    assert selector["permafrost.dev/revision"] == "none", selector
+
+    # 2. v2 answering 20% 500s while Ready: failed by its gate, rolled back, never promoted.
+    with (
+        SelectorLog(crds, namespace, NAME) as service_log,
+        SelectorLog(crds, namespace, PREVIEW) as preview_log,
+    ):
+        crds.apply(
+            manifest(real_node, v2, APP_VERSION="v2-errors", ERROR_RATE="0.2"),
+            namespace=namespace,
+        )
+        st = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "RolledBack" and s,
+            timeout=120,
+            interval=0.5,
+            what="v2 rolled back by its gate",
+        )
+    bad = st["desiredRevision"]
+    assert bad != first
+    assert st["stableRevision"] == first, st
+    rolled_back = condition({"status": st}, "RolledBack") or {}
+    assert rolled_back.get("reason") == "GateFailed", rolled_back
+    record = next(r for r in st["revisions"] if r["hash"] == bad)
+    assert record["outcome"] == "Failed", record
+    assert not record.get("promotedAt"), record
+    smoke = gates_of(st, bad)["smoke"]
+    assert smoke["verdict"] == "Failed", smoke
+    assert any(m["phase"] == "Failed" and m["value"] == "500" for m in smoke["measurements"])
+    assert service_log.seen == [first], service_log.seen  # the Service never left v1
+    assert bad in preview_log.seen, preview_log.seen
+
+    def scaled_down() -> bool:
+        pods = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={bad}")
+        return not pods["items"]
+
+    wait_for(scaled_down, timeout=60, interval=0.5, what="the failed revision scaled to 0")
+
+    # 3. What people see: the gate's measurements in status and history.
+    shown = permafrost("status", NAME, "-n", namespace, env=crds.env)
+    assert "Promotion gates" in shown, shown
+    assert "smoke" in shown, shown
+    assert "Failed" in shown, shown
+    history = permafrost("history", NAME, "-n", namespace, env=crds.env)
+    assert "GateFailed" in history, history
+    assert "GatePassed" in history, history
+    # the preview reaches unverified pods by design: it is never reported as unguarded
+    assert "UnguardedService" not in history, history
+    document = json.loads(permafrost("history", NAME, "-n", namespace, "-o", "json", env=crds.env))
+    gates = {r["hash"]: r.get("gates") for r in document["revisions"]}
+    assert gates[bad], gates
+    assert gates[bad][0]["verdict"] == "Failed", gates
+
+
+# Nothing listens there: a Prometheus that is down.
+DOWN = "http://127.0.0.1:9"
+
+
+def prometheus_gate(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "errors",
+        "prometheus": {
+            "address": DOWN,
+            "query": 'sum(rate(demo_http_requests_total{code="500"}[1m]))',
+            "successCondition": "result < 0.05",
+            "timeoutSeconds": 1,
+        },
+        "count": 3,
+        "intervalSeconds": 1,
+        **fields,
+    }
+
+
+def test_a_prometheus_that_is_down_holds_the_revision_and_the_deadline_fails_it(
+    crds: Cluster, namespace: str, operator: Operator
+) -> None:
+    """Pods on the fake nodes: no real node needed. Unknown is never healthy: every
+    measurement of a Prometheus that is down is Inconclusive, the revision is held (never
+    promoted, the Service stays on the stable revision), then failed at its progress deadline."""
+    name = "metrics"
+    crds.apply(release(name, service=name, deadline=25), namespace=namespace)
+    first = wait_phase(crds, namespace, name, "Stable")["stableRevision"]
+
+    body = release(name, service=name, deadline=25, digest="@sha256:" + "4" * 64)
+    body["spec"]["rollout"]["gates"] = [prometheus_gate()]
+    crds.apply(body, namespace=namespace)
+    st = wait_phase(crds, namespace, name, "Held", timeout=60)
+    held = st["desiredRevision"]
+    progressing = condition({"status": st}, "Progressing") or {}
+    assert progressing.get("reason") == "GateInconclusive", progressing
+    assert "unknown is never healthy" in progressing.get("message", ""), progressing
+    errors = gates_of(st, held)["errors"]
+    assert errors["verdict"] == "Inconclusive", errors
+    assert errors["successful"] == 0, errors
+    assert errors["measurements"][0]["reason"] == "PrometheusUnreachable", errors
+    assert st["stableRevision"] == first, st
+    selector = crds.get("service", name, namespace=namespace)["spec"]["selector"]
+    assert selector["permafrost.dev/revision"] == first, selector
+
+    st = wait_phase(crds, namespace, name, "RolledBack", timeout=60)
+    degraded = condition({"status": st}, "Degraded") or {}
+    assert degraded.get("reason") == "GatesNotPassed", degraded
+    assert st["stableRevision"] == first, st
+
+
+def test_a_success_condition_that_does_not_compile_holds_as_misconfigured(
+    crds: Cluster, namespace: str, operator: Operator
+) -> None:
+    name = "badcel"
+    body = release(name, deadline=60)
+    body["spec"]["rollout"]["gates"] = [
+        prometheus_gate(
+            prometheus={**prometheus_gate()["prometheus"], "successCondition": "result <"}
+        )
+    ]
+    crds.apply(body, namespace=namespace)
+    st = wait_phase(crds, namespace, name, "Held", timeout=60)
+    progressing = condition({"status": st}, "Progressing") or {}
+    assert progressing.get("reason") == "GateMisconfigured", progressing
+    assert "does not compile" in progressing.get("message", ""), progressing
+    assert st.get("stableRevision") is None, st
+    events = crds.get("events", namespace=namespace)["items"]
+    assert any(e.get("reason") == "GateMisconfigured" for e in events), events
+
+
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [
+        ({"name": "g", "http": {}, "count": 0}, "count"),
+        ({"name": "g", "http": {}, "intervalSeconds": 0}, "intervalSeconds"),
+        ({"name": "g", "http": {}, "failureLimit": -1}, "failureLimit"),
+        ({"name": "g"}, "exactly one of http and prometheus"),
+        ({**prometheus_gate(), "http": {}}, "exactly one of http and prometheus"),
+        ({"name": "g", "http": {}, "count": 30, "intervalSeconds": 2}, "progressDeadlineSeconds"),
+    ],
+)
+def test_the_crd_refuses_a_gate_that_cannot_work(
+    crds: Cluster, namespace: str, gate: dict[str, Any], message: str
+) -> None:
+    body = release("refused", deadline=60)
+    body["spec"]["rollout"]["gates"] = [gate]
+    with pytest.raises(KubectlError) as refused:
+        crds.apply(body, namespace=namespace)
+    assert message in str(refused.value), refused.value
+
+
+@pytest.mark.real_node
+def test_analysis_after_promotion_switches_traffic_back_when_a_gate_fails(
+    crds: Cluster,
+    namespace: str,
+    operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+) -> None:
+    """v2 answers every 5th request with a 500: its three gate requests before promotion all
+    succeed, so it is promoted; the same gate, run again after promotion through the release's
+    Service (v1 kept up), gets the 5th request's 500 and switches traffic back to v1 at once."""
+    v1, v2 = demo_images["v1"], demo_images["v2"]
+
+    def analysed(image: str, **env: str) -> dict[str, Any]:
+        body = manifest(real_node, image, **env)
+        body["spec"]["rollout"]["gates"] = [{**GATE, "count": 3}]
+        body["spec"]["rollout"]["postPromotionSeconds"] = 40
+        return body
+
+    crds.apply(analysed(v1), namespace=namespace)
+    first = wait_for(
+        lambda: (s := status(crds, namespace, NAME)).get("phase") == "Stable" and s,
+        timeout=120,
+        interval=0.5,
+        what="v1 promoted",
+    )["stableRevision"]
+
+    with SelectorLog(crds, namespace, NAME) as service_log:
+        crds.apply(analysed(v2, APP_VERSION="v2-errors", ERROR_RATE="0.2"), namespace=namespace)
+        st = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "RolledBack" and s,
+            timeout=120,
+            interval=0.5,
+            what="v2 switched back by its analysis after promotion",
+        )
+    bad = st["desiredRevision"]
+    assert st["stableRevision"] == first, st
+    assert service_log.seen == [first, bad, first], service_log.seen
+    rolled_back = condition({"status": st}, "RolledBack") or {}
+    assert rolled_back.get("reason") == "AnalysisFailed", rolled_back
+    record = next(r for r in st["revisions"] if r["hash"] == bad)
+    assert record["outcome"] == "Failed", record
+    assert record.get("promotedAt"), record  # it did take traffic, then lost it
+    assert gates_of(st, bad)["smoke"]["verdict"] == "Passed", record
+    analysis = {g["name"]: g for g in record["analysis"]}["smoke"]
+    assert analysis["verdict"] == "Failed", analysis
+    failing = next(m for m in analysis["measurements"] if m["phase"] == "Failed")
+    assert failing["value"] == "500", analysis
+    from permafrost.releases.conditions import parse_timestamp
+
+    back = next(r for r in st["revisions"] if r["hash"] == first)
+    switched = parse_timestamp(back["promotedAt"]) - parse_timestamp(failing["at"])
+    print(
+        f"\n[analysis] traffic back on {first} {switched.total_seconds():.1f}s after the failing "
+        f"measurement",
+        file=sys.stderr,
+    )
+    # promotedAt has whole seconds: the switch is within the same or the next second
+    assert switched.total_seconds() <= 2, (failing, back)
+
+    def scaled_down() -> bool:
+        pods = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={bad}")
+        return not pods["items"]
+
+    wait_for(scaled_down, timeout=60, interval=0.5, what="the failed revision scaled to 0")
