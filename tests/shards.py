@@ -25,6 +25,7 @@ SECONDS: dict[str, float] = {
     "integration/test_argocd_install.py": 310,
     "integration/test_bench_smoke.py": 300,
     "integration/test_autoscaling.py": 220,
+    "integration/test_compiled_policies.py": 150,
     "integration/test_rollouts.py": 210,
     "integration/test_zero_downtime.py": 180,
     "integration/test_demo.py": 180,
