@@ -54,7 +54,7 @@ def deny_policy_cleanup(crds: Cluster) -> Iterator[None]:
 @pytest.fixture
 def operator_args() -> Sequence[str]:
     # NB: the webhook's own metrics and decision logs are measured: the denying policy stays on
-    # the webhook (compiled, the apiserver would deny it: tests/integration/test_compiled_policies.py).
+    # the webhook (compiled, the apiserver would deny it: test_compiled_policies.py).
     return ["--metrics-port", str(METRICS_PORT), "--log-format", "json", "--no-compile-policies"]
 
 
