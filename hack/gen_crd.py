@@ -644,7 +644,9 @@ def policy_spec_schema() -> Schema:
 
 
 def policy_status_schema() -> Schema:
-    """``status``: free-form for now (the operator may report compile results there later)."""
+    """``status``: free-form; the operator writes where the policy is enforced there
+    (``enforcedBy``, ``admissionPolicy``, ``observedGeneration``, the ``Compiled`` condition;
+    see ``permafrost.policies.compiler.status``) and Kopf may keep its own fields."""
     return {
         "description": "The observed state, written by the operator.",
         "type": "object",
@@ -655,6 +657,11 @@ def policy_status_schema() -> Schema:
 POLICY_PRINTER_COLUMNS = [
     _column("Stages", ".spec.stages", "The stages the policy runs at."),
     _column("Enforcement", ".spec.enforcement", "What a violation does: Enforce, Warn or Audit."),
+    _column(
+        "Enforced By",
+        ".status.enforcedBy",
+        "Who judges its create stage at admission: apiserver (compiled) or webhook.",
+    ),
     _column("Age", ".metadata.creationTimestamp", type_="date"),
 ]
 

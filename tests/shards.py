@@ -30,6 +30,7 @@ SECONDS: dict[str, float] = {
     "integration/test_demo.py": 75,
     "integration/test_policies.py": 214,
     "integration/test_gates.py": 150,
+    "integration/test_compiled_policies.py": 150,
     "integration/test_argocd_health.py": 160,
     "integration/test_webhook_security.py": 155,
     "integration/test_crd_wait.py": 62,

@@ -214,6 +214,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "e.g. from cert-manager; needs a get grant on it) instead of Permafrost's own CA",
     )
     guard.add_argument(
+        "--compile-policies",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile every create-stage GuardrailPolicy the apiserver's CEL can run into a "
+        "ValidatingAdmissionPolicy, judged without the webhook and with the operator down "
+        "(default: on; docs/policies.md)",
+    )
+    guard.add_argument(
         "--allow-port-forward",
         action="store_true",
         help="let everyone port-forward into frozen pods (read-only debugging); exec and attach "
@@ -656,6 +664,7 @@ def _run(args: argparse.Namespace) -> int:
             tls_secret=args.tls_secret,
             tls_dir=args.tls_dir,
             threaded=args.webhook_thread,
+            compile_policies=args.compile_policies,
             settings=webhooks.settings_from(
                 exempt_users=args.exempt_user
                 or [f"system:serviceaccount:{args.operator_namespace}:permafrost"],

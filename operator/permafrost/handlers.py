@@ -26,7 +26,7 @@ import kopf
 from permafrost import kube, metrics, models
 from permafrost.artifacts import registry
 from permafrost.guards import webhooks
-from permafrost.policies import store
+from permafrost.policies import compiler, store
 from permafrost.releases import manifests, reconciler, workqueue
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ class Runtime:
     lease: Lease | None = None
     # With --registry-check: the images of a revision are looked up before it is created.
     images: registry.Checker | None = None
+    # With --admission: GuardrailPolicies compiled into ValidatingAdmissionPolicies, one sync per
+    # policy name at a time, from the policy as last seen (None: deleted).
+    policies: workqueue.WorkQueue[str] | None = None
+    policy_bodies: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=dict)
+    synced_policies: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def may_write(self) -> bool:
         """Whether this replica may write now: standalone, or its lease is fresh (see Lease)."""
@@ -222,6 +227,9 @@ async def _refresh_store() -> None:
         store.STORE.forget_policy(gone)
     for body in bodies:
         _put_policy(body["metadata"]["name"], body.get("spec") or {})
+        store.STORE.enforced_in_apiserver(
+            body["metadata"]["name"], compiler.enforced_in_apiserver(body)
+        )
     store.STORE.namespaces = await kube.list_namespace_labels()
 
 
@@ -324,6 +332,9 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     # review, so nothing is ever evaluated against an empty library at start-up.
     for body in await kube.list_policies():
         _put_policy(body["metadata"]["name"], body.get("spec") or {})
+        store.STORE.enforced_in_apiserver(
+            body["metadata"]["name"], compiler.enforced_in_apiserver(body)
+        )
     store.STORE.namespaces.update(await kube.list_namespace_labels())
     options: webhooks.Options | None = memo.get("admission")
     if options is not None:
@@ -342,6 +353,13 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
         asyncio.create_task(runtime.workloads.run()),
         asyncio.create_task(_resync(runtime)),
     ]
+    served: webhooks.Runtime | None = memo.get("webhooks")
+    if served is not None:
+        admission_options = served.options
+        runtime.policies = workqueue.WorkQueue(
+            worker=lambda name: _sync_policy(runtime, admission_options, name), concurrency=2
+        )
+        tasks.append(asyncio.create_task(runtime.policies.run()))
     peering: Peering | None = memo.get("peering")
     if peering is None:
         runtime.active.set()
@@ -481,14 +499,54 @@ def _put_policy(name: str, spec: Any) -> None:
         logger.error("GuardrailPolicy %s does not compile; its rules fail closed: %s", name, error)
 
 
+async def _sync_policy(runtime: Runtime, options: webhooks.Options, name: str) -> float | None:
+    """Compile one policy into the apiserver (see :func:`webhooks.sync_compiled_policy`).
+
+    NB: writing its status makes the policy change again: a sync of the same spec, generation
+    and options whose status is current is skipped.
+    """
+    await runtime.active.wait()
+    if name not in runtime.policy_bodies:
+        return None
+    body = runtime.policy_bodies[name]
+    if body is None:
+        await webhooks.sync_compiled_policy(options, name=name, body=None)
+        if runtime.policy_bodies.get(name, {}) is None:
+            del runtime.policy_bodies[name]
+        runtime.synced_policies.pop(name, None)
+        return None
+    meta = body.get("metadata") or {}
+    done = compiler.fingerprint(
+        name,
+        {"spec": body.get("spec"), "generation": meta.get("generation"),
+         "compile": options.compile_policies},
+        uid=str(meta.get("uid") or ""),
+        exempt_users=options.settings.exempt_users,
+        excluded_namespaces=options.settings.excluded_namespaces,
+    )  # fmt: skip
+    current = (body.get("status") or {}).get("observedGeneration") == meta.get("generation")
+    if runtime.synced_policies.get(name) == done and current:
+        return None
+    await webhooks.sync_compiled_policy(options, name=name, body=body)
+    runtime.synced_policies[name] = done
+    return None
+
+
 @kopf.on.event(models.GROUP, models.VERSION, models.POLICY_PLURAL)
-async def policy_changed(type: str, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
-    """Keep the compiled library current, and look at every release again (verdicts change)."""
+async def policy_changed(
+    type: str, name: str, spec: kopf.Spec, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Keep the compiled library current, look at every release again (verdicts change), and
+    compile the policy into the apiserver (with admission)."""
     if type == "DELETED":
         store.STORE.forget_policy(name)
     else:
         _put_policy(name, dict(spec))
+        store.STORE.enforced_in_apiserver(name, compiler.enforced_in_apiserver(body))
     runtime: Runtime | None = memo.get("permafrost")
+    if runtime is not None and runtime.policies is not None:
+        runtime.policy_bodies[name] = None if type == "DELETED" else dict(body)
+        runtime.policies.add(name)
     if runtime is not None and type is not None:
         for key in list(runtime.known_releases):
             runtime.queue.add(key)

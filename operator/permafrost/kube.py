@@ -555,6 +555,51 @@ async def apply_cluster_object(body: Mapping[str, Any]) -> None:
     )
 
 
+async def apply_or_refusal(body: Mapping[str, Any]) -> str | None:
+    """:func:`apply_cluster_object`; what the apiserver said if it refused the object as
+    invalid (400, 422), else ``None`` (other errors raise)."""
+    try:
+        await apply_cluster_object(body)
+    except ApiException as exc:
+        if exc.status in (400, 422):
+            return status_message(exc)
+        raise
+    return None
+
+
+async def read_admission_policy(name: str) -> dict[str, Any] | None:
+    """A ValidatingAdmissionPolicy (with its ``status.typeChecking``), or ``None``."""
+    api = kubernetes.client.AdmissionregistrationV1Api(clients().api)
+    result: dict[str, Any] | None = await _get_or_none(api.read_validating_admission_policy, name)
+    return result
+
+
+async def delete_cluster_object(*, kind: str, name: str) -> None:
+    """Delete an admissionregistration.k8s.io/v1 object Permafrost owns (none: nothing to do)."""
+    api = kubernetes.client.AdmissionregistrationV1Api(clients().api)
+    suffix = {
+        "ValidatingAdmissionPolicy": "validating_admission_policy",
+        "ValidatingAdmissionPolicyBinding": "validating_admission_policy_binding",
+    }[kind]
+    try:
+        await _raw(getattr(api, f"delete_{suffix}"), name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+async def patch_policy_status(*, name: str, status: Mapping[str, Any]) -> None:
+    """Merge-patch Permafrost's fields of a GuardrailPolicy's status (``None`` clears one)."""
+    await _call(
+        clients().custom.patch_cluster_custom_object_status,
+        models.GROUP,
+        models.VERSION,
+        models.POLICY_PLURAL,
+        name,
+        {"status": dict(status)},
+    )
+
+
 def _workload_methods(
     kind: str,
 ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:

@@ -671,6 +671,42 @@ def test_the_log_scan_catches_a_refusal(tmp_path: pathlib.Path) -> None:
     assert [r.split("] ")[0][-3:] for r in found] == ["002", "003", "004", "006"]
 
 
+def test_a_create_stage_policy_is_compiled_into_the_apiserver_by_the_operator_s_account(
+    op: Deployed,
+) -> None:
+    """The operator's account applies, reads back, binds and deletes a compiled policy, and
+    writes its status."""
+    c, name = op.cluster, "least-privilege-compiled"
+    vap = f"permafrost-policy-{name}"
+    policy = {
+        "apiVersion": "permafrost.dev/v1alpha1",
+        "kind": "GuardrailPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "stages": ["create"],
+            "match": {"kinds": ["Deployment"]},
+            "rules": [{"name": "team", "expression": "has(object.metadata.labels)"}],
+        },
+    }
+
+    def compiled() -> bool:
+        body = c.get("guardrailpolicy", name) or {}
+        return (body.get("status") or {}).get("enforcedBy") == "apiserver"
+
+    try:
+        c.apply(policy)
+        wait_for(compiled, timeout=60, interval=0.5, what="the policy to be compiled")
+        assert c.get("validatingadmissionpolicybinding", f"{vap}-workloads") is not None
+    finally:
+        c.kubectl("delete", "guardrailpolicy", name, "--ignore-not-found", check=False)
+    wait_for(
+        lambda: c.get("validatingadmissionpolicy", vap) is None,
+        timeout=60,
+        interval=0.5,
+        what="the compiled policy to be deleted",
+    )
+
+
 def test_every_permission_the_adapter_needs_was_exercised_by_the_scenarios(
     deployed: Deployed,
 ) -> None:

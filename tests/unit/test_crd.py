@@ -583,7 +583,7 @@ def test_the_policy_status_is_an_open_object_behind_the_status_subresource() -> 
     assert "properties" not in POLICY_STATUS
 
 
-def test_the_policy_printer_columns_show_stages_enforcement_and_age() -> None:
+def test_the_policy_printer_columns_show_stages_enforcement_where_enforced_and_age() -> None:
     columns = [
         (c["name"].upper(), c["type"], c["jsonPath"])
         for c in POLICY_VERSION["additionalPrinterColumns"]
@@ -591,6 +591,7 @@ def test_the_policy_printer_columns_show_stages_enforcement_and_age() -> None:
     assert columns == [
         ("STAGES", "string", ".spec.stages"),
         ("ENFORCEMENT", "string", ".spec.enforcement"),
+        ("ENFORCED BY", "string", ".status.enforcedBy"),
         ("AGE", "date", ".metadata.creationTimestamp"),
     ]
 

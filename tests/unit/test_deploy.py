@@ -262,7 +262,22 @@ def test_the_bindings_bind_only_the_operator_service_account(
 
 def test_names_are_pinned_where_the_api_allows(objects: list[dict[str, Any]]) -> None:
     role_admission = _one(objects, "ClusterRole", "permafrost-admission")
-    names = {n for rule in role_admission["rules"] for n in rule["resourceNames"]}
+    # NB: the policies compiled from GuardrailPolicies are named after them: not pinnable
+    # (deploy/operator-guard.yaml limits the operator to names permafrost-*).
+    pinned = [r for r in role_admission["rules"] if "resourceNames" in r]
+    assert [r for r in role_admission["rules"] if r not in pinned] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingadmissionpolicies"],
+            "verbs": ["get", "create", "patch", "delete"],
+        },
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingadmissionpolicybindings"],
+            "verbs": ["create", "patch", "delete"],
+        },
+    ]
+    names = {n for rule in pinned for n in rule["resourceNames"]}
     bindings = {
         o["metadata"]["name"]
         for o in objects
@@ -356,6 +371,32 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
         (r"patch_namespaced_custom_object_status",),
     ),
     ("permafrost.dev", "guardrailpolicies", "list"): ("kube.py", (r"list_cluster_custom_object",)),
+    ("permafrost.dev", "guardrailpolicies/status", "patch"): (
+        "kube.py",
+        (r"patch_cluster_custom_object_status",),
+    ),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicies", "get"): (
+        "kube.py",
+        (r"api\.read_validating_admission_policy,",),
+    ),
+    **{
+        ("admissionregistration.k8s.io", plural, "delete"): (
+            "kube.py",
+            (rf'"{kind}": "{suffix}"', r'f"delete_\{suffix\}"'),
+        )
+        for plural, kind, suffix in (
+            (
+                "validatingadmissionpolicies",
+                "ValidatingAdmissionPolicy",
+                "validating_admission_policy",
+            ),
+            (
+                "validatingadmissionpolicybindings",
+                "ValidatingAdmissionPolicyBinding",
+                "validating_admission_policy_binding",
+            ),
+        )
+    },
     ("permafrost.dev", "guardrailpolicies", "watch"): (
         "handlers.py",
         (r"on\.event\(models\.GROUP, models\.VERSION, models\.POLICY_PLURAL\)",),

@@ -35,7 +35,7 @@ import kopf
 
 from permafrost import kube, metrics, models
 from permafrost.guards import admission, certs, sessions
-from permafrost.policies import checking, policy, store
+from permafrost.policies import checking, compiler, policy, store
 from permafrost.releases import conditions
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class Options:
     namespace: str = "permafrost-system"  # where the TLS Secret lives; excluded from webhooks
     tls_secret: str | None = None  # a user-supplied Secret (cert-manager): tls.crt, tls.key, ca.crt
     tls_dir: str | None = None  # the same files, from a Secret mounted as a volume
+    # Create-stage GuardrailPolicies compiled into ValidatingAdmissionPolicies (see
+    # policies/compiler.py); off: the webhook judges them all.
+    compile_policies: bool = True
     settings: admission.Settings = dataclasses.field(default_factory=admission.Settings)
     threaded: bool = True  # the server on a loop and thread of its own (see :class:`Server`)
 
@@ -981,8 +984,10 @@ def _policies_at_create(
     """The create-stage GuardrailPolicies on an object being admitted (no network calls), and
     the violated rules."""
     subject = checking.subject_of(body, namespace=store.STORE.namespace(namespace))
+    # NB: a policy compiled into a ValidatingAdmissionPolicy was judged by the apiserver
+    # already (it runs policies before webhooks): judging it again here would only cost time.
     verdict = policy.evaluate(
-        store.STORE.policies(),
+        store.STORE.admission_policies(),
         stage="create",
         subject=subject,
         now=datetime.datetime.now(datetime.UTC),
@@ -1074,6 +1079,121 @@ async def guardrail_policy(**kwargs: Any) -> None:
             ) from None
         if not kwargs.get("dryrun"):
             metrics.count_admission(webhook="policies", reason=POLICY_COMPILED, allowed=True)
+
+
+# --- create-stage policies compiled into the apiserver -----------------------------------------
+
+# How long the apiserver may take to type-check a compiled policy before the attempt is retried.
+TYPE_CHECK_SECONDS = 15.0
+TYPE_CHECK_INTERVAL = 0.2
+# NB: the apiserver picks a new binding up from its informer: the status that lets the webhook
+# skip the policy is written a moment later, so that the two never both leave it unjudged.
+BINDING_SETTLE_SECONDS = 1.0
+
+
+def compile_outcome(
+    options: Options, body: Mapping[str, Any]
+) -> compiler.Compiled | compiler.NotCompiled:
+    """What the GuardrailPolicy ``body`` compiles to with these options (pure)."""
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    try:
+        spec = models.GuardrailPolicySpec.model_validate(dict(body.get("spec") or {}))
+    except ValueError as exc:
+        return compiler.NotCompiled(compiler.DOES_NOT_COMPILE, f"policy {name!r}: {exc}")
+    outcome = compiler.compile_policy(
+        name,
+        spec,
+        uid=str(meta.get("uid") or ""),
+        exempt_users=options.settings.exempt_users,
+        excluded_namespaces=options.settings.excluded_namespaces,
+    )
+    if isinstance(outcome, compiler.Compiled) and not options.compile_policies:
+        return compiler.NotCompiled(
+            compiler.COMPILATION_DISABLED,
+            "policy compilation is off (permafrost run --no-compile-policies): the webhook "
+            "judges it",
+        )
+    return outcome
+
+
+async def _remove_compiled(name: str, *, keep: Sequence[str] = ()) -> None:
+    """Delete what was compiled from the policy ``name`` (but the objects named in ``keep``)."""
+    for binding in compiler.binding_names(name):
+        if binding not in keep:
+            await kube.delete_cluster_object(kind="ValidatingAdmissionPolicyBinding", name=binding)
+    if compiler.policy_name(name) not in keep:
+        await kube.delete_cluster_object(
+            kind="ValidatingAdmissionPolicy", name=compiler.policy_name(name)
+        )
+
+
+async def _install(compiled: compiler.Compiled) -> compiler.Compiled | compiler.NotCompiled:
+    """Apply the compiled policy; bind it only once the apiserver type-checked it clean."""
+    refused = await kube.apply_or_refusal(compiled.policy)
+    if refused is not None:
+        return compiler.NotCompiled(
+            compiler.REJECTED_BY_APISERVER, f"the apiserver refused {compiled.name}: {refused}"
+        )
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + TYPE_CHECK_SECONDS
+    while True:
+        warnings = compiler.type_warnings(await kube.read_admission_policy(compiled.name))
+        if warnings is not None:
+            break
+        if loop.time() >= give_up:
+            raise kopf.TemporaryError(f"{compiled.name} was not type-checked in time", delay=5)
+        await asyncio.sleep(TYPE_CHECK_INTERVAL)
+    if warnings:
+        return compiler.NotCompiled(
+            compiler.TYPE_CHECK_WARNINGS,
+            f"the apiserver's type check of {compiled.name} warns: " + "; ".join(warnings),
+        )
+    for binding in compiled.bindings:
+        refused = await kube.apply_or_refusal(binding)
+        if refused is not None:
+            return compiler.NotCompiled(
+                compiler.REJECTED_BY_APISERVER,
+                f"the apiserver refused {binding['metadata']['name']}: {refused}",
+            )
+    await _remove_compiled(
+        compiled.policy["metadata"]["labels"][compiler.LABEL_POLICY],
+        keep=[compiled.name, *(b["metadata"]["name"] for b in compiled.bindings)],
+    )
+    await asyncio.sleep(BINDING_SETTLE_SECONDS)
+    return compiled
+
+
+async def sync_compiled_policy(
+    options: Options, *, name: str, body: Mapping[str, Any] | None
+) -> None:
+    """Make the apiserver judge the GuardrailPolicy ``name`` (``body`` as last seen; ``None``:
+    deleted) if it compiles, else remove what was compiled from it; then say so in its status.
+
+    NB: the compiled objects are owned by the policy (the garbage collector removes them too);
+    they are deleted here at once, so that a deleted policy stops judging immediately.
+    """
+    if body is None:
+        await _remove_compiled(name)
+        return
+    outcome = compile_outcome(options, body)
+    if isinstance(outcome, compiler.Compiled):
+        outcome = await _install(outcome)
+    if not isinstance(outcome, compiler.Compiled):
+        await _remove_compiled(name)
+        if outcome.reason not in (compiler.NO_CREATE_STAGE, compiler.NOT_ADMITTED):
+            logger.info("GuardrailPolicy %s stays on the webhook: %s", name, outcome.message)
+    else:
+        logger.info("GuardrailPolicy %s is enforced by %s", name, outcome.name)
+    current = body.get("status") or {}
+    wanted = compiler.status(
+        outcome=outcome,
+        generation=(body.get("metadata") or {}).get("generation"),
+        previous=current,
+        now=datetime.datetime.now(datetime.UTC),
+    )
+    if not compiler.same_status(current, wanted):
+        await kube.patch_policy_status(name=name, status=wanted)
 
 
 def _occurrence(request: admission.Request, decision: admission.Decision) -> str | None:

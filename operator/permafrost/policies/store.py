@@ -56,6 +56,9 @@ class Store:
     # Namespaces being deleted: nothing is planned there any more (the garbage collector and the
     # namespace controller remove everything, and what the operator may read goes first).
     terminating: set[str] = dataclasses.field(default_factory=set)
+    # Policies whose current generation their compiled ValidatingAdmissionPolicy judges (as
+    # their status says): the webhook leaves them to the apiserver. Replaced, never mutated.
+    in_apiserver: frozenset[str] = frozenset()
 
     def put_policy(self, name: str, spec: Mapping[str, Any]) -> str | None:
         """Compile and keep a policy; returns the compile error, if any (kept as broken)."""
@@ -71,6 +74,14 @@ class Store:
     def forget_policy(self, name: str) -> None:
         self.library.forget(name)
         self._unbreak(name)
+        self.enforced_in_apiserver(name, False)
+
+    def enforced_in_apiserver(self, name: str, compiled: bool) -> None:
+        """Record whether the apiserver judges the policy ``name`` (its compiled VAP)."""
+        if compiled != (name in self.in_apiserver):
+            self.in_apiserver = (
+                self.in_apiserver | {name} if compiled else self.in_apiserver - {name}
+            )
 
     def _unbreak(self, name: str) -> None:
         if name in self.broken:
@@ -78,6 +89,11 @@ class Store:
 
     def policies(self) -> list[policy.Policy]:
         return [*self.library.policies(), *self.broken.values()]
+
+    def admission_policies(self) -> list[policy.Policy]:
+        """The policies the webhook judges: all but those the apiserver judges itself."""
+        skipped = self.in_apiserver
+        return [p for p in self.policies() if p.name not in skipped]
 
     def namespace(self, name: str) -> dict[str, Any]:
         return {"name": name, "labels": dict(self.namespaces.get(name, {}))}

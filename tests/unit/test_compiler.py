@@ -1,0 +1,382 @@
+"""GuardrailPolicies compiled into ValidatingAdmissionPolicies (``policies/compiler.py``)."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+from typing import Any
+
+import pytest
+import yaml
+
+from permafrost import models
+from permafrost.policies import compiler, policy, store
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+LIBRARY = {
+    doc["metadata"]["name"]: doc
+    for path in sorted((ROOT / "deploy" / "policies").glob("*.yaml"))
+    for doc in yaml.safe_load_all(path.read_text())
+    if doc and doc.get("kind") == models.POLICY_KIND
+}
+CREATE_STAGE = sorted(n for n, d in LIBRARY.items() if "create" in d["spec"]["stages"])
+UID = "0f1e2d3c-0000-4000-8000-000000000001"
+NOW = datetime.datetime(2026, 6, 1, 12, tzinfo=datetime.UTC)
+
+
+def spec(**fields: Any) -> models.GuardrailPolicySpec:
+    fields.setdefault("stages", ["create"])
+    fields.setdefault("rules", [{"name": "r", "expression": "true"}])
+    return models.GuardrailPolicySpec.model_validate(fields)
+
+
+def compiled(name: str = "p", **fields: Any) -> compiler.Compiled:
+    outcome = compiler.compile_policy(
+        name,
+        spec(**fields),
+        uid=UID,
+        exempt_users=["system:serviceaccount:permafrost-system:permafrost"],
+        excluded_namespaces=["kube-system", "permafrost-system"],
+    )
+    assert isinstance(outcome, compiler.Compiled), outcome
+    return outcome
+
+
+def not_compiled(**fields: Any) -> compiler.NotCompiled:
+    outcome = compiler.compile_policy("p", spec(**fields), uid=UID)
+    assert isinstance(outcome, compiler.NotCompiled), outcome
+    return outcome
+
+
+def run(expression: str, variables: dict[str, Any]) -> Any:
+    """Evaluate CEL with Permafrost's engine (the same engine, to compare translations)."""
+    program = policy._compile("t", "t", "expression", expression)
+    return program.execute(policy._prepared(variables))
+
+
+# --- the library ---------------------------------------------------------------------------
+
+
+def test_every_create_stage_policy_of_the_library_compiles() -> None:
+    assert CREATE_STAGE  # NB: the library has create-stage policies to compile
+    for name in CREATE_STAGE:
+        body = LIBRARY[name]
+        outcome = compiler.compile_policy(
+            name, models.GuardrailPolicySpec.model_validate(body["spec"]), uid=UID
+        )
+        assert isinstance(outcome, compiler.Compiled), (name, outcome)
+        assert len(outcome.policy["spec"]["validations"]) == len(body["spec"]["rules"])
+
+
+def test_promote_only_policies_have_nothing_to_compile() -> None:
+    for name, body in LIBRARY.items():
+        if "create" in body["spec"]["stages"]:
+            continue
+        outcome = compiler.compile_policy(
+            name, models.GuardrailPolicySpec.model_validate(body["spec"]), uid=UID
+        )
+        assert isinstance(outcome, compiler.NotCompiled), name
+        assert outcome.reason == compiler.NO_CREATE_STAGE
+
+
+# --- names, owner, modes, kinds --------------------------------------------------------------
+
+
+def test_names_labels_and_owner() -> None:
+    out = compiled("team-images")
+    assert out.name == "permafrost-policy-team-images"
+    assert [b["metadata"]["name"] for b in out.bindings] == [
+        "permafrost-policy-team-images-releases",
+        "permafrost-policy-team-images-workloads",
+    ]
+    for body in out.manifests():
+        meta = body["metadata"]
+        assert meta["labels"] == {
+            "app.kubernetes.io/managed-by": "permafrost",
+            compiler.LABEL_POLICY: "team-images",
+        }
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "permafrost.dev/v1alpha1",
+                "kind": "GuardrailPolicy",
+                "name": "team-images",
+                "uid": UID,
+                "controller": True,
+            }
+        ]
+    assert all(b["spec"]["policyName"] == out.name for b in out.bindings)
+
+
+@pytest.mark.parametrize(
+    ("enforcement", "actions"),
+    [("Enforce", ["Deny", "Audit"]), ("Warn", ["Warn", "Audit"]), ("Audit", ["Audit"])],
+)
+def test_modes_map_to_validation_actions(enforcement: str, actions: list[str]) -> None:
+    out = compiled(enforcement=enforcement)
+    assert [b["spec"]["validationActions"] for b in out.bindings] == [actions, actions]
+
+
+def test_kinds_choose_the_bindings() -> None:
+    releases = compiled(match={"kinds": ["GuardedRelease", "Pod"]})
+    assert [b["metadata"]["name"][-8:] for b in releases.bindings] == ["releases"]
+    assert releases.policy["spec"]["matchConstraints"]["resourceRules"] == [compiler.RELEASES]
+    workloads = compiled(match={"kinds": ["StatefulSet", "Deployment"]})
+    assert [b["metadata"]["name"][-9:] for b in workloads.bindings] == ["workloads"]
+    assert workloads.policy["spec"]["matchConstraints"]["resourceRules"] == [
+        {
+            "apiGroups": ["apps"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["deployments", "statefulsets"],
+        }
+    ]
+    assert not_compiled(match={"kinds": ["Pod"]}).reason == compiler.NOT_ADMITTED
+    assert not_compiled(stages=["build", "promote"]).reason == compiler.NO_CREATE_STAGE
+
+
+def test_where_the_webhook_judges_is_where_the_bindings_match() -> None:
+    out = compiled(match={"namespaceSelector": {"matchLabels": {"team": "pay"}}})
+    releases, workloads = (b["spec"]["matchResources"] for b in out.bindings)
+    excluded = {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": ["kube-system", "permafrost-system"],
+    }
+    assert releases["namespaceSelector"] == {
+        "matchLabels": {"team": "pay"},
+        "matchExpressions": [excluded],
+    }
+    assert "objectSelector" not in releases
+    assert workloads["namespaceSelector"] == {
+        "matchLabels": {"team": "pay"},
+        "matchExpressions": [
+            excluded,
+            {"key": "permafrost.dev/enforce", "operator": "In", "values": ["true"]},
+        ],
+    }
+    assert workloads["objectSelector"] == {
+        "matchExpressions": [{"key": "permafrost.dev/release", "operator": "DoesNotExist"}]
+    }
+
+
+def test_exempt_users_are_a_match_condition() -> None:
+    conditions = compiled().policy["spec"]["matchConditions"]
+    assert conditions == [
+        {
+            "name": "not-exempt",
+            "expression": "!(request.userInfo.username in "
+            '["system:serviceaccount:permafrost-system:permafrost"])',
+        }
+    ]
+    assert "matchConditions" not in not_compiled_or_bare().policy["spec"]
+
+
+def not_compiled_or_bare() -> compiler.Compiled:
+    outcome = compiler.compile_policy("p", spec(), uid=UID)
+    assert isinstance(outcome, compiler.Compiled)
+    return outcome
+
+
+SELECTORS = [
+    {"matchLabels": {"tier": "web"}},
+    {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["web", "api"]}]},
+    {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["web"]}]},
+    {"matchExpressions": [{"key": "tier", "operator": "Exists"}]},
+    {"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]},
+    {
+        "matchLabels": {"app": "shop"},
+        "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}],
+    },
+    {},
+]
+LABELS = [None, {}, {"tier": "web"}, {"tier": "db"}, {"tier": "api", "app": "shop"},
+          {"app": "shop"}, {"app": "other", "tier": "web"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_the_object_selector_condition_matches_as_permafrost_does(
+    selector: dict[str, Any],
+) -> None:
+    out = compiled(match={"objectSelector": selector})
+    condition = out.policy["spec"]["matchConditions"][-1]
+    assert condition["name"] == "object-selector"
+    parsed = models.LabelSelector.model_validate(selector)
+    for labels in LABELS:
+        metadata = {"name": "x"} if labels is None else {"name": "x", "labels": labels}
+        got = run(condition["expression"], {"object": {"metadata": metadata}})
+        assert got is policy.selects(parsed, labels or {}), (selector, labels)
+
+
+# --- the rules -----------------------------------------------------------------------------
+
+
+def test_variables_are_read_from_the_compiled_variables() -> None:
+    expression = (
+        "podSpec.containers.all(c, c.image != 'podSpec') && object.podSpec == 1 "
+        "&& namespaceObject.metadata.name != '' && artifact == null // podSpec"
+    )
+    assert compiler.translate(expression, policy_name="p", rule="r") == (
+        "variables.podSpec.containers.all(c, c.image != 'podSpec') && object.podSpec == 1 "
+        "&& variables.namespaceObject.metadata.name != '' && variables.artifact == null // podSpec"
+    )
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason", "says"),
+    [
+        ("now > timestamp('2026-01-01T00:00:00Z')", compiler.READS_THE_CLOCK, "reads now"),
+        ("request.operation == 'CREATE'", compiler.UNKNOWN_VARIABLE, "request"),
+        ("params.x == 1", compiler.UNKNOWN_VARIABLE, "params"),
+        ("team == 'x'", compiler.UNKNOWN_VARIABLE, "team"),
+        ("object.metadata.name.lowerAscii() == 'x'", compiler.UNSUPPORTED_FUNCTION, "lowerAscii"),
+        ("max(1, 2) == 2", compiler.UNSUPPORTED_FUNCTION, "max"),
+        ("[1].all(podSpec, podSpec > 0)", compiler.SHADOWED_VARIABLE, "podSpec"),
+    ],
+)
+def test_what_does_not_compile_says_why(expression: str, reason: str, says: str) -> None:
+    outcome = not_compiled(rules=[{"name": "r", "expression": expression}])
+    assert outcome.reason == reason
+    assert says in outcome.message
+    assert "rule 'r'" in outcome.message
+
+
+def test_a_broken_policy_does_not_compile() -> None:
+    outcome = not_compiled(rules=[{"name": "r", "expression": "podSpec.("}])
+    assert outcome.reason == compiler.DOES_NOT_COMPILE
+
+
+def test_messages_name_the_policy_and_rule_and_hold_no_line_breaks() -> None:
+    out = compiled(
+        "p",
+        rules=[
+            {"name": "a", "expression": "false", "message": "first line\nsecond line"},
+            {"name": "b", "expression": "false", "messageExpression": "'image ' + podSpec.x"},
+            {"name": "c", "expression": "false"},
+        ],
+    )
+    a, b, c = out.policy["spec"]["validations"]
+    assert a["message"] == "p/a: first line second line"
+    assert b["messageExpression"] == "\"p/b: \" + ('image ' + variables.podSpec.x)"
+    assert c["message"] == "p/c: rule c of policy p is not satisfied"
+    assert {v["reason"] for v in (a, b, c)} == {"Forbidden"}
+
+
+def _cluster_variables(obj: dict[str, Any], namespace: dict[str, Any]) -> dict[str, Any]:
+    """What the compiled policy's variables hold for ``obj``, evaluated with the same CEL."""
+    vap_env = {"object": obj, "namespaceObject": namespace}
+    return {
+        name: run(expression.replace("dyn(", "("), vap_env)
+        for name, expression in compiler.VARIABLES.items()
+    }
+
+
+WORKLOAD = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "web", "namespace": "shop", "labels": {"tier": "web"}},
+    "spec": {
+        "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {
+                "securityContext": {"runAsNonRoot": True},
+                "containers": [
+                    {"name": "web", "image": "registry.example/web:1.0@sha256:" + "a" * 64},
+                    {"name": "proxy", "image": "nginx:latest", "securityContext": {
+                        "privileged": True, "runAsNonRoot": False}},
+                ],
+                "volumes": [{"name": "sock", "hostPath": {"path": "/run"}}],
+            },
+        }
+    },
+}  # fmt: skip
+NAMESPACE = {
+    "metadata": {
+        "name": "shop",
+        "labels": {"kubernetes.io/metadata.name": "shop", "permafrost.dev/enforce": "true"},
+        "annotations": {"owner": "team"},
+    }
+}
+
+
+@pytest.mark.parametrize("name", CREATE_STAGE)
+@pytest.mark.parametrize("obj", [WORKLOAD, {**WORKLOAD, "spec": {"template": {"spec": {}}}}])
+def test_translated_rules_give_permafrosts_verdicts(name: str, obj: dict[str, Any]) -> None:
+    """Each library rule, translated, gives the same result and message over the compiled
+    variables as the original over Permafrost's (the same engine: the translation alone)."""
+    body = LIBRARY[name]
+    out = compiler.compile_policy(
+        name, models.GuardrailPolicySpec.model_validate(body["spec"]), uid=UID
+    )
+    assert isinstance(out, compiler.Compiled)
+    ns = {"name": "shop", "labels": NAMESPACE["metadata"]["labels"]}
+    original = policy.context(policy.Subject(object=obj, namespace=ns), now=NOW)
+    translated = {"object": obj, "variables": _cluster_variables(obj, NAMESPACE)}
+    for rule, validation in zip(
+        body["spec"]["rules"], out.policy["spec"]["validations"], strict=True
+    ):
+        want = run(rule["expression"], original)
+        assert run(validation["expression"], translated) == want, (name, rule["name"])
+        if "messageExpression" in validation and want is False:
+            message = run(validation["messageExpression"], translated)
+            assert message == f"{name}/{rule['name']}: " + run(rule["messageExpression"], original)
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+def test_status_says_where_the_policy_is_enforced() -> None:
+    out = compiled("p")
+    status = compiler.status(outcome=out, generation=3, previous=None, now=NOW)
+    assert status["enforcedBy"] == "apiserver"
+    assert status["admissionPolicy"] == "permafrost-policy-p"
+    assert status["observedGeneration"] == 3
+    [condition] = status["conditions"]
+    assert condition["type"] == "Compiled"
+    assert condition["status"] == "True"
+    assert condition["reason"] == compiler.COMPILED
+    assert condition["observedGeneration"] == 3
+    body = {"metadata": {"generation": 3}, "status": status}
+    assert compiler.enforced_in_apiserver(body)
+    assert not compiler.enforced_in_apiserver({**body, "metadata": {"generation": 4}})
+    assert compiler.same_status(status, status)
+    later = compiler.status(outcome=out, generation=3, previous=status, now=NOW.replace(hour=13))
+    assert later == status  # NB: no flip, no new transition time: nothing to write
+
+    refused = compiler.NotCompiled(compiler.READS_THE_CLOCK, "it reads now")
+    after = compiler.status(outcome=refused, generation=4, previous=status, now=NOW)
+    assert after["enforcedBy"] == "webhook"
+    assert after["admissionPolicy"] is None
+    assert after["conditions"][0]["status"] == "False"
+    assert after["conditions"][0]["reason"] == "ReadsTheClock"
+    assert not compiler.enforced_in_apiserver({"metadata": {"generation": 4}, "status": after})
+    assert not compiler.same_status(status, after)
+    promote = compiler.NotCompiled(compiler.NO_CREATE_STAGE, "none")
+    assert (
+        compiler.status(outcome=promote, generation=1, previous=None, now=NOW)["enforcedBy"] is None
+    )
+
+
+def test_type_warnings_are_read_only_for_the_current_generation() -> None:
+    vap = {"metadata": {"generation": 2}, "status": {"observedGeneration": 1, "typeChecking": {}}}
+    assert compiler.type_warnings(None) is None
+    assert compiler.type_warnings(vap) is None
+    vap["status"] = {"observedGeneration": 2, "typeChecking": {}}
+    assert compiler.type_warnings(vap) == []
+    vap["status"]["typeChecking"] = {
+        "expressionWarnings": [{"fieldRef": "spec.validations[0].expression", "warning": "no"}]
+    }
+    assert compiler.type_warnings(vap) == ["spec.validations[0].expression: no"]
+
+
+def test_the_webhook_leaves_policies_the_apiserver_judges() -> None:
+    policies = store.Store()
+    for name in ("a", "b"):
+        assert policies.put_policy(name, spec().to_json()) is None
+    policies.enforced_in_apiserver("a", True)
+    assert [p.name for p in policies.admission_policies()] == ["b"]
+    assert [p.name for p in policies.policies()] == ["a", "b"]  # NB: the operator judges all
+    policies.enforced_in_apiserver("a", False)
+    assert [p.name for p in policies.admission_policies()] == ["a", "b"]
+    policies.enforced_in_apiserver("b", True)
+    policies.forget_policy("b")
+    assert policies.in_apiserver == frozenset()
