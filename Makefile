@@ -36,10 +36,10 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed ## create .venv with the project and its dev tools
 
 .PHONY: binaries
-binaries: ## build the cluster's binaries and Argo CD's (cached in ~/.cache/permafrost); the real node's and the image builder's too, if it runs here
-	@if [ "$$(hack/cluster.sh real-node)" = 1 ]; then hack/node.sh deps && hack/build-binaries.sh node argocd \
+binaries: ## build the cluster's binaries, Argo CD's and Prometheus (cached in ~/.cache/permafrost); the real node's and the image builder's too, if it runs here
+	@if [ "$$(hack/cluster.sh real-node)" = 1 ]; then hack/node.sh deps && hack/build-binaries.sh node argocd prometheus \
 	  && hack/build-binaries.sh buildkit && hack/operator-image.sh deps; \
-	else echo "no real node: $$(hack/cluster.sh real-node)"; hack/build-binaries.sh argocd; fi
+	else echo "no real node: $$(hack/cluster.sh real-node)"; hack/build-binaries.sh argocd prometheus; fi
 
 .PHONY: lint
 lint: venv ## ruff (lint and format check)

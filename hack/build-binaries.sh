@@ -14,7 +14,9 @@
 #     argocd (-application-controller, -repo-server) + its CRDs         (github.com/argoproj/argo-cd/v3)
 #     kustomize                                                         (sigs.k8s.io/kustomize/kustomize/v5)
 #     and redis-server from Debian (apt-get, where it can)
-#   (node and argocd combine: hack/build-binaries.sh node argocd)
+#   hack/build-binaries.sh prometheus  Prometheus for the tests of metric gates, as well:
+#     prometheus (Kubernetes service discovery only; no web UI assets)  (github.com/prometheus/prometheus)
+#   (node, argocd and prometheus combine: hack/build-binaries.sh node argocd prometheus)
 #   hack/build-binaries.sh buildkit the image builder of `make image`, only:
 #     buildkitd, buildctl                                               (github.com/moby/buildkit)
 #
@@ -116,14 +118,36 @@ build_module_tool() {
   local work; work=$(mktemp -d "${TMPDIR:-/tmp}/permafrost-$name.XXXXXX")
   (cd "$work" && go mod init "permafrost.dev/hack/${name}-build" >/dev/null 2>&1 && log "$name ${version}: resolving" && go get "${module}@${version}" 2>&1 | grep -v '^go: \(downloading\|added\)' >&2 || true)
   mkdir -p "$dest.partial"
+  local start=$SECONDS
   for pb in "$@"; do
-    log "$name ${version}: building ${pb##*:}"
-    # NB: BUILD_TAGS (space-separated) is for modules whose optional parts need cgo or libraries;
-    # VERSION_LDFLAGS for those that stamp their version at link time.
-    (cd "$work" && go build -trimpath -tags "${BUILD_TAGS:-}" -ldflags "-s -w ${VERSION_LDFLAGS:-}" -o "$dest.partial/${pb##*:}" "${pb%%:*}")
+    go_build "$name ${version}" "$work" "$dest.partial/${pb##*:}" "${pb%%:*}"
   done
   rm -rf "$dest"; mv "$dest.partial" "$dest"; rm -rf "$work"
-  log "$name ${version}: done -> $dest"
+  log "$name ${version}: done in $((SECONDS - start))s -> $dest"
+}
+
+go_build() {
+  # go_build LABEL WORK OUT PKG: builds PKG in the module at WORK into OUT, printing how far it
+  # got every 30 s: a build of a large module takes minutes on a cold cache, and is no hang.
+  # NB: BUILD_TAGS (space-separated) is for modules whose optional parts need cgo or libraries
+  # (or can be left out); VERSION_LDFLAGS for those that stamp their version at link time.
+  local label=$1 work=$2 out=$3 pkg=$4 start=$SECONDS
+  local buildlog; buildlog="$work/build-$(basename "$out").log"
+  local total; total=$(cd "$work" && go list -tags "${BUILD_TAGS:-}" -deps "$pkg" 2>/dev/null | wc -l)
+  log "$label: building ${out##*/} ($total packages)"
+  (cd "$work" && go build -v -trimpath -tags "${BUILD_TAGS:-}" -ldflags "-s -w ${VERSION_LDFLAGS:-}" \
+    -o "$out" "$pkg" 2>"$buildlog") &
+  local pid=$! rc=0 next=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if [ "$SECONDS" -ge "$next" ] && kill -0 "$pid" 2>/dev/null; then
+      # NB: go build -v names each package it compiles; the cached ones it does not.
+      log "$label: ${out##*/}: $(grep -c '^[a-z]' "$buildlog" || true)/$total packages compiled, $((SECONDS - start))s"
+      next=$((SECONDS + 30))
+    fi
+  done
+  wait "$pid" || rc=$?
+  if [ "$rc" != 0 ]; then grep -v '^[a-z][^ ]*$' "$buildlog" | tail -40 >&2; die "building ${out##*/} ($label) failed"; fi
 }
 
 build_argocd() {
@@ -219,17 +243,36 @@ install_redis() {
   fi
 }
 
+build_prometheus() {
+  # Prometheus's server, with only the service discovery the tests use (Kubernetes; file, HTTP
+  # and static configs are always in) and without the web UI's assets: the HTTP API is all the
+  # tests and the gates need. NB: both halve what it compiles (the cloud SDKs of the other
+  # discoveries), and upstream supports both tags.
+  local release; release=$(prometheus_release "$PROMETHEUS_VERSION")
+  BUILD_TAGS="netgo remove_all_sd enable_kubernetes_sd" \
+  VERSION_LDFLAGS="-X github.com/prometheus/common/version.Version=${release} -X github.com/prometheus/common/version.Branch=v${release}" \
+    build_module_tool prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus \
+    "github.com/prometheus/prometheus/cmd/prometheus:prometheus"
+}
+
+# prometheus_release v0.316.0 -> 3.16.0: the Go module's versions are v0.<major*100+minor>.<patch>.
+prometheus_release() {
+  local v=${1#v0.}; local mm=${v%%.*}
+  echo "$((mm / 100)).$((mm % 100)).${v#*.}"
+}
+
 K8S_CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 K8S_NODE=(kubelet kube-proxy)
 
 main() {
-  local with_node=0 with_argocd=0 with_buildkit=0 arg
+  local with_node=0 with_argocd=0 with_buildkit=0 with_prometheus=0 arg
   for arg in "$@"; do
     case "$arg" in
       node) with_node=1 ;;
       argocd) with_argocd=1 ;;
+      prometheus) with_prometheus=1 ;;
       buildkit) with_buildkit=1 ;;
-      *) die "usage: $0 [node] [argocd] | buildkit" ;;
+      *) die "usage: $0 [node] [argocd] [prometheus] | buildkit" ;;
     esac
   done
   mkdir -p "$CACHE_ROOT"
@@ -277,6 +320,7 @@ main() {
     build_argocd
     install_redis
   fi
+  if [ "$with_prometheus" = 1 ]; then build_prometheus; fi
   log "all binaries ready in $((SECONDS - start))s under $CACHE_ROOT"
 }
 

@@ -16,6 +16,7 @@ from typing import Any, Self
 import pytest
 
 import oci_registry
+import prometheus_harness
 from argocd_harness import ArgoCD, Binaries, GitRepo
 from argocd_harness import binaries as argocd_binaries
 from k8s_harness import ROOT, Cluster, RealNode, real_node_reason, to_yaml, wait_for
@@ -492,3 +493,24 @@ def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real OCI registry on loopback (tests/oci_registry.py): ``HOST:PORT``."""
     with oci_registry.serve(tmp_path_factory.mktemp("registry")) as host:
         yield host
+
+
+# --- Prometheus (tests/prometheus_harness.py) ---------------------------------------------------
+@pytest.fixture(scope="session")
+def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus for the session, scraping every 2 s the pods whose template carries
+    ``prometheus_harness.SCRAPE_ANNOTATIONS`` (the demo app's ``/metrics``); yields its base URL
+    (``http://127.0.0.1:PORT``, reachable from the tests and from the operator they start) and
+    stops it at the end. The test skips, saying why, where Prometheus is not built; the pods it
+    scrapes run on the real node (``real_node`` fixture)."""
+    binary = prometheus_harness.binary()
+    if isinstance(binary, str):
+        pytest.skip(f"needs Prometheus: {binary}")
+    instance = prometheus_harness.Prometheus(
+        binary, tmp_path_factory.mktemp("prometheus"), kubeconfig=cluster.kubeconfig
+    )
+    try:
+        instance.start()
+        yield instance.url
+    finally:
+        instance.stop()
