@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import prometheus_harness
 from conftest import Background, Operator, release, status, wait_phase
 from k8s_harness import Cluster, KubectlError, RealNode, condition, wait_for
 
@@ -324,3 +325,115 @@ def test_analysis_after_promotion_switches_traffic_back_when_a_gate_fails(
         return not pods["items"]
 
     wait_for(scaled_down, timeout=60, interval=0.5, what="the failed revision scaled to 0")
+
+
+# The error ratio of the revision measured, from its own pods' counters ({{revision}} is the
+# revision's hash); before two scrapes of it there is no rate: NoData, an Inconclusive
+# measurement, never a success.
+ERROR_RATIO = (
+    'sum(rate(demo_http_requests_total{revision="{{revision}}",code="500"}[10s]))'
+    ' / sum(rate(demo_http_requests_total{revision="{{revision}}"}[10s]))'
+)
+
+
+class Load(Background):
+    """Requests to a Service's cluster IP, about 20 a second, for the duration of the block
+    (the candidate's traffic, as a load tester sends it through the preview)."""
+
+    def __init__(self, cluster: Cluster, namespace: str, service: str) -> None:
+        super().__init__()
+        self.cluster, self.namespace, self.service = cluster, namespace, service
+        self.codes: dict[int, int] = {}
+
+    def _run(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        while not self._stop.is_set():
+            svc = self.cluster.get("service", self.service, namespace=self.namespace) or {}
+            ip = (svc.get("spec") or {}).get("clusterIP")
+            if ip:
+                try:
+                    with urllib.request.urlopen(f"http://{ip}/", timeout=2) as answer:
+                        code = answer.status
+                except urllib.error.HTTPError as exc:
+                    code = exc.code
+                except OSError:
+                    code = 0
+                self.codes[code] = self.codes.get(code, 0) + 1
+            self._stop.wait(0.05)
+
+
+@pytest.mark.real_node
+def test_a_prometheus_gate_fails_a_revision_whose_own_error_ratio_is_too_high(
+    crds: Cluster,
+    namespace: str,
+    operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+    prometheus: str,
+) -> None:
+    """A real Prometheus scrapes the real pods; load goes through the preview Service. v1's
+    error ratio is 0: its gate passes and it is promoted. v2 answers 20% 500s while Ready: its
+    own ratio (its pods' series only, named by ``{{revision}}``) is about 0.2, the gate fails,
+    it is rolled back and never takes traffic."""
+    v1, v2 = demo_images["v1"], demo_images["v2"]
+    gate = {
+        "name": "errors",
+        "prometheus": {
+            "address": prometheus,
+            "query": ERROR_RATIO,
+            "successCondition": "result < 0.05",
+            "timeoutSeconds": 2,
+        },
+        "count": 6,
+        "intervalSeconds": 3,
+        "failureLimit": 0,
+        # NB: the first measurements may come before Prometheus has two scrapes of the pod.
+        "inconclusiveLimit": 4,
+    }
+
+    def measured(image: str, **env: str) -> dict[str, Any]:
+        body = manifest(real_node, image, **env)
+        body["spec"]["rollout"]["progressDeadlineSeconds"] = 90
+        body["spec"]["rollout"]["gates"] = [gate]
+        body["spec"]["template"]["metadata"]["annotations"] = dict(
+            prometheus_harness.SCRAPE_ANNOTATIONS
+        )
+        return body
+
+    with Load(crds, namespace, PREVIEW):
+        crds.apply(measured(v1), namespace=namespace)
+        st = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "Stable" and s,
+            timeout=150,
+            interval=0.5,
+            what="v1 promoted after its Prometheus gate",
+        )
+    first = st["stableRevision"]
+    errors = gates_of(st, first)["errors"]
+    assert errors["verdict"] == "Passed", errors
+    assert errors["failed"] == 0, errors
+    passed = [m for m in errors["measurements"] if m["phase"] == "Successful"]
+    assert passed, errors
+    assert all(float(m["value"]) < 0.05 for m in passed), errors
+
+    with SelectorLog(crds, namespace, NAME) as service_log, Load(crds, namespace, PREVIEW) as load:
+        crds.apply(measured(v2, APP_VERSION="v2-errors", ERROR_RATE="0.2"), namespace=namespace)
+        st = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "RolledBack" and s,
+            timeout=150,
+            interval=0.5,
+            what="v2 rolled back by its Prometheus gate",
+        )
+    bad = st["desiredRevision"]
+    assert bad != first
+    assert st["stableRevision"] == first, st
+    assert service_log.seen == [first], service_log.seen  # v2 never took traffic
+    assert load.codes.get(500), load.codes  # the load did reach v2's 500s through the preview
+    rolled_back = condition({"status": st}, "RolledBack") or {}
+    assert rolled_back.get("reason") == "GateFailed", rolled_back
+    errors = gates_of(st, bad)["errors"]
+    assert errors["verdict"] == "Failed", errors
+    failing = next(m for m in errors["measurements"] if m["phase"] == "Failed")
+    assert 0.1 < float(failing["value"]) < 0.3, failing

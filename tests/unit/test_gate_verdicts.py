@@ -224,3 +224,15 @@ def test_the_interval_counts_from_the_measurements_own_time_to_the_millisecond()
     _, ev = verdicts.evaluate(g, rec, now=NOW + datetime.timedelta(seconds=17.3))
     assert not ev.measure_now(NOW + datetime.timedelta(seconds=17.3))
     assert ev.due == taken_at + datetime.timedelta(seconds=1)
+
+
+def test_placeholders_are_replaced_and_nothing_else() -> None:
+    assert (
+        verdicts.resolve_query(
+            'x{a="{{revision}}"} / y{b="{{release}}",c="{{namespace}}",d="{{other}}"}',
+            release="web",
+            namespace="shop",
+            revision="abc123",
+        )
+        == 'x{a="abc123"} / y{b="web",c="shop",d="{{other}}"}'
+    )

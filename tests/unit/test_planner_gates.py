@@ -285,6 +285,30 @@ def test_a_prometheus_gate_is_measured_without_a_preview() -> None:
     assert [a.gate.name for a in plan.actions if isinstance(a, planner.Measure)] == ["errors"]
 
 
+def test_a_prometheus_query_names_the_revision_it_measures() -> None:
+    """``{{revision}}``, ``{{release}}`` and ``{{namespace}}`` are replaced before the query
+    runs, so one spec's query selects each candidate's own series; the spec keeps the text."""
+    query = 'sum(rate(x{revision="{{revision}}",app="{{release}}",ns="{{namespace}}"}[1m]))'
+    g = models.Gate.model_validate(
+        {
+            "name": "errors",
+            "prometheus": {
+                "address": "http://prom:9090",
+                "query": query,
+                "successCondition": "result < 0.05",
+            },
+        }
+    )
+    s = verifying(gated_spec(g, preview=False))
+    plan = planner.plan(s)
+    (measure,) = [a for a in plan.actions if isinstance(a, planner.Measure)]
+    assert measure.query == (
+        f'sum(rate(x{{revision="{V2}",app="{s.release.name}",ns="{s.release.namespace}"}}[1m]))'
+    )
+    assert measure.gate.prometheus is not None
+    assert measure.gate.prometheus.query == query
+
+
 def test_an_http_gate_without_a_preview_is_misconfigured() -> None:
     plan = planner.plan(verifying(gated_spec(http_gate(), preview=False)))
     cond = condition(plan, conditions.PROGRESSING)

@@ -44,7 +44,7 @@ async def measure(action: planner.Measure, *, now: datetime.datetime) -> Measure
             )
         return await http(gate.http, url=action.url, now=now)
     assert gate.prometheus is not None
-    return await query(gate.prometheus, now=now)
+    return await query(gate.prometheus, now=now, resolved=action.query)
 
 
 async def http(spec: models.HttpGate, *, url: str, now: datetime.datetime) -> Measurement:
@@ -107,14 +107,19 @@ async def http(spec: models.HttpGate, *, url: str, now: datetime.datetime) -> Me
     return Measurement(at=at, phase=MeasurementPhase.SUCCESSFUL, value=str(code))
 
 
-async def query(spec: models.PrometheusGate, *, now: datetime.datetime) -> Measurement:
-    """Run the gate's query: its value judged by ``successCondition``; a query Prometheus
-    refuses makes the gate Misconfigured, every other error an Inconclusive measurement."""
+async def query(
+    spec: models.PrometheusGate, *, now: datetime.datetime, resolved: str | None = None
+) -> Measurement:
+    """Run the gate's query (``resolved``: with its placeholders replaced; default: as written):
+    its value judged by ``successCondition``; a query Prometheus refuses makes the gate
+    Misconfigured, every other error an Inconclusive measurement."""
     at = verdicts.stamp(now)
     try:
         value = await asyncio.wait_for(
             prometheus.query(
-                address=spec.address, query=spec.query, timeout=float(spec.timeout_seconds)
+                address=spec.address,
+                query=resolved if resolved is not None else spec.query,
+                timeout=float(spec.timeout_seconds),
             ),
             timeout=spec.timeout_seconds + 1,
         )

@@ -79,6 +79,23 @@ def spec_digest(gate: models.Gate) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# What a prometheus gate's query may name, replaced before it runs: ``{{revision}}`` is the hash
+# of the revision measured (the ``permafrost.dev/revision`` label of its pods).
+PLACEHOLDERS = ("release", "namespace", "revision")
+
+
+def resolve_query(query: str, *, release: str, namespace: str, revision: str) -> str:
+    """``query`` with ``{{release}}``, ``{{namespace}}`` and ``{{revision}}`` replaced.
+
+    NB: ``{{`` never begins valid PromQL, so a placeholder cannot be mistaken for a label
+    matcher; the values are label values Kubernetes validated (no quote can appear in them).
+    """
+    values = {"release": release, "namespace": namespace, "revision": revision}
+    for key in PLACEHOLDERS:
+        query = query.replace("{{" + key + "}}", values[key])
+    return query
+
+
 def compile_condition(expression: str) -> Any:
     """The compiled CEL program of a successCondition over ``result`` (a double).
 

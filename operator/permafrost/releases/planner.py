@@ -269,11 +269,14 @@ class Measure:
     revision's gate record (:func:`permafrost.gates.verdicts.record`) before it writes the status.
 
     ``url``: for an http gate, the URL of the gate's path through the preview Service.
+    ``query``: for a prometheus gate, its query with the placeholders replaced
+    (:func:`permafrost.gates.verdicts.resolve_query`).
     """
 
     revision: str
     gate: models.Gate
     url: str | None = None
+    query: str | None = None
     # "gates": before promotion; "analysis": after it (the record's analysis gates)
     stage: Literal["gates", "analysis"] = "gates"
 
@@ -842,7 +845,21 @@ def _run_gates(
                     waiting = True
                     w.wake.append(s.now + datetime.timedelta(seconds=ENDPOINTS_RECHECK_SECONDS))
                 else:
-                    w.actions.append(Measure(revision=target, gate=gate, url=address, stage=stage))
+                    resolved = (
+                        verdicts.resolve_query(
+                            gate.prometheus.query,
+                            release=s.release.name,
+                            namespace=s.release.namespace,
+                            revision=target,
+                        )
+                        if gate.prometheus is not None
+                        else None
+                    )
+                    w.actions.append(
+                        Measure(
+                            revision=target, gate=gate, url=address, query=resolved, stage=stage
+                        )
+                    )
                     w.wake.append(s.now + datetime.timedelta(seconds=gate.interval_seconds))
             else:
                 w.wake.append(found.due)
