@@ -48,6 +48,8 @@ class Runtime:
     lease: Lease | None = None
     # With --registry-check: the images of a revision are looked up before it is created.
     images: registry.Checker | None = None
+    # The images of a release that GuardrailPolicies' verifyImages cover are verified with it.
+    signed: registry.SignatureChecker | None = None
 
     def may_write(self) -> bool:
         """Whether this replica may write now: standalone, or its lease is fresh (see Lease)."""
@@ -245,6 +247,7 @@ async def _reconcile(runtime: Runtime, key: Key) -> float | None:
                 policies=store.STORE,
                 fence=runtime.may_write,
                 images=runtime.images,
+                signed=runtime.signed,
             )
     except reconciler.Fenced as exc:
         logger.warning("release %s/%s: %s", namespace, name, exc)
@@ -335,6 +338,7 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
         ),
         tasks=[],
         images=memo.get("images"),
+        signed=memo.get("signed"),
     )
     tasks = runtime.tasks
     tasks += [

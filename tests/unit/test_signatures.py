@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from permafrost import models
 from permafrost.artifacts import images, signatures
+from permafrost.policies import policy
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
@@ -205,3 +208,91 @@ def test_the_artifact_is_an_oci_manifest_of_the_layers(private: signatures.Priva
     assert signatures.layers_of(document) == [descriptor]
     with pytest.raises(ValueError, match="more than"):
         signatures.layers_of({"layers": [descriptor] * (signatures.MAX_SIGNATURES + 1)})
+
+
+# --- verifyImages in GuardrailPolicies (permafrost.policies.policy) ------------------------------
+
+
+def _policy(
+    key: signatures.PrivateKey, *patterns: str, enforcement: str = "Enforce"
+) -> policy.Policy:
+    spec = models.GuardrailPolicySpec.model_validate(
+        {
+            "stages": ["build", "create"],
+            "enforcement": enforcement,
+            "verifyImages": [{"name": "signed", "images": list(patterns), "keys": [pem(key)]}],
+        }
+    )
+    return policy.compile_policy("shop-signed", spec)
+
+
+def _release(*images_: str) -> policy.Subject:
+    containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(images_)]
+    return policy.Subject(
+        object={
+            "kind": "GuardedRelease",
+            "spec": {"template": {"spec": {"containers": containers}}},
+        }
+    )
+
+
+def test_a_policy_requires_signatures_of_the_images_its_patterns_cover() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    covered, other = IMAGE, f"registry.example/other/app@{DIGEST}"
+    pol = _policy(key, "registry.example/shop/*")
+    required = policy.image_requirements([pol], stage="create", subject=_release(covered, other))
+    assert [(r.policy, r.rule, r.image) for r in required] == [("shop-signed", "signed", covered)]
+    assert policy.image_requirements([pol], stage="promote", subject=_release(covered)) == ()
+    deep = _policy(key, "registry.example/**")
+    assert (
+        len(policy.image_requirements([deep], stage="create", subject=_release(covered, other)))
+        == 2
+    )
+    hub = _policy(key, "docker.io/library/*")
+    assert policy.image_requirements([hub], stage="create", subject=_release(f"nginx@{DIGEST}"))
+    artifact = policy.Subject(object={"kind": "Artifact", "image": covered})
+    assert policy.image_requirements([pol], stage="build", subject=artifact)
+
+
+def test_results_pass_only_when_every_covered_image_is_verified() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pol = _policy(key, "registry.example/**", enforcement="Warn")
+    second = f"registry.example/shop/web@{OTHER}"
+    required = policy.image_requirements([pol], stage="create", subject=_release(IMAGE, second))
+    good = {r.key: signatures.Verification(r.image, signatures.VERIFIED, "ok") for r in required}
+    assert [r.outcome for r in policy.signature_results(required, good)] == ["Pass"]
+    one_bad = {
+        **good,
+        required[1].key: signatures.Verification(second, signatures.NOT_SIGNED, "no signature"),
+    }
+    (result,) = policy.signature_results(required, one_bad)
+    assert (result.outcome, result.reason, result.enforcement) == ("Fail", "ImageNotSigned", "Warn")
+    assert result.message == "no signature"
+    assert result.to_json()["reason"] == "ImageNotSigned"
+    # Nothing verified is never a pass.
+    (missing,) = policy.signature_results(required, {})
+    assert missing.outcome == "Error"
+    assert missing.reason == "RegistryUnreachable"
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ({"keys": ["not a key"]}, "key 1: not a PEM public key"),
+        ({"images": ["registry.example/[ab]"]}, "is not a repository pattern"),
+    ],
+)
+def test_a_policy_with_a_key_or_pattern_that_cannot_be_used_does_not_compile(
+    entry: dict[str, Any], said: str
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    spec = models.GuardrailPolicySpec.model_validate(
+        {
+            "stages": ["create"],
+            "verifyImages": [
+                {"name": "signed", "images": ["registry.example/**"], "keys": [pem(key)], **entry}
+            ],
+        }
+    )
+    with pytest.raises(policy.PolicyError, match=said):
+        policy.compile_policy("p", spec)
