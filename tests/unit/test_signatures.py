@@ -296,3 +296,26 @@ def test_a_policy_with_a_key_or_pattern_that_cannot_be_used_does_not_compile(
     )
     with pytest.raises(policy.PolicyError, match=said):
         policy.compile_policy("p", spec)
+
+
+def test_ed25519ph_signatures_as_cosign_makes_them_verify() -> None:
+    """RFC 8032, 7.3 (Ed25519ph, "abc"), and a key's pure signature is not taken for one."""
+    from permafrost.artifacts import ed25519ph
+
+    public = bytes.fromhex("ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf")
+    signature = bytes.fromhex(
+        "98a70222f0b8121aa9d30f813d683f809e462b469c7ff87639499bb94e6dae41"
+        "31f85042463c2a355a2003d062adf5aaa10b8c61e636062aaad11c2a26083406"
+    )
+    assert ed25519ph.verify(public, signature, b"abc")
+    assert not ed25519ph.verify(public, signature, b"abd")
+    assert not ed25519ph.verify(public, signature[:32] + bytes(32), b"abc")
+    key = signatures.load_public_key(
+        ed25519.Ed25519PublicKey.from_public_bytes(public)
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    assert key.verifies(signature, b"abc")
+    mine = ed25519.Ed25519PrivateKey.generate()
+    raw = mine.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert not ed25519ph.verify(raw, mine.sign(b"abc"), b"abc")

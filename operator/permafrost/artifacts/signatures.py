@@ -30,7 +30,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from permafrost.artifacts import images
+from permafrost.artifacts import ed25519ph, images
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -68,12 +68,19 @@ class PublicKey:
     key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey = dataclasses.field(compare=False)
 
     def verifies(self, signature: bytes, payload: bytes) -> bool:
+        """ECDSA over SHA-256 (DER); Ed25519, pure or prehashed (Ed25519ph: what cosign v2
+        signs images with when given an Ed25519 key, while its verify expects pure)."""
         try:
             if isinstance(self.key, ec.EllipticCurvePublicKey):
                 self.key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
             else:
                 self.key.verify(signature, payload)
         except (crypto_exceptions.InvalidSignature, ValueError):
+            if isinstance(self.key, ed25519.Ed25519PublicKey):
+                raw = self.key.public_bytes(
+                    serialization.Encoding.Raw, serialization.PublicFormat.Raw
+                )
+                return ed25519ph.verify(raw, signature, payload)
             return False
         return True
 
