@@ -319,3 +319,61 @@ def test_ed25519ph_signatures_as_cosign_makes_them_verify() -> None:
     mine = ed25519.Ed25519PrivateKey.generate()
     raw = mine.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     assert not ed25519ph.verify(raw, mine.sign(b"abc"), b"abc")
+
+
+# --- the operator's cache of verdicts (permafrost.artifacts.registry.SignatureChecker) -----------
+
+
+class _Registry:
+    """A registry client's signature lookup, counted: what it answers is set per test."""
+
+    def __init__(self, answer: list[signatures.Layer] | Exception) -> None:
+        self.answer, self.asked = answer, 0
+
+    def signature_layers(self, ref: images.Reference) -> list[signatures.Layer]:
+        self.asked += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_verdicts_are_cached_by_image_and_keys_for_as_long_as_they_hold() -> None:
+    from permafrost.artifacts import registry
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    trusted = (signatures.load_public_key(pem(key)),)
+    now = [0.0]
+    client = _Registry([signed(key)])
+    checker = registry.SignatureChecker(client=client, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert checker.verify_now(IMAGE, trusted).verified
+    now[0] += registry.VERIFIED_SECONDS - 1
+    assert checker.verify_now(IMAGE, trusted).verified
+    assert client.asked == 1
+    # Another key set is another question.
+    other = (signatures.load_public_key(pem(ec.generate_private_key(ec.SECP256R1()))),)
+    assert checker.verify_now(IMAGE, other).outcome == signatures.UNTRUSTED
+    assert client.asked == 2
+    now[0] += registry.UNVERIFIED_SECONDS + 1
+    assert checker.verify_now(IMAGE, other).outcome == signatures.UNTRUSTED
+    assert client.asked == 3
+    # An unreachable registry is never kept: asked again at once.
+    client.answer = registry.RegistryError(registry.UNREACHABLE, "down")
+    image = f"registry.example/shop/app@{OTHER}"
+    assert checker.verify_now(image, trusted).outcome == signatures.UNREACHABLE
+    assert checker.verify_now(image, trusted).outcome == signatures.UNREACHABLE
+    assert client.asked == 5
+    # A manifest that is not one: invalid, not unreachable.
+    client.answer = registry.RegistryError(registry.INVALID, "not JSON")
+    third = f"registry.example/shop/db@{DIGEST}"
+    assert checker.verify_now(third, trusted).outcome == signatures.INVALID
+
+
+def test_the_cache_is_bounded() -> None:
+    from permafrost.artifacts import registry
+
+    key = signatures.load_public_key(pem(ec.generate_private_key(ec.SECP256R1())))
+    checker = registry.SignatureChecker(client=_Registry([]))  # type: ignore[arg-type]
+    for n in range(registry.MAX_VERIFICATIONS + 10):
+        checker.verify_now(f"registry.example/shop/app{n}@{DIGEST}", (key,))
+    assert len(checker._cache) == registry.MAX_VERIFICATIONS
+    assert checker.cached(f"registry.example/shop/app0@{DIGEST}", (key,)) is None
