@@ -185,6 +185,27 @@ def test_cosign_signs_and_permafrost_verifies(
     assert results(elsewhere) == []
 
 
+def test_cosign_bundles_as_oci_referrers_verify(
+    cosign: pathlib.Path, registry_host: str, tmp_path: pathlib.Path
+) -> None:
+    """cosign sign --new-bundle-format: a sigstore bundle (DSSE, in-toto) attached as an OCI
+    1.1 referrer (distribution v3 has no referrers API: cosign writes the referrers tag)."""
+    repo = f"{registry_host}/shop/bundled"
+    digest = push(f"{repo}:v1", b"app in a bundle")
+    signer, stranger = KeyPair(tmp_path, "ci"), KeyPair(tmp_path, "stranger")
+    done = run_cosign(
+        cosign, "sign", "--key", str(signer.cosign_key(cosign)), "--tlog-upload=false",
+        "--new-bundle-format", "--allow-insecure-registry", "-y", f"{repo}@{digest}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    image = f"{repo}:v1@{digest}"
+    verified = check_artifact(tmp_path, image, policy("signed", [repo], signer))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    other = check_artifact(tmp_path, image, policy("signed", [repo], stranger))
+    assert results(other)[0]["reason"] == "SignatureUntrusted"
+
+
 def test_permafrost_signs_and_cosign_verifies(
     cosign: pathlib.Path, registry_host: str, tmp_path: pathlib.Path
 ) -> None:

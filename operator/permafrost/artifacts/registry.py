@@ -100,6 +100,7 @@ def _loopback(host: str) -> bool:
     return name in ("localhost", "[::1]") or name.startswith("127.")
 
 
+_MAYBE_BUNDLE = frozenset({signatures.BUNDLE, "application/vnd.oci.empty.v1+json", None, ""})
 _SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
@@ -290,6 +291,71 @@ class Client:
                 )
             )
         return layers
+
+    def signature_bundles(self, ref: images.Reference) -> list[bytes]:
+        """The sigstore bundles among the OCI 1.1 referrers of ``ref``'s digest (the referrers
+        API, else the referrers tag ``sha256-<hex>`` that registries without it hold): each
+        bundle's bytes, ``b""`` for one that cannot be read. Raises :class:`RegistryError` as
+        :meth:`signature_layers` does."""
+        assert ref.digest is not None
+        query = urllib.parse.urlencode({"artifactType": signatures.BUNDLE})
+        status, _, body = self._call(ref, f"/v2/{ref.repository}/referrers/{ref.digest}?{query}")
+        if status == 404:
+            # NB: the referrers tag schema (OCI distribution 1.1), which cosign falls back to.
+            tag = ref.digest.replace(":", "-")
+            status, _, body = self._call(ref, f"/v2/{ref.repository}/manifests/{tag}")
+            if status == 404:
+                return []
+        if status != 200:
+            raise RegistryError(
+                UNREACHABLE if status >= 500 else INVALID,
+                f"{ref.text}: the registry answered HTTP {status} for its referrers",
+            )
+        try:
+            index = json.loads(body)
+            listed = index.get("manifests") if isinstance(index, dict) else None
+            if not isinstance(listed, list):
+                raise ValueError("no list of manifests")
+        except ValueError as exc:
+            raise RegistryError(INVALID, f"{ref.text}: its referrers: {exc}") from None
+        found = []
+        for d in listed[: signatures.MAX_SIGNATURES]:
+            # NB: the referrers tag that cosign writes lists a bundle's artifactType as that of
+            # its (empty) config: such entries are looked at too, and kept if they hold one.
+            if not isinstance(d, dict) or d.get("artifactType") not in _MAYBE_BUNDLE:
+                continue
+            bundle = self._bundle(ref, str(d.get("digest") or ""))
+            if bundle is not None:
+                found.append(bundle)
+        return found
+
+    def _bundle(self, ref: images.Reference, digest: str) -> bytes | None:
+        """A referrer's bundle (``b""``: one that cannot be read; None: not a bundle)."""
+        if not _SHA256.match(digest):
+            return b""
+        status, _, body = self._call(ref, f"/v2/{ref.repository}/manifests/{digest}")
+        if status != 200 or signatures.blob_digest(body) != digest:
+            return b""
+        try:
+            manifest = json.loads(body)
+            layers = manifest.get("layers") or []
+            kind = manifest.get("artifactType") or (manifest.get("config") or {}).get(
+                "artifactType"
+            )
+        except (ValueError, AttributeError):
+            return b""
+        if kind != signatures.BUNDLE:
+            return None
+        for layer in layers[:1]:
+            size, blob = layer.get("size"), str(layer.get("digest") or "")
+            if (
+                str(layer.get("mediaType") or "").startswith("application/vnd.dev.sigstore.bundle")
+                and isinstance(size, int)
+                and 0 <= size <= signatures.MAX_PAYLOAD_BYTES
+                and _SHA256.match(blob)
+            ):
+                return self._blob(ref, blob) or b""
+        return b""
 
     def _blob(self, ref: images.Reference, digest: str) -> bytes | None:
         """A blob of ``ref``'s repository, checked against its digest (None: not there, or
@@ -500,10 +566,11 @@ class SignatureChecker:
             return signatures.verify(image=image, ref=ref, layers=(), keys=keys)
         try:
             layers = self.client.signature_layers(ref)
+            bundles = self.client.signature_bundles(ref)
         except RegistryError as exc:
             outcome = signatures.INVALID if exc.reason == INVALID else signatures.UNREACHABLE
             return signatures.Verification(image, outcome, str(exc))
-        return signatures.verify(image=image, ref=ref, layers=layers, keys=keys)
+        return signatures.verify(image=image, ref=ref, layers=layers, keys=keys, bundles=bundles)
 
     def cached(
         self, image: str, keys: Sequence[signatures.PublicKey]

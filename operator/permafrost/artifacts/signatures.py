@@ -40,6 +40,11 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 # A simple-signing payload is a few hundred bytes; anything far larger is not one (and is not
 # fetched: the bound is checked against the manifest's declared size first).
 MAX_PAYLOAD_BYTES = 64 * 1024
+# OCI 1.1 referrers holding sigstore bundles (cosign sign --new-bundle-format): a DSSE envelope
+# of an in-toto statement whose subject is the image's digest.
+BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+IN_TOTO = "application/vnd.in-toto+json"
+IN_TOTO_STATEMENT = "https://in-toto.io/Statement/v1"
 MAX_SIGNATURES = 64
 MAX_KEYS = 16
 
@@ -238,6 +243,7 @@ def verify(
     ref: images.Reference,
     layers: Sequence[Layer],
     keys: Sequence[PublicKey],
+    bundles: Sequence[bytes] = (),
 ) -> Verification:
     """Whether one of ``layers`` is a signature by one of ``keys`` of ``ref.digest`` in
     ``ref``'s repository.
@@ -254,11 +260,12 @@ def verify(
             UNPINNED,
             f"{image}: not pinned by a sha256 digest: only a digest can be verified",
         )
-    if not layers:
+    if not layers and not bundles:
         return Verification(
             image,
             NOT_SIGNED,
-            f"{image}: no signature (no {signature_tag(digest)} in its repository)",
+            f"{image}: no signature (no {signature_tag(digest)} in its repository, no "
+            "sigstore bundle among its referrers)",
         )
     mismatched: list[str] = []
     malformed: list[str] = []
@@ -285,6 +292,22 @@ def verify(
         problem = _claims_problem(layer.blob, ref=ref, digest=digest)
         if problem is None:
             return Verification(image, VERIFIED, f"{image}: signed by key {by.id}", key=by.id)
+        mismatched.append(f"key {by.id} signed {problem}")
+    for number, bundle in enumerate(bundles, start=1):
+        try:
+            envelope, payload_bytes, signed_bytes = _envelope(bundle)
+        except ValueError as exc:
+            malformed.append(f"bundle {number}: {exc}")
+            continue
+        by = next((k for k in keys if any(k.verifies(s, signed_bytes) for s in envelope)), None)
+        if by is None:
+            untrusted += 1
+            continue
+        problem = _statement_problem(payload_bytes, digest=digest)
+        if problem is None:
+            return Verification(
+                image, VERIFIED, f"{image}: signed by key {by.id} (sigstore bundle)", key=by.id
+            )
         mismatched.append(f"key {by.id} signed {problem}")
     if mismatched:
         return Verification(
@@ -316,6 +339,39 @@ def _claims_problem(blob: bytes, *, ref: images.Reference, digest: str) -> str |
         return f"another digest ({str(named)[:19]}…)"
     if not isinstance(identity, str) or not _same_repository(identity, ref):
         return f"another repository ({identity})"
+    return None
+
+
+def _envelope(bundle: bytes) -> tuple[list[bytes], bytes, bytes]:
+    """A bundle's DSSE signatures, payload, and the bytes signed (DSSE's pre-authentication
+    encoding). Raises ``ValueError`` saying what is wrong."""
+    try:
+        document = json.loads(bundle)
+        dsse = document["dsseEnvelope"]
+        payload_type = dsse["payloadType"]
+        payload_bytes = base64.b64decode(dsse["payload"], validate=True)
+        sigs = [base64.b64decode(s["sig"], validate=True) for s in dsse["signatures"]]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise ValueError("not a sigstore bundle with a DSSE envelope") from None
+    if payload_type != IN_TOTO:
+        raise ValueError(f"a DSSE payload of type {str(payload_type)[:64]!r}, not in-toto")
+    kind = payload_type.encode()
+    signed = b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload_bytes), payload_bytes)
+    return sigs, payload_bytes, signed
+
+
+def _statement_problem(payload_bytes: bytes, *, digest: str) -> str | None:
+    """Why an in-toto statement does not name this digest as its subject (None: it does)."""
+    try:
+        statement = json.loads(payload_bytes)
+        kind = statement["_type"]
+        subjects = [s["digest"]["sha256"] for s in statement["subject"]]
+    except (ValueError, KeyError, TypeError):
+        return "a payload that is not an in-toto statement"
+    if kind != IN_TOTO_STATEMENT:
+        return f"a statement of type {str(kind)[:64]}"
+    if digest.removeprefix("sha256:") not in subjects:
+        return "a statement about another digest"
     return None
 
 

@@ -336,6 +336,9 @@ class _Registry:
             raise self.answer
         return self.answer
 
+    def signature_bundles(self, ref: images.Reference) -> list[bytes]:
+        return []
+
 
 def test_verdicts_are_cached_by_image_and_keys_for_as_long_as_they_hold() -> None:
     from permafrost.artifacts import registry
@@ -377,3 +380,40 @@ def test_the_cache_is_bounded() -> None:
         checker.verify_now(f"registry.example/shop/app{n}@{DIGEST}", (key,))
     assert len(checker._cache) == registry.MAX_VERIFICATIONS
     assert checker.cached(f"registry.example/shop/app0@{DIGEST}", (key,)) is None
+
+
+def _bundle(key: signatures.PrivateKey, digest: str, *, kind: str = signatures.IN_TOTO) -> bytes:
+    """A sigstore bundle as cosign sign --new-bundle-format makes it (DSSE, in-toto)."""
+    statement = json.dumps(
+        {
+            "_type": signatures.IN_TOTO_STATEMENT,
+            "subject": [{"digest": {"sha256": digest.removeprefix("sha256:")}}],
+            "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        }
+    ).encode()
+    pae = b"DSSEv1 %d %s %d %s" % (len(kind), kind.encode(), len(statement), statement)
+    envelope = {
+        "payload": base64.b64encode(statement).decode(),
+        "payloadType": kind,
+        "signatures": [{"sig": base64.b64encode(signatures.sign(key, pae)).decode()}],
+    }
+    return json.dumps({"mediaType": signatures.BUNDLE, "dsseEnvelope": envelope}).encode()
+
+
+def test_sigstore_bundles_among_the_referrers_verify(private: signatures.PrivateKey) -> None:
+    trusted = signatures.load_public_key(pem(private))
+    ref = images.parse(IMAGE)
+
+    def check_bundles(*bundles: bytes) -> signatures.Verification:
+        return signatures.verify(image=IMAGE, ref=ref, layers=(), keys=[trusted], bundles=bundles)
+
+    found = check_bundles(_bundle(private, DIGEST))
+    assert found.verified, found.message
+    assert "sigstore bundle" in found.message
+    assert check_bundles(_bundle(private, OTHER)).outcome == signatures.INVALID
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    assert check_bundles(_bundle(stranger, DIGEST)).outcome == signatures.UNTRUSTED
+    assert check_bundles(b"").outcome == signatures.INVALID
+    other_type = check_bundles(_bundle(private, DIGEST, kind="text/plain"))
+    assert other_type.outcome == signatures.INVALID
+    assert "not in-toto" in other_type.message
