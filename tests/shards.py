@@ -48,7 +48,7 @@ SECONDS: dict[str, float] = {
     "integration/test_event_loop.py": 30,
     "integration/test_pin.py": 60,
     "integration/test_registry_check.py": 100,
-    "integration/test_signatures.py": 150,
+    "integration/test_signatures.py": 180,
 }
 
 # The operator image is built with one builder state (hack/operator-image.sh): its users queue.
