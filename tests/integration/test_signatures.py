@@ -41,9 +41,13 @@ def run_cosign(
         "PATH": "/usr/bin:/bin",
         "HOME": str(cwd),
         "COSIGN_PASSWORD": "",
-        # NB: offline: no TUF root is fetched, nothing is uploaded anywhere.
+        # NB: offline. cosign still tries to fetch sigstore's trusted root from the internet
+        # (and goes on without it); any such request goes to a proxy on the discard port of
+        # loopback and fails at once, wherever the test runs; the loopback registry is direct.
         "TUF_ROOT": str(cwd / "tuf"),
-        "SIGSTORE_NO_CACHE": "1",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
     }
     return subprocess.run(
         [str(cosign), *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
