@@ -11,7 +11,13 @@ connection.
 (b) ``apiserver``: creates and updates of Deployments (0 replicas: admission only, no pods)
 through the apiserver, in three namespaces at once — enforced with the operator's webhook and
 the fail-safe ValidatingAdmissionPolicy, enforced with the policy only, and unguarded — in one
-interleaved run, so all three see the same machine at the same moments.
+interleaved run, so all three see the same machine at the same moments. The operator runs with
+``--no-compile-policies``: the webhook judges every policy.
+
+(c) ``apiserver_compiled``: the same, with the operator compiling the create-stage policies
+into ValidatingAdmissionPolicies (its default): an enforced namespace with the webhook (which
+leaves the compiled policies to the apiserver), one without the webhook (the fail-safe policy
+and the compiled ones: what holds with the operator stopped), and the unguarded one again.
 """
 
 from __future__ import annotations
@@ -145,6 +151,70 @@ def _apiserver_round(
     return samples
 
 
+def _skip_webhook_in(api: common.Api) -> None:
+    """The operator's enforced webhooks skip namespaces labelled ``bench…/webhook=off`` (an extra
+    namespaceSelector term); the ValidatingAdmissionPolicies still apply there."""
+    configuration = api.admission.read_validating_webhook_configuration(
+        common.WEBHOOK_CONFIGURATION
+    )
+    for hook in configuration.webhooks:
+        if hook.name.startswith("enforced."):
+            hook.namespace_selector.match_expressions.append(
+                kubernetes.client.V1LabelSelectorRequirement(
+                    key="bench.permafrost.dev/webhook", operator="NotIn", values=["off"]
+                )
+            )
+    api.admission.replace_validating_webhook_configuration(
+        common.WEBHOOK_CONFIGURATION, configuration
+    )
+
+
+def _apiserver_rounds(
+    api: common.Api, variants: dict[str, str], *, repetitions: int, per_round: int
+) -> list[dict[str, Any]]:
+    # NB: warm-up round (connections, the webhook's first requests), not reported.
+    _apiserver_round(api, variants, round_=-1, count=min(per_round, 10))
+    rounds = []
+    for rep in range(repetitions):
+        samples = _apiserver_round(api, variants, round_=rep, count=per_round)
+        row: dict[str, Any] = {"repetition": rep}
+        for variant, ops in samples.items():
+            for op, values in ops.items():
+                row[f"{variant}.{op}.p50_ms"] = common.percentile(values, 50)
+                row[f"{variant}.{op}.p99_ms"] = common.percentile(values, 99)
+                row[f"{variant}.{op}.n"] = len(values)
+        rounds.append(row)
+    return rounds
+
+
+def _wait_compiled(api: common.Api, names: list[str], *, timeout: float = 120) -> dict[str, str]:
+    """Wait until the operator said where each policy is enforced (its ``Compiled`` condition,
+    of the current generation); returns ``enforcedBy`` by policy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found: dict[str, str] = {}
+        for name in names:
+            body = api.custom.get_cluster_custom_object(
+                "permafrost.dev", "v1alpha1", "guardrailpolicies", name
+            )
+            status = body.get("status") or {}
+            generation = body["metadata"].get("generation")
+            compiled = [
+                c
+                for c in status.get("conditions") or []
+                if c.get("type") == "Compiled" and c.get("observedGeneration") == generation
+            ]
+            if compiled and status.get("enforcedBy"):
+                found[name] = status["enforcedBy"]
+        if len(found) == len(names):
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"policies not compiled within {timeout}s: {set(names) - set(found)}"
+            )
+        time.sleep(0.5)
+
+
 def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
     rates = [20.0, 50.0] if smoke else [100.0, 300.0, 1000.0]
     seconds = 1.0 if smoke else 4.0
@@ -167,7 +237,13 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
         "repetitions": repetitions,
     }
     try:
-        with common.Operator(api, out, namespaces=[enforced], admission=True) as operator:
+        with common.Operator(
+            api,
+            out,
+            namespaces=[enforced],
+            admission=True,
+            extra_args=["--no-compile-policies"],
+        ) as operator:
             ca = operator.webhook_ca()
             url = f"https://127.0.0.1:{operator.port}/frozen-enforced"
             webhook: list[dict[str, Any]] = []
@@ -190,37 +266,26 @@ def run(api: common.Api, out: pathlib.Path, *, smoke: bool) -> dict[str, Any]:
                     operator.alive()
             result["webhook"] = webhook
             result["webhook_operator_peak_rss"] = operator.peak_rss
-            # NB: the policy-only variant: the operator's enforced webhook skips one namespace
-            # (an extra namespaceSelector term); the ValidatingAdmissionPolicy still applies.
-            configuration = api.admission.read_validating_webhook_configuration(
-                common.WEBHOOK_CONFIGURATION
+            _skip_webhook_in(api)
+            result["apiserver"] = _apiserver_rounds(
+                api,
+                {"webhook": enforced, "policy-only": vap_only, "no-guard": unguarded},
+                repetitions=repetitions,
+                per_round=per_round,
             )
-            for hook in configuration.webhooks:
-                if hook.name.startswith("enforced."):
-                    hook.namespace_selector.match_expressions.append(
-                        kubernetes.client.V1LabelSelectorRequirement(
-                            key="bench.permafrost.dev/webhook", operator="NotIn", values=["off"]
-                        )
-                    )
-            api.admission.replace_validating_webhook_configuration(
-                common.WEBHOOK_CONFIGURATION, configuration
-            )
-            variants = {"webhook": enforced, "policy-only": vap_only, "no-guard": unguarded}
-            # NB: warm-up round (connections, the webhook's first requests), not reported.
-            _apiserver_round(api, variants, round_=-1, count=min(per_round, 10))
-            rounds = []
-            for rep in range(repetitions):
-                samples = _apiserver_round(api, variants, round_=rep, count=per_round)
-                row: dict[str, Any] = {"repetition": rep}
-                for variant, ops in samples.items():
-                    for op, values in ops.items():
-                        row[f"{variant}.{op}.p50_ms"] = common.percentile(values, 50)
-                        row[f"{variant}.{op}.p99_ms"] = common.percentile(values, 99)
-                        row[f"{variant}.{op}.n"] = len(values)
-                rounds.append(row)
-                operator.alive()
-            result["apiserver"] = rounds
+            operator.alive()
             result["apiserver_ops_per_variant"] = per_round
+        # (c) the same operator compiling the create-stage policies (its default).
+        with common.Operator(api, out, namespaces=[enforced], admission=True) as operator:
+            result["enforced_by"] = _wait_compiled(api, policies)
+            _skip_webhook_in(api)
+            result["apiserver_compiled"] = _apiserver_rounds(
+                api,
+                {"compiled+webhook": enforced, "compiled": vap_only, "no-guard": unguarded},
+                repetitions=repetitions,
+                per_round=per_round,
+            )
+            operator.alive()
     finally:
         common.delete_policies(api, policies)
         common.delete_namespaces(api, [enforced, vap_only, unguarded])

@@ -361,8 +361,10 @@ class Operator:
         profile: pathlib.Path | None = None,
         env: Mapping[str, str] | None = None,
         start_timeout: float = 90,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.api, self.directory = api, directory
+        self.extra_args = list(extra_args)
         self.env, self.start_timeout = dict(env or {}), start_timeout
         self.namespaces, self.admission, self.profile = list(namespaces), admission, profile
         self.port = free_port() if admission else None
@@ -382,6 +384,7 @@ class Operator:
                 f"--webhook-url=https://127.0.0.1:{self.port}",
                 f"--operator-namespace={OPERATOR_NAMESPACE}",
             ]
+        args += self.extra_args
         command = [sys.executable, "-m", "permafrost", "run", *args]
         if self.profile is not None:
             command = [

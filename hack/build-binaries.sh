@@ -10,6 +10,7 @@
 #     containerd, ctr, containerd-shim-runc-v2                          (github.com/containerd/containerd/v2)
 #     registry                                                          (github.com/distribution/distribution/v3)
 #     crane                                                             (github.com/google/go-containerregistry)
+#     cosign                                                            (github.com/sigstore/cosign/v2)
 #   hack/build-binaries.sh argocd   Argo CD for the GitOps end-to-end tests, as well:
 #     argocd (-application-controller, -repo-server) + its CRDs         (github.com/argoproj/argo-cd/v3)
 #     kustomize                                                         (sigs.k8s.io/kustomize/kustomize/v5)
@@ -296,7 +297,8 @@ main() {
      || ! have_all "$CACHE_ROOT/kwok-${KWOK_VERSION}/bin" kwok kwokctl \
      || { [ "$with_node" = 1 ] && { ! have_all "$CACHE_ROOT/containerd-${CONTAINERD_VERSION}/bin" containerd ctr containerd-shim-runc-v2 \
           || ! have_all "$CACHE_ROOT/registry-${REGISTRY_VERSION}/bin" registry \
-          || ! have_all "$CACHE_ROOT/crane-${CRANE_VERSION}/bin" crane; }; }; then
+          || ! have_all "$CACHE_ROOT/crane-${CRANE_VERSION}/bin" crane \
+          || ! have_all "$CACHE_ROOT/cosign-${COSIGN_VERSION}/bin" cosign; }; }; then
     check_proxy
   fi
   build_module_tool etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "go.etcd.io/etcd/server/v3:etcd"
@@ -313,6 +315,10 @@ main() {
       "github.com/distribution/distribution/v3/cmd/registry:registry"
     build_module_tool crane "$CRANE_VERSION" github.com/google/go-containerregistry \
       "github.com/google/go-containerregistry/cmd/crane:crane"
+    # NB: the signature tests' cosign; its version is stamped as its own release builds do.
+    VERSION_LDFLAGS="-X sigs.k8s.io/release-utils/version.gitVersion=${COSIGN_VERSION}" \
+      build_module_tool cosign "$COSIGN_VERSION" github.com/sigstore/cosign/v2 \
+      "github.com/sigstore/cosign/v2/cmd/cosign:cosign"
   fi
   if [ "$with_argocd" = 1 ]; then
     build_module_tool kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 \

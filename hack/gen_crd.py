@@ -626,16 +626,29 @@ def _selector_requirement_rule(selector: str) -> Schema:
 def policy_spec_schema() -> Schema:
     """``spec``: :class:`~permafrost.models.GuardrailPolicySpec`, with Kubernetes list semantics.
 
-    ``stages`` is a set (a stage given twice is refused); ``rules`` is a list-map keyed by
-    ``name`` (two rules of the same name are refused, and server-side apply merges by name);
-    every label-selector requirement has values exactly when its operator takes them.
+    ``stages`` is a set (a stage given twice is refused); ``rules`` and ``verifyImages`` are
+    list-maps keyed by ``name`` (two entries of the same name are refused, and server-side
+    apply merges by name); a policy has at least one rule or ``verifyImages`` entry; every
+    label-selector requirement has values exactly when its operator takes them.
     """
     schema = model_schema(models.GuardrailPolicySpec)
-    schema["description"] = "The stages the policy runs at, what it matches and its CEL rules."
+    schema["description"] = (
+        "The stages the policy runs at, what it matches, its CEL rules and the signatures "
+        "its images need."
+    )
     properties = schema["properties"]
     properties["stages"]["x-kubernetes-list-type"] = "set"
-    properties["rules"]["x-kubernetes-list-type"] = "map"
-    properties["rules"]["x-kubernetes-list-map-keys"] = ["name"]
+    for listed in ("rules", "verifyImages"):
+        properties[listed]["x-kubernetes-list-type"] = "map"
+        properties[listed]["x-kubernetes-list-map-keys"] = ["name"]
+    schema["x-kubernetes-validations"] = [
+        {
+            "rule": "(has(self.rules) && size(self.rules) > 0) || "
+            "(has(self.verifyImages) && size(self.verifyImages) > 0)",
+            "message": "a policy needs rules, verifyImages or both",
+            "reason": "FieldValueRequired",
+        }
+    ]
     match = properties["match"]["properties"]
     for selector in POLICY_SELECTORS:
         requirement = match[selector]["properties"]["matchExpressions"]["items"]

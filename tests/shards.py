@@ -51,6 +51,7 @@ SECONDS: dict[str, float] = {
     "integration/test_pin.py": 60,
     "integration/test_registry_check.py": 100,
     "integration/test_prometheus.py": 60,
+    "integration/test_signatures.py": 180,
 }
 
 # The operator image is built with one builder state (hack/operator-image.sh): its users queue.

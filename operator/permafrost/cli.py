@@ -39,7 +39,7 @@ import kopf
 
 import permafrost
 from permafrost import kube, models, presenting
-from permafrost.artifacts import images, registry
+from permafrost.artifacts import images, registry, signatures
 from permafrost.guards import sessions
 from permafrost.policies import checking, documents
 
@@ -57,6 +57,27 @@ REQUEST_TIMEOUT_SECONDS = 15.0
 WATCH_INTERVAL_SECONDS = 1.0
 NAMESPACE_HELP = "default: the kubeconfig context's namespace, else default (as kubectl)"
 T = TypeVar("T")
+
+
+def _registry_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """The registry options of the commands that talk to registries (as ``pin``'s)."""
+    group = parser.add_argument_group(f"registry ({what})")
+    group.add_argument(
+        "--docker-config",
+        metavar="FILE",
+        help="registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)",
+    )
+    group.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="talk plain HTTP to this registry (repeatable; loopback ones always are)",
+    )
+    group.add_argument(
+        "--registry-timeout", type=float, default=registry.DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="per registry request (default %(default)s)",
+    )  # fmt: skip
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -296,6 +317,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="at promote: YAML of the serving revision {hash, name, images, version}",
     )
     check.add_argument("--now", metavar="RFC3339", help="the time rules see (default: now)")
+    _registry_options(check, what="to verify image signatures (policies' verifyImages)")
     check.add_argument("inputs", nargs="+", metavar="INPUT")
 
     pin = commands.add_parser(
@@ -334,6 +356,24 @@ def _build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=registry.DEFAULT_TIMEOUT, metavar="SECONDS",
         help="per registry request (default %(default)s)",
     )  # fmt: skip
+
+    sign = commands.add_parser(
+        "sign",
+        help="sign an image digest with a key, as cosign does (CI): exit 0 signed, 1 not, "
+        "2 unusable input",
+        description="Sign IMAGE@DIGEST with a private key and push the signature to the "
+        "image's repository in cosign's layout (the tag sha256-<hex>.sig), next to the "
+        "signatures already there. cosign verify --key and GuardrailPolicies' verifyImages "
+        "accept it. Offline: no transparency log, no certificate.",
+    )
+    sign.add_argument("image", metavar="IMAGE@DIGEST")
+    sign.add_argument(
+        "--key",
+        required=True,
+        metavar="KEY.pem",
+        help="an unencrypted PEM private key (PKCS #8 or SEC 1): ECDSA P-256 or Ed25519",
+    )
+    _registry_options(sign, what="to push the signature")
 
     retry = commands.add_parser("retry", help="try a failed revision again")
     retry.add_argument("name", help="the GuardedRelease")
@@ -635,24 +675,24 @@ def _run(args: argparse.Namespace) -> int:
         metrics.serve(port=args.metrics_port)
     memo = kopf.Memo()
     memo["request_timeout"] = args.request_timeout
-    if args.registry_check != "off":
-        try:
-            credentials = (
-                registry.docker_credentials(pathlib.Path(args.registry_config))
-                if args.registry_config
-                else {}
-            )
-        except ValueError as exc:
-            print(f"permafrost run: --registry-config: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        memo["images"] = registry.Checker(
-            client=registry.Client(
-                credentials=credentials,
-                insecure=frozenset(args.insecure_registry),
-                timeout=args.registry_timeout,
-            ),
-            fail_open=args.registry_check == "open",
+    try:
+        credentials = (
+            registry.docker_credentials(pathlib.Path(args.registry_config))
+            if args.registry_config
+            else {}
         )
+    except ValueError as exc:
+        print(f"permafrost run: --registry-config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    client = registry.Client(
+        credentials=credentials,
+        insecure=frozenset(args.insecure_registry),
+        timeout=args.registry_timeout,
+    )
+    if args.registry_check != "off":
+        memo["images"] = registry.Checker(client=client, fail_open=args.registry_check == "open")
+    # NB: always there: a GuardrailPolicy's verifyImages is reason enough to ask a registry.
+    memo["signed"] = registry.SignatureChecker(client=client)
     if args.admission:
         host, _, port = args.webhook_listen.rpartition(":")
         memo["admission"] = webhooks.Options(
@@ -956,13 +996,30 @@ def _check(args: argparse.Namespace) -> int:
         raise documents.InputError(f"--now {args.now!r}: not an RFC 3339 time") from None
     if now.tzinfo is None:
         now = now.replace(tzinfo=datetime.UTC)
+    inputs = [_read(pathlib.Path(p)) for p in args.inputs]
+    required = checking.image_requirements(
+        inputs=inputs, policies=policies, stage=args.stage, namespace=namespace, stable=stable
+    )
+    verifications = {}
+    if required:
+        checker = registry.SignatureChecker(
+            client=registry.Client(
+                credentials=_docker_config(args.docker_config),
+                insecure=frozenset(args.insecure_registry),
+                timeout=args.registry_timeout,
+            )
+        )
+        for req in required:
+            if req.key not in verifications:
+                verifications[req.key] = checker.verify_now(req.image, req.keys)
     report = checking.check(
-        inputs=[_read(pathlib.Path(p)) for p in args.inputs],
+        inputs=inputs,
         policies=policies,
         stage=args.stage,
         now=now,
         namespace=namespace,
         stable=stable,
+        verifications=verifications,
     )
     print(checking.render_json(report) if args.output == "json" else checking.render_table(report))
     return report.exit_code
@@ -1060,6 +1117,45 @@ def _pin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sign(args: argparse.Namespace) -> int:
+    """``permafrost sign``: a cosign-compatible signature of one digest, pushed to its
+    repository (nothing is pushed when this key has signed it already)."""
+    try:
+        ref = images.parse(args.image)
+    except images.InvalidReference as exc:
+        raise documents.InputError(str(exc)) from None
+    if not ref.digest or not ref.digest.startswith("sha256:"):
+        raise documents.InputError(
+            f"{args.image}: a signature is on a sha256 digest, not a tag: give IMAGE@DIGEST "
+            "(permafrost pin resolves tags)"
+        )
+    try:
+        key = signatures.load_private_key(pathlib.Path(args.key).read_bytes())
+    except OSError as exc:
+        raise documents.InputError(f"--key {args.key}: cannot be read: {exc}") from None
+    except signatures.InvalidKey as exc:
+        raise documents.InputError(f"--key {args.key}: {exc}") from None
+    public = signatures.public_key_of(key)
+    client = registry.Client(
+        credentials=_docker_config(args.docker_config),
+        insecure=frozenset(args.insecure_registry),
+        timeout=args.registry_timeout,
+    )
+    try:
+        client.manifest(ref)  # NB: what is signed must exist: a typo signs nothing
+        there = client.signature_layers(ref)
+        if signatures.verify(image=args.image, ref=ref, layers=there, keys=[public]).verified:
+            print(f"{args.image}: already signed by key {public.id}")
+            return EXIT_OK
+        data = signatures.payload(ref, ref.digest)
+        tag = client.push_signature(ref, data=data, signature=signatures.sign(key, data))
+    except registry.RegistryError as exc:
+        print(f"permafrost sign: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{args.image}: signed by key {public.id} ({ref.registry}/{ref.repository}:{tag})")
+    return EXIT_OK
+
+
 def _explain(problem: kube.ApiProblem) -> tuple[str, str, int]:
     """A message for people, a hint and the exit code of an API problem."""
     detail = problem.detail.rstrip(".")
@@ -1154,6 +1250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except documents.InputError as exc:
                 print(f"permafrost check: {exc}", file=sys.stderr)
                 return checking.EXIT_UNUSABLE
+        if args.command == "sign":
+            try:
+                return _sign(args)
+            except documents.InputError as exc:
+                print(f"permafrost sign: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         if args.command == "pin":
             try:
                 return _pin(args)

@@ -53,6 +53,8 @@ class Runtime:
     policies: workqueue.WorkQueue[str] | None = None
     policy_bodies: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=dict)
     synced_policies: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The images of a release that GuardrailPolicies' verifyImages cover are verified with it.
+    signed: registry.SignatureChecker | None = None
 
     def may_write(self) -> bool:
         """Whether this replica may write now: standalone, or its lease is fresh (see Lease)."""
@@ -253,6 +255,7 @@ async def _reconcile(runtime: Runtime, key: Key) -> float | None:
                 policies=store.STORE,
                 fence=runtime.may_write,
                 images=runtime.images,
+                signed=runtime.signed,
             )
     except reconciler.Fenced as exc:
         logger.warning("release %s/%s: %s", namespace, name, exc)
@@ -346,6 +349,7 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
         ),
         tasks=[],
         images=memo.get("images"),
+        signed=memo.get("signed"),
     )
     tasks = runtime.tasks
     tasks += [

@@ -380,8 +380,31 @@ class PolicyRule(Model):
     message_expression: str | None = pydantic.Field(default=None, max_length=4096)
 
 
+class ImageVerification(Model):
+    """Images whose repository matches one of ``images`` (globs: ``*`` within a path segment,
+    ``**`` across) must carry a cosign signature by one of ``keys`` (PEM public keys: ECDSA
+    P-256 or Ed25519). Judged like a rule named ``name``."""
+
+    name: str = pydantic.Field(
+        min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
+    # NB: what each pattern and key may be is checked when the policy is compiled (and the
+    # policy refused at admission with the reason), not by the schema.
+    images: list[str] = pydantic.Field(min_length=1, max_length=32)
+    keys: list[str] = pydantic.Field(min_length=1, max_length=16)
+
+
 class GuardrailPolicySpec(Model):
     stages: list[Stage] = pydantic.Field(min_length=1)
     enforcement: Enforcement = "Enforce"
     match: PolicyMatch = pydantic.Field(default_factory=PolicyMatch)
-    rules: list[PolicyRule] = pydantic.Field(min_length=1, max_length=64)
+    rules: list[PolicyRule] = pydantic.Field(default_factory=list, max_length=64)
+    # Signatures the images must carry (verified by the operator and `permafrost check`, never
+    # at admission: docs/policies.md, "Signatures").
+    verify_images: list[ImageVerification] = pydantic.Field(default_factory=list, max_length=16)
+
+    @pydantic.model_validator(mode="after")
+    def _judges_something(self) -> GuardrailPolicySpec:
+        if not self.rules and not self.verify_images:
+            raise ValueError("a policy needs rules, verifyImages or both")
+        return self

@@ -596,9 +596,14 @@ def test_the_policy_printer_columns_show_stages_enforcement_where_enforced_and_a
     ]
 
 
-def test_policy_spec_is_required_and_needs_stages_and_rules() -> None:
+def test_policy_spec_is_required_and_needs_stages_and_rules_or_verify_images() -> None:
     assert POLICY_ROOT_SCHEMA["required"] == ["spec"]
-    assert POLICY_SPEC["required"] == ["stages", "rules"]
+    assert POLICY_SPEC["required"] == ["stages"]
+    (rule,) = POLICY_SPEC["x-kubernetes-validations"]
+    assert "size(self.rules) > 0" in rule["rule"]
+    assert "size(self.verifyImages) > 0" in rule["rule"]
+    with pytest.raises(pydantic.ValidationError, match="rules, verifyImages or both"):
+        models.GuardrailPolicySpec.model_validate({"stages": ["create"]})
 
 
 def _schema_nodes(schema: Schema, path: str) -> Iterator[tuple[str, Schema]]:
@@ -627,9 +632,13 @@ def test_stages_are_a_set_and_rules_a_map_keyed_by_name_and_other_lists_are_atom
         "spec.match.objectSelector.matchExpressions[].values": (None, None),
         "spec.match.kinds": (None, None),
         "spec.rules": ("map", ["name"]),
+        "spec.verifyImages": ("map", ["name"]),
+        "spec.verifyImages[].images": (None, None),
+        "spec.verifyImages[].keys": (None, None),
     }
     # The apiserver demands that a list-map key be required (or defaulted).
     assert "name" in POLICY_NODES["spec.rules[]"]["required"]
+    assert "name" in POLICY_NODES["spec.verifyImages[]"]["required"]
 
 
 def test_the_policy_schema_is_structural() -> None:
@@ -646,9 +655,10 @@ def _requirement_rules() -> Iterator[tuple[str, Schema]]:
         yield selector, rules[0]
 
 
-def test_only_the_selector_requirements_carry_cel_rules() -> None:
+def test_only_the_spec_and_the_selector_requirements_carry_cel_rules() -> None:
     with_rules = [p for p, node in POLICY_NODES.items() if "x-kubernetes-validations" in node]
     assert with_rules == [
+        "spec",
         "spec.match.namespaceSelector.matchExpressions[]",
         "spec.match.objectSelector.matchExpressions[]",
     ]

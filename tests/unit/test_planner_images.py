@@ -79,3 +79,25 @@ def test_hold_of_names_every_image_of_the_worst_outcome() -> None:
     assert message.startswith("a: missing; c: missing")
     assert images.hold_of(checks[1:2], fail_open=True) is None
     assert images.hold_of((), fail_open=False) is None
+
+
+def test_a_verify_images_violation_holds_with_its_own_reason() -> None:
+    from permafrost.policies import policy
+
+    unsigned = policy.RuleResult(
+        "shop-signed", "signed", "Enforce", "Fail", f"{IMAGE}: no signature", "ImageNotSigned"
+    )
+    s = dataclasses.replace(
+        situation(), create_verdict=policy.Verdict(stage="create", results=(unsigned,))
+    )
+    plan = planner.plan(s)
+    assert not _created(plan)
+    assert plan.status.phase == "Held"
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("False", "ImageNotSigned")
+    assert "shop-signed/signed" in compliant.message
+    assert "ImageNotSigned" in event_reasons(plan)
+    # Mixed with a CEL rule's violation: the general reason.
+    cel = policy.RuleResult("other", "rule", "Enforce", "Fail", "no")
+    mixed = dataclasses.replace(s, create_verdict=policy.Verdict("create", (unsigned, cel)))
+    assert condition(planner.plan(mixed), "PolicyCompliant").reason == "PolicyViolation"

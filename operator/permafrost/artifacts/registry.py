@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import hashlib
 import json
@@ -22,10 +23,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from permafrost.artifacts import images
+from permafrost.artifacts import images, signatures
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -99,6 +100,8 @@ def _loopback(host: str) -> bool:
     return name in ("localhost", "[::1]") or name.startswith("127.")
 
 
+_MAYBE_BUNDLE = frozenset({signatures.BUNDLE, "application/vnd.oci.empty.v1+json", None, ""})
+_SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -151,16 +154,31 @@ class Client:
         return Manifest(digest=ref.digest or digest, media_type=media_type, platforms=platforms)
 
     def _get(self, ref: images.Reference, path: str) -> tuple[int, Mapping[str, str], bytes]:
+        return self._call(ref, path)
+
+    def _call(
+        self,
+        ref: images.Reference,
+        path: str,
+        *,
+        method: str = "GET",
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request to ``ref``'s registry (``path``, or a whole URL the registry gave),
+        authorised as its challenge asks (once). Raises :class:`RegistryError` for refused
+        credentials and an unreachable registry; other answers are returned."""
         host = ref.api_host
-        headers = {"Accept": ACCEPT}
+        url = path if path.startswith(("http://", "https://")) else self._url(host, path)
+        sent = {"Accept": ACCEPT, **(headers or {})}
         token = self._tokens.get((host, ref.repository))
         if token:
-            headers["Authorization"] = f"Bearer {token}"
-        status, got, body = self._send(self._url(host, path), headers, what=ref.text)
+            sent["Authorization"] = f"Bearer {token}"
+        status, got, body = self._send(url, sent, what=ref.text, method=method, data=data)
         if status == 401:
             challenge = got.get("www-authenticate", "")
-            headers["Authorization"] = self._authorize(ref, challenge)
-            status, got, body = self._send(self._url(host, path), headers, what=ref.text)
+            sent["Authorization"] = self._authorize(ref, challenge)
+            status, got, body = self._send(url, sent, what=ref.text, method=method, data=data)
             if status == 401:
                 raise RegistryError(
                     UNAUTHORIZED,
@@ -210,9 +228,15 @@ class Client:
         return f"Bearer {token}"
 
     def _send(
-        self, url: str, headers: Mapping[str, str], *, what: str
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        what: str,
+        method: str = "GET",
+        data: bytes | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        request = urllib.request.Request(url, headers=dict(headers), method="GET")
+        request = urllib.request.Request(url, headers=dict(headers), method=method, data=data)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.status, _lower(response.headers), _bounded(response, what=what)
@@ -223,6 +247,178 @@ class Client:
             reason = getattr(exc, "reason", exc)
             host = urllib.parse.urlsplit(url).netloc
             raise RegistryError(UNREACHABLE, f"{what}: {host} is unreachable: {reason}") from None
+
+    # --- signatures (cosign's .sig tag layout) ---------------------------------------------
+
+    def signature_layers(self, ref: images.Reference) -> list[signatures.Layer]:
+        """The layers of the signature manifest of ``ref``'s digest (``sha256-<hex>.sig``), each
+        with its blob if it is small enough to be a payload; ``[]`` if there is none. Raises
+        :class:`RegistryError`: ``INVALID`` for a manifest that is not one, else why the
+        registry could not be asked."""
+        assert ref.digest is not None
+        tag = signatures.signature_tag(ref.digest)
+        status, _, body = self._call(ref, f"/v2/{ref.repository}/manifests/{tag}")
+        if status == 404:
+            return []
+        if status != 200:
+            raise RegistryError(
+                UNREACHABLE if status >= 500 else INVALID,
+                f"{ref.text}: the registry answered HTTP {status} for its signatures",
+            )
+        try:
+            descriptors = signatures.layers_of(json.loads(body))
+        except ValueError as exc:
+            raise RegistryError(INVALID, f"{ref.text}: its signature manifest: {exc}") from None
+        layers = []
+        for d in descriptors:
+            digest, size = str(d.get("digest") or ""), d.get("size")
+            raw = d.get("annotations")
+            annotations = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+            small = isinstance(size, int) and 0 <= size <= signatures.MAX_PAYLOAD_BYTES
+            blob, problem = None, f"is larger than {signatures.MAX_PAYLOAD_BYTES} bytes"
+            if not _SHA256.match(digest):
+                problem = "has no sha256 digest"
+            elif small:
+                blob = self._blob(ref, digest)
+                problem = "" if blob is not None else "is missing, or not the content of its digest"
+            layers.append(
+                signatures.Layer(
+                    media_type=str(d.get("mediaType") or ""),
+                    digest=digest,
+                    annotations=annotations,
+                    blob=blob,
+                    problem=problem,
+                )
+            )
+        return layers
+
+    def signature_bundles(self, ref: images.Reference) -> list[bytes]:
+        """The sigstore bundles among the OCI 1.1 referrers of ``ref``'s digest (the referrers
+        API, else the referrers tag ``sha256-<hex>`` that registries without it hold): each
+        bundle's bytes, ``b""`` for one that cannot be read. Raises :class:`RegistryError` as
+        :meth:`signature_layers` does."""
+        assert ref.digest is not None
+        query = urllib.parse.urlencode({"artifactType": signatures.BUNDLE})
+        status, _, body = self._call(ref, f"/v2/{ref.repository}/referrers/{ref.digest}?{query}")
+        if status == 404:
+            # NB: the referrers tag schema (OCI distribution 1.1), which cosign falls back to.
+            tag = ref.digest.replace(":", "-")
+            status, _, body = self._call(ref, f"/v2/{ref.repository}/manifests/{tag}")
+            if status == 404:
+                return []
+        if status != 200:
+            raise RegistryError(
+                UNREACHABLE if status >= 500 else INVALID,
+                f"{ref.text}: the registry answered HTTP {status} for its referrers",
+            )
+        try:
+            index = json.loads(body)
+            listed = index.get("manifests") if isinstance(index, dict) else None
+            if not isinstance(listed, list):
+                raise ValueError("no list of manifests")
+        except ValueError as exc:
+            raise RegistryError(INVALID, f"{ref.text}: its referrers: {exc}") from None
+        found = []
+        for d in listed[: signatures.MAX_SIGNATURES]:
+            # NB: the referrers tag that cosign writes lists a bundle's artifactType as that of
+            # its (empty) config: such entries are looked at too, and kept if they hold one.
+            if not isinstance(d, dict) or d.get("artifactType") not in _MAYBE_BUNDLE:
+                continue
+            bundle = self._bundle(ref, str(d.get("digest") or ""))
+            if bundle is not None:
+                found.append(bundle)
+        return found
+
+    def _bundle(self, ref: images.Reference, digest: str) -> bytes | None:
+        """A referrer's bundle (``b""``: one that cannot be read; None: not a bundle)."""
+        if not _SHA256.match(digest):
+            return b""
+        status, _, body = self._call(ref, f"/v2/{ref.repository}/manifests/{digest}")
+        if status != 200 or signatures.blob_digest(body) != digest:
+            return b""
+        try:
+            manifest = json.loads(body)
+            layers = manifest.get("layers") or []
+            kind = manifest.get("artifactType") or (manifest.get("config") or {}).get(
+                "artifactType"
+            )
+        except (ValueError, AttributeError):
+            return b""
+        if kind != signatures.BUNDLE:
+            return None
+        for layer in layers[:1]:
+            size, blob = layer.get("size"), str(layer.get("digest") or "")
+            if (
+                str(layer.get("mediaType") or "").startswith("application/vnd.dev.sigstore.bundle")
+                and isinstance(size, int)
+                and 0 <= size <= signatures.MAX_PAYLOAD_BYTES
+                and _SHA256.match(blob)
+            ):
+                return self._blob(ref, blob) or b""
+        return b""
+
+    def _blob(self, ref: images.Reference, digest: str) -> bytes | None:
+        """A blob of ``ref``'s repository, checked against its digest (None: not there, or
+        other content)."""
+        status, _, body = self._call(ref, f"/v2/{ref.repository}/blobs/{digest}")
+        if status >= 500:
+            raise RegistryError(UNREACHABLE, f"{ref.text}: the registry answered HTTP {status}")
+        if status != 200 or signatures.blob_digest(body) != digest:
+            return None
+        return body
+
+    def push_signature(self, ref: images.Reference, *, data: bytes, signature: bytes) -> str:
+        """Add a signature layer (payload ``data``) to the signature manifest of ``ref``'s
+        digest, keeping the signatures it holds; return the tag. Raises
+        :class:`RegistryError`."""
+        assert ref.digest is not None
+        tag = signatures.signature_tag(ref.digest)
+        status, _, body = self._call(ref, f"/v2/{ref.repository}/manifests/{tag}")
+        existing: list[dict[str, Any]] = []
+        if status == 200:
+            try:
+                existing = [dict(d) for d in signatures.layers_of(json.loads(body))]
+            except ValueError as exc:
+                raise RegistryError(INVALID, f"{ref.text}: its signature manifest: {exc}") from None
+        elif status != 404:
+            raise RegistryError(INVALID, f"{ref.text}: the registry answered HTTP {status}")
+        layers = [*existing, signatures.signature_layer(data=data, signature=signature)]
+        config, manifest = signatures.artifact(layers=layers)
+        self._push_blob(ref, data)
+        self._push_blob(ref, config)
+        status, _, _ = self._call(
+            ref,
+            f"/v2/{ref.repository}/manifests/{tag}",
+            method="PUT",
+            data=manifest,
+            headers={"Content-Type": signatures.OCI_MANIFEST},
+        )
+        if status not in (200, 201):
+            raise RegistryError(INVALID, f"{ref.text}: pushing {tag} answered HTTP {status}")
+        return tag
+
+    def _push_blob(self, ref: images.Reference, data: bytes) -> None:
+        digest = signatures.blob_digest(data)
+        status, _, _ = self._call(ref, f"/v2/{ref.repository}/blobs/{digest}", method="HEAD")
+        if status == 200:
+            return
+        status, got, _ = self._call(
+            ref, f"/v2/{ref.repository}/blobs/uploads/", method="POST", data=b""
+        )
+        location = got.get("location")
+        if status != 202 or not location:
+            raise RegistryError(INVALID, f"{ref.text}: starting an upload answered HTTP {status}")
+        url = urllib.parse.urljoin(self._url(ref.api_host, "/"), location)
+        url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"digest": digest})
+        status, _, _ = self._call(
+            ref,
+            url,
+            method="PUT",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if status != 201:
+            raise RegistryError(INVALID, f"{ref.text}: uploading a blob answered HTTP {status}")
 
 
 def _lower(headers: Any) -> dict[str, str]:
@@ -328,3 +524,105 @@ class Checker:
             if keep > 0:
                 self._cache[check.image] = (check, self._clock() + keep)
         return tuple(fresh[i] for i in dict.fromkeys(wanted))
+
+
+# --- signatures, verified and cached (a shell around the client) -------------------------------
+
+VERIFIED_SECONDS = 24 * 3600.0
+UNVERIFIED_SECONDS = MISSING_SECONDS
+MAX_VERIFICATIONS = 4096
+
+Wanted = tuple[str, tuple[signatures.PublicKey, ...]]
+
+
+def _cache_key(image: str, keys: Sequence[signatures.PublicKey]) -> tuple[str, frozenset[str]]:
+    return image, frozenset(k.id for k in keys)
+
+
+class SignatureChecker:
+    """Whether images are signed by one of a set of keys (cosign's ``.sig`` layout).
+
+    The same client and rules as :class:`Checker`: lookups in threads, at most
+    :data:`CONCURRENT_LOOKUPS` at once, each request bounded by the client's timeout.
+    Verdicts are cached by image and key set: a verified digest for 24 hours (its content
+    cannot change, and a signature that verified once still does), any other verdict for 15
+    seconds (a signature may be pushed), an unreachable registry never. At most
+    :data:`MAX_VERIFICATIONS` verdicts are kept (the oldest go first).
+    """
+
+    def __init__(self, *, client: Client, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self._clock = clock
+        self._cache: collections.OrderedDict[
+            tuple[str, frozenset[str]], tuple[signatures.Verification, float]
+        ] = collections.OrderedDict()
+
+    def _lookup(self, image: str, keys: Sequence[signatures.PublicKey]) -> signatures.Verification:
+        try:
+            ref = images.parse(image)
+        except images.InvalidReference as exc:
+            return signatures.Verification(image, signatures.INVALID, str(exc))
+        if not ref.digest:
+            return signatures.verify(image=image, ref=ref, layers=(), keys=keys)
+        try:
+            layers = self.client.signature_layers(ref)
+            bundles = self.client.signature_bundles(ref)
+        except RegistryError as exc:
+            outcome = signatures.INVALID if exc.reason == INVALID else signatures.UNREACHABLE
+            return signatures.Verification(image, outcome, str(exc))
+        return signatures.verify(image=image, ref=ref, layers=layers, keys=keys, bundles=bundles)
+
+    def cached(
+        self, image: str, keys: Sequence[signatures.PublicKey]
+    ) -> signatures.Verification | None:
+        hit = self._cache.get(_cache_key(image, keys))
+        return hit[0] if hit is not None and hit[1] > self._clock() else None
+
+    def _keep(
+        self, verification: signatures.Verification, keys: Sequence[signatures.PublicKey]
+    ) -> None:
+        if verification.outcome == signatures.UNREACHABLE:
+            return
+        keep = VERIFIED_SECONDS if verification.verified else UNVERIFIED_SECONDS
+        key = _cache_key(verification.image, keys)
+        self._cache[key] = (verification, self._clock() + keep)
+        self._cache.move_to_end(key)
+        while len(self._cache) > MAX_VERIFICATIONS:
+            self._cache.popitem(last=False)
+
+    def verify_now(
+        self, image: str, keys: Sequence[signatures.PublicKey]
+    ) -> signatures.Verification:
+        """One verdict, in this thread (the CLI's)."""
+        found = self.cached(image, keys)
+        if found is None:
+            found = self._lookup(image, keys)
+            self._keep(found, keys)
+        return found
+
+    async def verify(
+        self, wanted: Sequence[Wanted]
+    ) -> dict[tuple[str, frozenset[str]], signatures.Verification]:
+        """A verdict per distinct (image, key set) of ``wanted``."""
+        found: dict[tuple[str, frozenset[str]], signatures.Verification] = {}
+        todo: dict[tuple[str, frozenset[str]], Wanted] = {}
+        for image, keys in wanted:
+            key = _cache_key(image, keys)
+            hit = self.cached(image, keys)
+            if hit is not None:
+                found[key] = hit
+            else:
+                todo[key] = (image, keys)
+        limit = asyncio.Semaphore(CONCURRENT_LOOKUPS)
+
+        async def one(
+            image: str, keys: tuple[signatures.PublicKey, ...]
+        ) -> signatures.Verification:
+            async with limit:
+                return await asyncio.to_thread(self._lookup, image, keys)
+
+        results = await asyncio.gather(*(one(i, k) for i, k in todo.values()))
+        for (key, (_, keys)), result in zip(todo.items(), results, strict=True):
+            self._keep(result, keys)
+            found[key] = result
+        return found

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from permafrost import models
+from permafrost.artifacts import signatures
 from permafrost.policies import documents, policy
 
 CHECKABLE_KINDS = (
@@ -117,24 +118,20 @@ def subject_of(
     )
 
 
-def check(
+def _subjects(
     *,
     inputs: Sequence[tuple[str, str]],
-    policies: Sequence[policy.Policy],
-    stage: models.Stage,
-    now: datetime.datetime,
-    namespace: Mapping[str, Any] | None = None,
-    stable: Mapping[str, Any] | None = None,
-) -> Report:
-    """Evaluate ``policies`` at ``stage`` on every document of every ``(source, text)`` input.
+    namespace: Mapping[str, Any] | None,
+    stable: Mapping[str, Any] | None,
+) -> Iterator[tuple[documents.Document, policy.Subject | None]]:
+    """Every document of the inputs with the subject rules see (None: skipped).
 
     Raises :class:`documents.InputError` for unusable input (bad YAML, an unsupported kind).
     """
-    checked, skipped = [], []
     for source, text in inputs:
         for doc in documents.load_all(text, source=source):
             if doc.kind in SKIPPED_KINDS or doc.kind in UNGUARDED_KINDS:
-                skipped.append(doc)
+                yield doc, None
                 continue
             if doc.kind not in CHECKABLE_KINDS:
                 raise documents.InputError(
@@ -145,13 +142,55 @@ def check(
             if ns is None:
                 name = str((doc.body.get("metadata") or {}).get("namespace") or "")
                 ns = {"name": name, "labels": {}}
-            verdict = policy.evaluate(
-                policies,
-                stage=stage,
-                now=now,
-                subject=subject_of(doc.body, namespace=ns, stable=stable),
+            yield doc, subject_of(doc.body, namespace=ns, stable=stable)
+
+
+def image_requirements(
+    *,
+    inputs: Sequence[tuple[str, str]],
+    policies: Sequence[policy.Policy],
+    stage: models.Stage,
+    namespace: Mapping[str, Any] | None = None,
+    stable: Mapping[str, Any] | None = None,
+) -> tuple[policy.ImageRequirement, ...]:
+    """What the policies' ``verifyImages`` entries require of the inputs' images: the caller
+    verifies them (the registry adapter) and gives the verdicts to :func:`check`."""
+    found: list[policy.ImageRequirement] = []
+    for _, subject in _subjects(inputs=inputs, namespace=namespace, stable=stable):
+        if subject is not None:
+            found += policy.image_requirements(policies, stage=stage, subject=subject)
+    return tuple(found)
+
+
+def check(
+    *,
+    inputs: Sequence[tuple[str, str]],
+    policies: Sequence[policy.Policy],
+    stage: models.Stage,
+    now: datetime.datetime,
+    namespace: Mapping[str, Any] | None = None,
+    stable: Mapping[str, Any] | None = None,
+    verifications: Mapping[tuple[str, frozenset[str]], signatures.Verification] | None = None,
+) -> Report:
+    """Evaluate ``policies`` at ``stage`` on every document of every ``(source, text)`` input.
+
+    The ``verifyImages`` entries are judged from ``verifications`` (see
+    :func:`image_requirements`); an image without one is an error, never a pass.
+
+    Raises :class:`documents.InputError` for unusable input (bad YAML, an unsupported kind).
+    """
+    checked, skipped = [], []
+    for doc, subject in _subjects(inputs=inputs, namespace=namespace, stable=stable):
+        if subject is None:
+            skipped.append(doc)
+            continue
+        verdict = policy.evaluate(policies, stage=stage, now=now, subject=subject)
+        required = policy.image_requirements(policies, stage=stage, subject=subject)
+        if required:
+            verdict = policy.with_results(
+                verdict, policy.signature_results(required, verifications or {})
             )
-            checked.append(Checked(doc, verdict))
+        checked.append(Checked(doc, verdict))
     return Report(
         stage=stage,
         checked=tuple(checked),

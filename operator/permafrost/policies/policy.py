@@ -28,6 +28,7 @@ from typing import Any, Literal
 import cel
 
 from permafrost import models
+from permafrost.artifacts import images, signatures
 
 Outcome = Literal["Pass", "Fail", "Error"]
 
@@ -138,12 +139,35 @@ class Rule:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageRule:
+    """A ``verifyImages`` entry: images whose repository matches one of ``patterns`` must be
+    signed by one of ``keys``."""
+
+    name: str
+    patterns: tuple[str, ...]
+    keys: tuple[signatures.PublicKey, ...]
+    matchers: tuple[re.Pattern[str], ...] = dataclasses.field(default=(), compare=False)
+
+    def covers(self, image: str) -> bool:
+        """Whether ``image``'s repository (``registry/repository``, Docker Hub as
+        ``docker.io/library/…``) matches a pattern; text that is not a reference never does
+        (the registry check and admission report it)."""
+        try:
+            ref = images.parse(image)
+        except images.InvalidReference:
+            return False
+        name = f"{ref.registry}/{ref.repository}"
+        return any(m.fullmatch(name) for m in self.matchers)
+
+
+@dataclasses.dataclass(frozen=True)
 class Policy:
     name: str
     stages: frozenset[str]
     enforcement: str
     match: models.PolicyMatch
     rules: tuple[Rule, ...]
+    verify_images: tuple[ImageRule, ...] = ()
 
 
 def referenced(*expressions: str) -> frozenset[str]:
@@ -173,7 +197,7 @@ def _compile(policy: str, rule: str, what: str, expression: str) -> Any:
 
 def compile_policy(name: str, spec: models.GuardrailPolicySpec) -> Policy:
     """Compile every rule of a policy; raise :class:`PolicyError` naming the first bad one."""
-    names = [r.name for r in spec.rules]
+    names = [r.name for r in spec.rules] + [v.name for v in spec.verify_images]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise PolicyError(f"policy {name!r}: duplicate rule names {duplicated}")
@@ -204,6 +228,7 @@ def compile_policy(name: str, spec: models.GuardrailPolicySpec) -> Policy:
         enforcement=spec.enforcement,
         match=spec.match,
         rules=tuple(rules),
+        verify_images=tuple(_compile_image_rule(name, v) for v in spec.verify_images),
     )
 
 
@@ -339,9 +364,15 @@ class RuleResult:
     enforcement: str
     outcome: Outcome
     message: str
+    # Why, as a condition reason, when it is more specific than "a rule failed" (a
+    # verifyImages entry's: ImageNotSigned, SignatureUntrusted...); None for CEL rules.
+    reason: str | None = None
 
     def to_json(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
+        found = dataclasses.asdict(self)
+        if found["reason"] is None:
+            del found["reason"]
+        return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,6 +470,133 @@ def evaluate(
         for rule in policy.rules
     ]
     return Verdict(stage=stage, results=tuple(results))
+
+
+# --- image signatures (spec.verifyImages) -----------------------------------------------------
+
+
+_GLOB = re.compile(r"^[A-Za-z0-9._\-/:*?\[\]]+$")
+
+
+def glob(pattern: str) -> re.Pattern[str]:
+    """A repository pattern: ``*`` and ``?`` within one path component, ``**`` across them
+    (``registry.example/shop/*``, ``registry.example/**``)."""
+    if not _GLOB.match(pattern) or "[" in pattern or "]" in pattern:
+        raise ValueError(
+            f"{pattern!r} is not a repository pattern (letters, digits, . _ - / : * ?)"
+        )
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    regex = "".join(
+        ".*" if p == "**" else "[^/]*" if p == "*" else "[^/]" if p == "?" else re.escape(p)
+        for p in parts
+    )
+    return re.compile(regex)
+
+
+def _compile_image_rule(policy: str, entry: models.ImageVerification) -> ImageRule:
+    where = f"policy {policy!r}, verifyImages {entry.name!r}"
+    try:
+        matchers = tuple(glob(p) for p in entry.images)
+    except ValueError as exc:
+        raise PolicyError(f"{where}: {exc}") from None
+    keys = []
+    for index, pem in enumerate(entry.keys):
+        try:
+            keys.append(signatures.load_public_key(pem))
+        except signatures.InvalidKey as exc:
+            raise PolicyError(f"{where}: key {index + 1}: {exc}") from None
+    return ImageRule(
+        name=entry.name, patterns=tuple(entry.images), keys=tuple(keys), matchers=matchers
+    )
+
+
+def images_of(subject: Subject) -> tuple[str, ...]:
+    """The images an action would run: an Artifact's ``image``, or the pod spec's containers
+    and init containers (each once, in order)."""
+    if subject.kind == models.ARTIFACT_KIND:
+        image = subject.object.get("image")
+        return (image,) if isinstance(image, str) else ()
+    spec = pod_spec(subject.object)
+    found = []
+    for field in ("initContainers", "containers"):
+        for container in spec.get(field) or ():
+            if isinstance(container, Mapping) and isinstance(container.get("image"), str):
+                found.append(container["image"])
+    return tuple(dict.fromkeys(found))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRequirement:
+    """One image one ``verifyImages`` entry of one policy requires signed."""
+
+    policy: str
+    rule: str
+    enforcement: str
+    image: str
+    keys: tuple[signatures.PublicKey, ...]
+
+    @property
+    def key(self) -> tuple[str, frozenset[str]]:
+        """What a verification of it is found under (the image and the key ids)."""
+        return self.image, frozenset(k.id for k in self.keys)
+
+
+def image_requirements(
+    policies: Iterable[Policy], *, stage: models.Stage, subject: Subject
+) -> tuple[ImageRequirement, ...]:
+    """What the ``verifyImages`` entries of the policies that apply at ``stage`` require."""
+    found = []
+    subject_images = images_of(subject)
+    for p in sorted(policies, key=lambda p: p.name):
+        if not p.verify_images or not matches(p, stage=stage, subject=subject):
+            continue
+        for rule in p.verify_images:
+            for image in subject_images:
+                if rule.covers(image):
+                    found.append(
+                        ImageRequirement(p.name, rule.name, p.enforcement, image, rule.keys)
+                    )
+    return tuple(found)
+
+
+def signature_results(
+    requirements: Sequence[ImageRequirement],
+    verifications: Mapping[tuple[str, frozenset[str]], signatures.Verification],
+) -> tuple[RuleResult, ...]:
+    """One result per ``verifyImages`` entry that requires something: ``Pass`` when every
+    image it covers is verified; ``Fail`` (``Error`` when the registry could not be asked)
+    with each image's verdict otherwise, the reason being the first image's. A requirement
+    with no verification is an ``Error``: never a pass by omission."""
+    grouped: dict[tuple[str, str, str], list[signatures.Verification]] = {}
+    for req in requirements:
+        found = verifications.get(req.key) or signatures.Verification(
+            req.image, signatures.UNREACHABLE, f"{req.image}: not verified"
+        )
+        grouped.setdefault((req.policy, req.rule, req.enforcement), []).append(found)
+    results = []
+    for (policy_name, rule, enforcement), verdicts in grouped.items():
+        failing = [v for v in verdicts if not v.verified]
+        if not failing:
+            results.append(RuleResult(policy_name, rule, enforcement, "Pass", ""))
+            continue
+        outcome: Outcome = (
+            "Error" if all(v.outcome == signatures.UNREACHABLE for v in failing) else "Fail"
+        )
+        results.append(
+            RuleResult(
+                policy_name,
+                rule,
+                enforcement,
+                outcome,
+                "; ".join(v.message for v in failing),
+                reason=failing[0].outcome,
+            )
+        )
+    return tuple(results)
+
+
+def with_results(verdict: Verdict, extra: Sequence[RuleResult]) -> Verdict:
+    return Verdict(stage=verdict.stage, results=(*verdict.results, *extra))
 
 
 def parse_policies(

@@ -45,9 +45,25 @@ ENFORCED_POLICY_VIOLATED = "EnforcedPolicyViolated"
 IMAGE_NOT_FOUND = "ImageNotFound"
 REGISTRY_UNREACHABLE = "RegistryUnreachable"
 INVALID_IMAGE = "InvalidImage"
+# A GuardrailPolicy's verifyImages (docs/policies.md, "Signatures"): the same values as
+# permafrost.artifacts.signatures' outcomes.
+IMAGE_NOT_SIGNED = "ImageNotSigned"
+SIGNATURE_UNTRUSTED = "SignatureUntrusted"
+SIGNATURE_INVALID = "SignatureInvalid"
+IMAGE_NOT_PINNED = "ImageNotPinned"
 # The reasons of PolicyCompliant=False that hold a rollout (phase Held).
 HOLDING_REASONS = frozenset(
-    {POLICY_VIOLATION, PROMOTION_HELD, IMAGE_NOT_FOUND, REGISTRY_UNREACHABLE, INVALID_IMAGE}
+    {
+        POLICY_VIOLATION,
+        PROMOTION_HELD,
+        IMAGE_NOT_FOUND,
+        REGISTRY_UNREACHABLE,
+        INVALID_IMAGE,
+        IMAGE_NOT_SIGNED,
+        SIGNATURE_UNTRUSTED,
+        SIGNATURE_INVALID,
+        IMAGE_NOT_PINNED,
+    }
 )
 POLICY_WARNINGS = "PolicyWarnings"
 ALL_POLICIES_PASS = "AllPoliciesPass"

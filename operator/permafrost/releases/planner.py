@@ -557,6 +557,14 @@ def _supersede_others(w: _Work, target: str) -> None:
             )
 
 
+def _hold_reason(violations: Sequence[policy.RuleResult]) -> str:
+    """The reason a create-stage hold is reported with: the violations' own when they all
+    share one (a verifyImages entry's, e.g. ImageNotSigned), else PolicyViolation."""
+    reasons = {r.reason for r in violations}
+    reason = reasons.pop() if len(reasons) == 1 else None
+    return reason or conditions.POLICY_VIOLATION
+
+
 def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
     s, now = w.s, timestamp(w.s.now)
     record, view = w.records.get(target), s.revisions.get(target)
@@ -566,7 +574,7 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
         if s.create_verdict is not None and s.create_verdict.violations:
             # NB: policies are checked again right before creation: they may have changed since
             # the release was admitted. Nothing is created while they are violated.
-            w.hold = (conditions.POLICY_VIOLATION, s.create_verdict.summary())
+            w.hold = (_hold_reason(s.create_verdict.violations), s.create_verdict.summary())
             w.state = Pass.HELD
             return
         if s.image_checks is not None:

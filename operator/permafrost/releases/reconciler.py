@@ -18,7 +18,7 @@ import pydantic
 
 from permafrost import kube, metrics, models
 from permafrost.artifacts import images as image_checks
-from permafrost.artifacts import registry
+from permafrost.artifacts import registry, signatures
 from permafrost.gates import probes, verdicts
 from permafrost.guards import admission, sessions
 from permafrost.policies import checking, policy, store
@@ -64,6 +64,7 @@ async def reconcile(
     policies: store.Store | None = None,
     fence: Fence | None = None,
     images: registry.Checker | None = None,
+    signed: registry.SignatureChecker | None = None,
 ) -> float | None:
     """Bring one release one step closer to its spec; return seconds until it needs a new look.
 
@@ -155,6 +156,22 @@ async def reconcile(
         metrics.count_policy_errors(stage="create", results=create_verdict.results)
         metrics.count_policy_errors(stage="promote", results=promote_verdict.results)
     desired = observations.desired(release=release, spec=spec, sources=sources)
+    unsigned = False
+    if (
+        policies is not None
+        and signed is not None
+        and create_verdict is not None
+        and promote_verdict is not None
+        and isinstance(desired, planner.Desired)
+    ):
+        create_verdict, promote_verdict, unsigned = await _verify_signatures(
+            signed,
+            policies=known,
+            subject=subject,
+            create=create_verdict,
+            promote=promote_verdict,
+            creating=desired.revision not in revisions,
+        )
     checks = None
     # NB: only a revision about to be created is looked up (cached by reference): one that
     # exists was checked before it was created, or predates the check.
@@ -329,12 +346,50 @@ async def reconcile(
     polls = []
     if spec.config_refs:
         polls.append(CONFIG_POLL_SECONDS)
-    if checks is not None and any(c.outcome != image_checks.OK for c in checks):
+    if unsigned or (checks is not None and any(c.outcome != image_checks.OK for c in checks)):
         # NB: a registry is not watched: an image pushed, or a registry back, is seen this soon.
         polls.append(registry.MISSING_SECONDS)
     if polls:
         return min(polls) if requeue is None else min(requeue, *polls)
     return requeue
+
+
+async def _verify_signatures(
+    checker: registry.SignatureChecker,
+    *,
+    policies: list[policy.Policy],
+    subject: policy.Subject,
+    create: policy.Verdict,
+    promote: policy.Verdict,
+    creating: bool,
+) -> tuple[policy.Verdict, policy.Verdict, bool]:
+    """The verdicts with the results of the policies' ``verifyImages`` entries added (the
+    spec's images, verified in their registries, cached); and whether one of them fails while
+    the revision is still to be created (it is then looked at again soon: a registry is not
+    watched).
+
+    NB: for a revision that exists, an unreachable registry says nothing new (it was verified
+    before it was created, or predates the policy): such verdicts are left out rather than
+    reported as a violation by what already runs.
+    """
+    required = {
+        stage: policy.image_requirements(policies, stage=stage, subject=subject)
+        for stage in ("create", "promote")
+    }
+    wanted = [(r.image, r.keys) for found in required.values() for r in found]
+    if not wanted:
+        return create, promote, False
+    verified = await checker.verify(wanted)
+    if not creating:
+        verified = {k: v for k, v in verified.items() if v.outcome != signatures.UNREACHABLE}
+        required = {s: tuple(r for r in rs if r.key in verified) for s, rs in required.items()}
+    extra = {s: policy.signature_results(rs, verified) for s, rs in required.items()}
+    failing = creating and any(r.outcome != "Pass" for rs in extra.values() for r in rs)
+    return (
+        policy.with_results(create, extra["create"]),
+        policy.with_results(promote, extra["promote"]),
+        failing,
+    )
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

@@ -1,0 +1,419 @@
+"""Cosign-compatible signatures, verified from bytes (permafrost.artifacts.signatures): keys
+made here, payloads and layers as cosign writes them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from permafrost import models
+from permafrost.artifacts import images, signatures
+from permafrost.policies import policy
+
+DIGEST = "sha256:" + "ab" * 32
+OTHER = "sha256:" + "cd" * 32
+IMAGE = f"registry.example/shop/app:1.0@{DIGEST}"
+
+
+def pem(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@pytest.fixture(params=["ecdsa", "ed25519"])
+def private(request: pytest.FixtureRequest) -> signatures.PrivateKey:
+    if request.param == "ecdsa":
+        return ec.generate_private_key(ec.SECP256R1())
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def layer(data: bytes, signature: bytes | str | None) -> signatures.Layer:
+    annotations = {}
+    if signature is not None:
+        annotations[signatures.SIGNATURE_ANNOTATION] = (
+            signature if isinstance(signature, str) else base64.b64encode(signature).decode()
+        )
+    return signatures.Layer(
+        media_type=signatures.SIMPLE_SIGNING,
+        digest=signatures.blob_digest(data),
+        annotations=annotations,
+        blob=data,
+    )
+
+
+def signed(
+    key: signatures.PrivateKey, *, image: str = IMAGE, digest: str = DIGEST
+) -> signatures.Layer:
+    data = signatures.payload(images.parse(image), digest)
+    return layer(data, signatures.sign(key, data))
+
+
+def check(
+    layers: list[signatures.Layer], *keys: signatures.PublicKey, image: str = IMAGE
+) -> signatures.Verification:
+    return signatures.verify(image=image, ref=images.parse(image), layers=layers, keys=keys)
+
+
+def test_a_signature_by_a_trusted_key_verifies(private: signatures.PrivateKey) -> None:
+    trusted = signatures.load_public_key(pem(private))
+    found = check([signed(private)], trusted)
+    assert found.outcome == signatures.VERIFIED, found.message
+    assert found.key == trusted.id
+    assert trusted.id in found.message
+
+
+def test_the_payload_is_cosigns() -> None:
+    data = signatures.payload(images.parse(IMAGE), DIGEST)
+    assert data == (
+        b'{"critical":{"identity":{"docker-reference":"registry.example/shop/app"},'
+        b'"image":{"docker-manifest-digest":"' + DIGEST.encode() + b'"},'
+        b'"type":"cosign container image signature"},"optional":null}'
+    )
+    hub = signatures.payload(images.parse(f"nginx@{DIGEST}"), DIGEST)
+    assert (
+        json.loads(hub)["critical"]["identity"]["docker-reference"]
+        == "index.docker.io/library/nginx"
+    )
+    assert signatures.signature_tag(DIGEST) == f"sha256-{'ab' * 32}.sig"
+
+
+def test_one_of_several_signatures_and_keys_is_enough() -> None:
+    mine, theirs = ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()
+    keys = [
+        signatures.load_public_key(pem(k)) for k in (ec.generate_private_key(ec.SECP256R1()), mine)
+    ]
+    found = check([signed(theirs), signed(mine)], *keys)
+    assert found.verified
+    assert found.key == keys[1].id
+
+
+def test_no_signature_is_not_signed(private: signatures.PrivateKey) -> None:
+    found = check([], signatures.load_public_key(pem(private)))
+    assert found.outcome == signatures.NOT_SIGNED
+    assert signatures.signature_tag(DIGEST) in found.message
+
+
+def test_a_signature_by_another_key_is_untrusted(private: signatures.PrivateKey) -> None:
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    trusted = signatures.load_public_key(pem(private))
+    found = check([signed(stranger)], trusted)
+    assert found.outcome == signatures.UNTRUSTED
+    assert "none by a trusted key" in found.message
+    assert trusted.id in found.message
+
+
+def test_a_trusted_signature_of_another_digest_or_repository_is_invalid(
+    private: signatures.PrivateKey,
+) -> None:
+    trusted = signatures.load_public_key(pem(private))
+    # A signature copied onto this digest's tag from another image.
+    other_digest = check([signed(private, digest=OTHER)], trusted)
+    assert other_digest.outcome == signatures.INVALID
+    assert "another digest" in other_digest.message
+    elsewhere = check([signed(private, image=f"registry.example/evil/app@{DIGEST}")], trusted)
+    assert elsewhere.outcome == signatures.INVALID
+    assert "another repository (registry.example/evil/app)" in elsewhere.message
+
+
+def test_a_tampered_payload_is_not_verified(private: signatures.PrivateKey) -> None:
+    trusted = signatures.load_public_key(pem(private))
+    good = signed(private, digest=OTHER)
+    assert good.blob is not None
+    tampered = layer(
+        good.blob.replace(OTHER.encode(), DIGEST.encode()),
+        good.annotations[signatures.SIGNATURE_ANNOTATION],
+    )
+    assert check([tampered], trusted).outcome == signatures.UNTRUSTED
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        (layer(b"{}", None), "no dev.cosignproject.cosign/signature annotation"),
+        (layer(b"{}", "not base64!"), "not base64"),
+        (
+            signatures.Layer(signatures.SIMPLE_SIGNING, "sha256:" + "0" * 64, {}, None),
+            "larger than",
+        ),
+    ],
+)
+def test_malformed_layers_are_invalid(bad: signatures.Layer, said: str) -> None:
+    key = signatures.load_public_key(pem(ec.generate_private_key(ec.SECP256R1())))
+    found = check([bad], key)
+    assert found.outcome == signatures.INVALID
+    assert said in found.message
+
+
+def test_a_trusted_key_signing_garbage_is_invalid(private: signatures.PrivateKey) -> None:
+    trusted = signatures.load_public_key(pem(private))
+    found = check([layer(b"not json", signatures.sign(private, b"not json"))], trusted)
+    assert found.outcome == signatures.INVALID
+    assert "not a simple-signing payload" in found.message
+
+
+def test_an_image_without_a_digest_cannot_be_verified() -> None:
+    key = signatures.load_public_key(pem(ec.generate_private_key(ec.SECP256R1())))
+    found = check([], key, image="registry.example/shop/app:1.0")
+    assert found.outcome == signatures.UNPINNED
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("hello", "not a PEM public key"),
+        (pem(ec.generate_private_key(ec.SECP384R1())), "only P-256"),
+        (
+            pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+            "only ECDSA P-256 and Ed25519",
+        ),
+    ],
+)
+def test_keys_that_cannot_be_used_are_refused(text: str, said: str) -> None:
+    with pytest.raises(signatures.InvalidKey, match=said):
+        signatures.load_public_key(text)
+
+
+def test_private_keys_load_unencrypted_only(private: signatures.PrivateKey) -> None:
+    plain = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    loaded = signatures.load_private_key(plain)
+    assert signatures.public_key_of(loaded).id == signatures.load_public_key(pem(private)).id
+    locked = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    with pytest.raises(signatures.InvalidKey, match="encrypted"):
+        signatures.load_private_key(locked)
+
+
+def test_the_artifact_is_an_oci_manifest_of_the_layers(private: signatures.PrivateKey) -> None:
+    data = signatures.payload(images.parse(IMAGE), DIGEST)
+    descriptor = signatures.signature_layer(data=data, signature=signatures.sign(private, data))
+    config, manifest = signatures.artifact(layers=[descriptor])
+    document = json.loads(manifest)
+    assert document["mediaType"] == signatures.OCI_MANIFEST
+    assert document["config"]["digest"] == signatures.blob_digest(config)
+    assert document["layers"] == [descriptor]
+    assert json.loads(config)["rootfs"]["diff_ids"] == [signatures.blob_digest(data)]
+    assert signatures.layers_of(document) == [descriptor]
+    with pytest.raises(ValueError, match="more than"):
+        signatures.layers_of({"layers": [descriptor] * (signatures.MAX_SIGNATURES + 1)})
+
+
+# --- verifyImages in GuardrailPolicies (permafrost.policies.policy) ------------------------------
+
+
+def _policy(
+    key: signatures.PrivateKey, *patterns: str, enforcement: str = "Enforce"
+) -> policy.Policy:
+    spec = models.GuardrailPolicySpec.model_validate(
+        {
+            "stages": ["build", "create"],
+            "enforcement": enforcement,
+            "verifyImages": [{"name": "signed", "images": list(patterns), "keys": [pem(key)]}],
+        }
+    )
+    return policy.compile_policy("shop-signed", spec)
+
+
+def _release(*images_: str) -> policy.Subject:
+    containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(images_)]
+    return policy.Subject(
+        object={
+            "kind": "GuardedRelease",
+            "spec": {"template": {"spec": {"containers": containers}}},
+        }
+    )
+
+
+def test_a_policy_requires_signatures_of_the_images_its_patterns_cover() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    covered, other = IMAGE, f"registry.example/other/app@{DIGEST}"
+    pol = _policy(key, "registry.example/shop/*")
+    required = policy.image_requirements([pol], stage="create", subject=_release(covered, other))
+    assert [(r.policy, r.rule, r.image) for r in required] == [("shop-signed", "signed", covered)]
+    assert policy.image_requirements([pol], stage="promote", subject=_release(covered)) == ()
+    deep = _policy(key, "registry.example/**")
+    assert (
+        len(policy.image_requirements([deep], stage="create", subject=_release(covered, other)))
+        == 2
+    )
+    hub = _policy(key, "docker.io/library/*")
+    assert policy.image_requirements([hub], stage="create", subject=_release(f"nginx@{DIGEST}"))
+    artifact = policy.Subject(object={"kind": "Artifact", "image": covered})
+    assert policy.image_requirements([pol], stage="build", subject=artifact)
+
+
+def test_results_pass_only_when_every_covered_image_is_verified() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pol = _policy(key, "registry.example/**", enforcement="Warn")
+    second = f"registry.example/shop/web@{OTHER}"
+    required = policy.image_requirements([pol], stage="create", subject=_release(IMAGE, second))
+    good = {r.key: signatures.Verification(r.image, signatures.VERIFIED, "ok") for r in required}
+    assert [r.outcome for r in policy.signature_results(required, good)] == ["Pass"]
+    one_bad = {
+        **good,
+        required[1].key: signatures.Verification(second, signatures.NOT_SIGNED, "no signature"),
+    }
+    (result,) = policy.signature_results(required, one_bad)
+    assert (result.outcome, result.reason, result.enforcement) == ("Fail", "ImageNotSigned", "Warn")
+    assert result.message == "no signature"
+    assert result.to_json()["reason"] == "ImageNotSigned"
+    # Nothing verified is never a pass.
+    (missing,) = policy.signature_results(required, {})
+    assert missing.outcome == "Error"
+    assert missing.reason == "RegistryUnreachable"
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ({"keys": ["not a key"]}, "key 1: not a PEM public key"),
+        ({"images": ["registry.example/[ab]"]}, "is not a repository pattern"),
+    ],
+)
+def test_a_policy_with_a_key_or_pattern_that_cannot_be_used_does_not_compile(
+    entry: dict[str, Any], said: str
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    spec = models.GuardrailPolicySpec.model_validate(
+        {
+            "stages": ["create"],
+            "verifyImages": [
+                {"name": "signed", "images": ["registry.example/**"], "keys": [pem(key)], **entry}
+            ],
+        }
+    )
+    with pytest.raises(policy.PolicyError, match=said):
+        policy.compile_policy("p", spec)
+
+
+def test_ed25519ph_signatures_as_cosign_makes_them_verify() -> None:
+    """RFC 8032, 7.3 (Ed25519ph, "abc"), and a key's pure signature is not taken for one."""
+    from permafrost.artifacts import ed25519ph
+
+    public = bytes.fromhex("ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf")
+    signature = bytes.fromhex(
+        "98a70222f0b8121aa9d30f813d683f809e462b469c7ff87639499bb94e6dae41"
+        "31f85042463c2a355a2003d062adf5aaa10b8c61e636062aaad11c2a26083406"
+    )
+    assert ed25519ph.verify(public, signature, b"abc")
+    assert not ed25519ph.verify(public, signature, b"abd")
+    assert not ed25519ph.verify(public, signature[:32] + bytes(32), b"abc")
+    key = signatures.load_public_key(
+        ed25519.Ed25519PublicKey.from_public_bytes(public)
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    assert key.verifies(signature, b"abc")
+    mine = ed25519.Ed25519PrivateKey.generate()
+    raw = mine.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert not ed25519ph.verify(raw, mine.sign(b"abc"), b"abc")
+
+
+# --- the operator's cache of verdicts (permafrost.artifacts.registry.SignatureChecker) -----------
+
+
+class _Registry:
+    """A registry client's signature lookup, counted: what it answers is set per test."""
+
+    def __init__(self, answer: list[signatures.Layer] | Exception) -> None:
+        self.answer, self.asked = answer, 0
+
+    def signature_layers(self, ref: images.Reference) -> list[signatures.Layer]:
+        self.asked += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def signature_bundles(self, ref: images.Reference) -> list[bytes]:
+        return []
+
+
+def test_verdicts_are_cached_by_image_and_keys_for_as_long_as_they_hold() -> None:
+    from permafrost.artifacts import registry
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    trusted = (signatures.load_public_key(pem(key)),)
+    now = [0.0]
+    client = _Registry([signed(key)])
+    checker = registry.SignatureChecker(client=client, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert checker.verify_now(IMAGE, trusted).verified
+    now[0] += registry.VERIFIED_SECONDS - 1
+    assert checker.verify_now(IMAGE, trusted).verified
+    assert client.asked == 1
+    # Another key set is another question.
+    other = (signatures.load_public_key(pem(ec.generate_private_key(ec.SECP256R1()))),)
+    assert checker.verify_now(IMAGE, other).outcome == signatures.UNTRUSTED
+    assert client.asked == 2
+    now[0] += registry.UNVERIFIED_SECONDS + 1
+    assert checker.verify_now(IMAGE, other).outcome == signatures.UNTRUSTED
+    assert client.asked == 3
+    # An unreachable registry is never kept: asked again at once.
+    client.answer = registry.RegistryError(registry.UNREACHABLE, "down")
+    image = f"registry.example/shop/app@{OTHER}"
+    assert checker.verify_now(image, trusted).outcome == signatures.UNREACHABLE
+    assert checker.verify_now(image, trusted).outcome == signatures.UNREACHABLE
+    assert client.asked == 5
+    # A manifest that is not one: invalid, not unreachable.
+    client.answer = registry.RegistryError(registry.INVALID, "not JSON")
+    third = f"registry.example/shop/db@{DIGEST}"
+    assert checker.verify_now(third, trusted).outcome == signatures.INVALID
+
+
+def test_the_cache_is_bounded() -> None:
+    from permafrost.artifacts import registry
+
+    key = signatures.load_public_key(pem(ec.generate_private_key(ec.SECP256R1())))
+    checker = registry.SignatureChecker(client=_Registry([]))  # type: ignore[arg-type]
+    for n in range(registry.MAX_VERIFICATIONS + 10):
+        checker.verify_now(f"registry.example/shop/app{n}@{DIGEST}", (key,))
+    assert len(checker._cache) == registry.MAX_VERIFICATIONS
+    assert checker.cached(f"registry.example/shop/app0@{DIGEST}", (key,)) is None
+
+
+def _bundle(key: signatures.PrivateKey, digest: str, *, kind: str = signatures.IN_TOTO) -> bytes:
+    """A sigstore bundle as cosign sign --new-bundle-format makes it (DSSE, in-toto)."""
+    statement = json.dumps(
+        {
+            "_type": signatures.IN_TOTO_STATEMENT,
+            "subject": [{"digest": {"sha256": digest.removeprefix("sha256:")}}],
+            "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        }
+    ).encode()
+    pae = b"DSSEv1 %d %s %d %s" % (len(kind), kind.encode(), len(statement), statement)
+    envelope = {
+        "payload": base64.b64encode(statement).decode(),
+        "payloadType": kind,
+        "signatures": [{"sig": base64.b64encode(signatures.sign(key, pae)).decode()}],
+    }
+    return json.dumps({"mediaType": signatures.BUNDLE, "dsseEnvelope": envelope}).encode()
+
+
+def test_sigstore_bundles_among_the_referrers_verify(private: signatures.PrivateKey) -> None:
+    trusted = signatures.load_public_key(pem(private))
+    ref = images.parse(IMAGE)
+
+    def check_bundles(*bundles: bytes) -> signatures.Verification:
+        return signatures.verify(image=IMAGE, ref=ref, layers=(), keys=[trusted], bundles=bundles)
+
+    found = check_bundles(_bundle(private, DIGEST))
+    assert found.verified, found.message
+    assert "sigstore bundle" in found.message
+    assert check_bundles(_bundle(private, OTHER)).outcome == signatures.INVALID
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    assert check_bundles(_bundle(stranger, DIGEST)).outcome == signatures.UNTRUSTED
+    assert check_bundles(b"").outcome == signatures.INVALID
+    other_type = check_bundles(_bundle(private, DIGEST, kind="text/plain"))
+    assert other_type.outcome == signatures.INVALID
+    assert "not in-toto" in other_type.message
