@@ -204,8 +204,9 @@ def _wait_compiled(api: common.Api, names: list[str], *, timeout: float = 120) -
                 for c in status.get("conditions") or []
                 if c.get("type") == "Compiled" and c.get("observedGeneration") == generation
             ]
-            if compiled and status.get("enforcedBy"):
-                found[name] = status["enforcedBy"]
+            if compiled:
+                # NB: no enforcedBy: nothing of the policy is judged at admission
+                found[name] = status.get("enforcedBy") or "nothing at admission"
         if len(found) == len(names):
             return found
         if time.monotonic() > deadline:

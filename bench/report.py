@@ -171,7 +171,7 @@ def _admission_compiled(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
     rounds = r["apiserver_compiled"]
     enforced_by = r.get("enforced_by", {})
     in_apiserver = sorted(n for n, where in enforced_by.items() if where == "apiserver")
-    on_webhook = sorted(n for n, where in enforced_by.items() if where != "apiserver")
+    on_webhook = sorted(n for n, where in enforced_by.items() if where == "webhook")
     lines = [
         "### 1c. Policies compiled into the apiserver",
         "",

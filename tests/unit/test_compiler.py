@@ -134,6 +134,24 @@ def test_kinds_choose_the_bindings() -> None:
     assert not_compiled(stages=["build", "promote"]).reason == compiler.NO_CREATE_STAGE
 
 
+def test_a_policy_with_only_verify_images_has_nothing_to_compile() -> None:
+    """Signatures are verified by the operator (the registry is not reachable from CEL); a
+    policy with rules and verifyImages compiles its rules."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    verify = [{"name": "signed", "images": ["registry.example/**"], "keys": [key]}]
+    assert not_compiled(rules=[], verifyImages=verify).reason == compiler.NO_RULES
+    both = compiled(verifyImages=verify)
+    assert [v["expression"] for v in both.policy["spec"]["validations"]] == ["true"]
+
+
 def test_where_the_webhook_judges_is_where_the_bindings_match() -> None:
     out = compiled(match={"namespaceSelector": {"matchLabels": {"team": "pay"}}})
     releases, workloads = (b["spec"]["matchResources"] for b in out.bindings)

@@ -50,6 +50,7 @@ ENFORCED_BY_WEBHOOK = "webhook"
 COMPILED = "CompiledToAdmissionPolicy"
 NO_CREATE_STAGE = "NoCreateStage"
 NOT_ADMITTED = "NoKindJudgedAtAdmission"
+NO_RULES = "NoRulesToJudgeAtAdmission"
 DOES_NOT_COMPILE = "PolicyDoesNotCompile"
 READS_THE_CLOCK = "ReadsTheClock"
 UNKNOWN_VARIABLE = "UnknownVariable"
@@ -293,6 +294,14 @@ def compile_policy(
         return NotCompiled(
             NO_CREATE_STAGE, "the policy has no create stage: nothing to judge at admission"
         )
+    if not spec.rules:
+        # NB: signatures need the registry: the operator verifies them before it creates a
+        # revision, never at admission (neither the webhook nor a compiled policy).
+        return NotCompiled(
+            NO_RULES,
+            "the policy has no rules, only verifyImages, which the operator checks before it "
+            "creates a revision: nothing to judge at admission",
+        )
     kinds = set(spec.match.kinds) if spec.match.kinds else set(ADMITTED_KINDS)
     admitted = kinds & ADMITTED_KINDS
     if not admitted:
@@ -506,7 +515,9 @@ def status(
             now=now,
         )
         enforced_by = (
-            None if outcome.reason in (NO_CREATE_STAGE, NOT_ADMITTED) else (ENFORCED_BY_WEBHOOK)
+            None
+            if outcome.reason in (NO_CREATE_STAGE, NOT_ADMITTED, NO_RULES)
+            else (ENFORCED_BY_WEBHOOK)
         )
         admission_policy = None
     return {
