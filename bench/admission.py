@@ -202,7 +202,10 @@ def _wait_compiled(api: common.Api, names: list[str], *, timeout: float = 120) -
             compiled = [
                 c
                 for c in status.get("conditions") or []
-                if c.get("type") == "Compiled" and c.get("observedGeneration") == generation
+                if c.get("type") == "Compiled"
+                and c.get("observedGeneration") == generation
+                # NB: what the operator of (b), run with --no-compile-policies, said
+                and c.get("reason") != "CompilationDisabled"
             ]
             if compiled:
                 # NB: no enforcedBy: nothing of the policy is judged at admission
