@@ -38,6 +38,28 @@ OPERATOR_NAMESPACE = "permafrost-system"
 OPERATOR_ACCOUNT = "permafrost"
 OPERATOR_BINDING = "permafrost-bench-operator"
 WEBHOOK_CONFIGURATION = "permafrost-frozen-workloads"
+# What an operator started with --admission installs besides its webhooks (guards/admission.py):
+# the fail-safe policies exempt only that operator's identity, and the next operator (another
+# benchmark's, a test's) would have its revisions refused by them.
+FAIL_SAFE: tuple[tuple[str, str], ...] = (
+    *(
+        ("validatingadmissionpolicybinding", f"{WEBHOOK_CONFIGURATION}-{scope}")
+        for scope in ("managed", "enforced", "unenforced")
+    ),
+    ("validatingadmissionpolicy", WEBHOOK_CONFIGURATION),
+    *(
+        ("validatingadmissionpolicybinding", f"permafrost-frozen-exec-{scope}")
+        for scope in ("managed", "enforced")
+    ),
+    ("validatingadmissionpolicy", "permafrost-frozen-exec"),
+    ("validatingadmissionpolicybinding", "permafrost-service-type"),
+    ("validatingadmissionpolicy", "permafrost-service-type"),
+    *(
+        (kind, name)
+        for kind in ("mutatingadmissionpolicybinding", "mutatingadmissionpolicy")
+        for name in ("permafrost-service-selectors", "permafrost-service-routes")
+    ),
+)
 LABEL_ENFORCE = "permafrost.dev/enforce"
 LABEL_BENCH = "bench.permafrost.dev/run"
 DIGEST = "@sha256:" + "1" * 64
@@ -499,6 +521,13 @@ class Operator:
                 with ignore_status(404):
                     self.api.admission.delete_validating_webhook_configuration(
                         WEBHOOK_CONFIGURATION
+                    )
+                for kind, name in FAIL_SAFE:
+                    subprocess.run(
+                        ["kubectl", "delete", kind, name, "--ignore-not-found"],
+                        check=False,
+                        capture_output=True,
+                        timeout=60,
                     )
             # NB: the binding makes the operator's ServiceAccount cluster-admin; it must not
             # outlive the benchmark (a deployed operator has the same account, least-privileged).

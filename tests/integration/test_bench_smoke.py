@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import WEBHOOK_CONFIGURATION
-from k8s_harness import ROOT, Cluster
+from k8s_harness import ROOT, Cluster, wait_for
 
 # NB: every benchmark in its smoke size, in one subprocess, set up by the first test.
 pytestmark = pytest.mark.timeout(900)
@@ -159,3 +159,31 @@ def test_benchmarks_leave_nothing_cluster_wide_behind(results: pathlib.Path, crd
         if not n["metadata"].get("deletionTimestamp")
     ]
     assert live == []
+
+
+def test_the_benchmarks_leave_no_admission_policy_behind(
+    crds: Cluster, results: pathlib.Path
+) -> None:
+    """The operators the benchmarks start with ``--admission`` install fail-safe policies that
+    exempt only their own identity: left behind, they would refuse the revisions of the next
+    operator in the cluster (a test's, run under another user)."""
+
+    def left() -> list[str]:
+        found = []
+        for kind in ("validatingadmissionpolicies", "mutatingadmissionpolicies"):
+            names = crds.kubectl("get", kind, "-o", "name").stdout.split()
+            found += [n for n in names if n.rpartition("/")[2].startswith("permafrost-")]
+        return found
+
+    # NB: the compiled policies go with their GuardrailPolicies, by the garbage collector.
+    wait_for(lambda: not left(), timeout=60, interval=1, what="no admission policy left")
+
+
+def test_the_admission_benchmark_measures_the_compiled_policies(results: pathlib.Path) -> None:
+    data = load(results, "admission")
+    assert "apiserver" in data["enforced_by"].values(), data["enforced_by"]
+    (row, *_) = data["apiserver_compiled"]
+    for variant in ("compiled+webhook", "compiled", "no-guard"):
+        for op in ("create", "update"):
+            assert row[f"{variant}.{op}.n"] > 0, row
+            assert finite(row[f"{variant}.{op}.p50_ms"], row[f"{variant}.{op}.p99_ms"]), row
