@@ -261,10 +261,7 @@ class Client:
         if status == 404:
             return []
         if status != 200:
-            raise RegistryError(
-                UNREACHABLE if status >= 500 else INVALID,
-                f"{ref.text}: the registry answered HTTP {status} for its signatures",
-            )
+            raise _answered(ref, status, "its signatures")
         try:
             descriptors = signatures.layers_of(json.loads(body))
         except ValueError as exc:
@@ -307,10 +304,7 @@ class Client:
             if status == 404:
                 return []
         if status != 200:
-            raise RegistryError(
-                UNREACHABLE if status >= 500 else INVALID,
-                f"{ref.text}: the registry answered HTTP {status} for its referrers",
-            )
+            raise _answered(ref, status, "its referrers")
         try:
             index = json.loads(body)
             listed = index.get("manifests") if isinstance(index, dict) else None
@@ -626,3 +620,12 @@ class SignatureChecker:
             self._keep(result, keys)
             found[key] = result
         return found
+
+
+def _answered(ref: images.Reference, status: int, what: str) -> RegistryError:
+    """The error for an HTTP ``status`` other than 200 or 404 in answer to a request for
+    ``what`` of ``ref``: the registry is unreachable on a 5xx, the answer invalid otherwise."""
+    return RegistryError(
+        UNREACHABLE if status >= 500 else INVALID,
+        f"{ref.text}: the registry answered HTTP {status} for {what}",
+    )
