@@ -72,7 +72,8 @@ done
 
 log "the module that runs alone (no other cluster running)"
 PERMAFROST_SHARD=alone "$ROOT/hack/cluster.sh" exec "$PYTEST" -p no:cacheprovider \
-  --basetemp="${TMPDIR:-/tmp}/permafrost-pytest-$NETNS-alone" "$@"
+  --basetemp="${TMPDIR:-/tmp}/permafrost-pytest-$NETNS-alone" \
+  --junitxml="$BASE_DIR/junit-alone.xml" "$@"
 rc=$?
 # NB: 5 is "no tests collected": the arguments selected none of it.
 [ "$rc" = 0 ] || [ "$rc" = 5 ] || { log "the module run alone failed (pytest exit $rc)"; failed=1; }
@@ -81,7 +82,9 @@ rc=$?
 import glob, sys, xml.etree.ElementTree as ET
 base = sys.argv[1]
 seconds: dict[str, float] = {}
-for path in [f"{base}/junit.xml", *glob.glob(f"{base}-*/junit.xml")]:
+failures: list[str] = []
+paths = [f"{base}/junit.xml", f"{base}/junit-alone.xml", *glob.glob(f"{base}-*/junit.xml")]
+for path in paths:
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError):
@@ -92,11 +95,20 @@ for path in [f"{base}/junit.xml", *glob.glob(f"{base}-*/junit.xml")]:
             parts = parts[:-1]
         module = "/".join(parts[1:] if parts[0] == "tests" else parts) + ".py"
         seconds[module] = seconds.get(module, 0.0) + float(case.get("time") or 0)
+        for outcome in ("failure", "error"):
+            for bad in case.iter(outcome):
+                first = ((bad.get("message") or "").strip().splitlines() or [""])[0][:200]
+                failures.append(f"{module}::{case.get('name')} ({outcome}): {first}")
 top = sorted(seconds.items(), key=lambda kv: -kv[1])[:20]
 if top:
     print("[test] the slowest modules (seconds; tests/shards.py balances by them):", file=sys.stderr)
     for module, secs in top:
         print(f"[test]   {secs:7.0f}  {module}", file=sys.stderr)
+# NB: last, so that the end of the output (all a CI page may keep) names what failed.
+if failures:
+    print(f"[test] {len(failures)} failed (each shard's pytest.log has the details):", file=sys.stderr)
+    for line in failures:
+        print(f"[test]   {line}", file=sys.stderr)
 PY
 log "done in $(( $(date +%s) - started )) s"
 exit "$failed"
