@@ -439,10 +439,13 @@ def _add_gate_rules(rollout: Schema) -> None:
     gates["x-kubernetes-list-map-keys"] = ["name"]
     gates["items"]["x-kubernetes-validations"] = [
         {
-            "rule": "has(self.http) != has(self.prometheus)",
-            "message": "a gate has exactly one kind: http or prometheus",
+            "rule": (
+                "(has(self.http) ? 1 : 0) + (has(self.prometheus) ? 1 : 0) + "
+                "(has(self.job) ? 1 : 0) == 1"
+            ),
+            "message": "a gate has exactly one kind: http, prometheus or job",
             "messageExpression": (
-                '"gate " + self.name + " must have exactly one of http and prometheus"'
+                '"gate " + self.name + " must have exactly one of http, prometheus and job"'
             ),
             "reason": "FieldValueInvalid",
         }
@@ -451,11 +454,13 @@ def _add_gate_rules(rollout: Schema) -> None:
         {
             "rule": (
                 "!has(self.gates) || self.gates.all(g, "
-                "g.count * g.intervalSeconds < self.progressDeadlineSeconds)"
+                "g.count * g.intervalSeconds < self.progressDeadlineSeconds && "
+                "(!has(g.job) || g.job.activeDeadlineSeconds < self.progressDeadlineSeconds))"
             ),
             "message": (
-                "every gate's count x intervalSeconds must be less than "
-                "progressDeadlineSeconds: the gates run within the progress deadline"
+                "every gate's count x intervalSeconds, and every job gate's "
+                "activeDeadlineSeconds, must be less than progressDeadlineSeconds: the gates "
+                "run within the progress deadline"
             ),
             "fieldPath": ".gates",
             "reason": "FieldValueInvalid",

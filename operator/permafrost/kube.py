@@ -38,6 +38,7 @@ class Clients:
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.discovery = kubernetes.client.DiscoveryV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
 
 
 @functools.cache
@@ -333,6 +334,28 @@ async def create_revision(*, namespace: str, action: planner.CreateRevision) -> 
             else (c.core.create_namespaced_secret)
         )
         await _create(fn=create, namespace=namespace, body=body)
+
+
+class JobRefused(Exception):
+    """The apiserver refused a gate's Job (invalid, or denied by admission): the gate is wrong."""
+
+
+async def run_gate_job(*, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The Job of one measurement of a job gate as it is now, created first if it does not
+    exist. Raises :class:`JobRefused` with the apiserver's message on a 400, 403 or 422."""
+    c = clients()
+    name = body["metadata"]["name"]
+    job = await _get_or_none(c.batch.read_namespaced_job, name, namespace)
+    if job is not None:
+        return dict(job)
+    try:
+        created = await _create(fn=c.batch.create_namespaced_job, namespace=namespace, body=body)
+    except ApiException as exc:
+        if exc.status in (400, 403, 422):
+            raise JobRefused(f"{exc.status} {_api_message(exc)}") from None
+        raise
+    # NB: None: it was created meanwhile (409), by another look at the same measurement.
+    return dict(created or await _raw(c.batch.read_namespaced_job, name, namespace))
 
 
 async def scale(*, namespace: str, name: str, replicas: int) -> None:

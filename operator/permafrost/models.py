@@ -29,6 +29,11 @@ LABEL_REVISION = "permafrost.dev/revision"
 # names are hashes), so the Service selects nothing and no unverified pod takes traffic.
 REVISION_NONE = "none"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# On the Jobs of job gates and their pods: the release and revision they judge, the gate. NB:
+# never permafrost.dev/release or /revision: those would put a gate's pod behind the Service.
+LABEL_GATE_OF = "permafrost.dev/gate-of"
+LABEL_GATE_REVISION = "permafrost.dev/gate-revision"
+LABEL_GATE = "permafrost.dev/gate"
 LABEL_SNAPSHOT_OF = "permafrost.dev/snapshot-of"
 ANNOTATION_TEMPLATE_HASH = "permafrost.dev/template-hash"
 ANNOTATION_RETRY = "permafrost.dev/retry"
@@ -97,6 +102,7 @@ class ServiceSpec(Model):
 # How many measurements of a gate the status keeps (the newest); the counts cover them all.
 GATE_MEASUREMENTS_KEPT = 10
 MAX_GATES = 16
+GATE_KINDS = ("http", "prometheus", "job")
 
 
 class HttpGate(Model):
@@ -125,9 +131,26 @@ class PrometheusGate(Model):
     timeout_seconds: int = pydantic.Field(default=10, ge=1, le=60)
 
 
+class JobGate(Model):
+    """Run a Job to completion: Successful if it completes, Failed if its pods fail past
+    ``backoffLimit``, Error (unknown) if it is still running at ``activeDeadlineSeconds``.
+
+    ``template`` is a core/v1 PodTemplateSpec, as in ``spec.template``: its images must be
+    pinned by digest, and the Job is judged at admission like any workload of the namespace.
+    Its containers get ``PERMAFROST_RELEASE``, ``PERMAFROST_NAMESPACE``, ``PERMAFROST_REVISION``,
+    ``PERMAFROST_STAGE`` (``gates`` or ``analysis``) and, once it routes to the revision,
+    ``PERMAFROST_TARGET_URL`` (``http://<address>:<port>`` of the preview Service before the
+    promotion, of the release's Service after it; the Service's first port).
+    """
+
+    template: dict[str, Any]
+    active_deadline_seconds: int = pydantic.Field(default=60, ge=1, le=3600)
+    backoff_limit: int = pydantic.Field(default=0, ge=0, le=6)
+
+
 class Gate(Model):
     """A check a revision must pass before it takes traffic: ``count`` measurements, one every
-    ``intervalSeconds``, exactly one kind (``http`` or ``prometheus``).
+    ``intervalSeconds``, exactly one kind (``http``, ``prometheus`` or ``job``).
 
     Verdict: Failed once more than ``failureLimit`` measurements failed; Inconclusive once more
     than ``inconclusiveLimit`` were unknown (inconclusive or errored: unknown is never healthy);
@@ -139,6 +162,7 @@ class Gate(Model):
     )
     http: HttpGate | None = None
     prometheus: PrometheusGate | None = None
+    job: JobGate | None = None
     count: int = pydantic.Field(default=3, ge=1, le=1000)
     interval_seconds: int = pydantic.Field(default=5, ge=1, le=3600)
     failure_limit: int = pydantic.Field(default=0, ge=0, le=1000)
@@ -146,13 +170,19 @@ class Gate(Model):
 
     @pydantic.model_validator(mode="after")
     def _one_kind(self) -> Gate:
-        if (self.http is None) == (self.prometheus is None):
-            raise ValueError(f"gate {self.name}: exactly one of http and prometheus must be set")
+        kinds = [k for k in GATE_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"gate {self.name}: exactly one of http, prometheus and job must be set"
+                + (f" (not {' and '.join(kinds)})" if kinds else "")
+            )
         return self
 
     @property
-    def kind(self) -> Literal["http", "prometheus"]:
-        return "http" if self.http is not None else "prometheus"
+    def kind(self) -> Literal["http", "prometheus", "job"]:
+        if self.http is not None:
+            return "http"
+        return "prometheus" if self.prometheus is not None else "job"
 
 
 class RolloutSpec(Model):
@@ -179,6 +209,15 @@ class RolloutSpec(Model):
             if g.count * g.interval_seconds >= self.progress_deadline_seconds:
                 raise ValueError(
                     f"gate {g.name}: count x intervalSeconds ({g.count * g.interval_seconds}s) "
+                    f"must be less than progressDeadlineSeconds "
+                    f"({self.progress_deadline_seconds}s): the gates run within it"
+                )
+            if (
+                g.job is not None
+                and g.job.active_deadline_seconds >= self.progress_deadline_seconds
+            ):
+                raise ValueError(
+                    f"gate {g.name}: job.activeDeadlineSeconds ({g.job.active_deadline_seconds}s) "
                     f"must be less than progressDeadlineSeconds "
                     f"({self.progress_deadline_seconds}s): the gates run within it"
                 )

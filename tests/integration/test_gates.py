@@ -245,8 +245,12 @@ def test_a_success_condition_that_does_not_compile_holds_as_misconfigured(
         ({"name": "g", "http": {}, "count": 0}, "count"),
         ({"name": "g", "http": {}, "intervalSeconds": 0}, "intervalSeconds"),
         ({"name": "g", "http": {}, "failureLimit": -1}, "failureLimit"),
-        ({"name": "g"}, "exactly one of http and prometheus"),
-        ({**prometheus_gate(), "http": {}}, "exactly one of http and prometheus"),
+        ({"name": "g"}, "exactly one of http, prometheus and job"),
+        ({**prometheus_gate(), "http": {}}, "exactly one of http, prometheus and job"),
+        (
+            {"name": "g", "job": {"template": {}, "activeDeadlineSeconds": 60}},
+            "activeDeadlineSeconds, must be less than progressDeadlineSeconds",
+        ),
         ({"name": "g", "http": {}, "count": 30, "intervalSeconds": 2}, "progressDeadlineSeconds"),
     ],
 )
@@ -437,3 +441,126 @@ def test_a_prometheus_gate_fails_a_revision_whose_own_error_ratio_is_too_high(
     assert errors["verdict"] == "Failed", errors
     failing = next(m for m in errors["measurements"] if m["phase"] == "Failed")
     assert 0.1 < float(failing["value"]) < 0.3, failing
+
+
+# --- job gates -----------------------------------------------------------------------------------
+
+
+def job_gate(image: str, *, args: list[str] | None, deadline: int = 30, **fields: Any) -> dict:
+    container: dict[str, Any] = {"name": "smoke", "image": image}
+    if args is not None:
+        container["args"] = args
+    return {
+        "name": "smoke-job",
+        "job": {
+            "template": {"spec": {"containers": [container]}},
+            "activeDeadlineSeconds": deadline,
+        },
+        "count": 1,
+        "intervalSeconds": 1,
+        **fields,
+    }
+
+
+@pytest.mark.real_node
+def test_a_job_gate_runs_a_smoke_test_against_the_preview_and_fails_a_revision_it_rejects(
+    crds: Cluster,
+    namespace: str,
+    operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+) -> None:
+    """The gate's Job is the demo app's own client (``/app get URL``) run against
+    ``$(PERMAFROST_TARGET_URL)``, the preview Service: v1 answers 200, the Job completes, v1 is
+    promoted; v2 answers every request with a 500, the Job fails, v2 is rolled back without
+    ever taking traffic; a Job that never ends (the app's server) is stopped at its deadline
+    and holds its revision: unknown is never healthy."""
+    v1, v2 = demo_images["v1"], demo_images["v2"]
+    smoke = ["get", "$(PERMAFROST_TARGET_URL)/"]
+
+    def gated(image: str, gate: dict[str, Any], **env: str) -> dict[str, Any]:
+        body = manifest(real_node, image, **env)
+        gate["job"]["template"]["spec"] = real_node.schedule(gate["job"]["template"]["spec"])
+        body["spec"]["rollout"]["gates"] = [gate]
+        return body
+
+    # 1. v1: the Job completes through the preview, v1 is promoted.
+    crds.apply(gated(v1, job_gate(v1, args=smoke)), namespace=namespace)
+    st = wait_for(
+        lambda: (s := status(crds, namespace, NAME)).get("phase") == "Stable" and s,
+        timeout=120,
+        interval=0.5,
+        what="v1 promoted after its Job passed",
+    )
+    first = st["stableRevision"]
+    record = gates_of(st, first)["smoke-job"]
+    assert record["verdict"] == "Passed", record
+    assert record["kind"] == "job", record
+    (measured,) = record["measurements"]
+    assert (measured["phase"], measured["reason"]) == ("Successful", "JobComplete"), measured
+    jobs = crds.get("jobs", namespace=namespace, selector=f"permafrost.dev/gate-revision={first}")[
+        "items"
+    ]
+    assert len(jobs) == 1, jobs
+    (owner,) = jobs[0]["metadata"]["ownerReferences"]
+    assert owner["kind"] == "Deployment", owner
+    assert owner["name"].endswith(first), owner
+    pods = crds.get("pods", namespace=namespace, selector=f"job-name={jobs[0]['metadata']['name']}")
+    for pod in pods["items"]:  # the Job's pods are never behind the release's Service
+        assert "permafrost.dev/revision" not in pod["metadata"]["labels"], pod["metadata"]
+
+    # 2. v2 answers 500s: the Job fails, v2 is rolled back, the Service never leaves v1.
+    with SelectorLog(crds, namespace, NAME) as service_log:
+        crds.apply(
+            gated(v2, job_gate(v2, args=smoke), APP_VERSION="v2-errors", ERROR_RATE="1"),
+            namespace=namespace,
+        )
+        st = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "RolledBack" and s,
+            timeout=120,
+            interval=0.5,
+            what="v2 rolled back by its Job",
+        )
+    bad = st["desiredRevision"]
+    assert st["stableRevision"] == first, st
+    rolled_back = condition({"status": st}, "RolledBack") or {}
+    assert rolled_back.get("reason") == "GateFailed", rolled_back
+    record = gates_of(st, bad)["smoke-job"]
+    assert record["verdict"] == "Failed", record
+    assert record["measurements"][-1]["reason"] == "JobFailed", record
+    assert service_log.seen == [first], service_log.seen
+
+    # 3. A Job that never ends: stopped at its deadline, the revision held, never promoted.
+    crds.apply(
+        gated(v2, job_gate(v2, args=None, deadline=5), APP_VERSION="v2-hangs"),
+        namespace=namespace,
+    )
+    st = wait_phase(crds, namespace, NAME, "Held", timeout=90)
+    held = st["desiredRevision"]
+    progressing = condition({"status": st}, "Progressing") or {}
+    assert progressing.get("reason") == "GateInconclusive", progressing
+    record = gates_of(st, held)["smoke-job"]
+    assert record["measurements"][-1]["reason"] == "JobDeadlineExceeded", record
+    assert record["successful"] == 0, record
+    assert st["stableRevision"] == first, st
+
+
+def test_a_job_the_apiserver_refuses_holds_the_revision_as_misconfigured(
+    crds: Cluster, namespace: str, operator: Operator
+) -> None:
+    """Pods on the fake nodes: the Job is never created (a container name the apiserver
+    refuses), its refusal is the gate's verdict, the revision is held, never promoted."""
+    name = "badjob"
+    body = release(name, deadline=60)
+    gate = job_gate("127.0.0.1:5000/smoke@sha256:" + "5" * 64, args=["true"])
+    gate["job"]["template"]["spec"]["containers"][0]["name"] = "Not_A_Name"
+    body["spec"]["rollout"]["gates"] = [gate]
+    crds.apply(body, namespace=namespace)
+    st = wait_phase(crds, namespace, name, "Held", timeout=60)
+    progressing = condition({"status": st}, "Progressing") or {}
+    assert progressing.get("reason") == "GateMisconfigured", progressing
+    assert "refused Job" in progressing.get("message", ""), progressing
+    assert "Not_A_Name" in progressing.get("message", ""), progressing
+    assert st.get("stableRevision") is None, st
+    events = crds.get("events", namespace=namespace)["items"]
+    assert any(e.get("reason") == "GateMisconfigured" for e in events), events

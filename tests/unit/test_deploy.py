@@ -441,6 +441,8 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
     ("", "services", "watch"): ("handlers.py", (r'on\.event\("", "v1", "services"\)',)),
     ("", "services", "create"): ("kube.py", (r"core\.create_namespaced_service,",)),
     ("", "services", "patch"): ("kube.py", (r"core\.patch_namespaced_service,",)),
+    ("batch", "jobs", "get"): ("kube.py", (r"batch\.read_namespaced_job,",)),
+    ("batch", "jobs", "create"): ("kube.py", (r"batch\.create_namespaced_job,",)),
     ("discovery.k8s.io", "endpointslices", "list"): (
         "kube.py",
         (r"discovery\.list_namespaced_endpoint_slice,",),
@@ -531,7 +533,7 @@ def test_every_permission_granted_is_used_by_the_code(objects: list[dict[str, An
 
 def test_every_api_call_of_the_kube_adapter_is_covered_by_a_permission() -> None:
     text = _source("kube.py")
-    calls = set(re.findall(r"\b(?:c|clients\(\))\.(?:core|apps|custom)\.(\w+)", text))
+    calls = set(re.findall(r"\b(?:c|clients\(\))\.(?:core|apps|custom|batch)\.(\w+)", text))
     calls |= {f"{verb}_namespaced_{{suffix}}" for verb in re.findall(r'f"(\w+)_namespaced_', text)}
     assert calls
     covered = " ".join(p for _, patterns in USES.values() for p in patterns)

@@ -236,3 +236,74 @@ def test_placeholders_are_replaced_and_nothing_else() -> None:
         )
         == 'x{a="abc123"} / y{b="web",c="shop",d="{{other}}"}'
     )
+
+
+# --- job gates ---------------------------------------------------------------------------------
+
+PINNED = "registry.example/smoke@sha256:" + "a" * 64
+JOB = {"template": {"spec": {"containers": [{"name": "smoke", "image": PINNED}]}}}
+
+
+def job(conditions: list[dict[str, str]]) -> dict[str, object]:
+    return {"metadata": {"name": "checkout-abc-smoke-1"}, "status": {"conditions": conditions}}
+
+
+def test_a_job_gate_is_one_kind_and_fits_the_progress_deadline() -> None:
+    assert gate(http=None, job=JOB).kind == "job"
+    with pytest.raises(ValueError, match="exactly one of http, prometheus and job"):
+        gate(job=JOB)  # and http
+    with pytest.raises(ValueError, match="activeDeadlineSeconds"):
+        models.RolloutSpec.model_validate(
+            {
+                "progressDeadlineSeconds": 60,
+                "gates": [{"name": "g", "job": {**JOB, "activeDeadlineSeconds": 60}, "count": 1}],
+            }
+        )
+    # the defaults fit the default progress deadline
+    models.RolloutSpec.model_validate({"gates": [{"name": "g", "job": JOB}]})
+
+
+def test_a_completed_job_is_a_success_and_a_failed_one_a_failure() -> None:
+    done = verdicts.judge_job(job([{"type": "Complete", "status": "True"}]), at=NOW)
+    assert done is not None
+    assert done.phase == MeasurementPhase.SUCCESSFUL
+    failed = verdicts.judge_job(
+        job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]), at=NOW
+    )
+    assert failed is not None
+    assert failed.phase == MeasurementPhase.FAILED
+    assert failed.reason == verdicts.JOB_FAILED
+    assert "BackoffLimitExceeded" in (failed.message or "")
+
+
+def test_a_job_past_its_deadline_is_unknown_never_a_success() -> None:
+    late = verdicts.judge_job(
+        job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]), at=NOW
+    )
+    assert late is not None
+    assert late.phase == MeasurementPhase.ERROR
+    assert late.reason == verdicts.JOB_DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize(
+    "conditions",
+    [
+        [],
+        [{"type": "SuccessCriteriaMet", "status": "True"}],  # interim: the pods still stop
+        [{"type": "FailureTarget", "status": "True"}],
+        [{"type": "Complete", "status": "False"}],
+        [{"type": "Suspended", "status": "True"}],
+    ],
+)
+def test_a_job_that_has_not_ended_is_not_measured_yet(conditions: list[dict[str, str]]) -> None:
+    assert verdicts.judge_job(job(conditions), at=NOW) is None
+
+
+def test_a_refused_job_makes_the_gate_misconfigured() -> None:
+    g = gate(http=None, job=JOB, count=3)
+    rec = verdicts.record(
+        verdicts.start(g, now=NOW), verdicts.refused_job("j", "422 spec.template: Invalid", at=NOW)
+    )
+    found, message = verdicts.verdict(g, rec)
+    assert found == GateVerdict.MISCONFIGURED
+    assert "refused Job j: 422 spec.template: Invalid" in message

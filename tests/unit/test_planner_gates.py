@@ -33,6 +33,7 @@ from planner_fixtures import (
 from permafrost import models
 from permafrost.gates import verdicts
 from permafrost.models import GateVerdict, MeasurementPhase, Outcome
+from permafrost.policies import policy
 from permafrost.releases import conditions, manifests, planner
 
 PREVIEW = manifests.preview_name(SERVICE)
@@ -468,3 +469,157 @@ def test_no_analysis_when_nothing_is_left_to_switch_back_to() -> None:
     plan = planner.plan(analysed(v1_replicas=0))
     assert not [a for a in plan.actions if isinstance(a, planner.Measure)]
     assert plan.status.phase == "Stable"
+
+
+# --- job gates ---------------------------------------------------------------------------------
+
+PINNED = "registry.example/smoke@sha256:" + "b" * 64
+
+
+def job_gate(image: str = PINNED, **fields: object) -> models.Gate:
+    return models.Gate.model_validate(
+        {
+            "name": "smoke-job",
+            "job": {
+                "template": {
+                    "metadata": {"labels": {"app": "smoke"}},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "smoke",
+                                "image": image,
+                                "args": ["get", "$(PERMAFROST_TARGET_URL)/"],
+                                "env": [{"name": "PERMAFROST_STAGE", "value": "overridden"}],
+                            }
+                        ]
+                    },
+                },
+                "activeDeadlineSeconds": 30,
+            },
+            "count": 2,
+            "intervalSeconds": 5,
+            **fields,
+        }
+    )
+
+
+def jobs_of(plan: planner.Plan) -> list[planner.Measure]:
+    return [a for a in plan.actions if isinstance(a, planner.Measure) and a.job is not None]
+
+
+def with_uid(s: planner.Situation) -> planner.Situation:
+    views = {r: dataclasses.replace(v, uid=f"uid-{r}") for r, v in s.revisions.items()}
+    return dataclasses.replace(s, revisions=views)
+
+
+def test_a_job_gate_runs_a_job_against_the_preview_owned_by_the_revision() -> None:
+    plan = planner.plan(with_uid(verifying(gated_spec(job_gate()), preview=preview_to(V2))))
+    (measure,) = jobs_of(plan)
+    job = measure.job
+    assert job is not None
+    assert job["kind"] == "Job"
+    assert job["apiVersion"] == "batch/v1"
+    assert len(job["metadata"]["name"]) <= 63
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "Deployment",
+        manifests.revision_name(RELEASE.name, V2),
+        f"uid-{V2}",
+        False,
+    )
+    pod = job["spec"]["template"]
+    # the Job's pods are never behind the release's Service (nor its preview)
+    assert models.LABEL_RELEASE not in pod["metadata"]["labels"]
+    assert models.LABEL_REVISION not in pod["metadata"]["labels"]
+    assert pod["metadata"]["labels"][models.LABEL_GATE_REVISION] == V2
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert (job["spec"]["backoffLimit"], job["spec"]["activeDeadlineSeconds"]) == (0, 30)
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env == {
+        "PERMAFROST_RELEASE": RELEASE.name,
+        "PERMAFROST_NAMESPACE": RELEASE.namespace,
+        "PERMAFROST_REVISION": V2,
+        "PERMAFROST_STAGE": "gates",  # Permafrost's own, not the template's
+        "PERMAFROST_TARGET_URL": "http://10.96.0.20:80",
+    }
+    # a Job runs for a while: looked at again soon, not a whole interval later
+    assert plan.requeue_after is not None
+    assert plan.requeue_after <= planner.JOB_POLL_SECONDS
+
+
+def test_each_measurement_has_its_own_job_found_again_on_every_look() -> None:
+    g = job_gate()
+    first = jobs_of(planner.plan(verifying(gated_spec(g), preview=preview_to(V2))))
+    again = jobs_of(planner.plan(verifying(gated_spec(g), preview=preview_to(V2))))
+    assert [m.job["metadata"]["name"] for m in first if m.job] == [
+        m.job["metadata"]["name"] for m in again if m.job
+    ]
+    rec = gate_record(g, [S], started=10)
+    second = jobs_of(planner.plan(verifying(gated_spec(g), gates=[rec], preview=preview_to(V2))))
+    assert [m.job["metadata"]["name"] for m in second if m.job] != [
+        m.job["metadata"]["name"] for m in first if m.job
+    ]
+
+
+def test_a_job_gate_waits_for_the_preview_and_runs_at_once_without_one() -> None:
+    waiting = planner.plan(
+        verifying(gated_spec(job_gate()), preview=preview_to(models.REVISION_NONE))
+    )
+    assert not jobs_of(waiting)
+    assert outcome(waiting, V2) == Outcome.PROGRESSING
+    (measure,) = jobs_of(planner.plan(verifying(gated_spec(job_gate(), preview=False))))
+    assert measure.job is not None
+    env = {e["name"] for e in measure.job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "PERMAFROST_TARGET_URL" not in env
+
+
+def test_a_job_gate_with_an_unpinned_image_holds_as_misconfigured() -> None:
+    plan = planner.plan(
+        verifying(gated_spec(job_gate("registry.example/smoke:1")), preview=preview_to(V2))
+    )
+    assert not jobs_of(plan)
+    assert plan.status.phase == "Held"
+    cond = condition(plan, conditions.PROGRESSING)
+    assert cond.reason == conditions.GATE_MISCONFIGURED
+    assert "not pinned by digest" in cond.message
+
+
+def test_a_job_gate_whose_pods_would_take_the_services_traffic_is_misconfigured() -> None:
+    g = job_gate()
+    assert g.job is not None
+    template = {**g.job.template, "metadata": {"labels": {models.LABEL_REVISION: V2}}}
+    bad = g.model_copy(update={"job": g.job.model_copy(update={"template": template})})
+    plan = planner.plan(verifying(gated_spec(bad), preview=preview_to(V2)))
+    assert not jobs_of(plan)
+    assert models.LABEL_REVISION in condition(plan, conditions.PROGRESSING).message
+
+
+def test_a_job_gate_refused_by_a_create_stage_policy_is_misconfigured() -> None:
+    refused = policy.Verdict(
+        stage="create",
+        results=(policy.RuleResult("no-root", "non-root", "Enforce", "Fail", "runs as root"),),
+    )
+    s = verifying(gated_spec(job_gate()), preview=preview_to(V2))
+    plan = planner.plan(dataclasses.replace(s, gate_verdicts={"smoke-job": refused}))
+    assert not jobs_of(plan)
+    cond = condition(plan, conditions.PROGRESSING)
+    assert cond.reason == conditions.GATE_MISCONFIGURED
+    assert "no-root/non-root: runs as root" in cond.message
+
+
+def test_after_promotion_a_job_gate_targets_the_service() -> None:
+    s = analysed()
+    spec = s.spec.model_copy(
+        update={"rollout": s.spec.rollout.model_copy(update={"gates": [job_gate()]})}
+    )
+    (measure,) = jobs_of(planner.plan(dataclasses.replace(s, spec=spec)))
+    assert measure.stage == "analysis"
+    assert measure.job is not None
+    env = {
+        e["name"]: e["value"]
+        for e in measure.job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert (env["PERMAFROST_STAGE"], env["PERMAFROST_TARGET_URL"]) == (
+        "analysis",
+        "http://10.96.0.10:80",
+    )

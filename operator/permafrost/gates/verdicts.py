@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import cel
@@ -37,7 +38,14 @@ QUERY_INVALID = "QueryInvalid"
 CONDITION_FALSE = "ConditionFalse"
 CONDITION_ERROR = "ConditionError"
 NOT_A_NUMBER = "NotANumber"
-MISCONFIGURING_REASONS = frozenset({QUERY_INVALID})
+# Job gates: the apiserver refused the Job (invalid, or denied by admission: the gate is wrong);
+# its pods failed; it ran past activeDeadlineSeconds (unknown: a hung check or a pod that never
+# started says nothing about the revision, and is never a success).
+JOB_REFUSED = "JobRefused"
+JOB_FAILED = "JobFailed"
+JOB_DEADLINE_EXCEEDED = "JobDeadlineExceeded"
+JOB_COMPLETE = "JobComplete"
+MISCONFIGURING_REASONS = frozenset({QUERY_INVALID, JOB_REFUSED})
 FINAL = frozenset(
     {GateVerdict.PASSED, GateVerdict.FAILED, GateVerdict.INCONCLUSIVE, GateVerdict.MISCONFIGURED}
 )
@@ -156,6 +164,53 @@ def judge_value(expression: str, value: float, *, at: datetime.datetime) -> Meas
         value=shown,
         reason=CONDITION_ERROR,
         message=f"{expression} returned {verdict!r}, not a boolean",
+    )
+
+
+def judge_job(job: Mapping[str, Any], *, at: datetime.datetime) -> Measurement | None:
+    """A measurement of a job gate from its Job as read: Successful once it is Complete,
+    Failed once it failed (Error if it failed by running past its deadline), None while it
+    runs. Only the final conditions count (``Complete``/``Failed`` with status True), not the
+    interim ``SuccessCriteriaMet``/``FailureTarget`` the Job controller sets before them."""
+    name = str((job.get("metadata") or {}).get("name", "?"))
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        detail = "; ".join(str(v) for v in (cond.get("reason"), cond.get("message")) if v)
+        if cond.get("type") == "Complete":
+            return Measurement(
+                at=stamp(at),
+                phase=MeasurementPhase.SUCCESSFUL,
+                value="Complete",
+                reason=JOB_COMPLETE,
+                message=f"Job {name} completed",
+            )
+        if cond.get("type") == "Failed":
+            if cond.get("reason") == "DeadlineExceeded":
+                return Measurement(
+                    at=stamp(at),
+                    phase=MeasurementPhase.ERROR,
+                    value="Failed",
+                    reason=JOB_DEADLINE_EXCEEDED,
+                    message=f"Job {name} did not finish in time ({detail})",
+                )
+            return Measurement(
+                at=stamp(at),
+                phase=MeasurementPhase.FAILED,
+                value="Failed",
+                reason=JOB_FAILED,
+                message=f"Job {name} failed ({detail or 'no reason given'})",
+            )
+    return None
+
+
+def refused_job(name: str, message: str, *, at: datetime.datetime) -> Measurement:
+    """The measurement of a job gate whose Job the apiserver refused: the gate is wrong."""
+    return Measurement(
+        at=stamp(at),
+        phase=MeasurementPhase.ERROR,
+        reason=JOB_REFUSED,
+        message=f"the apiserver refused Job {name}: {message}",
     )
 
 

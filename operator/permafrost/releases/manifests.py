@@ -218,3 +218,75 @@ def service(*, release: ReleaseRef, spec: models.ServiceSpec, revision: str) -> 
             "ports": [p.to_json() for p in ports],
         },
     }
+
+
+def gate_job_name(*, release: str, revision: str, gate: str, key: str) -> str:
+    """The name of one run of a job gate: ``<revision name>-<gate>-<key>``, a DNS-1123 label
+    (a Job's name is a label value of its pods: 63 characters at most).
+
+    ``key`` tells the runs of a gate apart (the attempt, the stage, the measurement's number):
+    a run is created once, found again by its name on every later look until it ends.
+    """
+    suffix = f"-{hashing.short_digest(key, length=10)}"
+    return bounded(f"{revision_name(release, revision)}-{gate}", limit=MAX_LABEL - len(suffix)) + (
+        suffix
+    )
+
+
+def gate_job(
+    *,
+    release: ReleaseRef,
+    revision: str,
+    owner: Mapping[str, Any] | None,
+    gate: models.Gate,
+    name: str,
+    stage: str,
+    target_url: str | None,
+) -> dict[str, Any]:
+    """The Job of one measurement of a job gate of ``revision``.
+
+    ``owner``: the revision Deployment's ownerReference (the Jobs go when the revision goes),
+    else the release's. The pods never carry ``permafrost.dev/release``/``revision``: they
+    would be selected by the release's Service and take its traffic.
+    """
+    assert gate.job is not None
+    template = copy.deepcopy(gate.job.template)
+    labels = {
+        models.LABEL_GATE_OF: release_label(release.name),
+        models.LABEL_GATE_REVISION: revision,
+        models.LABEL_GATE: gate.name,
+        models.LABEL_MANAGED_BY: models.MANAGER,
+    }
+    metadata = template.setdefault("metadata", {})
+    metadata["labels"] = {**(metadata.get("labels") or {}), **labels}
+    pod = template.setdefault("spec", {})
+    pod["restartPolicy"] = "Never"
+    env = [
+        {"name": "PERMAFROST_RELEASE", "value": release.name},
+        {"name": "PERMAFROST_NAMESPACE", "value": release.namespace},
+        {"name": "PERMAFROST_REVISION", "value": revision},
+        {"name": "PERMAFROST_STAGE", "value": stage},
+    ]
+    if target_url is not None:
+        env.append({"name": "PERMAFROST_TARGET_URL", "value": target_url})
+    ours = {e["name"] for e in env}
+    for key in ("initContainers", "containers"):
+        for container in pod.get(key) or []:
+            # NB: first, so that the container's own variables may refer to them: $(VAR).
+            kept = [e for e in container.get("env") or [] if e.get("name") not in ours]
+            container["env"] = [*env, *kept]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": release.namespace,
+            "labels": labels,
+            "ownerReferences": [dict(owner) if owner is not None else release_owner(release)],
+        },
+        "spec": {
+            "template": template,
+            "backoffLimit": gate.job.backoff_limit,
+            "activeDeadlineSeconds": gate.job.active_deadline_seconds,
+        },
+    }

@@ -101,6 +101,7 @@ def revision_views(
             drift_reported=models.ANNOTATION_DRIFT in annotations,
             version=template_labels.get(VERSION_LABEL),
             labels=template_labels,
+            uid=str(metadata.get("uid") or ""),
         )
     return views
 

@@ -45,6 +45,8 @@ MIN_REQUEUE_SECONDS = 0.5
 # NB: EndpointSlices are read, not watched: while a retired revision is still an endpoint of the
 # Service, the release is looked at again this often.
 ENDPOINTS_RECHECK_SECONDS = 1.0
+# How often the Job of a job gate is looked at while it runs.
+JOB_POLL_SECONDS = 3.0
 POLICY_RECHECK_SECONDS = 30.0
 
 
@@ -130,6 +132,7 @@ class RevisionView:
     drift_reported: bool = False
     version: str | None = None  # the template's app.kubernetes.io/version label
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)  # its pods' labels
+    uid: str = ""  # the Deployment's (the owner of its job gates' Jobs)
 
 
 def stable_summary(view: RevisionView | None) -> dict[str, Any] | None:
@@ -201,6 +204,9 @@ class Situation:
     images_fail_open: bool = False
     # The preview Service (spec.service.preview), with its EndpointSlices; None: absent.
     preview: ServiceView | None = None
+    # The create-stage policies on each job gate's pod template, by gate name (the release as
+    # subject, with the gate's template in place of its own): a Job runs under the same rules.
+    gate_verdicts: Mapping[str, policy.Verdict] = dataclasses.field(default_factory=dict)
 
 
 # --- what the shell does -----------------------------------------------------------------------
@@ -271,17 +277,22 @@ class Measure:
     ``url``: for an http gate, the URL of the gate's path through the preview Service.
     ``query``: for a prometheus gate, its query with the placeholders replaced
     (:func:`permafrost.gates.verdicts.resolve_query`).
+    ``job``: for a job gate, the Job of this measurement: the shell creates it if it does not
+    exist, and records a measurement once it has ended (none while it runs).
     """
 
     revision: str
     gate: models.Gate
     url: str | None = None
     query: str | None = None
+    job: Mapping[str, Any] | None = None
     # "gates": before promotion; "analysis": after it (the record's analysis gates)
     stage: Literal["gates", "analysis"] = "gates"
 
     def __str__(self) -> str:
         target = f" at {self.url}" if self.url else ""
+        if self.job is not None:
+            target = f" by Job {self.job['metadata']['name']}"
         if self.stage == "analysis":
             target += " (analysis after promotion)"
         return (
@@ -784,6 +795,11 @@ def gate_problem(s: Situation, gate: models.Gate) -> str | None:
         except verdicts.ConditionError as exc:
             return str(exc)
         return None
+    if gate.job is not None:
+        found = s.gate_verdicts.get(gate.name)
+        if found is not None and found.violations:
+            return f"the Job's pod template is refused by policy: {found.summary()}"
+        return job_problem(gate.job)
     assert gate.http is not None
     if s.spec.service is None or not s.spec.service.preview:
         return (
@@ -804,6 +820,96 @@ def gate_problem(s: Situation, gate: models.Gate) -> str | None:
         known = ", ".join(f"{p.name or '-'}/{p.port}" for p in service_ports(s))
         return f"port {gate.http.port!r} is not a port of Service {s.spec.service.name} ({known})"
     return None
+
+
+def job_problem(job: models.JobGate) -> str | None:
+    """Why a job gate's template cannot make a Job Permafrost may run (None: it can)."""
+    spec = job.template.get("spec")
+    if not isinstance(spec, Mapping) or not spec.get("containers"):
+        return "job.template needs spec.containers (a core/v1 PodTemplateSpec)"
+    labels = (job.template.get("metadata") or {}).get("labels") or {}
+    for key in (models.LABEL_RELEASE, models.LABEL_REVISION):
+        if key in labels:
+            return (
+                f"job.template may not carry the label {key}: the release's Service would "
+                "send its traffic to the Job's pod"
+            )
+    for image in manifests.images(job.template):
+        try:
+            pinned = images.parse(image).pinned
+        except images.InvalidReference as exc:
+            return f"job.template: {exc}"
+        if not pinned:
+            return (
+                f"job.template image {image!r} is not pinned by digest (name@sha256:<64 hex>): "
+                "a gate's Job runs under the same image rules as the revision"
+            )
+    return None
+
+
+def _base_url(service: ServiceView, port: models.ServicePort) -> str:
+    assert service.cluster_ip is not None
+    host = f"[{service.cluster_ip}]" if ":" in service.cluster_ip else service.cluster_ip
+    return f"http://{host}:{port.port}"
+
+
+def _job_target(
+    w: _Work, target: str, stage: Literal["gates", "analysis"]
+) -> tuple[bool, str | None]:
+    """(ready, url) for a job gate: the base URL of the Service that reaches ``target`` (the
+    preview before the promotion, the release's Service after it) and whether the Job may start.
+
+    With such a Service in the spec the Job waits until it routes to the revision (a check run
+    earlier would test another revision, or nothing); without one it starts at once, no URL.
+    """
+    s = w.s
+    if s.spec.service is None or (stage == "gates" and not s.spec.service.preview):
+        return True, None
+    view = s.preview if stage == "gates" else s.service
+    if view is None or not view.cluster_ip or view.endpoints is None:
+        return False, None
+    if stage == "gates" and view.selector.get(models.LABEL_REVISION) != target:
+        return False, None
+    if view.endpoints.get(target, 0) < s.spec.replicas:
+        return False, None
+    if stage == "analysis" and any(r != target for r in view.endpoints):
+        return False, None
+    return True, _base_url(view, service_ports(s)[0])
+
+
+def _job(
+    w: _Work,
+    target: str,
+    gate: models.Gate,
+    rec: models.GateRecord,
+    *,
+    stage: Literal["gates", "analysis"],
+    url: str | None,
+) -> dict[str, Any]:
+    """The Job of the next measurement of a job gate (named for the attempt, the stage and the
+    measurement's number, so that each look finds the run it started)."""
+    s = w.s
+    key = f"{stage}/{rec.started_at}/{rec.spec_digest}/{verdicts.taken(rec) + 1}"
+    view = s.revisions.get(target)
+    owner = (
+        manifests.owner_reference(
+            api_version="apps/v1", kind="Deployment", name=view.name, uid=view.uid
+        )
+        | {"controller": False}
+        if view is not None and view.uid
+        else None
+    )
+    return manifests.gate_job(
+        release=s.release,
+        revision=target,
+        owner=owner,
+        gate=gate,
+        name=manifests.gate_job_name(
+            release=s.release.name, revision=target, gate=gate.name, key=key
+        ),
+        stage=stage,
+        target_url=url,
+    )
 
 
 def _preview_url(w: _Work, target: str, gate: models.Gate) -> str | None:
@@ -849,9 +955,14 @@ def _run_gates(
         if found.due is not None:
             if found.measure_now(s.now):
                 address = url(gate) if gate.http is not None else None
-                if gate.http is not None and address is None:
+                ready, base = _job_target(w, target, stage) if gate.job else (True, None)
+                if (gate.http is not None and address is None) or not ready:
                     waiting = True
                     w.wake.append(s.now + datetime.timedelta(seconds=ENDPOINTS_RECHECK_SECONDS))
+                elif gate.job is not None:
+                    job = _job(w, target, gate, rec, stage=stage, url=base)
+                    w.actions.append(Measure(revision=target, gate=gate, job=job, stage=stage))
+                    w.wake.append(s.now + datetime.timedelta(seconds=JOB_POLL_SECONDS))
                 else:
                     resolved = (
                         verdicts.resolve_query(

@@ -147,6 +147,7 @@ async def reconcile(
     }
     revisions = observations.revision_views(deployments=deployments, pods=pods, now=now)
     create_verdict = promote_verdict = None
+    gate_verdicts: dict[str, policy.Verdict] = {}
     if policies is not None:
         stable = planner.stable_summary(revisions.get(status.stable_revision or ""))
         subject = checking.subject_of(body, namespace=policies.namespace(namespace), stable=stable)
@@ -155,6 +156,18 @@ async def reconcile(
         promote_verdict = policy.evaluate(known, stage="promote", subject=subject, now=now)
         metrics.count_policy_errors(stage="create", results=create_verdict.results)
         metrics.count_policy_errors(stage="promote", results=promote_verdict.results)
+        for gate in spec.rollout.gates:
+            if gate.job is not None:
+                as_release = {
+                    **body,
+                    "spec": {**(body.get("spec") or {}), "template": gate.job.template},
+                }
+                gate_subject = checking.subject_of(
+                    as_release, namespace=policies.namespace(namespace), stable=stable
+                )
+                gate_verdicts[gate.name] = policy.evaluate(
+                    known, stage="create", subject=gate_subject, now=now
+                )
     desired = observations.desired(release=release, spec=spec, sources=sources)
     unsigned = False
     if (
@@ -205,6 +218,7 @@ async def reconcile(
             release_uid=release.uid,
             endpoints=observations.endpoints(preview_slices, pods=pods),
         ),
+        gate_verdicts=gate_verdicts,
     )
     try:
         result = planner.plan(situation)
@@ -259,8 +273,17 @@ async def reconcile(
     if measures:
         # NB: every due measurement at once (each bounded by its gate's timeout), never one
         # after the other; the results go into the one status write below.
-        taken = await asyncio.gather(*(probes.measure(m, now=clock()) for m in measures))
+        taken = await asyncio.gather(
+            *(
+                _run_job(namespace, m, clock=clock, fence=fence)
+                if m.job is not None
+                else probes.measure(m, now=clock())
+                for m in measures
+            )
+        )
         for action, measurement in zip(measures, taken, strict=True):
+            if measurement is None:
+                continue  # NB: a gate's Job still runs: measured on a later look
             logger.info(
                 "release %s/%s: gate %s of revision %s: %s%s",
                 namespace,
@@ -492,6 +515,21 @@ def _log_rollout_end(namespace: str, name: str, end: metrics.RolloutEnd) -> None
             namespace, name, revision=end.revision, reason=end.reason, outcome=end.outcome, **known
         ),
     )
+
+
+async def _run_job(
+    namespace: str, action: planner.Measure, *, clock: Clock, fence: Fence | None
+) -> models.Measurement | None:
+    """The measurement of a job gate: its Job is created if it does not exist yet; None while
+    it runs. A refused Job is a measurement too (the gate is misconfigured: it holds)."""
+    assert action.job is not None
+    name = action.job["metadata"]["name"]
+    _check(fence)
+    try:
+        job = await kube.run_gate_job(namespace=namespace, body=action.job)
+    except kube.JobRefused as exc:
+        return verdicts.refused_job(name, str(exc), at=clock())
+    return verdicts.judge_job(job, at=clock())
 
 
 def _revision_of(action: planner.Action, by_name: dict[str, str]) -> str | None:
