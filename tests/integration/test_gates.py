@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -342,12 +343,14 @@ ERROR_RATIO = (
 
 class Load(Background):
     """Requests to a Service's cluster IP, about 20 a second, for the duration of the block
-    (the candidate's traffic, as a load tester sends it through the preview)."""
+    (the candidate's traffic, as a load tester sends it through the preview; or the users',
+    through the release's Service). ``errors``: when each 500 came (monotonic seconds)."""
 
     def __init__(self, cluster: Cluster, namespace: str, service: str) -> None:
         super().__init__()
         self.cluster, self.namespace, self.service = cluster, namespace, service
         self.codes: dict[int, int] = {}
+        self.errors: list[float] = []
 
     def _run(self) -> None:
         import urllib.error
@@ -365,6 +368,8 @@ class Load(Background):
                 except OSError:
                     code = 0
                 self.codes[code] = self.codes.get(code, 0) + 1
+                if code == 500:
+                    self.errors.append(time.monotonic())
             self._stop.wait(0.05)
 
 
@@ -441,6 +446,95 @@ def test_a_prometheus_gate_fails_a_revision_whose_own_error_ratio_is_too_high(
     assert errors["verdict"] == "Failed", errors
     failing = next(m for m in errors["measurements"] if m["phase"] == "Failed")
     assert 0.1 < float(failing["value"]) < 0.3, failing
+
+
+# The 500s a revision's own pods served in the last 30 s: 0 while it takes no traffic (the series
+# exist from the start, at 0: a real measurement, not NoData), 1 or more once users get errors.
+SERVED_ERRORS = 'sum(increase(demo_http_requests_total{revision="{{revision}}",code="500"}[30s]))'
+
+
+@pytest.mark.real_node
+def test_analysis_after_promotion_with_prometheus_switches_back_under_real_load(
+    crds: Cluster,
+    namespace: str,
+    operator: Operator,
+    real_node: RealNode,
+    demo_images: dict[str, str],
+    prometheus: str,
+) -> None:
+    """Users' load goes through the release's Service all along. v2 serves no request before its
+    promotion, so its own 500s are 0 and its gate passes; promoted, it answers 20% of the users'
+    requests with 500s, which the real Prometheus scrapes from its pods: the same gate, run again
+    after the promotion, fails and traffic goes back to v1. The users' side of it: the time from
+    the first 500 they got to the last (printed; the bound is the gate's interval plus scrapes)."""
+    v1, v2 = demo_images["v1"], demo_images["v2"]
+    gate = {
+        "name": "served-errors",
+        "prometheus": {
+            "address": prometheus,
+            "query": SERVED_ERRORS,
+            "successCondition": "result < 1",
+            "timeoutSeconds": 2,
+        },
+        # NB: enough measurements that the analysis outlasts the first scrapes of v2's errors.
+        "count": 8,
+        "intervalSeconds": 3,
+        "failureLimit": 0,
+        # NB: before two scrapes of a new pod there is no increase(): NoData, unknown.
+        "inconclusiveLimit": 4,
+    }
+
+    def analysed(image: str, **env: str) -> dict[str, Any]:
+        body = manifest(real_node, image, **env)
+        body["spec"]["rollout"]["progressDeadlineSeconds"] = 90
+        body["spec"]["rollout"]["gates"] = [gate]
+        body["spec"]["rollout"]["postPromotionSeconds"] = 60
+        body["spec"]["template"]["metadata"]["annotations"] = dict(
+            prometheus_harness.SCRAPE_ANNOTATIONS
+        )
+        return body
+
+    with Load(crds, namespace, NAME) as load:
+        crds.apply(analysed(v1), namespace=namespace)
+        first = wait_for(
+            lambda: (s := status(crds, namespace, NAME)).get("phase") == "Stable" and s,
+            timeout=150,
+            interval=0.5,
+            what="v1 promoted",
+        )["stableRevision"]
+        assert not load.errors, load.codes
+        with SelectorLog(crds, namespace, NAME) as service_log:
+            crds.apply(analysed(v2, APP_VERSION="v2-errors", ERROR_RATE="0.2"), namespace=namespace)
+            st = wait_for(
+                lambda: (s := status(crds, namespace, NAME)).get("phase") == "RolledBack" and s,
+                timeout=180,
+                interval=0.5,
+                what="v2 switched back by its analysis after promotion",
+            )
+            # the users' requests after the switch: v1's answers only (kube-proxy may send a
+            # few more to v2 for the moment it takes to follow the selector)
+            observed = time.monotonic()
+            time.sleep(6)
+    bad = st["desiredRevision"]
+    assert st["stableRevision"] == first, st
+    assert service_log.seen == [first, bad, first], service_log.seen
+    rolled_back = condition({"status": st}, "RolledBack") or {}
+    assert rolled_back.get("reason") == "AnalysisFailed", rolled_back
+    record = next(r for r in st["revisions"] if r["hash"] == bad)
+    assert gates_of(st, bad)["served-errors"]["verdict"] == "Passed", record  # before promotion
+    analysis = {g["name"]: g for g in record["analysis"]}["served-errors"]
+    assert analysis["verdict"] == "Failed", analysis
+    failing = next(m for m in analysis["measurements"] if m["phase"] == "Failed")
+    assert float(failing["value"]) >= 1, failing
+    assert load.errors, load.codes  # the users did get v2's 500s, then no more
+    late = [round(t - observed, 1) for t in load.errors if t > observed + 3]
+    assert not late, f"500s after the switch back: {late}"
+    exposed = load.errors[-1] - load.errors[0]
+    print(
+        f"\n[analysis] users got 500s for {exposed:.1f}s ({len(load.errors)} of "
+        f"{sum(load.codes.values())} requests) before traffic was back on {first}",
+        file=sys.stderr,
+    )
 
 
 # --- job gates -----------------------------------------------------------------------------------
