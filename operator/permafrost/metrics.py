@@ -78,7 +78,7 @@ ROLLOUT_EVENTS = prometheus_client.Counter(
 )
 GATE_MEASUREMENTS = prometheus_client.Counter(
     "permafrost_gate_measurements_total",
-    "Measurements of promotion gates, by gate kind (http, prometheus) and phase (Successful, "
+    "Measurements of promotion gates, by gate kind (http, prometheus, job) and phase (Successful, "
     "Failed, Inconclusive, Error).",
     ["kind", "phase"],
     registry=REGISTRY,
