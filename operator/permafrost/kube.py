@@ -844,6 +844,15 @@ async def post_object_event(
         )
 
 
+def refusal(exc: BaseException) -> str | None:
+    """What the apiserver said when it refused a write outright — 400, 403 (RBAC or an
+    admission webhook or policy), 422 (invalid) — as ``"<code> <message>"``; None for anything
+    else (a conflict, an outage: worth a retry, not a person's attention)."""
+    if not isinstance(exc, ApiException) or exc.status not in (400, 403, 422):
+        return None
+    return f"{exc.status} {status_message(exc)}"
+
+
 def namespace_terminating(exc: BaseException) -> bool:
     """Whether ``exc`` is the apiserver refusing to create something in a namespace that is
     being deleted (403, cause ``NamespaceTerminating``): not a missing permission."""

@@ -263,3 +263,79 @@ def test_a_webhook_that_hangs_costs_its_timeout_then_each_failure_policy_applies
     finally:
         stop_guarded(crds, op)
         crds.kubectl("delete", "guardrailpolicy", "during-hang", check=False)
+
+
+def test_a_revision_the_apiserver_refuses_is_an_event_not_a_traceback(
+    crds: Cluster, namespace: str, operator: Operator
+) -> None:
+    """An admission policy of someone else's refuses the revision's Deployment: the release gets
+    a Warning Event ActionRefused with the policy's message, the operator one log line (no
+    traceback), and the revision is created once the policy is gone."""
+    name = f"deny-revisions-{namespace[-6:]}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["apps"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["deployments"],
+                    }
+                ]
+            },
+            "validations": [
+                {"expression": "false", "message": "no new Deployments during the freeze"}
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            },
+        },
+    }
+    crds.apply(policy)
+    crds.apply(binding)
+    try:
+        # NB: the apiserver starts enforcing a new binding within a second or so
+        def refusing() -> bool:
+            probe = crds.kubectl(
+                "create",
+                "deployment",
+                "probe",
+                "--image=x@sha256:" + "7" * 64,
+                "-n",
+                namespace,
+                "--dry-run=server",
+                check=False,
+            )
+            return "no new Deployments" in probe.stderr
+
+        wait_for(refusing, timeout=30, interval=0.5, what="the policy enforced")
+        crds.apply(release("frozen-out"), namespace=namespace)
+
+        def refused_event() -> dict[str, Any] | None:
+            events = crds.get("events", namespace=namespace)["items"]
+            return next((e for e in events if e.get("reason") == "ActionRefused"), None)
+
+        event = wait_for(refused_event, timeout=60, interval=0.5, what="an ActionRefused Event")
+        assert event["type"] == "Warning", event
+        assert "refused to create revision" in event["message"], event
+        assert "no new Deployments during the freeze" in event["message"], event
+        assert "Traceback" not in operator.log.read_text(), "a refusal is not a traceback"
+    finally:
+        crds.kubectl("delete", "validatingadmissionpolicybinding", name, check=False)
+        crds.kubectl("delete", "validatingadmissionpolicy", name, check=False)
+    st = wait_phase(crds, namespace, "frozen-out", "Stable", timeout=90)
+    assert st["stableRevision"], st

@@ -35,6 +35,8 @@ Clock = Callable[[], datetime.datetime]
 CONFIG_POLL_SECONDS = 30.0
 CONFIG_FORBIDDEN = "ConfigForbidden"
 PLAN_FAILED = "PlanFailed"
+# A planned write the apiserver refused (RBAC, an admission webhook or policy, invalid).
+ACTION_REFUSED = "ActionRefused"
 PLAN_RETRY_SECONDS = 30.0
 # Whether this replica may write now (peering); checked right before every write.
 Fence = Callable[[], bool]
@@ -256,6 +258,19 @@ async def reconcile(
         try:
             await kube.apply(namespace=namespace, action=action)
         except Exception as exc:
+            refused = None if kube.namespace_terminating(exc) else kube.refusal(exc)
+            if refused is not None:
+                # NB: a refusal is not retried at once (it would be refused again): said in
+                # one line and an Event (who refused and why), looked at again later.
+                await _cannot_plan(
+                    release,
+                    reason=ACTION_REFUSED,
+                    message=f"the apiserver refused to {action}: {refused}"
+                    + _refusal_hint(refused),
+                    now=clock(),
+                    fence=fence,
+                )
+                return PLAN_RETRY_SECONDS
             if not kube.namespace_terminating(exc):
                 raise
             # NB: the namespace is being deleted, the release with it: nothing is left to do,
@@ -469,6 +484,19 @@ async def _replace_tainted(
 
 async def _nothing() -> list[dict[str, Any]]:
     return []
+
+
+def _refusal_hint(refused: str) -> str:
+    """What to look at, for the refusals seen in practice."""
+    if "permafrost-frozen-workloads" in refused:
+        # NB: the fail-safe policy exempts one operator identity: another operator's (a second
+        # install, or an older one left behind) refuses this one's revisions.
+        return (
+            " (the fail-safe ValidatingAdmissionPolicy permafrost-frozen-workloads exempts "
+            "another identity than this operator's: is another Permafrost operator installed, "
+            "or was its policy left behind? docs/install.md)"
+        )
+    return ""
 
 
 async def _cannot_plan(
