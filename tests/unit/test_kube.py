@@ -103,3 +103,24 @@ def test_a_namespace_being_deleted_is_told_apart_from_a_missing_permission() -> 
     not_forbidden.body = terminating
     assert not kube.namespace_terminating(not_forbidden)
     assert not kube.namespace_terminating(ValueError("not an API error"))
+
+
+def test_a_refusal_says_what_the_apiserver_said_and_nothing_else_is_one() -> None:
+    denied = json.dumps(
+        {
+            "kind": "Status",
+            "message": 'deployments.apps "web-1" is forbidden: ValidatingAdmissionPolicy '
+            "'permafrost-frozen-workloads' denied request: frozen",
+        }
+    )
+    assert kube.refusal(_refusal(denied)) == (
+        '403 deployments.apps "web-1" is forbidden: ValidatingAdmissionPolicy '
+        "'permafrost-frozen-workloads' denied request: frozen"
+    )
+    for status in (400, 422):
+        invalid = ApiException(status=status, reason="Invalid")
+        invalid.body = json.dumps({"message": "spec.replicas: Invalid value"})
+        assert kube.refusal(invalid) == f"{status} spec.replicas: Invalid value"
+    for status in (404, 409, 429, 500, 503):
+        assert kube.refusal(ApiException(status=status, reason="x")) is None
+    assert kube.refusal(ValueError("not an API error")) is None
