@@ -351,6 +351,7 @@ class Load(Background):
         self.cluster, self.namespace, self.service = cluster, namespace, service
         self.codes: dict[int, int] = {}
         self.errors: list[float] = []
+        self.unanswered: list[float] = []  # refused, reset, timed out: when
 
     def _run(self) -> None:
         import urllib.error
@@ -370,6 +371,8 @@ class Load(Background):
                 self.codes[code] = self.codes.get(code, 0) + 1
                 if code == 500:
                     self.errors.append(time.monotonic())
+                elif code == 0:
+                    self.unanswered.append(time.monotonic())
             self._stop.wait(0.05)
 
 
@@ -503,6 +506,7 @@ def test_analysis_after_promotion_with_prometheus_switches_back_under_real_load(
             what="v1 promoted",
         )["stableRevision"]
         assert not load.errors, load.codes
+        serving = time.monotonic()  # NB: before, the Service had no endpoint to answer
         with SelectorLog(crds, namespace, NAME) as service_log:
             crds.apply(analysed(v2, APP_VERSION="v2-errors", ERROR_RATE="0.2"), namespace=namespace)
             st = wait_for(
@@ -527,8 +531,17 @@ def test_analysis_after_promotion_with_prometheus_switches_back_under_real_load(
     failing = next(m for m in analysis["measurements"] if m["phase"] == "Failed")
     assert float(failing["value"]) >= 1, failing
     assert load.errors, load.codes  # the users did get v2's 500s, then no more
+    # v2 is scaled down only once the EndpointSlices dropped its pods: no request was dropped
+    dropped = [round(t - serving, 1) for t in load.unanswered if t > serving]
+    assert not dropped, f"requests unanswered after v1 served: {dropped} ({load.codes})"
     late = [round(t - observed, 1) for t in load.errors if t > observed + 3]
     assert not late, f"500s after the switch back: {late}"
+
+    def scaled_down() -> bool:
+        pods = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={bad}")
+        return not pods["items"]
+
+    wait_for(scaled_down, timeout=60, interval=0.5, what="the failed revision scaled to 0")
     exposed = load.errors[-1] - load.errors[0]
     print(
         f"\n[analysis] users got 500s for {exposed:.1f}s ({len(load.errors)} of "

@@ -436,13 +436,30 @@ def test_a_gate_failing_after_promotion_switches_traffic_back_at_once() -> None:
     assert {conditions.GATE_FAILED, "RolledBack"} <= set(event_reasons(plan))
 
 
-def test_the_next_pass_scales_the_failed_revision_down_and_it_stays_failed() -> None:
+def test_the_failed_revision_is_scaled_down_once_drained_and_it_stays_failed() -> None:
     g = http_gate()
     s = analysed(analysis=[gate_record(g, [S, F], judged=False)])
     first = planner.plan(s)
     from planner_fixtures import applied
 
-    plan = planner.plan(applied(s, first))
+    after = applied(s, first)
+    assert after.service is not None
+
+    def with_endpoints(endpoints: dict[str, int]) -> planner.Situation:
+        assert after.service is not None
+        return dataclasses.replace(
+            after, service=dataclasses.replace(after.service, endpoints=endpoints)
+        )
+
+    # the Service's EndpointSlices still hold V2's pods: kube-proxy still sends them requests
+    waiting = planner.plan(with_endpoints({V1: 2, V2: 2}))
+    assert ("scale", V2, 0) not in summary(waiting)
+    assert waiting.status.stable_revision == V1
+    assert outcome(waiting, V2) == Outcome.FAILED
+    assert waiting.requeue_after is not None
+    assert waiting.requeue_after <= planner.ENDPOINTS_RECHECK_SECONDS
+    # once they hold only V1's, V2 is scaled down at once (no scaleDownDelaySeconds: it failed)
+    plan = planner.plan(with_endpoints({V1: 2}))
     assert ("scale", V2, 0) in summary(plan)
     assert plan.status.stable_revision == V1
     assert outcome(plan, V2) == Outcome.FAILED

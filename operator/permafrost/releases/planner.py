@@ -708,7 +708,7 @@ def _progress(w: _Work, target: str, attempt: str | None) -> None:
     record = w.records.get(target)
     if record is not None and record.outcome == Outcome.FAILED and attempt == record.attempt:
         if s.spec.rollback.automatic:
-            w.scale(target, 0)
+            _scale_down_failed(w, target)
         w.state, w.failure = Pass.FAILED, record
         return
     _supersede_others(w, target)
@@ -1287,6 +1287,24 @@ def _drained(w: _Work, revision: str) -> bool | None:
     return revision not in endpoints and bool(stable_routed)
 
 
+def _scale_down_failed(w: _Work, revision: str) -> bool:
+    """Scale a failed revision to 0, once nothing sends it requests; False: not yet.
+
+    NB: a revision that failed its analysis after promotion took traffic: traffic went back at
+    once (the selector), but kube-proxy sends it requests until the EndpointSlices drop its
+    pods; scaled down before, its pods' shutdown would fail those requests.
+    """
+    record = w.records[revision]
+    if record.promoted_at is not None and record.drained_at is None:
+        drained = _drained(w, revision)
+        if drained is False:
+            w.wake.append(w.s.now + datetime.timedelta(seconds=ENDPOINTS_RECHECK_SECONDS))
+            return False
+        w.record(revision, drained_at=timestamp(w.s.now))
+    w.scale(revision, 0)
+    return True
+
+
 def _housekeeping(w: _Work, target: str | None) -> None:
     """Scale down what no longer serves (after the delay), and prune old revisions.
 
@@ -1316,9 +1334,10 @@ def _housekeeping(w: _Work, target: str | None) -> None:
             else:
                 w.wake.append(due)
                 continue
-        elif record.outcome == Outcome.SUPERSEDED or (
-            record.outcome == Outcome.FAILED and s.spec.rollback.automatic
-        ):
+        elif record.outcome == Outcome.FAILED and s.spec.rollback.automatic:
+            if not _scale_down_failed(w, revision):
+                continue
+        elif record.outcome == Outcome.SUPERSEDED:
             w.scale(revision, 0)
         if record.outcome != Outcome.PROGRESSING:
             retained.append(record)
