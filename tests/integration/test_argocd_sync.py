@@ -63,8 +63,11 @@ class Watcher(Background):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            grel = self.argocd.cluster.get("guardedrelease", self.release, namespace=self.namespace)
+            # NB: the Application first, then the release: a sync Argo CD reports as done was
+            # applied before the release is read, so a sample never pairs "synced" with the
+            # generation before the sync (read the other way round, it once did: {2, 3}).
             state = AppState.of(self.argocd.app(self.app))
+            grel = self.argocd.cluster.get("guardedrelease", self.release, namespace=self.namespace)
             if grel is not None:
                 self.samples.append(
                     Sample(
