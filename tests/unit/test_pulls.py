@@ -300,3 +300,18 @@ async def test_the_node_list_is_kept_for_a_minute() -> None:
     now[0] += 2
     assert (await checker.nodes(fetch))[0]["metadata"]["name"] == "n2"
     assert len(fetched) == 2
+
+
+async def test_the_operator_wide_credentials_serve_only_where_nothing_else_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = _Registry(allowed=("operator", "wide"), platforms=("linux/amd64",))
+    checker = _checker(fake, [0.0], monkeypatch)
+    checker.client = registry.Client(credentials={HOST: ("operator", "wide")})
+    (default,) = await checker.check((IMAGE,))
+    assert default.outcome == images.OK
+    merged = pulls.merged(checker.client.credentials, [{HOST: ("shop", "other")}])
+    (overridden,) = await checker.check((IMAGE,), credentials=merged)
+    (anonymous,) = await checker.check((IMAGE,), credentials={})
+    assert overridden.outcome == anonymous.outcome == images.UNAUTHORIZED
+    assert fake.asked == [("operator", "wide"), ("shop", "other"), None]

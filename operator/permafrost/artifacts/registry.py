@@ -487,7 +487,7 @@ class Checker:
         found = self._clients.get(key)
         if found is None:
             found = Client(
-                credentials={host: credentials[host]},
+                credentials={host: credentials[host]} if host in credentials else {},
                 insecure=self.client.insecure,
                 timeout=self.client.timeout,
             )
@@ -497,13 +497,13 @@ class Checker:
         self._clients.move_to_end(key)
         return found
 
-    def _lookup(self, image: str, credentials: pulls.Credentials) -> _Verdict:
+    def _lookup(self, image: str, client: Client) -> _Verdict:
         try:
             ref = images.parse(image)
         except images.InvalidReference as exc:
             return self._verdict(images.Check(image, images.INVALID, str(exc)), None)
         try:
-            manifest = self._client_for(ref.api_host, credentials).manifest(ref)
+            manifest = client.manifest(ref)
         except RegistryError as exc:
             if exc.reason == NOT_FOUND:
                 return self._verdict(images.Check(image, images.MISSING, str(exc)), None)
@@ -544,8 +544,10 @@ class Checker:
         limit = asyncio.Semaphore(CONCURRENT_LOOKUPS)
 
         async def one(image: str) -> _Verdict:
+            # NB: the client is picked here, on the event loop: the threads share no bookkeeping.
+            client = self._client_for(_host_of(image), creds)
             async with limit:
-                return await asyncio.to_thread(self._lookup, image, creds)
+                return await asyncio.to_thread(self._lookup, image, client)
 
         todo = [i for i in keys if i not in fresh]
         for image, verdict in zip(todo, await asyncio.gather(*(one(i) for i in todo)), strict=True):
