@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -140,6 +142,17 @@ def test_a_release_pulls_with_its_pods_pull_secrets_and_is_held_without_usable_o
         assert says in _event_messages(crds, namespace, reason), reason
     for name in ("without", "missing", "broken"):
         assert _revisions(crds, namespace, name) == [], name
+    # permafrost status says why each is held.
+    shown = subprocess.run(
+        [sys.executable, "-m", "permafrost", "status", "-n", namespace],
+        env=crds.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    for reason in ("RegistryUnauthorized", "PullSecretMissing", "PullSecretInvalid"):
+        assert reason in shown, shown
     # The secret's password is in no condition or Event.
     everything = (
         json.dumps(crds.get("guardedreleases", namespace=namespace))
