@@ -174,6 +174,11 @@ NOT_RUN: dict[str, str] = {
         "a namespace of the reader's; tests/integration/test_least_privilege.py makes this "
         "binding in each namespace whose release references a Secret"
     ),
+    "docs/install.md: kubectl create clusterrolebinding permafrost-registry-check "
+    "--clusterrole=permafrost-registry-check --serviceaccount=permafrost-system:permafrost": (
+        "only with --registry-check; tests/integration/test_least_privilege.py makes this "
+        "binding and runs the operator with the check on"
+    ),
     "docs/policies.md: permafrost check --stage create -p policies/ -p extra.yaml app/*.yaml": (
         "example file names of the reader's (the block says so)"
     ),

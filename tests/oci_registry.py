@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -27,9 +28,11 @@ CRANE = cache_root() / f"crane-{V['CRANE_VERSION']}" / "bin" / "crane"
 
 
 @contextlib.contextmanager
-def serve(home: pathlib.Path) -> Iterator[str]:
+def serve(home: pathlib.Path, *, htpasswd: str | None = None) -> Iterator[str]:
     """A registry on a free loopback port, its storage under ``home``; yields HOST:PORT.
-    Skips the calling test where the binaries have not been built."""
+    With ``htpasswd`` (lines ``user:bcrypt-hash``), every request needs one of those users
+    (HTTP basic, as distribution's htpasswd auth serves it). Skips the calling test where the
+    binaries have not been built."""
     missing = [str(p) for p in (REGISTRY, CRANE) if not p.exists()]
     if missing:
         pytest.skip(
@@ -40,10 +43,14 @@ def serve(home: pathlib.Path) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = home / "config.yml"
+    auth = ""
+    if htpasswd is not None:
+        (home / "htpasswd").write_text(htpasswd)
+        auth = f"auth: {{htpasswd: {{realm: test, path: {home / 'htpasswd'}}}}}\n"
     config.write_text(
         "version: 0.1\nlog: {level: error}\n"
         f"storage: {{filesystem: {{rootdirectory: {home / 'store'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n" + auth
     )
     log = (home / "registry.log").open("w")
     proc = subprocess.Popen(
@@ -58,6 +65,9 @@ def serve(home: pathlib.Path) -> Iterator[str]:
         try:
             with urllib.request.urlopen(f"http://{host}/v2/", timeout=1) as r:
                 return bool(r.status == 200)
+        except urllib.error.HTTPError as exc:
+            # NB: one that asks for credentials answers too.
+            return exc.code == 401 and htpasswd is not None
         except OSError:
             return False
 

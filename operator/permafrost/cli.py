@@ -154,14 +154,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "--registry-check",
         choices=["off", "closed", "open"],
         default="off",
-        help="look up every image of a revision in its registry before creating it: missing "
-        "images hold the release (ImageNotFound); an unreachable registry holds it too "
-        "(closed) or is reported and let through (open) (default: %(default)s)",
+        help="look up every image of a revision in its registry before creating it, with the "
+        "pods' pull secrets, and check that an index holds a node's platform: missing images "
+        "hold the release (ImageNotFound, ImagePlatformMissing, PullSecretMissing...); an "
+        "unreachable registry or refused credentials hold it too (closed) or are reported and "
+        "let through (open) (default: %(default)s)",
     )
     images.add_argument(
         "--registry-config",
         metavar="FILE",
-        help="registry credentials: a Docker config.json (auths entries)",
+        help="registry credentials: a Docker config.json (auths entries); a release's pull "
+        "secrets win over it for the registries they name",
     )
     images.add_argument(
         "--insecure-registry",

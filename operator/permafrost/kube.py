@@ -151,7 +151,8 @@ def _owned_by(obj: Mapping[str, Any], release: str) -> bool:
 
 
 class ConfigForbidden(Exception):
-    """The operator may not read a referenced ConfigMap/Secret (HTTP 403)."""
+    """The operator may not read an object a release names (HTTP 403): a referenced
+    ConfigMap/Secret, an image pull Secret, its pods' ServiceAccount (or the nodes)."""
 
     def __init__(self, kind: str, name: str, detail: str) -> None:
         super().__init__(f"{kind} {name}: {detail}")
@@ -177,6 +178,47 @@ async def read_config(*, namespace: str, ref: models.ConfigRef) -> dict[str, Any
             raise ConfigForbidden(ref.kind, ref.name, status_message(exc)) from None
         raise
     return result
+
+
+async def read_pull_secret(*, namespace: str, name: str) -> dict[str, Any] | None:
+    """An image pull Secret a release's pods name, read by name (never listed or watched);
+    ``None`` if it does not exist. Raises :class:`ConfigForbidden` if the operator may not read
+    it (Secrets are granted per namespace: the ClusterRole permafrost-secrets)."""
+    try:
+        result: dict[str, Any] | None = await _get_or_none(
+            clients().core.read_namespaced_secret, name, namespace
+        )
+    except ApiException as exc:
+        if exc.status == 403:
+            raise ConfigForbidden("Secret", name, status_message(exc)) from None
+        raise
+    return result
+
+
+async def read_service_account(*, namespace: str, name: str) -> dict[str, Any] | None:
+    """The ServiceAccount a release's pods run as (for its imagePullSecrets); ``None`` if it
+    does not exist. Raises :class:`ConfigForbidden` if the operator may not read it."""
+    try:
+        result: dict[str, Any] | None = await _get_or_none(
+            clients().core.read_namespaced_service_account, name, namespace
+        )
+    except ApiException as exc:
+        if exc.status == 403:
+            raise ConfigForbidden("ServiceAccount", name, status_message(exc)) from None
+        raise
+    return result
+
+
+async def list_nodes() -> list[dict[str, Any]]:
+    """Every node (for the platforms the registry check wants). Raises
+    :class:`ConfigForbidden` if the operator may not list them."""
+    try:
+        body = await _raw(clients().core.list_node)
+    except ApiException as exc:
+        if exc.status == 403:
+            raise ConfigForbidden("Node", "", status_message(exc)) from None
+        raise
+    return list(body.get("items") or [])
 
 
 async def list_services(namespace: str) -> list[dict[str, Any]]:

@@ -239,9 +239,12 @@ def test_no_rule_grants_escalation_or_impersonation(objects: list[dict[str, Any]
         assert not {"roles", "clusterroles", "rolebindings", "clusterrolebindings"} & set(
             rule["resources"]
         ), where
-        assert not {"pods/exec", "pods/attach", "serviceaccounts/token", "nodes"} & set(
+        assert not {"pods/exec", "pods/attach", "serviceaccounts/token", "nodes/proxy"} & set(
             rule["resources"]
         ), where
+        # NB: nodes are only ever listed (the registry check's platforms): no write, no proxy.
+        if "nodes" in rule["resources"]:
+            assert (rule["resources"], rule["verbs"]) == (["nodes"], ["list"]), where
 
 
 def test_the_bindings_bind_only_the_operator_service_account(
@@ -319,6 +322,24 @@ def test_secrets_are_granted_only_where_a_namespace_binds_them(
     assert secrets["rules"] == [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}
     ]
+
+
+def test_the_registry_check_s_reads_are_granted_only_where_it_is_bound(
+    objects: list[dict[str, Any]],
+) -> None:
+    """The ServiceAccounts and nodes the registry check reads are in a ClusterRole of their
+    own, which nothing binds by default (the check is off by default): the operator as
+    deployed reads neither. Pull secrets come only with permafrost-secrets (get, by name)."""
+    role = _one(objects, "ClusterRole", "permafrost-registry-check")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+    ]
+    bound = {
+        o["roleRef"]["name"] for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding")
+    }
+    assert "permafrost-registry-check" not in bound
+    assert "--registry-check" not in " ".join(_container(objects).get("args") or [])
 
 
 def test_the_operator_guard_names_the_operator_s_service_account(
@@ -435,6 +456,8 @@ USES: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {
     ("", "configmaps", "get"): ("kube.py", (r"core\.read_namespaced_config_map",)),
     ("", "configmaps", "create"): ("kube.py", (r"core\.create_namespaced_config_map",)),
     ("", "secrets", "get"): ("kube.py", (r"core\.read_namespaced_secret",)),
+    ("", "serviceaccounts", "get"): ("kube.py", (r"core\.read_namespaced_service_account,",)),
+    ("", "nodes", "list"): ("kube.py", (r"core\.list_node\)",)),
     ("", "secrets", "create"): ("kube.py", (r"core\.create_namespaced_secret",)),
     ("", "secrets", "update"): ("kube.py", (r"core\.replace_namespaced_secret,",)),
     ("", "services", "list"): ("kube.py", (r"core\.list_namespaced_service,",)),

@@ -101,3 +101,47 @@ def test_a_verify_images_violation_holds_with_its_own_reason() -> None:
     cel = policy.RuleResult("other", "rule", "Enforce", "Fail", "no")
     mixed = dataclasses.replace(s, create_verdict=policy.Verdict("create", (unsigned, cel)))
     assert condition(planner.plan(mixed), "PolicyCompliant").reason == "PolicyViolation"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "fail_open"),
+    [(o, f) for o in (images.UNAUTHORIZED, images.UNREACHABLE) for f in (False, True)],
+)
+def test_refused_credentials_hold_when_closed_and_are_reported_and_let_through_when_open(
+    outcome: str, fail_open: bool
+) -> None:
+    refused = images.Check(IMAGE, outcome, f"{IMAGE}: reg.example needs credentials")
+    plan = planner.plan(_with(refused, fail_open=fail_open))
+    assert _created(plan) is fail_open
+    assert outcome in event_reasons(plan)
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.reason == outcome) is not fail_open
+    if fail_open:
+        assert plan.status.phase != "Held"
+    else:
+        assert plan.status.phase == "Held"
+        assert compliant.message.startswith(f"{IMAGE}: reg.example needs credentials")
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        images.PULL_SECRET_MISSING,
+        images.PULL_SECRET_INVALID,
+        images.PULL_SECRET_FORBIDDEN,
+        images.REGISTRY_CHECK_FORBIDDEN,
+        images.PLATFORM_MISSING,
+    ],
+)
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_pull_secret_and_platform_problems_hold_whatever_the_mode(
+    outcome: str, fail_open: bool
+) -> None:
+    problem = images.Check("Secret shop/regcred", outcome, "the pull secret shop/regcred: why")
+    plan = planner.plan(_with(problem, fail_open=fail_open))
+    assert not _created(plan)
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("False", outcome)
+    assert compliant.message.startswith("the pull secret shop/regcred: why (nothing is created")
+    assert plan.status.phase == "Held"
+    assert outcome in event_reasons(plan)

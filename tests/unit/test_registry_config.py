@@ -65,6 +65,8 @@ class _Registry:
     lookups (the client itself is tested against a real registry: test_pin.py and
     test_registry_check.py)."""
 
+    credentials: dict[str, tuple[str, str]] = {}  # noqa: RUF012 (read only)
+
     def __init__(self, answers: dict[str, str]) -> None:
         self.answers, self.asked = answers, []
 

@@ -197,25 +197,57 @@ OK = "Ok"
 MISSING = "ImageNotFound"
 UNREACHABLE = "RegistryUnreachable"
 INVALID = "InvalidImage"
+# The registry refused the credentials the pods pull with (or asked for some, and none were
+# given). NB: like an unreachable registry, it holds unless the check fails open: the nodes
+# may pull with credentials of their own that the operator does not have.
+UNAUTHORIZED = "RegistryUnauthorized"
+# The outcomes that hold only while the check fails closed.
+FAIL_OPEN = frozenset({UNREACHABLE, UNAUTHORIZED})
+# A multi-platform index that holds none of the platforms of the nodes the pods may run on.
+PLATFORM_MISSING = "ImagePlatformMissing"
+# The credentials the pods pull with (their imagePullSecrets, or their ServiceAccount's) could
+# not be had: a Secret that does not exist, one that is not a usable Docker config, or one (or
+# the ServiceAccount, or the nodes) the operator may not read.
+PULL_SECRET_MISSING = "PullSecretMissing"
+PULL_SECRET_INVALID = "PullSecretInvalid"
+PULL_SECRET_FORBIDDEN = "PullSecretForbidden"
+REGISTRY_CHECK_FORBIDDEN = "RegistryCheckForbidden"
+# What holds, first to last (the first found is the reason), and what the hold waits for.
+_HOLDS = (
+    (INVALID, "every image of the revision is a valid reference"),
+    (PULL_SECRET_FORBIDDEN, "the operator may read the pull secrets"),
+    (PULL_SECRET_MISSING, "the pull secrets exist"),
+    (PULL_SECRET_INVALID, "the pull secrets are usable Docker configs"),
+    (REGISTRY_CHECK_FORBIDDEN, "the operator may read what the check needs"),
+    (MISSING, "the registry holds every image of the revision"),
+    (PLATFORM_MISSING, "every image runs on a node's platform"),
+    (UNAUTHORIZED, "the registry lets the pods' credentials pull every image"),
+    (UNREACHABLE, "the registry holds every image of the revision"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """What the registry said about one image of a revision about to be created."""
+    """What the registry check said about one image of a revision about to be created (or,
+    for a pull secret, ServiceAccount or node list that could not be used, about that: then
+    ``image`` names it, e.g. ``Secret shop/regcred``)."""
 
     image: str
-    outcome: str  # OK, MISSING, UNREACHABLE or INVALID
+    outcome: str  # one of the constants above
     message: str = ""
 
 
 def hold_of(checks: tuple[Check, ...], *, fail_open: bool) -> tuple[str, str] | None:
     """Why a revision with these images must not be created yet, as ``(reason, message)``;
-    None when it may be. An image that is not in its registry, or not a reference, always
-    holds; an unreachable registry holds unless ``fail_open``."""
-    for outcome in (INVALID, MISSING, *(() if fail_open else (UNREACHABLE,))):
+    None when it may be. An image that is not in its registry, not a reference, or not built
+    for a node's platform, and pull secrets that cannot be used, always hold; an unreachable
+    registry, or one that refuses the credentials, holds unless ``fail_open``."""
+    for outcome, until in _HOLDS:
+        if outcome in FAIL_OPEN and fail_open:
+            continue
         bad = [c for c in checks if c.outcome == outcome]
         if bad:
             return outcome, "; ".join(c.message for c in bad) + (
-                " (nothing is created until the registry holds every image of the revision)"
+                f" (nothing is created until {until})"
             )
     return None

@@ -23,10 +23,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from permafrost.artifacts import images, signatures
+from permafrost.artifacts import images, pulls, signatures
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -75,24 +75,7 @@ def docker_credentials(path: pathlib.Path) -> dict[str, tuple[str, str]]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable Docker config: {exc}") from None
     auths = config.get("auths") if isinstance(config, dict) else None
-    credentials: dict[str, tuple[str, str]] = {}
-    for key, entry in (auths or {}).items():
-        if not isinstance(entry, dict):
-            continue
-        host = urllib.parse.urlsplit(key).netloc if "://" in key else key.split("/")[0]
-        if host in ("index.docker.io", images.DOCKER_HUB):
-            host = images.DOCKER_HUB_API
-        if entry.get("auth"):
-            try:
-                decoded = base64.b64decode(entry["auth"], validate=True).decode()
-                user, _, password = decoded.partition(":")
-            except (ValueError, UnicodeDecodeError):
-                raise ValueError(f"{path}: the auth of {key!r} is not base64 user:pass") from None
-        else:
-            user, password = str(entry.get("username") or ""), str(entry.get("password") or "")
-        if user:
-            credentials[host] = (user, password)
-    return credentials
+    return pulls.auths_credentials(auths, source=str(path))
 
 
 def _loopback(host: str) -> bool:
@@ -439,14 +422,7 @@ def _platform(platform: Any) -> str:
 def has_platform(manifest: Manifest, platform: str) -> bool:
     """Whether an image runs on ``platform`` (``os/arch[/variant]``): an index must list it; a
     single manifest is taken as is (its platform is in its config blob, not read here)."""
-    if not manifest.is_index:
-        return True
-    wanted = platform.split("/")
-    for have in manifest.platforms:
-        parts = have.split("/")
-        if parts[:2] == wanted[:2] and (len(wanted) < 3 or parts[2:3] == wanted[2:3]):
-            return True
-    return False
+    return not manifest.is_index or any(pulls.matches(h, platform) for h in manifest.platforms)
 
 
 # --- the operator's check, cached (a shell around the client) ----------------------------------
@@ -457,14 +433,38 @@ FOUND_DIGEST_SECONDS = 24 * 3600.0
 FOUND_TAG_SECONDS = 300.0
 MISSING_SECONDS = 15.0
 CONCURRENT_LOOKUPS = 4
+MAX_VERDICTS = 4096
+# NB: clients hold the bearer tokens their credentials earned; one per (host, credentials), so
+# a token one namespace's pull secret earned is never sent for another's pulls.
+MAX_CLIENTS = 256
+# How long the list of nodes is kept. NB: a node added, gone or no longer Ready is seen this
+# late; what it changes is only which platforms an index must hold, judged when a revision is
+# about to be created.
+NODES_SECONDS = 60.0
+
+Nodes = Sequence[Mapping[str, Any]]
+# (image, credentials scope: see permafrost.artifacts.pulls.scope)
+VerdictKey = tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verdict:
+    check: images.Check
+    platforms: tuple[str, ...] | None  # an index's platforms; None: a single manifest
+    until: float
 
 
 class Checker:
-    """Whether the images of a revision exist in their registries, before it is created.
+    """Whether the images of a revision exist in their registries, and run on the nodes,
+    before it is created.
 
     Lookups run in threads (the client is synchronous), at most :data:`CONCURRENT_LOOKUPS` at
-    once, each bounded by the client's timeout; verdicts are cached by reference. Nothing here
-    is on the admission path: the reconciler asks, before it creates a revision.
+    once, each bounded by the client's timeout. Each is made with the credentials the pods
+    will pull with (given per call: the release's pull secrets merged over the operator-wide
+    config), and its verdict cached by image *and* credentials scope, so one namespace's pull
+    secret never answers for another's. What the registry said is cached, not the platform
+    verdict: that is judged on every call against the platforms given then. Nothing here is on
+    the admission path: the reconciler asks, before it creates a revision.
     """
 
     def __init__(
@@ -473,51 +473,118 @@ class Checker:
         self.client = client
         self.fail_open = fail_open
         self._clock = clock
-        self._cache: dict[str, tuple[images.Check, float]] = {}
+        self._cache: collections.OrderedDict[VerdictKey, _Verdict] = collections.OrderedDict()
+        self._clients: collections.OrderedDict[tuple[str, str], Client] = collections.OrderedDict()
+        self._nodes: tuple[float, Nodes] | None = None
 
-    def _lookup(self, image: str) -> images.Check:
+    def _client_for(self, host: str, credentials: pulls.Credentials) -> Client:
+        """The client for ``host`` with ``credentials``' entry for it (the operator-wide one
+        when they agree)."""
+        wanted = pulls.scope(credentials, host)
+        if wanted == pulls.scope(self.client.credentials, host):
+            return self.client
+        key = (host, wanted)
+        found = self._clients.get(key)
+        if found is None:
+            found = Client(
+                credentials={host: credentials[host]} if host in credentials else {},
+                insecure=self.client.insecure,
+                timeout=self.client.timeout,
+            )
+            self._clients[key] = found
+            while len(self._clients) > MAX_CLIENTS:
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(key)
+        return found
+
+    def _lookup(self, image: str, client: Client) -> _Verdict:
         try:
             ref = images.parse(image)
         except images.InvalidReference as exc:
-            return images.Check(image, images.INVALID, str(exc))
+            return self._verdict(images.Check(image, images.INVALID, str(exc)), None)
         try:
-            self.client.manifest(ref)
+            manifest = client.manifest(ref)
         except RegistryError as exc:
             if exc.reason == NOT_FOUND:
-                return images.Check(image, images.MISSING, str(exc))
+                return self._verdict(images.Check(image, images.MISSING, str(exc)), None)
             # NB: refused credentials or a broken answer are not "missing": the image may be
             # there; like an unreachable registry, they hold unless the check fails open.
-            return images.Check(image, images.UNREACHABLE, str(exc))
-        return images.Check(image, images.OK)
+            outcome = images.UNAUTHORIZED if exc.reason == UNAUTHORIZED else images.UNREACHABLE
+            return self._verdict(images.Check(image, outcome, str(exc)), None)
+        platforms = manifest.platforms if manifest.is_index else None
+        return self._verdict(images.Check(image, images.OK), platforms)
 
-    def _keep_for(self, check: images.Check) -> float:
+    def _verdict(self, check: images.Check, platforms: tuple[str, ...] | None) -> _Verdict:
         if check.outcome == images.OK:
-            return FOUND_DIGEST_SECONDS if "@" in check.image else FOUND_TAG_SECONDS
-        if check.outcome in (images.MISSING, images.INVALID):
-            return MISSING_SECONDS
-        return 0.0
+            keep = FOUND_DIGEST_SECONDS if "@" in check.image else FOUND_TAG_SECONDS
+        elif check.outcome in (images.MISSING, images.INVALID):
+            keep = MISSING_SECONDS
+        else:
+            keep = 0.0
+        return _Verdict(check, platforms, self._clock() + keep)
 
-    async def check(self, wanted: tuple[str, ...]) -> tuple[images.Check, ...]:
-        """A verdict per distinct image of ``wanted``, in order."""
+    async def check(
+        self,
+        wanted: tuple[str, ...],
+        *,
+        credentials: pulls.Credentials | None = None,
+        platforms: tuple[str, ...] = (),
+    ) -> tuple[images.Check, ...]:
+        """A verdict per distinct image of ``wanted``, in order: looked up with
+        ``credentials`` (default: the client's), and, for a multi-platform index, whether it
+        holds one of ``platforms`` (``os/arch``; none: not judged)."""
+        creds = self.client.credentials if credentials is None else credentials
         now = self._clock()
-        fresh = {
-            image: hit[0]
-            for image in wanted
-            if (hit := self._cache.get(image)) is not None and hit[1] > now
-        }
+        keys = {image: (image, pulls.scope(creds, _host_of(image))) for image in wanted}
+        fresh: dict[str, _Verdict] = {}
+        for image, key in keys.items():
+            hit = self._cache.get(key)
+            if hit is not None and hit.until > now:
+                fresh[image] = hit
         limit = asyncio.Semaphore(CONCURRENT_LOOKUPS)
 
-        async def one(image: str) -> images.Check:
+        async def one(image: str) -> _Verdict:
+            # NB: the client is picked here, on the event loop: the threads share no bookkeeping.
+            client = self._client_for(_host_of(image), creds)
             async with limit:
-                return await asyncio.to_thread(self._lookup, image)
+                return await asyncio.to_thread(self._lookup, image, client)
 
-        todo = [i for i in dict.fromkeys(wanted) if i not in fresh]
-        for check in await asyncio.gather(*(one(i) for i in todo)):
-            fresh[check.image] = check
-            keep = self._keep_for(check)
-            if keep > 0:
-                self._cache[check.image] = (check, self._clock() + keep)
-        return tuple(fresh[i] for i in dict.fromkeys(wanted))
+        todo = [i for i in keys if i not in fresh]
+        for image, verdict in zip(todo, await asyncio.gather(*(one(i) for i in todo)), strict=True):
+            fresh[image] = verdict
+            if verdict.until > self._clock():
+                self._cache[keys[image]] = verdict
+                self._cache.move_to_end(keys[image])
+        while len(self._cache) > MAX_VERDICTS:
+            self._cache.popitem(last=False)
+        return tuple(_on_platforms(fresh[i], platforms) for i in keys)
+
+    async def nodes(self, fetch: Callable[[], Awaitable[Nodes]]) -> Nodes:
+        """The cluster's nodes, as ``fetch`` lists them, at most :data:`NODES_SECONDS` old."""
+        now = self._clock()
+        if self._nodes is None or self._nodes[0] <= now:
+            self._nodes = (now + NODES_SECONDS, await fetch())
+        return self._nodes[1]
+
+
+def _host_of(image: str) -> str:
+    try:
+        return images.parse(image).api_host
+    except images.InvalidReference:
+        return ""
+
+
+def _on_platforms(verdict: _Verdict, platforms: tuple[str, ...]) -> images.Check:
+    """The verdict, with an index that holds none of ``platforms`` turned into a refusal."""
+    check, held = verdict.check, verdict.platforms
+    if check.outcome != images.OK or held is None or pulls.runs_on(held, platforms):
+        return check
+    return images.Check(
+        check.image,
+        images.PLATFORM_MISSING,
+        f"{check.image}: the image is built for {', '.join(held) or 'no platform'}; the nodes "
+        f"it may run on are {', '.join(platforms)}",
+    )
 
 
 # --- signatures, verified and cached (a shell around the client) -------------------------------

@@ -45,6 +45,12 @@ ENFORCED_POLICY_VIOLATED = "EnforcedPolicyViolated"
 IMAGE_NOT_FOUND = "ImageNotFound"
 REGISTRY_UNREACHABLE = "RegistryUnreachable"
 INVALID_IMAGE = "InvalidImage"
+IMAGE_PLATFORM_MISSING = "ImagePlatformMissing"
+REGISTRY_UNAUTHORIZED = "RegistryUnauthorized"
+PULL_SECRET_MISSING = "PullSecretMissing"
+PULL_SECRET_INVALID = "PullSecretInvalid"
+PULL_SECRET_FORBIDDEN = "PullSecretForbidden"
+REGISTRY_CHECK_FORBIDDEN = "RegistryCheckForbidden"
 # A GuardrailPolicy's verifyImages (docs/policies.md, "Signatures"): the same values as
 # permafrost.artifacts.signatures' outcomes.
 IMAGE_NOT_SIGNED = "ImageNotSigned"
@@ -59,6 +65,12 @@ HOLDING_REASONS = frozenset(
         IMAGE_NOT_FOUND,
         REGISTRY_UNREACHABLE,
         INVALID_IMAGE,
+        IMAGE_PLATFORM_MISSING,
+        REGISTRY_UNAUTHORIZED,
+        PULL_SECRET_MISSING,
+        PULL_SECRET_INVALID,
+        PULL_SECRET_FORBIDDEN,
+        REGISTRY_CHECK_FORBIDDEN,
         IMAGE_NOT_SIGNED,
         SIGNATURE_UNTRUSTED,
         SIGNATURE_INVALID,

@@ -596,15 +596,17 @@ def _start_attempt(w: _Work, target: str, attempt: str | None) -> None:
                 w.hold = hold
                 w.state = Pass.HELD
                 return
-            unreachable = [c for c in s.image_checks if c.outcome == images.UNREACHABLE]
-            if unreachable:
-                w.event(
-                    "Warning",
-                    conditions.REGISTRY_UNREACHABLE,
-                    "; ".join(c.message for c in unreachable)
-                    + f"; revision {target} is created unchecked (the registry check fails open)",
-                    revision=target,
-                )
+            for outcome in sorted(images.FAIL_OPEN):
+                let_through = [c for c in s.image_checks if c.outcome == outcome]
+                if let_through:
+                    w.event(
+                        "Warning",
+                        outcome,
+                        "; ".join(c.message for c in let_through)
+                        + f"; revision {target} is created unchecked (the registry check fails "
+                        "open)",
+                        revision=target,
+                    )
         w.actions.append(CreateRevision(s.desired.deployment, s.desired.snapshots))
         w.event(
             "Normal",

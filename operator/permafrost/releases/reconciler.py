@@ -18,7 +18,7 @@ import pydantic
 
 from permafrost import kube, metrics, models
 from permafrost.artifacts import images as image_checks
-from permafrost.artifacts import registry, signatures
+from permafrost.artifacts import pulls, registry, signatures
 from permafrost.gates import probes, verdicts
 from permafrost.guards import admission, sessions
 from permafrost.policies import checking, policy, store
@@ -195,7 +195,7 @@ async def reconcile(
         and isinstance(desired, planner.Desired)
         and desired.revision not in revisions
     ):
-        checks = await images.check(desired.images)
+        checks = await _check_images(images, namespace=namespace, desired=desired)
     situation = planner.Situation(
         release=release,
         generation=generation,
@@ -390,6 +390,83 @@ async def reconcile(
     if polls:
         return min(polls) if requeue is None else min(requeue, *polls)
     return requeue
+
+
+async def _check_images(
+    checker: registry.Checker, *, namespace: str, desired: planner.Desired
+) -> tuple[image_checks.Check, ...]:
+    """What the registries say about the images of a revision about to be created, asked with
+    the credentials its pods will pull with, judged against the platforms of the nodes they may
+    run on. A pull secret (or ServiceAccount, or node list) that cannot be used is a verdict of
+    its own, which holds the revision (the images are not looked up then: without the right
+    credentials their verdict would say nothing).
+
+    NB: every read here is a ``get`` by name (the node list aside, cached): no Secret is listed
+    or watched. The ServiceAccount is read only when the template names no imagePullSecrets,
+    as the ServiceAccount admission plugin copies its secrets only into such pods.
+    """
+    pod_spec: dict[str, Any] = dict(desired.deployment["spec"]["template"].get("spec") or {})
+    problems: list[image_checks.Check] = []
+    names = pulls.pull_secret_names(pod_spec)
+    if not names:
+        account = pulls.service_account_of(pod_spec)
+        try:
+            sa = await kube.read_service_account(namespace=namespace, name=account)
+        except kube.ConfigForbidden as exc:
+            problems.append(_forbidden(f"ServiceAccount {namespace}/{account}", exc))
+            sa = None
+        # NB: a ServiceAccount that does not exist stops the pods' creation itself (the
+        # ReplicaSet says so); it has no secrets to add here.
+        names = pulls.pull_secret_names(sa or {})
+
+    async def secret(name: str) -> pulls.Credentials | image_checks.Check:
+        what = f"Secret {namespace}/{name}"
+        try:
+            body = await kube.read_pull_secret(namespace=namespace, name=name)
+        except kube.ConfigForbidden as exc:
+            return _forbidden(what, exc)
+        if body is None:
+            return image_checks.Check(
+                what,
+                image_checks.PULL_SECRET_MISSING,
+                f"the image pull secret {namespace}/{name} does not exist",
+            )
+        try:
+            return pulls.secret_credentials(body)
+        except ValueError as exc:
+            return image_checks.Check(what, image_checks.PULL_SECRET_INVALID, str(exc))
+
+    read = await asyncio.gather(*(secret(n) for n in names))
+    problems += [r for r in read if isinstance(r, image_checks.Check)]
+    platforms: tuple[str, ...] = ()
+    try:
+        nodes = await checker.nodes(kube.list_nodes)
+        platforms = pulls.node_platforms(nodes, node_selector=pod_spec.get("nodeSelector"))
+    except kube.ConfigForbidden as exc:
+        problems.append(_forbidden("the nodes", exc))
+    if problems:
+        return tuple(problems)
+    usable = [r for r in read if not isinstance(r, image_checks.Check)]
+    credentials = pulls.merged(checker.client.credentials, usable)
+    return await checker.check(desired.images, credentials=credentials, platforms=platforms)
+
+
+def _forbidden(what: str, exc: kube.ConfigForbidden) -> image_checks.Check:
+    """The verdict for something the registry check needs and may not read."""
+    if what.startswith("Secret "):
+        return image_checks.Check(
+            what,
+            image_checks.PULL_SECRET_FORBIDDEN,
+            f"the operator may not read the image pull secret {what.removeprefix('Secret ')} "
+            f"({exc.detail}); bind the ClusterRole permafrost-secrets in its namespace "
+            "(docs/install.md)",
+        )
+    return image_checks.Check(
+        what,
+        image_checks.REGISTRY_CHECK_FORBIDDEN,
+        f"the operator may not read {what} ({exc.detail}); bind the ClusterRole "
+        "permafrost-registry-check to it (docs/install.md)",
+    )
 
 
 async def _verify_signatures(

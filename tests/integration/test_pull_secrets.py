@@ -1,0 +1,199 @@
+"""The registry check with the pods' own credentials and the nodes' platforms, against a real
+OCI registry (distribution, tests/oci_registry.py) on loopback that requires credentials
+(htpasswd): a release whose pull secret (its own, or its ServiceAccount's) holds them rolls
+out; one without is held, and one whose pull secret does not exist or does not parse is held,
+each with its reason in the condition and an Event, and the secret's password nowhere. An
+index that lacks the nodes' platform (the cluster's nodes are linux/amd64) is held; one that
+holds it rolls out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from conftest import Operator, release, status, wait_phase
+from k8s_harness import Cluster, condition, wait_for
+from oci_registry import crane, push, serve
+
+USER, PASSWORD = "puller", "pull-s3cret"
+# NB: bcrypt (cost 4) of PASSWORD: distribution's htpasswd accepts nothing else.
+HTPASSWD = f"{USER}:$2b$04$tXI/pD/qYJoSBNxxpjyDpu62j3KjhdHnevP.FOKKZc64EgsaE6RZO\n"
+
+
+@pytest.fixture
+def operator_args() -> Sequence[str]:
+    return ("--registry-check", "closed")
+
+
+@pytest.fixture(scope="module")
+def private_registry(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, pathlib.Path]]:
+    """A registry that requires USER/PASSWORD; yields its HOST:PORT and a Docker config
+    directory that holds them (for crane to push with)."""
+    home = tmp_path_factory.mktemp("private-registry")
+    with serve(home, htpasswd=HTPASSWD) as host:
+        config = home / "docker"
+        config.mkdir()
+        (config / "config.json").write_text(json.dumps(_auths(host, PASSWORD)))
+        yield host, config
+
+
+def _auths(host: str, password: str) -> dict[str, Any]:
+    auth = base64.b64encode(f"{USER}:{password}".encode()).decode()
+    return {"auths": {host: {"auth": auth}}}
+
+
+def _pull_secret(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
+    }
+
+
+def _release(name: str, image: str, *, secrets: Sequence[str] = (), **pod: Any) -> dict[str, Any]:
+    manifest = release(name, image=image, digest="")
+    spec = manifest["spec"]["template"]["spec"]
+    if secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in secrets]
+    spec.update(pod)
+    return manifest
+
+
+def _held(cluster: Cluster, namespace: str, name: str, reason: str) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        st = status(cluster, namespace, name)
+        compliant = condition({"status": st}, "PolicyCompliant")
+        ok = st.get("phase") == "Held" and compliant and compliant["reason"] == reason
+        return dict(compliant) if ok and compliant else None
+
+    return wait_for(found, timeout=60, interval=0.5, what=f"{name} held ({reason})")
+
+
+def _event_messages(cluster: Cluster, namespace: str, reason: str) -> str:
+    return cluster.kubectl(
+        "get", "events", "--field-selector",
+        f"reason={reason},involvedObject.kind=GuardedRelease",
+        "-o", "jsonpath={.items[*].message}", namespace=namespace,
+    ).stdout  # fmt: skip
+
+
+def _revisions(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    found = cluster.get(
+        "deployments", namespace=namespace, selector=f"permafrost.dev/release={name}"
+    )
+    return [d["metadata"]["name"] for d in found["items"]]
+
+
+def test_a_release_pulls_with_its_pods_pull_secrets_and_is_held_without_usable_ones(
+    crds: Cluster,
+    namespace: str,
+    private_registry: tuple[str, pathlib.Path],
+    operator: Operator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host, docker_config = private_registry
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
+    repo = f"{host}/shop/private"
+    image = f"{repo}@{push(f'{repo}:v1', b'private v1')}"
+    crds.apply(_pull_secret("regcred", _auths(host, PASSWORD)), namespace=namespace)
+    # Valid JSON (the apiserver checks that much), but its auth is not base64 user:password.
+    crds.apply(
+        _pull_secret("broken", {"auths": {host: {"auth": "not base64!"}}}), namespace=namespace
+    )
+    crds.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "puller"},
+            "imagePullSecrets": [{"name": "regcred"}],
+        },
+        namespace=namespace,
+    )
+    crds.apply(_release("with", image, secrets=["regcred"]), namespace=namespace)
+    crds.apply(_release("account", image, serviceAccountName="puller"), namespace=namespace)
+    crds.apply(_release("without", image), namespace=namespace)
+    crds.apply(_release("missing", image, secrets=["nosuch"]), namespace=namespace)
+    crds.apply(_release("broken", image, secrets=["broken"]), namespace=namespace)
+
+    wait_phase(crds, namespace, "with", "Stable", timeout=90)
+    wait_phase(crds, namespace, "account", "Stable", timeout=90)
+    without = _held(crds, namespace, "without", "RegistryUnauthorized")
+    assert f"{image}: {host} needs credentials" in without["message"]
+    missing = _held(crds, namespace, "missing", "PullSecretMissing")
+    assert f"the image pull secret {namespace}/nosuch does not exist" in missing["message"]
+    broken = _held(crds, namespace, "broken", "PullSecretInvalid")
+    assert f"Secret {namespace}/broken: the auth of '{host}' is not base64" in broken["message"]
+    for reason, says in (
+        ("RegistryUnauthorized", "needs credentials"),
+        ("PullSecretMissing", "nosuch does not exist"),
+        ("PullSecretInvalid", "is not base64"),
+    ):
+        assert says in _event_messages(crds, namespace, reason), reason
+    for name in ("without", "missing", "broken"):
+        assert _revisions(crds, namespace, name) == [], name
+    # permafrost status says why each is held.
+    shown = subprocess.run(
+        [sys.executable, "-m", "permafrost", "status", "-n", namespace],
+        env=crds.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    for reason in ("RegistryUnauthorized", "PullSecretMissing", "PullSecretInvalid"):
+        assert reason in shown, shown
+    # The secret's password is in no condition or Event.
+    everything = (
+        json.dumps(crds.get("guardedreleases", namespace=namespace))
+        + crds.kubectl("get", "events", "-o", "json", namespace=namespace).stdout
+    )
+    assert PASSWORD not in everything
+    assert base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in everything
+
+    # The missing Secret is created: the held release is looked at again and rolls out.
+    crds.apply(_pull_secret("nosuch", _auths(host, PASSWORD)), namespace=namespace)
+    wait_phase(crds, namespace, "missing", "Stable", timeout=90)
+    # A pull secret with the wrong password (a verdict cached for the right one must not
+    # answer for it): refused by the registry.
+    crds.apply(_pull_secret("wrong", _auths(host, "not-the-password")), namespace=namespace)
+    crds.apply(_release("wrong", image, secrets=["wrong"]), namespace=namespace)
+    wrong = _held(crds, namespace, "wrong", "RegistryUnauthorized")
+    assert "the registry refused the credentials" in wrong["message"]
+
+
+def test_an_index_without_the_nodes_platform_is_held(
+    crds: Cluster, namespace: str, registry_host: str, operator: Operator
+) -> None:
+    nodes = crds.kubectl(
+        "get", "nodes", "-o", "jsonpath={.items[*].status.nodeInfo.architecture}"
+    ).stdout.split()
+    assert set(nodes) == {"amd64"}, f"the test expects linux/amd64 nodes only: {nodes}"
+    repo = f"{registry_host}/shop/multi"
+    push(f"{repo}:arm64", b"arm64 build", platform="linux/arm64")
+    push(f"{repo}:amd64", b"amd64 build", platform="linux/amd64")
+    crane("index", "append", "-m", f"{repo}:arm64", "-t", f"{repo}:arm-only")
+    crane("index", "append", "-m", f"{repo}:arm64", "-m", f"{repo}:amd64", "-t", f"{repo}:both")
+    arm_only = f"{repo}@{crane('digest', f'{repo}:arm-only')}"
+    both = f"{repo}@{crane('digest', f'{repo}:both')}"
+    crds.apply(_release("arm-only", arm_only), namespace=namespace)
+    crds.apply(_release("both", both), namespace=namespace)
+
+    wait_phase(crds, namespace, "both", "Stable", timeout=90)
+    held = _held(crds, namespace, "arm-only", "ImagePlatformMissing")
+    assert (
+        f"{arm_only}: the image is built for linux/arm64; the nodes it may run on are linux/amd64"
+        in held["message"]
+    )
+    assert "is built for linux/arm64" in _event_messages(crds, namespace, "ImagePlatformMissing")
+    assert _revisions(crds, namespace, "arm-only") == []
