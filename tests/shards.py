@@ -52,6 +52,7 @@ SECONDS: dict[str, float] = {
     "integration/test_registry_check.py": 100,
     "integration/test_prometheus.py": 60,
     "integration/test_signatures.py": 180,
+    "integration/test_attestations.py": 120,
 }
 
 # The operator image is built with one builder state (hack/operator-image.sh): its users queue.
