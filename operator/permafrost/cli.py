@@ -1048,7 +1048,7 @@ def _check(args: argparse.Namespace) -> int:
     if not approved:
         print("permafrost check: nothing attested: no policy judged an image", file=sys.stderr)
     failed = sum(
-        not _attest(client, signer, image=image, records=records, now=now)
+        not _attest(client, signer, image=image, records=records)
         for image, records in approved.items()
     )
     return EXIT_FAILED if failed else report.exit_code
@@ -1081,7 +1081,6 @@ def _attest(
     *,
     image: str,
     records: Sequence[attestations.PolicyRecord],
-    now: datetime.datetime,
 ) -> bool:
     """Sign and push the guardrails attestation of one approved image (replacing this key's
     earlier one); say what was done, or why not, on stderr. Whether it was pushed."""
@@ -1101,8 +1100,11 @@ def _attest(
     statement = attestations.statement(
         ref=ref,
         digest=ref.digest,
+        # NB: when the check ran, not --now (the time the rules were shown).
         predicate=attestations.predicate(
-            policies=records, checked_at=now, version=permafrost.__version__
+            policies=records,
+            checked_at=datetime.datetime.now(datetime.UTC),
+            version=permafrost.__version__,
         ),
     )
     data = attestations.envelope(key=key, payload=statement)
@@ -1113,7 +1115,8 @@ def _attest(
     except registry.RegistryError as exc:
         print(f"permafrost check: not attested: {exc}", file=sys.stderr)
         return False
-    passed = ", ".join(r.name for r in records if r.passed) or "none"
+    # NB: with their spec digests: what a policy's attestations[].policyDigest may pin.
+    passed = ", ".join(f"{r.name} {r.digest}" for r in records if r.passed) or "none"
     print(
         f"{image}: attested by key {public.id} (policies passed: {passed}; "
         f"{ref.registry}/{ref.repository}:{tag})",
