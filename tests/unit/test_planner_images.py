@@ -101,3 +101,25 @@ def test_a_verify_images_violation_holds_with_its_own_reason() -> None:
     cel = policy.RuleResult("other", "rule", "Enforce", "Fail", "no")
     mixed = dataclasses.replace(s, create_verdict=policy.Verdict("create", (unsigned, cel)))
     assert condition(planner.plan(mixed), "PolicyCompliant").reason == "PolicyViolation"
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["AttestationMissing", "AttestationUntrusted", "AttestationInvalid", "PolicyNotPassed"],
+)
+def test_an_attestation_violation_holds_with_its_own_reason(reason: str) -> None:
+    from permafrost.policies import policy
+
+    unattested = policy.RuleResult(
+        "prod", "ci-approved", "Enforce", "Fail", f"{IMAGE}: no attestation", reason
+    )
+    s = dataclasses.replace(
+        situation(), create_verdict=policy.Verdict(stage="create", results=(unattested,))
+    )
+    plan = planner.plan(s)
+    assert not _created(plan)
+    assert plan.status.phase == "Held"
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("False", reason)
+    assert "prod/ci-approved" in compliant.message
+    assert reason in event_reasons(plan)
