@@ -132,13 +132,14 @@ def verify_attestation(
 # --- Permafrost and cosign, each reading what the other wrote ----------------------------------
 
 
+@pytest.mark.parametrize("kind", ["ecdsa", "ed25519"])
 def test_check_attest_pushes_what_cosign_verify_attestation_accepts(
-    cosign: pathlib.Path, registry_host: str, tmp_path: pathlib.Path
+    cosign: pathlib.Path, registry_host: str, tmp_path: pathlib.Path, kind: str
 ) -> None:
-    repo = f"{registry_host}/shop/attested"
-    digest = push(f"{repo}:v1", b"app attested by permafrost")
+    repo = f"{registry_host}/shop/attested-{kind}"
+    digest = push(f"{repo}:v1", f"app attested by permafrost ({kind})".encode())
     image = f"{repo}:v1@{digest}"
-    signer, other = KeyPair(tmp_path, "ci"), KeyPair(tmp_path, "other")
+    signer, other = KeyPair(tmp_path, "ci", kind), KeyPair(tmp_path, "other")
     assert verify_attestation(cosign, tmp_path, f"{repo}@{digest}", signer).returncode != 0
 
     done = attest(tmp_path, image, signer)
