@@ -53,6 +53,7 @@ SECONDS: dict[str, float] = {
     "integration/test_pull_secrets.py": 60,
     "integration/test_prometheus.py": 60,
     "integration/test_signatures.py": 180,
+    "integration/test_attestations.py": 120,
 }
 
 # The operator image is built with one builder state (hack/operator-image.sh): its users queue.

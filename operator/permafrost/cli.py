@@ -39,7 +39,7 @@ import kopf
 
 import permafrost
 from permafrost import kube, models, presenting
-from permafrost.artifacts import images, registry, signatures
+from permafrost.artifacts import attestations, images, registry, signatures
 from permafrost.guards import sessions
 from permafrost.policies import checking, documents
 
@@ -320,7 +320,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="at promote: YAML of the serving revision {hash, name, images, version}",
     )
     check.add_argument("--now", metavar="RFC3339", help="the time rules see (default: now)")
-    _registry_options(check, what="to verify image signatures (policies' verifyImages)")
+    check.add_argument(
+        "--attest",
+        action="store_true",
+        help="at build, when nothing enforced is violated: sign and push a guardrails "
+        "attestation (cosign's .att layout) for every pinned image approved; exit 1 if one "
+        "cannot be (not pinned, not pushed)",
+    )
+    check.add_argument(
+        "--key",
+        metavar="KEY.pem",
+        help="with --attest: an unencrypted PEM private key (PKCS #8 or SEC 1): ECDSA P-256 "
+        "or Ed25519",
+    )
+    _registry_options(
+        check, what="to verify image signatures (policies' verifyImages), to push attestations"
+    )
     check.add_argument("inputs", nargs="+", metavar="INPUT")
 
     pin = commands.add_parser(
@@ -975,6 +990,7 @@ def _read(path: pathlib.Path) -> tuple[str, str]:
 
 
 def _check(args: argparse.Namespace) -> int:
+    signer = _attestation_key(args)
     policies = checking.load_policies([_read(p) for p in _policy_files(args.policy)])
     labels = {}
     for item in args.namespace_label:
@@ -1004,17 +1020,18 @@ def _check(args: argparse.Namespace) -> int:
         inputs=inputs, policies=policies, stage=args.stage, namespace=namespace, stable=stable
     )
     verifications = {}
-    if required:
-        checker = registry.SignatureChecker(
-            client=registry.Client(
-                credentials=_docker_config(args.docker_config),
-                insecure=frozenset(args.insecure_registry),
-                timeout=args.registry_timeout,
-            )
+    client = None
+    if required or signer is not None:
+        client = registry.Client(
+            credentials=_docker_config(args.docker_config),
+            insecure=frozenset(args.insecure_registry),
+            timeout=args.registry_timeout,
         )
+    if required and client is not None:
+        checker = registry.SignatureChecker(client=client)
         for req in required:
             if req.key not in verifications:
-                verifications[req.key] = checker.verify_now(req.image, req.keys)
+                verifications[req.key] = checker.verify_now(req.image, req.keys, req.attestations)
     report = checking.check(
         inputs=inputs,
         policies=policies,
@@ -1025,7 +1042,90 @@ def _check(args: argparse.Namespace) -> int:
         verifications=verifications,
     )
     print(checking.render_json(report) if args.output == "json" else checking.render_table(report))
-    return report.exit_code
+    if signer is None or client is None:
+        return report.exit_code
+    if report.exit_code != EXIT_OK:
+        print("permafrost check: nothing attested: the verdict does not allow", file=sys.stderr)
+        return report.exit_code
+    approved = checking.approved_images(report, policies=policies)
+    if not approved:
+        print("permafrost check: nothing attested: no policy judged an image", file=sys.stderr)
+    failed = sum(
+        not _attest(client, signer, image=image, records=records)
+        for image, records in approved.items()
+    )
+    return EXIT_FAILED if failed else report.exit_code
+
+
+def _attestation_key(args: argparse.Namespace) -> signatures.PrivateKey | None:
+    """The key ``check --attest`` signs with (None without --attest); refused before
+    anything is evaluated, so that a key that does not load never looks like a verdict."""
+    if not args.attest:
+        if args.key:
+            raise documents.InputError("--key is for --attest: give both, or neither")
+        return None
+    if args.stage != "build":
+        raise documents.InputError(
+            "--attest records what the build stage approved: use it with --stage build"
+        )
+    if not args.key:
+        raise documents.InputError("--attest needs --key KEY.pem (the key that signs)")
+    try:
+        return signatures.load_private_key(pathlib.Path(args.key).read_bytes())
+    except OSError as exc:
+        raise documents.InputError(f"--key {args.key}: cannot be read: {exc}") from None
+    except signatures.InvalidKey as exc:
+        raise documents.InputError(f"--key {args.key}: {exc}") from None
+
+
+def _attest(
+    client: registry.Client,
+    key: signatures.PrivateKey,
+    *,
+    image: str,
+    records: Sequence[attestations.PolicyRecord],
+) -> bool:
+    """Sign and push the guardrails attestation of one approved image (replacing this key's
+    earlier one); say what was done, or why not, on stderr. Whether it was pushed."""
+    try:
+        ref = images.parse(image)
+    except images.InvalidReference as exc:
+        print(f"permafrost check: not attested: {exc}", file=sys.stderr)
+        return False
+    if not ref.digest or not ref.digest.startswith("sha256:"):
+        print(
+            f"permafrost check: not attested: {image} is not pinned by a sha256 digest (an "
+            "attestation is about a digest, never a tag: permafrost pin resolves tags)",
+            file=sys.stderr,
+        )
+        return False
+    public = signatures.public_key_of(key)
+    statement = attestations.statement(
+        ref=ref,
+        digest=ref.digest,
+        # NB: when the check ran, not --now (the time the rules were shown).
+        predicate=attestations.predicate(
+            policies=records,
+            checked_at=datetime.datetime.now(datetime.UTC),
+            version=permafrost.__version__,
+        ),
+    )
+    data = attestations.envelope(key=key, payload=statement)
+    try:
+        client.manifest(ref)  # NB: what is attested must exist: a typo attests nothing
+        earlier = attestations.replaced(client.attestation_layers(ref), key=public)
+        tag = client.push_attestation(ref, data=data, replacing=earlier)
+    except registry.RegistryError as exc:
+        print(f"permafrost check: not attested: {exc}", file=sys.stderr)
+        return False
+    # NB: with their spec digests: what a policy's attestations[].policyDigest may pin.
+    passed = ", ".join(f"{r.name} {r.digest}" for r in records if r.passed) or "none"
+    print(
+        f"{image}: attested by key {public.id} (policies passed: {passed}; "
+        f"{ref.registry}/{ref.repository}:{tag})",
+        file=sys.stderr,
+    )
+    return True
 
 
 def _docker_config(flag: str | None) -> dict[str, tuple[str, str]]:

@@ -419,10 +419,24 @@ class PolicyRule(Model):
     message_expression: str | None = pydantic.Field(default=None, max_length=4096)
 
 
+class AttestationRequirement(Model):
+    """The images must also carry a guardrails attestation (``permafrost check --stage build
+    --attest``) signed by one of ``keys`` (default: the entry's keys) whose predicate says the
+    build-stage GuardrailPolicy ``policy`` passed, with the spec digest ``policyDigest`` when
+    given (docs/policies.md, "Attestations")."""
+
+    policy: str = pydantic.Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    policy_digest: str | None = pydantic.Field(default=None, pattern=r"^sha256:[a-f0-9]{64}$")
+    keys: list[str] | None = pydantic.Field(default=None, min_length=1, max_length=16)
+
+
 class ImageVerification(Model):
     """Images whose repository matches one of ``images`` (globs: ``*`` within a path segment,
     ``**`` across) must carry a cosign signature by one of ``keys`` (PEM public keys: ECDSA
-    P-256 or Ed25519). Judged like a rule named ``name``."""
+    P-256 or Ed25519) and, for each of ``attestations``, a guardrails attestation. Judged like
+    a rule named ``name``."""
 
     name: str = pydantic.Field(
         min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -431,6 +445,7 @@ class ImageVerification(Model):
     # policy refused at admission with the reason), not by the schema.
     images: list[str] = pydantic.Field(min_length=1, max_length=32)
     keys: list[str] = pydantic.Field(min_length=1, max_length=16)
+    attestations: list[AttestationRequirement] = pydantic.Field(default_factory=list, max_length=8)
 
 
 class GuardrailPolicySpec(Model):

@@ -361,6 +361,20 @@ def policy_name(served_policy_crd: Cluster) -> Iterator[str]:
             "operator is DoesNotExist",
             id="doesnotexist-with-values",
         ),
+        pytest.param(
+            {**VALID_POLICY, "verifyImages": [{"name": "ci", "images": ["r.example/**"],
+                "keys": ["k"], "attestations": [{"policy": "build", "policyDigest": "sha256:x"}]}]},
+            "spec.verifyImages[0].attestations[0].policyDigest: Invalid value",
+            "should match '^sha256:[a-f0-9]{64}$'",
+            id="attestation-policy-digest-not-a-digest",
+        ),
+        pytest.param(
+            {**VALID_POLICY, "verifyImages": [{"name": "ci", "images": ["r.example/**"],
+                "keys": ["k"], "attestations": [{"keys": ["k"]}]}]},
+            "spec.verifyImages[0].attestations[0].policy: Required value",
+            "",
+            id="attestation-without-policy",
+        ),
     ],
 )  # fmt: skip
 def test_the_apiserver_rejects_an_invalid_policy_naming_the_field(

@@ -635,6 +635,8 @@ def test_stages_are_a_set_and_rules_a_map_keyed_by_name_and_other_lists_are_atom
         "spec.verifyImages": ("map", ["name"]),
         "spec.verifyImages[].images": (None, None),
         "spec.verifyImages[].keys": (None, None),
+        "spec.verifyImages[].attestations": (None, None),
+        "spec.verifyImages[].attestations[].keys": (None, None),
     }
     # The apiserver demands that a list-map key be required (or defaulted).
     assert "name" in POLICY_NODES["spec.rules[]"]["required"]

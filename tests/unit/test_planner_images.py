@@ -145,3 +145,25 @@ def test_pull_secret_and_platform_problems_hold_whatever_the_mode(
     assert compliant.message.startswith("the pull secret shop/regcred: why (nothing is created")
     assert plan.status.phase == "Held"
     assert outcome in event_reasons(plan)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["AttestationMissing", "AttestationUntrusted", "AttestationInvalid", "PolicyNotPassed"],
+)
+def test_an_attestation_violation_holds_with_its_own_reason(reason: str) -> None:
+    from permafrost.policies import policy
+
+    unattested = policy.RuleResult(
+        "prod", "ci-approved", "Enforce", "Fail", f"{IMAGE}: no attestation", reason
+    )
+    s = dataclasses.replace(
+        situation(), create_verdict=policy.Verdict(stage="create", results=(unattested,))
+    )
+    plan = planner.plan(s)
+    assert not _created(plan)
+    assert plan.status.phase == "Held"
+    compliant = condition(plan, "PolicyCompliant")
+    assert (compliant.status, compliant.reason) == ("False", reason)
+    assert "prod/ci-approved" in compliant.message
+    assert reason in event_reasons(plan)

@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from permafrost.artifacts import images, pulls, signatures
+from permafrost.artifacts import attestations, images, pulls, signatures
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -239,16 +239,24 @@ class Client:
         :class:`RegistryError`: ``INVALID`` for a manifest that is not one, else why the
         registry could not be asked."""
         assert ref.digest is not None
-        tag = signatures.signature_tag(ref.digest)
+        return self._layers(ref, signatures.signature_tag(ref.digest), what="signature")
+
+    def attestation_layers(self, ref: images.Reference) -> list[signatures.Layer]:
+        """The layers of the attestation manifest of ``ref``'s digest (``sha256-<hex>.att``,
+        cosign's classic layout), as :meth:`signature_layers` reads signatures."""
+        assert ref.digest is not None
+        return self._layers(ref, attestations.attestation_tag(ref.digest), what="attestation")
+
+    def _layers(self, ref: images.Reference, tag: str, *, what: str) -> list[signatures.Layer]:
         status, _, body = self._call(ref, f"/v2/{ref.repository}/manifests/{tag}")
         if status == 404:
             return []
         if status != 200:
-            raise _answered(ref, status, "its signatures")
+            raise _answered(ref, status, f"its {what}s")
         try:
             descriptors = signatures.layers_of(json.loads(body))
         except ValueError as exc:
-            raise RegistryError(INVALID, f"{ref.text}: its signature manifest: {exc}") from None
+            raise RegistryError(INVALID, f"{ref.text}: its {what} manifest: {exc}") from None
         layers = []
         for d in descriptors:
             digest, size = str(d.get("digest") or ""), d.get("size")
@@ -350,16 +358,49 @@ class Client:
         :class:`RegistryError`."""
         assert ref.digest is not None
         tag = signatures.signature_tag(ref.digest)
+        layer = signatures.signature_layer(data=data, signature=signature)
+        return self._push_layer(ref, tag, data=data, layer=layer, what="signature")
+
+    def push_attestation(
+        self, ref: images.Reference, *, data: bytes, replacing: frozenset[str] = frozenset()
+    ) -> str:
+        """Add an attestation layer (the DSSE envelope ``data``) to the attestation manifest
+        of ``ref``'s digest, keeping the layers it holds but those whose digests are in
+        ``replacing``; return the tag. Raises :class:`RegistryError`."""
+        assert ref.digest is not None
+        tag = attestations.attestation_tag(ref.digest)
+        layer = attestations.attestation_layer(data=data)
+        return self._push_layer(
+            ref, tag, data=data, layer=layer, what="attestation", replacing=replacing
+        )
+
+    def _push_layer(
+        self,
+        ref: images.Reference,
+        tag: str,
+        *,
+        data: bytes,
+        layer: Mapping[str, Any],
+        what: str,
+        replacing: frozenset[str] = frozenset(),
+    ) -> str:
         status, _, body = self._call(ref, f"/v2/{ref.repository}/manifests/{tag}")
         existing: list[dict[str, Any]] = []
         if status == 200:
             try:
                 existing = [dict(d) for d in signatures.layers_of(json.loads(body))]
             except ValueError as exc:
-                raise RegistryError(INVALID, f"{ref.text}: its signature manifest: {exc}") from None
+                raise RegistryError(INVALID, f"{ref.text}: its {what} manifest: {exc}") from None
         elif status != 404:
             raise RegistryError(INVALID, f"{ref.text}: the registry answered HTTP {status}")
-        layers = [*existing, signatures.signature_layer(data=data, signature=signature)]
+        kept = [d for d in existing if d.get("digest") not in replacing]
+        if len(kept) >= signatures.MAX_SIGNATURES:
+            raise RegistryError(
+                INVALID,
+                f"{ref.text}: its {what} manifest {tag} holds {len(kept)} layers already "
+                f"(at most {signatures.MAX_SIGNATURES} are read)",
+            )
+        layers = [*kept, dict(layer)]
         config, manifest = signatures.artifact(layers=layers)
         self._push_blob(ref, data)
         self._push_blob(ref, config)
@@ -593,32 +634,38 @@ VERIFIED_SECONDS = 24 * 3600.0
 UNVERIFIED_SECONDS = MISSING_SECONDS
 MAX_VERIFICATIONS = 4096
 
-Wanted = tuple[str, tuple[signatures.PublicKey, ...]]
-
-
-def _cache_key(image: str, keys: Sequence[signatures.PublicKey]) -> tuple[str, frozenset[str]]:
-    return image, frozenset(k.id for k in keys)
+# An image, the keys one of which must have signed it, and the attestations it must carry.
+Wanted = tuple[str, tuple[signatures.PublicKey, ...], tuple[attestations.Requirement, ...]]
 
 
 class SignatureChecker:
-    """Whether images are signed by one of a set of keys (cosign's ``.sig`` layout).
+    """Whether images are signed by one of a set of keys (cosign's ``.sig`` layout), and
+    carry the guardrail attestations required of them (cosign's ``.att`` layout).
 
     The same client and rules as :class:`Checker`: lookups in threads, at most
     :data:`CONCURRENT_LOOKUPS` at once, each request bounded by the client's timeout.
-    Verdicts are cached by image and key set: a verified digest for 24 hours (its content
-    cannot change, and a signature that verified once still does), any other verdict for 15
-    seconds (a signature may be pushed), an unreachable registry never. At most
-    :data:`MAX_VERIFICATIONS` verdicts are kept (the oldest go first).
+    Verdicts are cached by image, key set and attestation requirements: a verified digest for
+    24 hours (its content cannot change, and a signature or attestation that verified once
+    still does), any other verdict for 15 seconds (a signature or attestation may be pushed),
+    an unreachable registry never. At most :data:`MAX_VERIFICATIONS` verdicts are kept (the
+    oldest go first).
     """
 
     def __init__(self, *, client: Client, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self._clock = clock
         self._cache: collections.OrderedDict[
-            tuple[str, frozenset[str]], tuple[signatures.Verification, float]
+            attestations.VerificationKey, tuple[signatures.Verification, float]
         ] = collections.OrderedDict()
 
-    def _lookup(self, image: str, keys: Sequence[signatures.PublicKey]) -> signatures.Verification:
+    def _lookup(
+        self,
+        image: str,
+        keys: Sequence[signatures.PublicKey],
+        required: Sequence[attestations.Requirement] = (),
+    ) -> signatures.Verification:
+        """The signature first; then, once it verifies, every attestation required (the
+        first that fails is the verdict)."""
         try:
             ref = images.parse(image)
         except images.InvalidReference as exc:
@@ -628,63 +675,84 @@ class SignatureChecker:
         try:
             layers = self.client.signature_layers(ref)
             bundles = self.client.signature_bundles(ref)
+            signed = signatures.verify(
+                image=image, ref=ref, layers=layers, keys=keys, bundles=bundles
+            )
+            if not signed.verified or not required:
+                return signed
+            attested = self.client.attestation_layers(ref)
         except RegistryError as exc:
             outcome = signatures.INVALID if exc.reason == INVALID else signatures.UNREACHABLE
             return signatures.Verification(image, outcome, str(exc))
-        return signatures.verify(image=image, ref=ref, layers=layers, keys=keys, bundles=bundles)
+        said = [signed.message]
+        for requirement in required:
+            found = attestations.verify(
+                image=image, ref=ref, layers=attested, requirement=requirement
+            )
+            if not found.verified:
+                return found
+            said.append(found.message.removeprefix(f"{image}: "))
+        return signatures.Verification(image, signatures.VERIFIED, "; ".join(said), signed.key)
 
     def cached(
-        self, image: str, keys: Sequence[signatures.PublicKey]
+        self,
+        image: str,
+        keys: Sequence[signatures.PublicKey],
+        required: Sequence[attestations.Requirement] = (),
     ) -> signatures.Verification | None:
-        hit = self._cache.get(_cache_key(image, keys))
+        hit = self._cache.get(attestations.verification_key(image, keys, required))
         return hit[0] if hit is not None and hit[1] > self._clock() else None
 
     def _keep(
-        self, verification: signatures.Verification, keys: Sequence[signatures.PublicKey]
+        self, verification: signatures.Verification, key: attestations.VerificationKey
     ) -> None:
         if verification.outcome == signatures.UNREACHABLE:
             return
         keep = VERIFIED_SECONDS if verification.verified else UNVERIFIED_SECONDS
-        key = _cache_key(verification.image, keys)
         self._cache[key] = (verification, self._clock() + keep)
         self._cache.move_to_end(key)
         while len(self._cache) > MAX_VERIFICATIONS:
             self._cache.popitem(last=False)
 
     def verify_now(
-        self, image: str, keys: Sequence[signatures.PublicKey]
+        self,
+        image: str,
+        keys: Sequence[signatures.PublicKey],
+        required: Sequence[attestations.Requirement] = (),
     ) -> signatures.Verification:
         """One verdict, in this thread (the CLI's)."""
-        found = self.cached(image, keys)
+        found = self.cached(image, keys, required)
         if found is None:
-            found = self._lookup(image, keys)
-            self._keep(found, keys)
+            found = self._lookup(image, keys, required)
+            self._keep(found, attestations.verification_key(image, keys, required))
         return found
 
     async def verify(
         self, wanted: Sequence[Wanted]
-    ) -> dict[tuple[str, frozenset[str]], signatures.Verification]:
-        """A verdict per distinct (image, key set) of ``wanted``."""
-        found: dict[tuple[str, frozenset[str]], signatures.Verification] = {}
-        todo: dict[tuple[str, frozenset[str]], Wanted] = {}
-        for image, keys in wanted:
-            key = _cache_key(image, keys)
-            hit = self.cached(image, keys)
+    ) -> dict[attestations.VerificationKey, signatures.Verification]:
+        """A verdict per distinct (image, key set, attestation requirements) of ``wanted``."""
+        found: dict[attestations.VerificationKey, signatures.Verification] = {}
+        todo: dict[attestations.VerificationKey, Wanted] = {}
+        for image, keys, required in wanted:
+            key = attestations.verification_key(image, keys, required)
+            hit = self.cached(image, keys, required)
             if hit is not None:
                 found[key] = hit
             else:
-                todo[key] = (image, keys)
+                todo[key] = (image, keys, required)
         limit = asyncio.Semaphore(CONCURRENT_LOOKUPS)
 
         async def one(
-            image: str, keys: tuple[signatures.PublicKey, ...]
+            image: str,
+            keys: tuple[signatures.PublicKey, ...],
+            required: tuple[attestations.Requirement, ...],
         ) -> signatures.Verification:
             async with limit:
-                return await asyncio.to_thread(self._lookup, image, keys)
+                return await asyncio.to_thread(self._lookup, image, keys, required)
 
-        results = await asyncio.gather(*(one(i, k) for i, k in todo.values()))
-        for (key, (_, keys)), result in zip(todo.items(), results, strict=True):
-            self._keep(result, keys)
+        results = await asyncio.gather(*(one(*w) for w in todo.values()))
+        for key, result in zip(todo, results, strict=True):
+            self._keep(result, key)
             found[key] = result
         return found
 

@@ -355,9 +355,13 @@ def _envelope(bundle: bytes) -> tuple[list[bytes], bytes, bytes]:
         raise ValueError("not a sigstore bundle with a DSSE envelope") from None
     if payload_type != IN_TOTO:
         raise ValueError(f"a DSSE payload of type {str(payload_type)[:64]!r}, not in-toto")
+    return sigs, payload_bytes, pae(payload_type, payload_bytes)
+
+
+def pae(payload_type: str, payload_bytes: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: the bytes a DSSE signature signs."""
     kind = payload_type.encode()
-    signed = b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload_bytes), payload_bytes)
-    return sigs, payload_bytes, signed
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload_bytes), payload_bytes)
 
 
 def _statement_problem(payload_bytes: bytes, *, digest: str) -> str | None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from permafrost import models
-from permafrost.artifacts import signatures
+from permafrost.artifacts import attestations, signatures
 from permafrost.policies import documents, policy
 
 CHECKABLE_KINDS = (
@@ -170,7 +170,7 @@ def check(
     now: datetime.datetime,
     namespace: Mapping[str, Any] | None = None,
     stable: Mapping[str, Any] | None = None,
-    verifications: Mapping[tuple[str, frozenset[str]], signatures.Verification] | None = None,
+    verifications: Mapping[attestations.VerificationKey, signatures.Verification] | None = None,
 ) -> Report:
     """Evaluate ``policies`` at ``stage`` on every document of every ``(source, text)`` input.
 
@@ -261,3 +261,43 @@ def render_table(report: Report) -> str:
         f"violation(s), {data['warnings']} warning(s), {data['audits']} audit(s)"
     )
     return "\n".join(lines)
+
+
+# --- guardrail attestations (permafrost check --stage build --attest) -------------------------
+
+
+def approved_images(
+    report: Report, *, policies: Sequence[policy.Policy]
+) -> dict[str, tuple[attestations.PolicyRecord, ...]]:
+    """What a build-stage report approves, to be attested: ``{image: the policies that judged
+    it}``, for every image of every checked input (an image in several inputs: each policy
+    once, passed only if it passed for all of them). Empty unless the report allows
+    everything (nothing is attested from a verdict that denies); an image that no policy
+    judged is left out (an attestation of nothing says nothing)."""
+    if report.exit_code != EXIT_OK:
+        return {}
+    digests = {p.name: p.digest for p in policies}
+    found: dict[str, dict[str, attestations.PolicyRecord]] = {}
+    for c in report.checked:
+        judged: dict[str, attestations.PolicyRecord] = {}
+        for r in c.verdict.results:
+            before = judged.get(r.policy)
+            passed = r.outcome == "Pass" and (before is None or before.passed)
+            judged[r.policy] = attestations.PolicyRecord(
+                name=r.policy,
+                enforcement=r.enforcement,
+                digest=digests.get(r.policy, ""),
+                passed=passed,
+            )
+        if not judged:
+            continue
+        for image in policy.images_of(policy.Subject(object=c.document.body)):
+            mine = found.setdefault(image, {})
+            for name, record in judged.items():
+                earlier = mine.get(name)
+                mine[name] = (
+                    record
+                    if earlier is None
+                    else dataclasses.replace(record, passed=record.passed and earlier.passed)
+                )
+    return {image: tuple(records.values()) for image, records in found.items()}

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import cel
 
 from permafrost import models
-from permafrost.artifacts import images, signatures
+from permafrost.artifacts import attestations, images, signatures
 
 Outcome = Literal["Pass", "Fail", "Error"]
 
@@ -141,12 +141,13 @@ class Rule:
 @dataclasses.dataclass(frozen=True)
 class ImageRule:
     """A ``verifyImages`` entry: images whose repository matches one of ``patterns`` must be
-    signed by one of ``keys``."""
+    signed by one of ``keys``, and carry the ``attestations`` it requires."""
 
     name: str
     patterns: tuple[str, ...]
     keys: tuple[signatures.PublicKey, ...]
     matchers: tuple[re.Pattern[str], ...] = dataclasses.field(default=(), compare=False)
+    attestations: tuple[attestations.Requirement, ...] = ()
 
     def covers(self, image: str) -> bool:
         """Whether ``image``'s repository (``registry/repository``, Docker Hub as
@@ -168,6 +169,9 @@ class Policy:
     match: models.PolicyMatch
     rules: tuple[Rule, ...]
     verify_images: tuple[ImageRule, ...] = ()
+    # The digest of its spec (attestations.policy_digest): what a guardrails attestation
+    # records of it.
+    digest: str = ""
 
 
 def referenced(*expressions: str) -> frozenset[str]:
@@ -229,6 +233,7 @@ def compile_policy(name: str, spec: models.GuardrailPolicySpec) -> Policy:
         match=spec.match,
         rules=tuple(rules),
         verify_images=tuple(_compile_image_rule(name, v) for v in spec.verify_images),
+        digest=attestations.policy_digest(spec.to_json()),
     )
 
 
@@ -499,15 +504,37 @@ def _compile_image_rule(policy: str, entry: models.ImageVerification) -> ImageRu
         matchers = tuple(glob(p) for p in entry.images)
     except ValueError as exc:
         raise PolicyError(f"{where}: {exc}") from None
+    keys = _load_keys(entry.keys, where=where)
+    required = []
+    for index, wanted in enumerate(entry.attestations):
+        required.append(
+            attestations.Requirement(
+                policy=wanted.policy,
+                keys=(
+                    _load_keys(wanted.keys, where=f"{where}, attestation {index + 1}")
+                    if wanted.keys
+                    else keys
+                ),
+                digest=wanted.policy_digest,
+            )
+        )
+    return ImageRule(
+        name=entry.name,
+        patterns=tuple(entry.images),
+        keys=keys,
+        matchers=matchers,
+        attestations=tuple(required),
+    )
+
+
+def _load_keys(pems: Sequence[str], *, where: str) -> tuple[signatures.PublicKey, ...]:
     keys = []
-    for index, pem in enumerate(entry.keys):
+    for index, pem in enumerate(pems):
         try:
             keys.append(signatures.load_public_key(pem))
         except signatures.InvalidKey as exc:
             raise PolicyError(f"{where}: key {index + 1}: {exc}") from None
-    return ImageRule(
-        name=entry.name, patterns=tuple(entry.images), keys=tuple(keys), matchers=matchers
-    )
+    return tuple(keys)
 
 
 def images_of(subject: Subject) -> tuple[str, ...]:
@@ -525,20 +552,26 @@ def images_of(subject: Subject) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+# What a verification of an image's signatures and attestations is found under.
+VerificationKey = attestations.VerificationKey
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageRequirement:
-    """One image one ``verifyImages`` entry of one policy requires signed."""
+    """One image one ``verifyImages`` entry of one policy requires signed (and attested)."""
 
     policy: str
     rule: str
     enforcement: str
     image: str
     keys: tuple[signatures.PublicKey, ...]
+    attestations: tuple[attestations.Requirement, ...] = ()
 
     @property
-    def key(self) -> tuple[str, frozenset[str]]:
-        """What a verification of it is found under (the image and the key ids)."""
-        return self.image, frozenset(k.id for k in self.keys)
+    def key(self) -> VerificationKey:
+        """What a verification of it is found under (the image, the key ids, and the
+        attestation requirements)."""
+        return attestations.verification_key(self.image, self.keys, self.attestations)
 
 
 def image_requirements(
@@ -554,14 +587,16 @@ def image_requirements(
             for image in subject_images:
                 if rule.covers(image):
                     found.append(
-                        ImageRequirement(p.name, rule.name, p.enforcement, image, rule.keys)
+                        ImageRequirement(
+                            p.name, rule.name, p.enforcement, image, rule.keys, rule.attestations
+                        )
                     )
     return tuple(found)
 
 
 def signature_results(
     requirements: Sequence[ImageRequirement],
-    verifications: Mapping[tuple[str, frozenset[str]], signatures.Verification],
+    verifications: Mapping[attestations.VerificationKey, signatures.Verification],
 ) -> tuple[RuleResult, ...]:
     """One result per ``verifyImages`` entry that requires something: ``Pass`` when every
     image it covers is verified; ``Fail`` (``Error`` when the registry could not be asked)

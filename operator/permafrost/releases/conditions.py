@@ -57,6 +57,12 @@ IMAGE_NOT_SIGNED = "ImageNotSigned"
 SIGNATURE_UNTRUSTED = "SignatureUntrusted"
 SIGNATURE_INVALID = "SignatureInvalid"
 IMAGE_NOT_PINNED = "ImageNotPinned"
+# A verifyImages entry's attestations (docs/policies.md, "Attestations"): the same values as
+# permafrost.artifacts.attestations' outcomes.
+ATTESTATION_MISSING = "AttestationMissing"
+ATTESTATION_UNTRUSTED = "AttestationUntrusted"
+ATTESTATION_INVALID = "AttestationInvalid"
+POLICY_NOT_PASSED = "PolicyNotPassed"
 # The reasons of PolicyCompliant=False that hold a rollout (phase Held).
 HOLDING_REASONS = frozenset(
     {
@@ -75,6 +81,10 @@ HOLDING_REASONS = frozenset(
         SIGNATURE_UNTRUSTED,
         SIGNATURE_INVALID,
         IMAGE_NOT_PINNED,
+        ATTESTATION_MISSING,
+        ATTESTATION_UNTRUSTED,
+        ATTESTATION_INVALID,
+        POLICY_NOT_PASSED,
     }
 )
 POLICY_WARNINGS = "PolicyWarnings"

@@ -491,7 +491,7 @@ async def _verify_signatures(
         stage: policy.image_requirements(policies, stage=stage, subject=subject)
         for stage in ("create", "promote")
     }
-    wanted = [(r.image, r.keys) for found in required.values() for r in found]
+    wanted = [(r.image, r.keys, r.attestations) for found in required.values() for r in found]
     if not wanted:
         return create, promote, False
     verified = await checker.verify(wanted)
