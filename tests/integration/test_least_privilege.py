@@ -503,6 +503,35 @@ def test_a_failing_revision_is_rolled_back_automatically(op: Deployed, namespace
     assert _events(c, namespace, reason="RolledBack", name="shop")
 
 
+def test_a_job_gate_runs_its_job_with_the_operator_s_account(op: Deployed, namespace: str) -> None:
+    c = op.cluster
+    body = release("gated", deadline=60)
+    body["spec"]["rollout"]["gates"] = [
+        {
+            "name": "smoke",
+            "job": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": "smoke", "image": "127.0.0.1:5000/smoke@sha256:" + "5" * 64}
+                        ]
+                    }
+                },
+                "activeDeadlineSeconds": 30,
+            },
+            "count": 1,
+            "intervalSeconds": 1,
+        }
+    ]
+    c.apply(body, namespace=namespace)
+    # NB: on the fake nodes the Job's pod completes (kwok's stage for pods of Jobs)
+    st = wait_phase(c, namespace, "gated", "Stable", timeout=90)
+    record = next(r for r in st["revisions"] if r["hash"] == st["stableRevision"])
+    assert [(g["name"], g["verdict"]) for g in record["gates"]] == [("smoke", "Passed")], record
+    jobs = c.get("jobs", namespace=namespace, selector="permafrost.dev/gate=smoke")["items"]
+    assert len(jobs) == 1, jobs
+
+
 def test_an_in_place_set_image_of_a_frozen_revision_is_denied(op: Deployed, namespace: str) -> None:
     c = op.cluster
     stable = _stable(c, namespace)
