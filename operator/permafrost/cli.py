@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import difflib
@@ -28,8 +29,10 @@ import logging
 import os
 import pathlib
 import re
+import signal
 import socket
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
@@ -768,9 +771,30 @@ class NotFound(LookupError):
         self.hint = hint
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    """Ctrl-C while the command line waits on the API: stop at once, exit 130.
+
+    NB: not asyncio's own handling (cancel the task, then wait): ``asyncio.run`` waits for the
+    worker thread of a request in flight before it returns, up to that request's timeout and
+    longer on a loaded apiserver, and a ``--watch`` seemed to ignore Ctrl-C (seen in CI: alive
+    30 s after SIGINT). Nothing is lost: these commands' writes are single requests, which the
+    apiserver completes or not whether this process waits for the answer or not.
+    """
+    del signum, frame
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, b"permafrost: interrupted\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
 def _against_the_api(work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` with bounded requests; API failures become :class:`kube.ApiProblem`."""
+    """Run ``work`` with bounded requests; API failures become :class:`kube.ApiProblem`.
+    Ctrl-C exits at once (:func:`_interrupted`)."""
     kube.bound_requests(seconds=REQUEST_TIMEOUT_SECONDS)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _interrupted)
     try:
         return asyncio.run(work)
     except (KeyboardInterrupt, NotFound):
@@ -780,6 +804,9 @@ def _against_the_api(work: Coroutine[Any, Any, T]) -> T:
         if problem is None:
             raise
         raise problem from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 async def _release(namespace: str, name: str) -> dict[str, Any]:
