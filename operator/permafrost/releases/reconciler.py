@@ -258,7 +258,8 @@ async def reconcile(
         try:
             await kube.apply(namespace=namespace, action=action)
         except Exception as exc:
-            refused = None if kube.namespace_terminating(exc) else kube.refusal(exc)
+            terminating = kube.namespace_terminating(exc)
+            refused = None if terminating else kube.refusal(exc)
             if refused is not None:
                 # NB: a refusal is not retried at once (it would be refused again): said in
                 # one line and an Event (who refused and why), looked at again later.
@@ -271,7 +272,7 @@ async def reconcile(
                     fence=fence,
                 )
                 return PLAN_RETRY_SECONDS
-            if not kube.namespace_terminating(exc):
+            if not terminating:
                 raise
             # NB: the namespace is being deleted, the release with it: nothing is left to do,
             # and no retry can succeed.
