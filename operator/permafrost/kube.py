@@ -171,11 +171,19 @@ async def read_config(*, namespace: str, ref: models.ConfigRef) -> dict[str, Any
         if ref.kind == "ConfigMap"
         else (c.core.read_namespaced_secret)
     )
+    return await _read_named(read, kind=ref.kind, namespace=namespace, name=ref.name)
+
+
+async def _read_named(
+    read: Callable[..., Any], *, kind: str, namespace: str, name: str
+) -> dict[str, Any] | None:
+    """One object read by name; ``None`` if it does not exist; :class:`ConfigForbidden` if the
+    operator may not read it (a 403: not a bug, a grant missing in that namespace)."""
     try:
-        result: dict[str, Any] | None = await _get_or_none(read, ref.name, namespace)
+        result: dict[str, Any] | None = await _get_or_none(read, name, namespace)
     except ApiException as exc:
         if exc.status == 403:
-            raise ConfigForbidden(ref.kind, ref.name, status_message(exc)) from None
+            raise ConfigForbidden(kind, name, status_message(exc)) from None
         raise
     return result
 
@@ -184,29 +192,20 @@ async def read_pull_secret(*, namespace: str, name: str) -> dict[str, Any] | Non
     """An image pull Secret a release's pods name, read by name (never listed or watched);
     ``None`` if it does not exist. Raises :class:`ConfigForbidden` if the operator may not read
     it (Secrets are granted per namespace: the ClusterRole permafrost-secrets)."""
-    try:
-        result: dict[str, Any] | None = await _get_or_none(
-            clients().core.read_namespaced_secret, name, namespace
-        )
-    except ApiException as exc:
-        if exc.status == 403:
-            raise ConfigForbidden("Secret", name, status_message(exc)) from None
-        raise
-    return result
+    return await _read_named(
+        clients().core.read_namespaced_secret, kind="Secret", namespace=namespace, name=name
+    )
 
 
 async def read_service_account(*, namespace: str, name: str) -> dict[str, Any] | None:
     """The ServiceAccount a release's pods run as (for its imagePullSecrets); ``None`` if it
     does not exist. Raises :class:`ConfigForbidden` if the operator may not read it."""
-    try:
-        result: dict[str, Any] | None = await _get_or_none(
-            clients().core.read_namespaced_service_account, name, namespace
-        )
-    except ApiException as exc:
-        if exc.status == 403:
-            raise ConfigForbidden("ServiceAccount", name, status_message(exc)) from None
-        raise
-    return result
+    return await _read_named(
+        clients().core.read_namespaced_service_account,
+        kind="ServiceAccount",
+        namespace=namespace,
+        name=name,
+    )
 
 
 async def list_nodes() -> list[dict[str, Any]]:
