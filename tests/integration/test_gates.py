@@ -69,6 +69,16 @@ class SelectorLog(Background):
             self._stop.wait(0.2)
 
 
+def wait_scaled_down(crds: Cluster, namespace: str, revision: str) -> None:
+    """Until no pod of ``revision`` is left."""
+
+    def scaled_down() -> bool:
+        pods = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={revision}")
+        return not pods["items"]
+
+    wait_for(scaled_down, timeout=60, interval=0.5, what=f"revision {revision} scaled to 0")
+
+
 def gates_of(st: Mapping[str, Any], revision: str) -> dict[str, Any]:
     record = next(r for r in st.get("revisions", []) if r["hash"] == revision)
     return {g["name"]: g for g in record.get("gates", [])}
@@ -147,11 +157,7 @@ def test_an_http_gate_fails_a_ready_revision_that_answers_500s_and_passes_a_heal
     assert service_log.seen == [first], service_log.seen  # the Service never left v1
     assert bad in preview_log.seen, preview_log.seen
 
-    def scaled_down() -> bool:
-        pods = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={bad}")
-        return not pods["items"]
-
-    wait_for(scaled_down, timeout=60, interval=0.5, what="the failed revision scaled to 0")
+    wait_scaled_down(crds, namespace, bad)
 
     # 3. What people see: the gate's measurements in status and history.
     shown = permafrost("status", NAME, "-n", namespace, env=crds.env)
@@ -325,11 +331,7 @@ def test_analysis_after_promotion_switches_traffic_back_when_a_gate_fails(
     # promotedAt has whole seconds: the switch is within the same or the next second
     assert switched.total_seconds() <= 2, (failing, back)
 
-    def scaled_down() -> bool:
-        pods = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={bad}")
-        return not pods["items"]
-
-    wait_for(scaled_down, timeout=60, interval=0.5, what="the failed revision scaled to 0")
+    wait_scaled_down(crds, namespace, bad)
 
 
 # The error ratio of the revision measured, from its own pods' counters ({{revision}} is the
@@ -537,11 +539,7 @@ def test_analysis_after_promotion_with_prometheus_switches_back_under_real_load(
     late = [round(t - observed, 1) for t in load.errors if t > observed + 3]
     assert not late, f"500s after the switch back: {late}"
 
-    def scaled_down() -> bool:
-        pods = crds.get("pods", namespace=namespace, selector=f"permafrost.dev/revision={bad}")
-        return not pods["items"]
-
-    wait_for(scaled_down, timeout=60, interval=0.5, what="the failed revision scaled to 0")
+    wait_scaled_down(crds, namespace, bad)
     exposed = load.errors[-1] - load.errors[0]
     print(
         f"\n[analysis] users got 500s for {exposed:.1f}s ({len(load.errors)} of "
