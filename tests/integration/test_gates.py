@@ -508,7 +508,10 @@ def test_analysis_after_promotion_with_prometheus_switches_back_under_real_load(
             what="v1 promoted",
         )["stableRevision"]
         assert not load.errors, load.codes
-        serving = time.monotonic()  # NB: before, the Service had no endpoint to answer
+        # NB: Stable is the Service's selector; kube-proxy routes a moment later: v1 serves once
+        # the users got its first answer (before, a request may find no endpoint to answer).
+        wait_for(lambda: load.codes.get(200), timeout=30, interval=0.1, what="v1's first answer")
+        serving = time.monotonic()
         with SelectorLog(crds, namespace, NAME) as service_log:
             crds.apply(analysed(v2, APP_VERSION="v2-errors", ERROR_RATE="0.2"), namespace=namespace)
             st = wait_for(
