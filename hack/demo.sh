@@ -237,7 +237,13 @@ if [ "$("$ROOT/hack/cluster.sh" real-node)" = 1 ] && kubectl get node permafrost
   # The trusted-registries policy says to edit its list: the platform team trusts the local one.
   sed "s|i\[1\].startsWith('ghcr.io/permafrost/')|& \|\| i[1].startsWith('127.0.0.1:5000/')|" \
     "$ROOT/deploy/policies/permafrost-trusted-registries.yaml" | kubectl apply -f - >/dev/null
-  ok "permafrost-trusted-registries now trusts 127.0.0.1:5000/ too (its list edited, as it asks)"
+  # NB: until the edited list is compiled, the apiserver still runs the old one and refuses
+  # the local registry: wait until the policy's status has seen its new generation.
+  GENERATION=$(kubectl get grp permafrost-trusted-registries -o jsonpath='{.metadata.generation}')
+  kubectl wait grp/permafrost-trusted-registries --timeout 60s \
+    --for=jsonpath='{.status.observedGeneration}'="$GENERATION" >/dev/null \
+    || fail "the edited permafrost-trusted-registries was not compiled in 60 s"
+  ok "permafrost-trusted-registries now trusts 127.0.0.1:5000/ too (its list edited, as it asks; enforced by $(kubectl get grp permafrost-trusted-registries -o jsonpath='{.status.enforcedBy}'))"
   web_release "$WEB1" | kubectl apply -f - >/dev/null
   permafrost status web -n "$NS" --watch --timeout 120 | sed 's/^/    /' || true
   [ "$(web_status phase)" = Stable ] || fail "web v1 did not become Stable ($(web_status phase))"

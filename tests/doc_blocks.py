@@ -179,6 +179,10 @@ NOT_RUN: dict[str, str] = {
         "only with --registry-check; tests/integration/test_least_privilege.py makes this "
         "binding and runs the operator with the check on"
     ),
+    "docs/policies.md: kubectl apply -f permafrost-trusted-registries.yaml": (
+        "the reader's edited copy of the policy; hack/demo.sh edits the list and runs this wait "
+        "(tests/integration/test_demo.py)"
+    ),
     "docs/policies.md: permafrost check --stage create -p policies/ -p extra.yaml app/*.yaml": (
         "example file names of the reader's (the block says so)"
     ),
