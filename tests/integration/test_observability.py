@@ -215,3 +215,58 @@ def test_every_operator_log_line_is_json_with_a_message_and_a_severity(
         record = json.loads(line)
         assert record["message"]
         assert record["severity"] in ("debug", "info", "warn", "error", "fatal")
+
+
+def nightly(image: str) -> dict[str, Any]:
+    """A suspended CronJob: no controller writes its spec or runs it while the test looks."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "nightly"},
+        "spec": {
+            "schedule": "0 3 * * *",
+            "suspend": True,
+            "jobTemplate": {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{"name": "report", "image": image}],
+                        }
+                    }
+                }
+            },
+        },
+    }
+
+
+def test_the_webhook_is_sent_only_the_updates_that_could_change_what_runs(
+    crds: Cluster, namespace: str, guarded_operator: Operator
+) -> None:
+    """The apiserver evaluates the webhooks' match conditions: an update of a workload's labels
+    or annotations never reaches the operator; one of its spec does (and is allowed when it
+    changes no frozen field). Counted by the webhook's own decisions."""
+    first_scrape()
+    sent = {
+        "webhook": "frozen-enforced",
+        "reason": "NoChange",
+        "result": "allowed",
+        "policy": "",
+        "rule": "",
+    }
+    crds.create(nightly("registry.example/report" + NEW_DIGEST), namespace=namespace)
+    before = value(scrape(), "permafrost_admission_decisions_total", **sent)
+
+    crds.kubectl("label", "cronjob", "nightly", "team=payments", namespace=namespace)
+    crds.kubectl("annotate", "cronjob", "nightly", "owner=alice@example.com", namespace=namespace)
+    crds.kubectl(
+        "patch", "cronjob", "nightly", "-p", '{"spec": {"suspend": false}}', namespace=namespace
+    )
+
+    # NB: each kubectl returned after the apiserver's admission: the count is final.
+    after = scrape()
+    assert value(after, "permafrost_admission_decisions_total", **sent) == before + 1
+    body = crds.get("cronjob", "nightly", namespace=namespace)
+    assert body["metadata"]["labels"]["team"] == "payments"
+    assert body["spec"]["suspend"] is False
+    crds.kubectl("delete", "cronjob", "nightly", namespace=namespace)

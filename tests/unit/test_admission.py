@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 
 from permafrost import models
-from permafrost.guards import admission
+from permafrost.guards import admission, sessions
 
 try:
     import cel  # common-expression-language, the CEL library Permafrost's policies use
@@ -2145,7 +2146,7 @@ def test_where_nothing_is_enforced_only_what_gives_pods_the_revision_labels_is_s
             {"key": models.LABEL_ENFORCE, "operator": "NotIn", "values": ["true"]},
         ]
     }
-    (condition,) = hook["matchConditions"]
+    (condition,) = [c for c in hook["matchConditions"] if c["name"] == "revision-labels"]
     for label in (models.LABEL_RELEASE, models.LABEL_REVISION):
         assert json.dumps(label) in condition["expression"]
 
@@ -2800,3 +2801,151 @@ def test_a_releases_service_never_becomes_a_dns_alias() -> None:
     assert '"system:serviceaccount:p:permafrost"' in conditions["not-exempt"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     assert binding["spec"]["paramRef"] == {"selector": {}, "parameterNotFoundAction": "Allow"}
+
+
+# --- what the apiserver does not send to the frozen-object webhooks ---------------------------
+
+
+FROZEN_HOOKS = ("managed", "enforced", "unenforced")
+
+
+def test_the_frozen_object_webhooks_are_not_sent_exempt_users_or_updates_that_change_nothing() -> (
+    None
+):
+    hooks = webhooks_by_scope(configuration())
+    for scope in FROZEN_HOOKS:
+        names = [c["name"] for c in hooks[scope]["matchConditions"]]
+        assert names[:3] == [
+            "not-exempt",
+            "could-change-what-runs",
+            "could-forge-a-revision",
+        ], scope
+        assert json.dumps(OPERATOR) in hooks[scope]["matchConditions"][0]["expression"]
+    # NB: a policy may read a release's or a policy's metadata: those webhooks see everything.
+    for scope in ("releases", "connect", "policies"):
+        assert "matchConditions" not in hooks[scope], scope
+
+
+def sent(hook: Mapping[str, Any], req: admission.Request) -> bool:
+    """Whether the apiserver sends ``req`` to ``hook``, by its match conditions (evaluated as
+    the apiserver does: an error skips a webhook whose failurePolicy is Ignore)."""
+    assert cel is not None
+    review: dict[str, Any] = {
+        "kind": {"group": PLURALS[req.kind][0], "version": "v1", "kind": req.kind},
+        "namespace": req.namespace,
+        "name": req.name,
+        "operation": req.operation,
+        "userInfo": {"username": req.username, "groups": list(req.groups)},
+    }
+    if req.subresource:  # NB: absent, not "", for the main resource
+        review["subResource"] = req.subresource
+    context = {
+        "request": review,
+        "object": copy.deepcopy(req.new),
+        "oldObject": copy.deepcopy(req.old),
+    }
+    for condition in hook.get("matchConditions") or []:
+        try:
+            if cel.compile(condition["expression"]).execute(context) is not True:
+                return False
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # pragma: no cover
+            raise AssertionError(f"{condition['name']} errs on {req}: {exc}") from exc
+    return True
+
+
+def quiet(decision: admission.Decision) -> bool:
+    """Allowed, with nothing to say or record: what a request the webhook is not sent gets."""
+    return decision.allowed and decision.event_type is None and not decision.warnings
+
+
+@needs_cel
+@pytest.mark.parametrize("case", CASES)
+def test_a_request_the_webhook_is_not_sent_is_one_it_would_allow_silently(case: Case) -> None:
+    req = case.request
+    if req.kind not in PLURALS:
+        pytest.skip(f"{req.kind} is not routed to the frozen-object webhooks")
+    config = admission.webhook_configuration(
+        name="x", client_config={"url": "https://h"}, settings=case.settings
+    )
+    hook = webhooks_by_scope(config)[req.scope]
+    if not sent(hook, req):
+        assert quiet(admission.review(req, case.settings)), req
+        assert sessions.review_session(req, case.settings, now=SESSION_TIME) is None, req
+
+
+SESSION_TIME = datetime.datetime(2025, 3, 1, 12, 0, tzinfo=datetime.UTC)
+
+
+def labelled(o: dict[str, Any]) -> None:
+    o["metadata"]["labels"]["team"] = "payments"
+
+
+def argo_annotated(o: dict[str, Any]) -> None:
+    o["metadata"].setdefault("annotations", {})["argocd.argoproj.io/tracking-id"] = "shop:apps"
+
+
+def emptied_release_label(o: dict[str, Any]) -> None:
+    o["metadata"]["labels"][models.LABEL_RELEASE] = ""
+
+
+@needs_cel
+@pytest.mark.parametrize("scope", ["managed", "enforced"])
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet", "Pod"])
+def test_updates_of_metadata_alone_are_not_sent_and_spec_changes_are(
+    scope: admission.Scope, kind: str
+) -> None:
+    hook = webhooks_by_scope(configuration())[scope]
+    set_image = (lambda _: SET_POD_IMAGE) if kind == "Pod" else (lambda _: SET_IMAGE)
+    assert not sent(hook, update(kind, scope, labelled))
+    assert not sent(hook, update(kind, scope, argo_annotated))
+    assert not sent(hook, update(kind, scope, labelled, user=OPERATOR))
+    assert sent(hook, update(kind, scope, set_image(None)))
+    assert sent(hook, update(kind, scope, set_image(None), argo_annotated))
+    assert not sent(hook, update(kind, scope, set_image(None), user=OPERATOR))
+    if kind != "Pod":  # NB: a pod's creation is sent only if it could forge a revision (below)
+        assert sent(hook, create(kind, scope))
+        assert sent(hook, update(kind, scope, SCALE))  # spec as a whole: a superset
+
+
+@needs_cel
+def test_a_revision_label_set_to_empty_or_a_session_annotation_is_sent() -> None:
+    hook = webhooks_by_scope(configuration())["managed"]
+    req = update("Pod", "managed", emptied_release_label)
+    assert sent(hook, req)
+    assert admission.review(req, SETTINGS).reason == admission.LABELS_FROZEN
+    for key in admission.SESSION_ANNOTATIONS:
+
+        def annotated(o: dict[str, Any], key: str = key) -> None:
+            o["metadata"].setdefault("annotations", {})[key] = "x"
+
+        assert sent(hook, update("Pod", "managed", annotated)), key
+    assert sent(hook, update("Pod", "managed", subresource="ephemeralcontainers"))
+
+
+@needs_cel
+@pytest.mark.parametrize("scope", ["managed", "enforced"])
+def test_pods_and_replicasets_are_sent_at_creation_only_when_they_could_forge_a_revision(
+    scope: admission.Scope,
+) -> None:
+    hook = webhooks_by_scope(configuration())[scope]
+    revision = {models.LABEL_RELEASE: RELEASE, models.LABEL_REVISION: REVISION}
+
+    def made(kind: str, *, labels: Mapping[str, str], user: str = BOB) -> admission.Request:
+        new = obj(kind, labelled=scope == "managed")
+        pod = new if kind == "Pod" else _template(new)
+        pod["metadata"].setdefault("labels", {}).update(labels)
+        return request(kind, scope, None, new, user=user, operation="CREATE")
+
+    for kind in ("Pod", "ReplicaSet"):
+        by_controller = made(kind, labels=revision, user=REPLICASET_CONTROLLER)
+        assert not sent(hook, by_controller), kind
+        assert quiet(admission.review(by_controller, SETTINGS)), kind
+        forged = made(kind, labels=revision)
+        assert sent(hook, forged), kind
+        assert admission.review(forged, SETTINGS).reason == admission.REVISION_LABELS_RESERVED
+        if scope == "enforced":
+            plain = made(kind, labels={})
+            assert not sent(hook, plain), kind
+            assert quiet(admission.review(plain, SETTINGS)), kind
+    for kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob"):
+        assert sent(hook, create(kind, scope)), kind

@@ -676,6 +676,64 @@ def _cel_pod_labels(o: str) -> str:
     )
 
 
+def _cel_entry_changed(field: str, key: str) -> str:
+    """CEL: whether the entry ``key`` of ``metadata.<field>`` (labels, annotations) is added,
+    removed or changed between ``oldObject`` and ``object`` (an empty value is not a missing
+    one)."""
+    new = _cel_get(f"object.metadata.{field}", "{}")
+    old = _cel_get(f"oldObject.metadata.{field}", "{}")
+    k = json.dumps(key)
+    return f"(({k} in {new}) != ({k} in {old}) || ({k} in {new} && {new}[{k}] != {old}[{k}]))"
+
+
+def update_matters() -> dict[str, str]:
+    """The match condition that sends the frozen-object webhooks only the UPDATEs :func:`review`
+    (and the break-glass sessions' review) could refuse or record: one of the main resource
+    whose ``spec`` changes, whose revision labels or break-glass session annotations change, or
+    any of a subresource (ephemeral containers). Every other request passes through.
+
+    NB: the rest of an UPDATE (an annotation of Argo CD's, a label of the user's, a status
+    field) never changes what runs, and the webhook would answer "allowed, nothing to record"
+    (:data:`NO_CHANGE`): sending it only adds the operator's round trip to the apiserver's hot
+    path. A superset, on purpose: ``spec`` as a whole, not each frozen field of each kind.
+    """
+    return {
+        "name": "could-change-what-runs",
+        "expression": " || ".join(
+            [
+                "request.operation != 'UPDATE'",
+                "has(request.subResource)",
+                "!has(object.spec) || !has(oldObject.spec) || object.spec != oldObject.spec",
+                *(_cel_entry_changed("labels", label) for label in REVISION_LABELS),
+                *(_cel_entry_changed("annotations", key) for key in SESSION_ANNOTATIONS),
+            ]
+        ),
+    }
+
+
+def create_matters(settings: Settings) -> dict[str, str]:
+    """The match condition that sends the frozen-object webhooks a CREATE of a Pod or a
+    ReplicaSet only when :func:`reserved` could refuse it: it carries (makes pods with) a
+    revision label and its creator is not one of kube-controller-manager's controllers. Other
+    creations (the workloads users create, EndpointSlices) are all sent.
+
+    NB: a Pod or a ReplicaSet is otherwise never judged at creation (what made it was, when it
+    was created), and their creations are the hot path of every scale-up and rollout: each
+    would wait on the operator's answer for nothing.
+    """
+    labels = " || ".join(
+        f"{json.dumps(label)} in {_cel_pod_labels('object')}" for label in REVISION_LABELS
+    )
+    return {
+        "name": "could-forge-a-revision",
+        "expression": (
+            "request.operation != 'CREATE' || !(request.kind.kind in ['Pod', 'ReplicaSet']) || "
+            f"(!(request.userInfo.username in {_cel_list(settings.controller_users)}) && "
+            f"({labels}))"
+        ),
+    }
+
+
 def webhook_configuration(
     *,
     name: str,
@@ -720,23 +778,35 @@ def webhook_configuration(
         body["objectSelector"] = copy.deepcopy(MANAGED_OBJECTS if not enforced else UNMANAGED)
         return body
 
+    # NB: the exempt users (the operator), the UPDATEs that change nothing that runs and the
+    # creations of pods and ReplicaSets that forge no revision are allowed with nothing to
+    # record by the frozen-object webhooks: the apiserver does not call them for those. (Not
+    # the releases' webhook: a policy may read a release's metadata.)
+    frozen_conditions = [_not_exempt(settings), update_matters(), create_matters(settings)]
+
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {models.LABEL_MANAGED_BY: models.MANAGER}},
         "webhooks": [
-            webhook(
-                "managed.frozen",
-                "frozen-managed",
-                (*FROZEN_RULES, *RESERVED_RULES, *ENDPOINT_RULES),
-                enforced=False,
-            ),
-            webhook(
-                "enforced.frozen",
-                "frozen-enforced",
-                (*FROZEN_RULES, *CREATE_RULES, *RESERVED_RULES, *ENDPOINT_RULES),
-                enforced=True,
-            ),
+            {
+                **webhook(
+                    "managed.frozen",
+                    "frozen-managed",
+                    (*FROZEN_RULES, *RESERVED_RULES, *ENDPOINT_RULES),
+                    enforced=False,
+                ),
+                "matchConditions": frozen_conditions,
+            },
+            {
+                **webhook(
+                    "enforced.frozen",
+                    "frozen-enforced",
+                    (*FROZEN_RULES, *CREATE_RULES, *RESERVED_RULES, *ENDPOINT_RULES),
+                    enforced=True,
+                ),
+                "matchConditions": frozen_conditions,
+            },
             # NB: where nothing is frozen, only what carries the revision labels is sent (so not
             # every pod and workload of the cluster); a managed object goes to the managed
             # webhook only.
@@ -744,13 +814,14 @@ def webhook_configuration(
                 **webhook("unenforced.labels", "frozen-unenforced", RESERVED_RULES, enforced=True),
                 "namespaceSelector": _unenforced_namespaces(settings),
                 "matchConditions": [
+                    *frozen_conditions,
                     {
                         "name": "revision-labels",
                         "expression": " || ".join(
                             f"{json.dumps(label)} in {_cel_pod_labels('object')}"
                             for label in REVISION_LABELS
                         ),
-                    }
+                    },
                 ],
             },
             {
