@@ -401,7 +401,9 @@ def _verification(r: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
         f"`permafrost sign` and attested with `permafrost check --stage build --attest`. "
         f"*Cold*: a fresh client and fresh caches every time, {r['cold_per_repetition']} "
         f"verifications per repetition (the signature manifest, its payload, the referrers, "
-        f"the attestation when required, the image manifest). *Cached*: the same digest again, "
+        f"the attestation when required, the image manifest: {r['requests']['cold']} requests, "
+        f"{r['requests']['cold_attested']} with the attestation; each on a new connection, as "
+        f"the client makes them). *Cached*: the same digest again, "
         f"{r['cached_per_repetition']} times per repetition. Percentiles of every sample of a "
         f"repetition; median (min-max) over {r['repetitions']} repetitions.",
         "",

@@ -163,6 +163,27 @@ def _row(total: Sequence[float], signature: Sequence[float], check: Sequence[flo
     }
 
 
+class _Counting(registry.Client):
+    """The client, counting its requests (one untimed verification of each kind is made with
+    it: how many requests a cold one makes)."""
+
+    sent = 0
+
+    def _send(self, url: str, headers: Any, **kwargs: Any) -> tuple[int, Any, bytes]:
+        self.sent += 1
+        return super()._send(url, headers, **kwargs)
+
+
+async def _requests(wanted: registry.Wanted) -> int:
+    client = _Counting(timeout=TIMEOUT)
+    signed = registry.SignatureChecker(client=client)
+    checker = registry.Checker(client=client, fail_open=False)
+    *_, ok = await _verify(signed, checker, wanted)
+    if not ok:
+        raise RuntimeError(f"{wanted[0]} did not verify")
+    return client.sent
+
+
 async def _cold(wanted: Sequence[registry.Wanted], n: int) -> dict[str, Any]:
     totals, sigs, checks, failed = [], [], [], 0
     for i in range(n):
@@ -262,13 +283,17 @@ def run(api: common.Api | None, out: pathlib.Path, *, smoke: bool) -> dict[str, 
                 rows: dict[str, list[dict[str, Any]]] = {
                     "cold": [], "cold_attested": [], "cached": [], "cached_attested": [],
                 }  # fmt: skip
+                requests = {
+                    "cold": await _requests(signature_only[0]),
+                    "cold_attested": await _requests(attested[0]),
+                }
                 for _ in range(repetitions):
                     rows["cold"].append(await _cold(signature_only, cold_n))
                     rows["cold_attested"].append(await _cold(attested, cold_n))
                     rows["cached"].append(await _cached(signature_only[0], cached_n))
                     rows["cached_attested"].append(await _cached(attested[0], cached_n))
                 bounds = await _bounds(host, public, entries=64 if smoke else None)
-                return {**rows, "bounds": bounds}
+                return {**rows, "bounds": bounds, "requests": requests}
 
             measured = asyncio.run(measure())
     cold = measured["cold"]

@@ -77,6 +77,10 @@ def test_a_cold_verification_costs_more_than_a_cached_one(
     assert all(r["p50"] * 1000 > 100 for r in data["cold"])
     assert data["cold_p99_ms"] > 0
     assert data["cached_p99_us"] > 0
+    # NB: at least the signature manifest, its payload and the image manifest; the attestation
+    # adds its manifest and its envelope.
+    assert data["requests"]["cold"] >= 3
+    assert data["requests"]["cold_attested"] == data["requests"]["cold"] + 2
 
 
 def test_the_caches_keep_what_their_bounds_allow(results: tuple[dict[str, Any], str]) -> None:
