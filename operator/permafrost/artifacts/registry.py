@@ -19,6 +19,7 @@ import hashlib
 import json
 import pathlib
 import re
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -514,14 +515,17 @@ class Bounded(Generic[K, V]):
             self.bytes -= found[1]
 
 
-# What one cached entry costs besides its text: the Python objects that hold it (the key tuple,
-# the verdict, the ordered dict's node). Measured with tracemalloc (bench/verification.py
-# reports the measured bytes next to this estimate).
-ENTRY_OVERHEAD_BYTES = 1024
+# What one cached entry costs besides its texts: the Python objects that hold them (the key
+# tuple, the verdict, the ordered dict's node). NB: on the high side, with the texts counted
+# twice where they are held once: bench/verification.py reports the estimate next to what
+# tracemalloc measures the caches to hold.
+ENTRY_OVERHEAD_BYTES = 768
 
 
 def _text_bytes(*texts: str | None) -> int:
-    return sum(len(t) for t in texts if t)
+    """The bytes Python holds ``texts`` in (1, 2 or 4 a character, by the widest, and a
+    header). NB: a text held twice (the image in the key and in the verdict) counts twice."""
+    return sum(sys.getsizeof(t) for t in texts if t)
 
 
 # --- the operator's check, cached (a shell around the client) ----------------------------------
