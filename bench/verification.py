@@ -149,8 +149,10 @@ async def _verify(
     return middle - started, done - middle, ok
 
 
-def _row(total: Sequence[float], signature: Sequence[float], check: Sequence[float], *, unit: float
-         ) -> dict[str, Any]:  # fmt: skip
+def _row(
+    total: Sequence[float], signature: Sequence[float], check: Sequence[float], *, unit: float
+) -> dict[str, Any]:
+    """Percentiles of one repetition's samples (seconds), in ``unit`` per second."""
     return {
         "n": len(total),
         "p50": common.percentile(total, 50) * unit,
