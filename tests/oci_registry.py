@@ -1,120 +1,30 @@
 """A real OCI registry (distribution) on a loopback port, and crane to push images to it: for
 the tests of ``permafrost pin`` and of the operator's registry check (no cluster needed).
 
-The binaries are the real node's (hack/build-binaries.sh builds them with it); the fixture
-skips, saying so, where they have not been built.
+The launcher is shared with the benchmarks (``bench/oci_registry.py``); this wrapper only makes
+the calling test skip, saying so, where the binaries have not been built.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import pathlib
-import socket
-import subprocess
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from bench import oci_registry
+from bench.oci_registry import CRANE, REGISTRY, build, crane, push, push_tarball
 
-from k8s_harness import _versions, cache_root, wait_for
-
-V = _versions()
-REGISTRY = cache_root() / f"registry-{V['REGISTRY_VERSION']}" / "bin" / "registry"
-CRANE = cache_root() / f"crane-{V['CRANE_VERSION']}" / "bin" / "crane"
+__all__ = ["CRANE", "REGISTRY", "build", "crane", "push", "push_tarball", "serve"]
 
 
 @contextlib.contextmanager
 def serve(home: pathlib.Path, *, htpasswd: str | None = None) -> Iterator[str]:
-    """A registry on a free loopback port, its storage under ``home``; yields HOST:PORT.
-    With ``htpasswd`` (lines ``user:bcrypt-hash``), every request needs one of those users
-    (HTTP basic, as distribution's htpasswd auth serves it). Skips the calling test where the
-    binaries have not been built."""
-    missing = [str(p) for p in (REGISTRY, CRANE) if not p.exists()]
-    if missing:
-        pytest.skip(
-            f"needs the registry and crane binaries (built with the real node by "
-            f"hack/build-binaries.sh): {', '.join(missing)} not found"
-        )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = home / "config.yml"
-    auth = ""
-    if htpasswd is not None:
-        (home / "htpasswd").write_text(htpasswd)
-        auth = f"auth: {{htpasswd: {{realm: test, path: {home / 'htpasswd'}}}}}\n"
-    config.write_text(
-        "version: 0.1\nlog: {level: error}\n"
-        f"storage: {{filesystem: {{rootdirectory: {home / 'store'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n" + auth
-    )
-    log = (home / "registry.log").open("w")
-    proc = subprocess.Popen(
-        [str(REGISTRY), "serve", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={"OTEL_TRACES_EXPORTER": "none", "PATH": "/usr/bin:/bin"},
-    )
-    host = f"127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{host}/v2/", timeout=1) as r:
-                return bool(r.status == 200)
-        except urllib.error.HTTPError as exc:
-            # NB: one that asks for credentials answers too.
-            return exc.code == 401 and htpasswd is not None
-        except OSError:
-            return False
-
-    try:
-        wait_for(answers, timeout=20, interval=0.2, what="the registry to answer")
+    """:func:`bench.oci_registry.serve`: a registry on a free loopback port, its storage under
+    ``home``; yields HOST:PORT. Skips the calling test where the binaries have not been
+    built."""
+    reason = oci_registry.missing()
+    if reason is not None:
+        pytest.skip(reason)
+    with oci_registry.serve(home, htpasswd=htpasswd) as host:
         yield host
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-
-
-def crane(*args: str) -> str:
-    out = subprocess.run(
-        [str(CRANE), *args, "--insecure"], capture_output=True, text=True, check=True, timeout=60
-    )
-    return out.stdout.strip()
-
-
-def _append(ref: str, content: bytes, *more: str) -> None:
-    """``crane append`` of one layer holding ``content`` onto an empty image, as ``ref``."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        info = tarfile.TarInfo("content")
-        info.size = len(content)
-        tar.addfile(info, io.BytesIO(content))
-    with tempfile.NamedTemporaryFile(suffix=".tar") as path:
-        path.write(layer.getvalue())
-        path.flush()
-        crane("append", "-f", path.name, "-t", ref, *more)
-
-
-def push(ref: str, content: bytes, *, platform: str | None = None) -> str:
-    """An image of one layer holding ``content``, pushed as ``ref``; its digest."""
-    _append(ref, content)
-    if platform:
-        crane("mutate", "--set-platform", platform, ref, "-t", ref)
-    return crane("digest", ref)
-
-
-def build(ref: str, content: bytes, *, into: pathlib.Path) -> str:
-    """An image of one layer holding ``content``, written to the tarball ``into`` (not pushed:
-    see :func:`push_tarball`); its digest once pushed as ``ref``."""
-    _append(ref, content, "-o", str(into))
-    return crane("digest", "--tarball", str(into))
-
-
-def push_tarball(tarball: pathlib.Path, ref: str) -> str:
-    crane("push", str(tarball), ref)
-    return crane("digest", ref)

@@ -380,6 +380,52 @@ def test_the_cache_is_bounded() -> None:
         checker.verify_now(f"registry.example/shop/app{n}@{DIGEST}", (key,))
     assert len(checker._cache) == registry.MAX_VERIFICATIONS
     assert checker.cached(f"registry.example/shop/app0@{DIGEST}", (key,)) is None
+    assert checker._cache.bytes <= registry.MAX_VERIFICATION_BYTES
+
+
+def test_the_cache_is_bounded_in_bytes_too() -> None:
+    """Long image references (no schema bounds them) fill the bytes before the entries: the
+    oldest go, the newest stay, and one larger than the whole bound is not kept at all."""
+    from permafrost.artifacts import registry
+
+    key = signatures.load_public_key(pem(ec.generate_private_key(ec.SECP256R1())))
+    checker = registry.SignatureChecker(client=_Registry([]))  # type: ignore[arg-type]
+    long = "x" * 100_000
+    wanted = [f"registry.example/shop/{long}{n}@{DIGEST}" for n in range(400)]
+    for image in wanted:
+        checker.verify_now(image, (key,))
+    assert checker._cache.bytes <= registry.MAX_VERIFICATION_BYTES
+    # NB: each entry holds its reference twice (key and verdict) and once more in its message.
+    assert 16 < len(checker._cache) < 400 // 4
+    assert checker.cached(wanted[-1], (key,)) is not None
+    assert checker.cached(wanted[0], (key,)) is None
+    huge = f"registry.example/shop/{'y' * registry.MAX_VERIFICATION_BYTES}@{DIGEST}"
+    assert checker.verify_now(huge, (key,)).outcome == signatures.NOT_SIGNED
+    assert checker.cached(huge, (key,)) is None
+    assert checker.cached(wanted[-1], (key,)) is not None
+
+
+def test_a_bounded_cache_counts_its_bytes_as_entries_come_and_go() -> None:
+    from permafrost.artifacts import registry
+
+    cache: registry.Bounded[str, str] = registry.Bounded(
+        max_entries=3, max_bytes=10, size=lambda k, v: len(v)
+    )
+    cache.put("a", "1234")
+    cache.put("b", "1234")
+    assert (len(cache), cache.bytes) == (2, 8)
+    cache.put("a", "12")  # replaced: the newest now, its old size forgotten
+    assert (len(cache), cache.bytes) == (2, 6)
+    cache.put("c", "12345")  # 11 bytes: "b", the oldest, goes
+    assert (cache.get("b"), cache.get("a"), cache.get("c")) == (None, "12", "12345")
+    assert cache.bytes == 7
+    cache.put("d", "1")
+    cache.put("e", "1")  # 4 entries: "a" goes
+    assert (len(cache), cache.get("a")) == (3, None)
+    cache.put("f", "x" * 11)  # larger than the bound alone: not kept, nothing dropped
+    assert (len(cache), cache.get("f"), cache.bytes) == (3, None, 7)
+    cache.pop("c")
+    assert (len(cache), cache.bytes) == (2, 2)
 
 
 def _bundle(key: signatures.PrivateKey, digest: str, *, kind: str = signatures.IN_TOTO) -> bytes:

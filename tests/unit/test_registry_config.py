@@ -105,3 +105,19 @@ async def test_verdicts_are_cached_by_reference_for_as_long_as_they_can_hold() -
     fake.asked.clear()
     await checker.check((pinned, tag))
     assert fake.asked == [tag]
+
+
+async def test_the_verdicts_are_bounded_in_entries_and_bytes() -> None:
+    """References are text from the spec, unbounded: the cache drops its oldest verdicts when
+    their bytes, not only their number, pass the bound."""
+    long = "r.example/" + "x" * 200_000
+    wanted = tuple(f"{long}{n}@sha256:{'a' * 64}" for n in range(120))
+    fake = _Registry(dict.fromkeys(wanted, "ok"))
+    checker = registry.Checker(client=fake, fail_open=False)  # type: ignore[arg-type]
+    for image in wanted:
+        await checker.check((image,))
+    assert checker._cache.bytes <= registry.MAX_VERDICT_BYTES
+    assert 8 < len(checker._cache) < len(wanted)
+    fake.asked.clear()
+    await checker.check((wanted[-1], wanted[0]))
+    assert fake.asked == [wanted[0]]  # the newest is kept, the oldest was dropped

@@ -19,12 +19,13 @@ import hashlib
 import json
 import pathlib
 import re
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from permafrost.artifacts import attestations, images, pulls, signatures
 
@@ -466,6 +467,67 @@ def has_platform(manifest: Manifest, platform: str) -> bool:
     return not manifest.is_index or any(pulls.matches(h, platform) for h in manifest.platforms)
 
 
+# --- the caches -------------------------------------------------------------------------------
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Bounded(Generic[K, V]):
+    """A cache bounded by entries *and* by bytes: the oldest go first when either bound is
+    passed. ``size`` says how many bytes an entry holds (an estimate: the text it keeps plus a
+    fixed overhead per entry); an entry larger than ``max_bytes`` alone is not kept.
+
+    NB: an entries bound alone does not bound memory: what is kept holds text from outside
+    (image references, which no schema bounds; messages quoting the registry), so one
+    release with long references could hold much more than the typical entry.
+    """
+
+    def __init__(self, *, max_entries: int, max_bytes: int, size: Callable[[K, V], int]) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._size = size
+        self._entries: collections.OrderedDict[K, tuple[V, int]] = collections.OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        found = self._entries.get(key)
+        return None if found is None else found[0]
+
+    def put(self, key: K, value: V) -> None:
+        """Keep ``value`` as the newest entry, then drop the oldest until both bounds hold."""
+        self.pop(key)
+        size = self._size(key, value)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = (value, size)
+        self.bytes += size
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
+
+    def pop(self, key: K) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None:
+            self.bytes -= found[1]
+
+
+# What one cached entry costs besides its texts: the Python objects that hold them (the key
+# tuple, the verdict, the ordered dict's node). NB: on the high side, with the texts counted
+# twice where they are held once: bench/verification.py reports the estimate next to what
+# tracemalloc measures the caches to hold.
+ENTRY_OVERHEAD_BYTES = 768
+
+
+def _text_bytes(*texts: str | None) -> int:
+    """The bytes Python holds ``texts`` in (1, 2 or 4 a character, by the widest, and a
+    header). NB: a text held twice (the image in the key and in the verdict) counts twice."""
+    return sum(sys.getsizeof(t) for t in texts if t)
+
+
 # --- the operator's check, cached (a shell around the client) ----------------------------------
 
 # How long a verdict is kept. A digest's content never changes: found once, found. A tag may
@@ -475,6 +537,7 @@ FOUND_TAG_SECONDS = 300.0
 MISSING_SECONDS = 15.0
 CONCURRENT_LOOKUPS = 4
 MAX_VERDICTS = 4096
+MAX_VERDICT_BYTES = 16 * 1024 * 1024
 # NB: clients hold the bearer tokens their credentials earned; one per (host, credentials), so
 # a token one namespace's pull secret earned is never sent for another's pulls.
 MAX_CLIENTS = 256
@@ -493,6 +556,12 @@ class _Verdict:
     check: images.Check
     platforms: tuple[str, ...] | None  # an index's platforms; None: a single manifest
     until: float
+
+
+def _verdict_bytes(key: VerdictKey, verdict: _Verdict) -> int:
+    return ENTRY_OVERHEAD_BYTES + _text_bytes(
+        *key, verdict.check.image, verdict.check.message, *(verdict.platforms or ())
+    )
 
 
 class Checker:
@@ -514,7 +583,9 @@ class Checker:
         self.client = client
         self.fail_open = fail_open
         self._clock = clock
-        self._cache: collections.OrderedDict[VerdictKey, _Verdict] = collections.OrderedDict()
+        self._cache: Bounded[VerdictKey, _Verdict] = Bounded(
+            max_entries=MAX_VERDICTS, max_bytes=MAX_VERDICT_BYTES, size=_verdict_bytes
+        )
         self._clients: collections.OrderedDict[tuple[str, str], Client] = collections.OrderedDict()
         self._nodes: tuple[float, Nodes] | None = None
 
@@ -594,10 +665,7 @@ class Checker:
         for image, verdict in zip(todo, await asyncio.gather(*(one(i) for i in todo)), strict=True):
             fresh[image] = verdict
             if verdict.until > self._clock():
-                self._cache[keys[image]] = verdict
-                self._cache.move_to_end(keys[image])
-        while len(self._cache) > MAX_VERDICTS:
-            self._cache.popitem(last=False)
+                self._cache.put(keys[image], verdict)
         return tuple(_on_platforms(fresh[i], platforms) for i in keys)
 
     async def nodes(self, fetch: Callable[[], Awaitable[Nodes]]) -> Nodes:
@@ -633,9 +701,25 @@ def _on_platforms(verdict: _Verdict, platforms: tuple[str, ...]) -> images.Check
 VERIFIED_SECONDS = 24 * 3600.0
 UNVERIFIED_SECONDS = MISSING_SECONDS
 MAX_VERIFICATIONS = 4096
+MAX_VERIFICATION_BYTES = 16 * 1024 * 1024
 
 # An image, the keys one of which must have signed it, and the attestations it must carry.
 Wanted = tuple[str, tuple[signatures.PublicKey, ...], tuple[attestations.Requirement, ...]]
+
+
+def _verification_bytes(
+    key: attestations.VerificationKey, kept: tuple[signatures.Verification, float]
+) -> int:
+    image, key_ids, required = key
+    verification = kept[0]
+    return ENTRY_OVERHEAD_BYTES + _text_bytes(
+        image,
+        *key_ids,
+        *(t for policy, ids, digest in required for t in (policy, digest, *ids)),
+        verification.image,
+        verification.message,
+        verification.key,
+    )
 
 
 class SignatureChecker:
@@ -647,16 +731,19 @@ class SignatureChecker:
     Verdicts are cached by image, key set and attestation requirements: a verified digest for
     24 hours (its content cannot change, and a signature or attestation that verified once
     still does), any other verdict for 15 seconds (a signature or attestation may be pushed),
-    an unreachable registry never. At most :data:`MAX_VERIFICATIONS` verdicts are kept (the
-    oldest go first).
+    an unreachable registry never. At most :data:`MAX_VERIFICATIONS` verdicts are kept, holding
+    at most :data:`MAX_VERIFICATION_BYTES` (the oldest go first).
     """
 
     def __init__(self, *, client: Client, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self._clock = clock
-        self._cache: collections.OrderedDict[
-            attestations.VerificationKey, tuple[signatures.Verification, float]
-        ] = collections.OrderedDict()
+        self._cache: Bounded[attestations.VerificationKey, tuple[signatures.Verification, float]]
+        self._cache = Bounded(
+            max_entries=MAX_VERIFICATIONS,
+            max_bytes=MAX_VERIFICATION_BYTES,
+            size=_verification_bytes,
+        )
 
     def _lookup(
         self,
@@ -709,10 +796,7 @@ class SignatureChecker:
         if verification.outcome == signatures.UNREACHABLE:
             return
         keep = VERIFIED_SECONDS if verification.verified else UNVERIFIED_SECONDS
-        self._cache[key] = (verification, self._clock() + keep)
-        self._cache.move_to_end(key)
-        while len(self._cache) > MAX_VERIFICATIONS:
-            self._cache.popitem(last=False)
+        self._cache.put(key, (verification, self._clock() + keep))
 
     def verify_now(
         self,
