@@ -403,6 +403,11 @@ async def reconcile(
     return requeue
 
 
+# The credentials of a release's usable pull secrets, in order, and the problems met reading
+# them (each a verdict of the registry check's kind: PullSecretMissing...; none: all usable).
+_PullRead = tuple[tuple[pulls.Credentials, ...], tuple[image_checks.Check, ...]]
+
+
 class _PullSecrets:
     """The credentials a revision's pods will pull with: their pull secrets' (the template's
     ``imagePullSecrets`` or, when it names none, its ServiceAccount's), read once, on first
@@ -423,10 +428,9 @@ class _PullSecrets:
         self.pod_spec: dict[str, Any] = dict(
             desired.deployment["spec"]["template"].get("spec") or {}
         )
-        self._read: tuple[tuple[pulls.Credentials, ...], tuple[image_checks.Check, ...]] | None
-        self._read = None
+        self._read: _PullRead | None = None
 
-    async def read(self) -> tuple[tuple[pulls.Credentials, ...], tuple[image_checks.Check, ...]]:
+    async def read(self) -> _PullRead:
         """The pull secrets' credentials, in the template's (or ServiceAccount's) order, and
         the problems met reading them (none: every one is usable)."""
         if self._read is None:
@@ -434,9 +438,7 @@ class _PullSecrets:
         return self._read
 
 
-async def _read_pull_secrets(
-    *, namespace: str, pod_spec: dict[str, Any]
-) -> tuple[tuple[pulls.Credentials, ...], tuple[image_checks.Check, ...]]:
+async def _read_pull_secrets(*, namespace: str, pod_spec: dict[str, Any]) -> _PullRead:
     problems: list[image_checks.Check] = []
     names = pulls.pull_secret_names(pod_spec)
     if not names:
