@@ -51,7 +51,7 @@ SECONDS: dict[str, float] = {
     "integration/test_event_loop.py": 30,
     "integration/test_pin.py": 60,
     "integration/test_registry_check.py": 100,
-    "integration/test_pull_secrets.py": 60,
+    "integration/test_pull_secrets.py": 100,
     "integration/test_prometheus.py": 60,
     "integration/test_signatures.py": 180,
     "integration/test_attestations.py": 120,

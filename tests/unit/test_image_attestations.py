@@ -509,6 +509,7 @@ class _Registry:
         self, signed: list[signatures.Layer], attested: list[signatures.Layer] | Exception
     ) -> None:
         self.signed, self.attested, self.asked = signed, attested, 0
+        self.credentials: dict[str, tuple[str, str]] = {}  # the operator-wide config's
 
     def signature_layers(self, ref: images.Reference) -> list[signatures.Layer]:
         return self.signed

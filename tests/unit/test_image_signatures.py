@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from permafrost import models
-from permafrost.artifacts import images, signatures
+from permafrost.artifacts import attestations, images, signatures
 from permafrost.policies import policy
 
 DIGEST = "sha256:" + "ab" * 32
@@ -329,6 +329,7 @@ class _Registry:
 
     def __init__(self, answer: list[signatures.Layer] | Exception) -> None:
         self.answer, self.asked = answer, 0
+        self.credentials: dict[str, tuple[str, str]] = {}  # the operator-wide config's
 
     def signature_layers(self, ref: images.Reference) -> list[signatures.Layer]:
         self.asked += 1
@@ -463,3 +464,117 @@ def test_sigstore_bundles_among_the_referrers_verify(private: signatures.Private
     other_type = check_bundles(_bundle(private, DIGEST, kind="text/plain"))
     assert other_type.outcome == signatures.INVALID
     assert "not in-toto" in other_type.message
+
+
+# --- with the credentials the pods pull with ------------------------------------------------------
+
+HOST = "registry.example"
+
+
+class _Private:
+    """A registry whose signatures only ``allowed`` credentials may read; what each lookup was
+    made with (the client's credentials for HOST), in order."""
+
+    def __init__(self, allowed: tuple[str, str], answer: signatures.Layer) -> None:
+        self.allowed, self.answer = allowed, answer
+        self.asked: list[tuple[str, str] | None] = []
+
+
+def _serving(fake: _Private, monkeypatch: pytest.MonkeyPatch) -> None:
+    from permafrost.artifacts import registry
+
+    def signature_layers(self: registry.Client, ref: images.Reference) -> list[signatures.Layer]:
+        creds = self.credentials.get(ref.api_host)
+        fake.asked.append(creds)
+        if creds != fake.allowed:
+            raise registry.RegistryError(
+                registry.UNAUTHORIZED, f"{ref.text}: the registry refused the credentials"
+            )
+        return [fake.answer]
+
+    def signature_bundles(self: registry.Client, ref: images.Reference) -> list[bytes]:
+        return []
+
+    # NB: every client the checker makes answers through the fake, with its own credentials.
+    monkeypatch.setattr(registry.Client, "signature_layers", signature_layers)
+    monkeypatch.setattr(registry.Client, "signature_bundles", signature_bundles)
+
+
+async def test_signatures_are_fetched_with_the_given_credentials_cached_per_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from permafrost.artifacts import registry
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    trusted = (signatures.load_public_key(pem(key)),)
+    fake = _Private(("shop", "right"), signed(key))
+    _serving(fake, monkeypatch)
+    checker = registry.SignatureChecker(client=registry.Client(), clock=lambda: 0.0)
+    wanted = [(IMAGE, trusted, ())]
+    asked = attestations.verification_key(IMAGE, trusted, ())
+
+    right = await checker.verify(wanted, credentials={HOST: ("shop", "right")})
+    assert right[asked].verified, right[asked].message
+    # Another namespace, without credentials or with other ones: asked again, refused (never
+    # the verdict the right credentials earned).
+    anonymous = await checker.verify(wanted, credentials={})
+    wrong = await checker.verify(wanted, credentials={HOST: ("shop", "wrong")})
+    for refused in (anonymous[asked], wrong[asked]):
+        assert refused.outcome == signatures.UNAUTHORIZED == "RegistryUnauthorized"
+        assert "refused the credentials" in refused.message
+    assert fake.asked == [("shop", "right"), None, ("shop", "wrong")]
+    # The same credentials (from any namespace) share the verdict; a refusal is not kept.
+    fake.asked.clear()
+    again = await checker.verify(wanted, credentials={HOST: ("shop", "right")})
+    assert again[asked].verified
+    assert fake.asked == []
+    await checker.verify(wanted, credentials={})
+    assert fake.asked == [None]
+    # Without credentials given: the operator-wide ones (here the same: the same verdict).
+    checker.client = registry.Client(credentials={HOST: ("shop", "right")})
+    fake.asked.clear()
+    assert (await checker.verify(wanted))[asked].verified
+    assert checker.verify_now(IMAGE, trusted).verified
+    assert fake.asked == []
+
+
+def test_a_verdict_without_usable_pull_secrets_names_the_worst_problem() -> None:
+    missing = images.Check(
+        "Secret shop/a", images.PULL_SECRET_MISSING, "the image pull secret shop/a does not exist"
+    )
+    forbidden = images.Check(
+        "Secret shop/b", images.PULL_SECRET_FORBIDDEN, "the operator may not read shop/b"
+    )
+    found = signatures.not_fetched(IMAGE, [missing, forbidden])
+    # NB: the registry check's order: a secret the operator may not read comes first.
+    assert found.outcome == "PullSecretForbidden"
+    assert found.message == f"{IMAGE}: not verified: the operator may not read shop/b"
+    assert not found.verified
+    only = signatures.not_fetched(IMAGE, [missing, missing])
+    assert only.outcome == "PullSecretMissing"
+    assert only.message.count("does not exist") == 1
+    with pytest.raises(ValueError, match="no problem"):
+        signatures.not_fetched(IMAGE, [])
+
+
+@pytest.mark.parametrize("outcome", sorted(signatures.NOT_ASKED))
+def test_a_verdict_that_could_not_be_asked_is_an_error_with_its_reason(outcome: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pol = _policy(key, "registry.example/**")
+    required = policy.image_requirements([pol], stage="create", subject=_release(IMAGE))
+    found = {r.key: signatures.Verification(r.image, outcome, f"{IMAGE}: why") for r in required}
+    (result,) = policy.signature_results(required, found)
+    assert (result.outcome, result.reason, result.message) == ("Error", outcome, f"{IMAGE}: why")
+    assert outcome in {
+        "RegistryUnreachable",
+        "RegistryUnauthorized",
+        "PullSecretMissing",
+        "PullSecretInvalid",
+        "PullSecretForbidden",
+        "RegistryCheckForbidden",
+    }
+    # A verdict on the image itself is a Fail.
+    said = {
+        r.key: signatures.Verification(r.image, signatures.NOT_SIGNED, "none") for r in required
+    }
+    assert [r.outcome for r in policy.signature_results(required, said)] == ["Fail"]

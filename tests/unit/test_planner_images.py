@@ -167,3 +167,39 @@ def test_an_attestation_violation_holds_with_its_own_reason(reason: str) -> None
     assert (compliant.status, compliant.reason) == ("False", reason)
     assert "prod/ci-approved" in compliant.message
     assert reason in event_reasons(plan)
+
+
+@pytest.mark.parametrize("outcome", sorted(images.CREDENTIALS_UNUSABLE | {images.UNAUTHORIZED}))
+@pytest.mark.parametrize("enforcement", ["Enforce", "Warn"])
+def test_a_verify_images_entry_whose_pull_secrets_cannot_be_used_holds_with_that_reason(
+    outcome: str, enforcement: str
+) -> None:
+    """Signatures are fetched with the pods' pull secrets: one that cannot be used (or
+    credentials the registry refuses) hold an enforced entry with the registry check's reason;
+    a warning entry reports it and lets the revision be created."""
+    from permafrost.artifacts import signatures
+    from permafrost.policies import policy
+
+    requirement = policy.ImageRequirement("shop-signed", "signed", enforcement, IMAGE, keys=())
+    problem = images.Check("Secret shop/regcred", outcome, "the pull secret shop/regcred: why")
+    verdict = (
+        signatures.not_fetched(IMAGE, [problem])
+        if outcome in images.CREDENTIALS_UNUSABLE
+        else signatures.Verification(IMAGE, outcome, f"{IMAGE}: reg.example needs credentials")
+    )
+    results = policy.signature_results([requirement], {requirement.key: verdict})
+    s = dataclasses.replace(situation(), create_verdict=policy.Verdict("create", results))
+    plan = planner.plan(s)
+    compliant = condition(plan, "PolicyCompliant")
+    if enforcement == "Warn":
+        assert _created(plan)
+        assert plan.status.phase != "Held"
+        assert compliant.reason == "PolicyWarnings"
+        return
+    assert not _created(plan)
+    assert plan.status.phase == "Held"
+    assert (compliant.status, compliant.reason) == ("False", outcome)
+    assert compliant.message.startswith(f"shop-signed/signed: {IMAGE}: ")
+    if outcome in images.CREDENTIALS_UNUSABLE:
+        assert "not verified: the pull secret shop/regcred: why" in compliant.message
+    assert outcome in event_reasons(plan)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import yaml
 
@@ -212,6 +212,11 @@ PULL_SECRET_MISSING = "PullSecretMissing"
 PULL_SECRET_INVALID = "PullSecretInvalid"
 PULL_SECRET_FORBIDDEN = "PullSecretForbidden"
 REGISTRY_CHECK_FORBIDDEN = "RegistryCheckForbidden"
+# The outcomes that say the pods' credentials could not be had (nothing was asked of a
+# registry): they hold the registry check, and the verification of signatures too.
+CREDENTIALS_UNUSABLE = frozenset(
+    {PULL_SECRET_MISSING, PULL_SECRET_INVALID, PULL_SECRET_FORBIDDEN, REGISTRY_CHECK_FORBIDDEN}
+)
 # What holds, first to last (the first found is the reason), and what the hold waits for.
 _HOLDS = (
     (INVALID, "every image of the revision is a valid reference"),
@@ -237,17 +242,29 @@ class Check:
     message: str = ""
 
 
-def hold_of(checks: tuple[Check, ...], *, fail_open: bool) -> tuple[str, str] | None:
+def hold_of(checks: Sequence[Check], *, fail_open: bool) -> tuple[str, str] | None:
     """Why a revision with these images must not be created yet, as ``(reason, message)``;
     None when it may be. An image that is not in its registry, not a reference, or not built
     for a node's platform, and pull secrets that cannot be used, always hold; an unreachable
     registry, or one that refuses the credentials, holds unless ``fail_open``."""
-    for outcome, until in _HOLDS:
+    found = first_problem(checks, fail_open=fail_open)
+    if found is None:
+        return None
+    outcome, bad = found
+    until = dict(_HOLDS)[outcome]
+    return outcome, "; ".join(c.message for c in bad) + f" (nothing is created until {until})"
+
+
+def first_problem(
+    checks: Sequence[Check], *, fail_open: bool = False
+) -> tuple[str, tuple[Check, ...]] | None:
+    """The outcome that comes first in the order holds are ranked (see :func:`hold_of`), with
+    the checks that have it; None when none holds (the fail-open outcomes skipped when
+    ``fail_open``)."""
+    for outcome, _ in _HOLDS:
         if outcome in FAIL_OPEN and fail_open:
             continue
-        bad = [c for c in checks if c.outcome == outcome]
+        bad = tuple(c for c in checks if c.outcome == outcome)
         if bad:
-            return outcome, "; ".join(c.message for c in bad) + (
-                f" (nothing is created until {until})"
-            )
+            return outcome, bad
     return None

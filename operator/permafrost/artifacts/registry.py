@@ -551,6 +551,38 @@ Nodes = Sequence[Mapping[str, Any]]
 VerdictKey = tuple[str, str]
 
 
+class _Clients:
+    """Registry clients by (host, credentials scope), the oldest dropped past
+    :data:`MAX_CLIENTS`: each keeps the bearer tokens its own credentials earned.
+
+    NB: used from the event loop only (a client is picked before its lookup goes to a thread).
+    """
+
+    def __init__(self) -> None:
+        self._clients: collections.OrderedDict[tuple[str, str], Client] = collections.OrderedDict()
+
+    def get(self, base: Client, host: str, credentials: pulls.Credentials) -> Client:
+        """The client for ``host`` with ``credentials``' entry for it: ``base`` (the
+        operator-wide one) when they agree, else one with that entry alone, made with
+        ``base``'s settings."""
+        wanted = pulls.scope(credentials, host)
+        if wanted == pulls.scope(base.credentials, host):
+            return base
+        key = (host, wanted)
+        found = self._clients.get(key)
+        if found is None:
+            found = Client(
+                credentials={host: credentials[host]} if host in credentials else {},
+                insecure=base.insecure,
+                timeout=base.timeout,
+            )
+            self._clients[key] = found
+            while len(self._clients) > MAX_CLIENTS:
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(key)
+        return found
+
+
 @dataclasses.dataclass(frozen=True)
 class _Verdict:
     check: images.Check
@@ -586,28 +618,11 @@ class Checker:
         self._cache: Bounded[VerdictKey, _Verdict] = Bounded(
             max_entries=MAX_VERDICTS, max_bytes=MAX_VERDICT_BYTES, size=_verdict_bytes
         )
-        self._clients: collections.OrderedDict[tuple[str, str], Client] = collections.OrderedDict()
+        self._clients = _Clients()
         self._nodes: tuple[float, Nodes] | None = None
 
     def _client_for(self, host: str, credentials: pulls.Credentials) -> Client:
-        """The client for ``host`` with ``credentials``' entry for it (the operator-wide one
-        when they agree)."""
-        wanted = pulls.scope(credentials, host)
-        if wanted == pulls.scope(self.client.credentials, host):
-            return self.client
-        key = (host, wanted)
-        found = self._clients.get(key)
-        if found is None:
-            found = Client(
-                credentials={host: credentials[host]} if host in credentials else {},
-                insecure=self.client.insecure,
-                timeout=self.client.timeout,
-            )
-            self._clients[key] = found
-            while len(self._clients) > MAX_CLIENTS:
-                self._clients.popitem(last=False)
-        self._clients.move_to_end(key)
-        return found
+        return self._clients.get(self.client, host, credentials)
 
     def _lookup(self, image: str, client: Client) -> _Verdict:
         try:
@@ -705,15 +720,16 @@ MAX_VERIFICATION_BYTES = 16 * 1024 * 1024
 
 # An image, the keys one of which must have signed it, and the attestations it must carry.
 Wanted = tuple[str, tuple[signatures.PublicKey, ...], tuple[attestations.Requirement, ...]]
+# (what was asked, credentials scope: see permafrost.artifacts.pulls.scope)
+CachedKey = tuple[attestations.VerificationKey, str]
 
 
-def _verification_bytes(
-    key: attestations.VerificationKey, kept: tuple[signatures.Verification, float]
-) -> int:
-    image, key_ids, required = key
+def _verification_bytes(key: CachedKey, kept: tuple[signatures.Verification, float]) -> int:
+    (image, key_ids, required), scope = key
     verification = kept[0]
     return ENTRY_OVERHEAD_BYTES + _text_bytes(
         image,
+        scope,
         *key_ids,
         *(t for policy, ids, digest in required for t in (policy, digest, *ids)),
         verification.image,
@@ -727,32 +743,40 @@ class SignatureChecker:
     carry the guardrail attestations required of them (cosign's ``.att`` layout).
 
     The same client and rules as :class:`Checker`: lookups in threads, at most
-    :data:`CONCURRENT_LOOKUPS` at once, each request bounded by the client's timeout.
-    Verdicts are cached by image, key set and attestation requirements: a verified digest for
-    24 hours (its content cannot change, and a signature or attestation that verified once
-    still does), any other verdict for 15 seconds (a signature or attestation may be pushed),
-    an unreachable registry never. At most :data:`MAX_VERIFICATIONS` verdicts are kept, holding
-    at most :data:`MAX_VERIFICATION_BYTES` (the oldest go first).
+    :data:`CONCURRENT_LOOKUPS` at once, each request bounded by the client's timeout, each
+    made with the credentials the pods will pull with (given per call: the release's pull
+    secrets merged over the operator-wide config; default: the client's). Verdicts are cached
+    by image, key set, attestation requirements *and* credentials scope, so one namespace's
+    pull secret never answers for another's: a verified digest for 24 hours (its content
+    cannot change, and a signature or attestation that verified once still does), any other
+    verdict for 15 seconds (a signature or attestation may be pushed), a registry that could
+    not be asked (unreachable, or refusing the credentials) never. At most
+    :data:`MAX_VERIFICATIONS` verdicts are kept, holding at most
+    :data:`MAX_VERIFICATION_BYTES` (the oldest go first).
     """
 
     def __init__(self, *, client: Client, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self._clock = clock
-        self._cache: Bounded[attestations.VerificationKey, tuple[signatures.Verification, float]]
-        self._cache = Bounded(
+        self._cache: Bounded[CachedKey, tuple[signatures.Verification, float]] = Bounded(
             max_entries=MAX_VERIFICATIONS,
             max_bytes=MAX_VERIFICATION_BYTES,
             size=_verification_bytes,
         )
+        self._clients = _Clients()
 
     def _lookup(
         self,
         image: str,
         keys: Sequence[signatures.PublicKey],
         required: Sequence[attestations.Requirement] = (),
+        *,
+        client: Client | None = None,
     ) -> signatures.Verification:
         """The signature first; then, once it verifies, every attestation required (the
-        first that fails is the verdict)."""
+        first that fails is the verdict); fetched with ``client`` (default: the
+        operator-wide one)."""
+        client = self.client if client is None else client
         try:
             ref = images.parse(image)
         except images.InvalidReference as exc:
@@ -760,17 +784,16 @@ class SignatureChecker:
         if not ref.digest:
             return signatures.verify(image=image, ref=ref, layers=(), keys=keys)
         try:
-            layers = self.client.signature_layers(ref)
-            bundles = self.client.signature_bundles(ref)
+            layers = client.signature_layers(ref)
+            bundles = client.signature_bundles(ref)
             signed = signatures.verify(
                 image=image, ref=ref, layers=layers, keys=keys, bundles=bundles
             )
             if not signed.verified or not required:
                 return signed
-            attested = self.client.attestation_layers(ref)
+            attested = client.attestation_layers(ref)
         except RegistryError as exc:
-            outcome = signatures.INVALID if exc.reason == INVALID else signatures.UNREACHABLE
-            return signatures.Verification(image, outcome, str(exc))
+            return signatures.Verification(image, _not_fetched(exc), str(exc))
         said = [signed.message]
         for requirement in required:
             found = attestations.verify(
@@ -781,19 +804,31 @@ class SignatureChecker:
             said.append(found.message.removeprefix(f"{image}: "))
         return signatures.Verification(image, signatures.VERIFIED, "; ".join(said), signed.key)
 
+    def _key(
+        self,
+        image: str,
+        keys: Sequence[signatures.PublicKey],
+        required: Sequence[attestations.Requirement],
+        credentials: pulls.Credentials,
+    ) -> CachedKey:
+        asked = attestations.verification_key(image, keys, required)
+        return asked, pulls.scope(credentials, _host_of(image))
+
     def cached(
         self,
         image: str,
         keys: Sequence[signatures.PublicKey],
         required: Sequence[attestations.Requirement] = (),
+        *,
+        credentials: pulls.Credentials | None = None,
     ) -> signatures.Verification | None:
-        hit = self._cache.get(attestations.verification_key(image, keys, required))
+        """The verdict kept for these, asked with ``credentials`` (default: the client's)."""
+        creds = self.client.credentials if credentials is None else credentials
+        hit = self._cache.get(self._key(image, keys, required, creds))
         return hit[0] if hit is not None and hit[1] > self._clock() else None
 
-    def _keep(
-        self, verification: signatures.Verification, key: attestations.VerificationKey
-    ) -> None:
-        if verification.outcome == signatures.UNREACHABLE:
+    def _keep(self, verification: signatures.Verification, key: CachedKey) -> None:
+        if verification.outcome in signatures.NOT_ASKED:
             return
         keep = VERIFIED_SECONDS if verification.verified else UNVERIFIED_SECONDS
         self._cache.put(key, (verification, self._clock() + keep))
@@ -804,22 +839,24 @@ class SignatureChecker:
         keys: Sequence[signatures.PublicKey],
         required: Sequence[attestations.Requirement] = (),
     ) -> signatures.Verification:
-        """One verdict, in this thread (the CLI's)."""
+        """One verdict, in this thread (the CLI's), with the operator-wide credentials."""
         found = self.cached(image, keys, required)
         if found is None:
             found = self._lookup(image, keys, required)
-            self._keep(found, attestations.verification_key(image, keys, required))
+            self._keep(found, self._key(image, keys, required, self.client.credentials))
         return found
 
     async def verify(
-        self, wanted: Sequence[Wanted]
+        self, wanted: Sequence[Wanted], *, credentials: pulls.Credentials | None = None
     ) -> dict[attestations.VerificationKey, signatures.Verification]:
-        """A verdict per distinct (image, key set, attestation requirements) of ``wanted``."""
+        """A verdict per distinct (image, key set, attestation requirements) of ``wanted``,
+        each fetched with ``credentials`` (default: the client's)."""
+        creds = self.client.credentials if credentials is None else credentials
         found: dict[attestations.VerificationKey, signatures.Verification] = {}
         todo: dict[attestations.VerificationKey, Wanted] = {}
         for image, keys, required in wanted:
             key = attestations.verification_key(image, keys, required)
-            hit = self.cached(image, keys, required)
+            hit = self.cached(image, keys, required, credentials=creds)
             if hit is not None:
                 found[key] = hit
             else:
@@ -831,14 +868,25 @@ class SignatureChecker:
             keys: tuple[signatures.PublicKey, ...],
             required: tuple[attestations.Requirement, ...],
         ) -> signatures.Verification:
+            # NB: the client is picked here, on the event loop: the threads share no bookkeeping.
+            client = self._clients.get(self.client, _host_of(image), creds)
             async with limit:
-                return await asyncio.to_thread(self._lookup, image, keys, required)
+                return await asyncio.to_thread(self._lookup, image, keys, required, client=client)
 
         results = await asyncio.gather(*(one(*w) for w in todo.values()))
-        for key, result in zip(todo, results, strict=True):
-            self._keep(result, key)
+        for (key, (image, keys, required)), result in zip(todo.items(), results, strict=True):
+            self._keep(result, self._key(image, keys, required, creds))
             found[key] = result
         return found
+
+
+def _not_fetched(exc: RegistryError) -> str:
+    """The verdict's outcome for signatures or attestations that could not be fetched: a
+    broken answer is invalid; refused credentials, like an unreachable registry, say nothing
+    of the image (:data:`permafrost.artifacts.signatures.NOT_ASKED`)."""
+    if exc.reason == INVALID:
+        return signatures.INVALID
+    return signatures.UNAUTHORIZED if exc.reason == UNAUTHORIZED else signatures.UNREACHABLE
 
 
 def _answered(ref: images.Reference, status: int, what: str) -> RegistryError:

@@ -55,6 +55,15 @@ UNTRUSTED = "SignatureUntrusted"
 INVALID = "SignatureInvalid"
 UNPINNED = "ImageNotPinned"
 UNREACHABLE = "RegistryUnreachable"
+# The registry refused the credentials the pods pull with (or asked for some, and none were
+# given): the registry check's value (permafrost.artifacts.images.UNAUTHORIZED).
+UNAUTHORIZED = images.UNAUTHORIZED
+# The outcomes that say nothing of the image: its registry could not be asked (unreachable,
+# refusing the credentials), or the credentials its pods pull with could not be had (a pull
+# secret missing, unusable or not readable: the registry check's reasons). A policy result of
+# them is an Error, not a Fail; they are never cached; for a revision that already runs they
+# say nothing new.
+NOT_ASKED = frozenset({UNREACHABLE, UNAUTHORIZED, *images.CREDENTIALS_UNUSABLE})
 
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 
@@ -222,6 +231,20 @@ class Verification:
     @property
     def verified(self) -> bool:
         return self.outcome == VERIFIED
+
+
+def not_fetched(image: str, problems: Sequence[images.Check]) -> Verification:
+    """The verdict on ``image`` when the credentials its pods pull with could not be had
+    (``problems``: the registry check's verdicts on the pull secrets or the ServiceAccount
+    that could not be used), so nothing was fetched: the first problem's outcome, in the order
+    the registry check ranks them (:func:`permafrost.artifacts.images.hold_of`: a secret the
+    operator may not read first), with the messages of the problems of that outcome."""
+    found = images.first_problem(problems)
+    if found is None:
+        raise ValueError("no problem to report")
+    outcome, bad = found
+    said = "; ".join(dict.fromkeys(c.message for c in bad))
+    return Verification(image, outcome, f"{image}: not verified: {said}")
 
 
 def layers_of(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -599,9 +599,10 @@ def signature_results(
     verifications: Mapping[attestations.VerificationKey, signatures.Verification],
 ) -> tuple[RuleResult, ...]:
     """One result per ``verifyImages`` entry that requires something: ``Pass`` when every
-    image it covers is verified; ``Fail`` (``Error`` when the registry could not be asked)
-    with each image's verdict otherwise, the reason being the first image's. A requirement
-    with no verification is an ``Error``: never a pass by omission."""
+    image it covers is verified; ``Fail`` (``Error`` when the registry could not be asked, or
+    the pods' pull secrets could not be used to ask it: :data:`signatures.NOT_ASKED`) with
+    each image's verdict otherwise, the reason being the first image's. A requirement with no
+    verification is an ``Error``: never a pass by omission."""
     grouped: dict[tuple[str, str, str], list[signatures.Verification]] = {}
     for req in requirements:
         found = verifications.get(req.key) or signatures.Verification(
@@ -615,7 +616,7 @@ def signature_results(
             results.append(RuleResult(policy_name, rule, enforcement, "Pass", ""))
             continue
         outcome: Outcome = (
-            "Error" if all(v.outcome == signatures.UNREACHABLE for v in failing) else "Fail"
+            "Error" if all(v.outcome in signatures.NOT_ASKED for v in failing) else "Fail"
         )
         results.append(
             RuleResult(

@@ -17,8 +17,8 @@ from typing import Any
 import pydantic
 
 from permafrost import kube, metrics, models
+from permafrost.artifacts import attestations, pulls, registry, signatures
 from permafrost.artifacts import images as image_checks
-from permafrost.artifacts import pulls, registry, signatures
 from permafrost.gates import probes, verdicts
 from permafrost.guards import admission, sessions
 from permafrost.policies import checking, policy, store
@@ -171,6 +171,13 @@ async def reconcile(
                     known, stage="create", subject=gate_subject, now=now
                 )
     desired = observations.desired(release=release, spec=spec, sources=sources)
+    # NB: the credentials the pods pull with are read at most once per look, and only when a
+    # registry is to be asked (the registry check, or a verifyImages entry): both ask with them.
+    pull_secrets = (
+        _PullSecrets(namespace=namespace, desired=desired)
+        if isinstance(desired, planner.Desired)
+        else None
+    )
     unsigned = False
     if (
         policies is not None
@@ -178,9 +185,11 @@ async def reconcile(
         and create_verdict is not None
         and promote_verdict is not None
         and isinstance(desired, planner.Desired)
+        and pull_secrets is not None
     ):
         create_verdict, promote_verdict, unsigned = await _verify_signatures(
             signed,
+            pull_secrets=pull_secrets,
             policies=known,
             subject=subject,
             create=create_verdict,
@@ -193,9 +202,10 @@ async def reconcile(
     if (
         images is not None
         and isinstance(desired, planner.Desired)
+        and pull_secrets is not None
         and desired.revision not in revisions
     ):
-        checks = await _check_images(images, namespace=namespace, desired=desired)
+        checks = await _check_images(images, desired=desired, pull_secrets=pull_secrets)
     situation = planner.Situation(
         release=release,
         generation=generation,
@@ -393,20 +403,42 @@ async def reconcile(
     return requeue
 
 
-async def _check_images(
-    checker: registry.Checker, *, namespace: str, desired: planner.Desired
-) -> tuple[image_checks.Check, ...]:
-    """What the registries say about the images of a revision about to be created, asked with
-    the credentials its pods will pull with, judged against the platforms of the nodes they may
-    run on. A pull secret (or ServiceAccount, or node list) that cannot be used is a verdict of
-    its own, which holds the revision (the images are not looked up then: without the right
-    credentials their verdict would say nothing).
+# The credentials of a release's usable pull secrets, in order, and the problems met reading
+# them (each a verdict of the registry check's kind: PullSecretMissing...; none: all usable).
+_PullRead = tuple[tuple[pulls.Credentials, ...], tuple[image_checks.Check, ...]]
 
-    NB: every read here is a ``get`` by name (the node list aside, cached): no Secret is listed
-    or watched. The ServiceAccount is read only when the template names no imagePullSecrets,
-    as the ServiceAccount admission plugin copies its secrets only into such pods.
+
+class _PullSecrets:
+    """The credentials a revision's pods will pull with: their pull secrets' (the template's
+    ``imagePullSecrets`` or, when it names none, its ServiceAccount's), read once, on first
+    use, through the kube adapter; or why they cannot be had (a pull secret, or the
+    ServiceAccount, that cannot be used: each a verdict of its own, which holds the revision).
+
+    Both the registry check and the verification of signatures and attestations ask with
+    them, merged over the operator-wide config (:func:`permafrost.artifacts.pulls.merged`), so
+    what they say is what the kubelet will meet.
+
+    NB: every read here is a ``get`` by name: no Secret is listed or watched. The
+    ServiceAccount is read only when the template names no imagePullSecrets, as the
+    ServiceAccount admission plugin copies its secrets only into such pods.
     """
-    pod_spec: dict[str, Any] = dict(desired.deployment["spec"]["template"].get("spec") or {})
+
+    def __init__(self, *, namespace: str, desired: planner.Desired) -> None:
+        self.namespace = namespace
+        self.pod_spec: dict[str, Any] = dict(
+            desired.deployment["spec"]["template"].get("spec") or {}
+        )
+        self._read: _PullRead | None = None
+
+    async def read(self) -> _PullRead:
+        """The pull secrets' credentials, in the template's (or ServiceAccount's) order, and
+        the problems met reading them (none: every one is usable)."""
+        if self._read is None:
+            self._read = await _read_pull_secrets(namespace=self.namespace, pod_spec=self.pod_spec)
+        return self._read
+
+
+async def _read_pull_secrets(*, namespace: str, pod_spec: dict[str, Any]) -> _PullRead:
     problems: list[image_checks.Check] = []
     names = pulls.pull_secret_names(pod_spec)
     if not names:
@@ -439,21 +471,40 @@ async def _check_images(
 
     read = await asyncio.gather(*(secret(n) for n in names))
     problems += [r for r in read if isinstance(r, image_checks.Check)]
+    usable = tuple(r for r in read if not isinstance(r, image_checks.Check))
+    return usable, tuple(problems)
+
+
+async def _check_images(
+    checker: registry.Checker, *, desired: planner.Desired, pull_secrets: _PullSecrets
+) -> tuple[image_checks.Check, ...]:
+    """What the registries say about the images of a revision about to be created, asked with
+    the credentials its pods will pull with, judged against the platforms of the nodes they may
+    run on. A pull secret (or ServiceAccount, or node list) that cannot be used is a verdict of
+    its own, which holds the revision (the images are not looked up then: without the right
+    credentials their verdict would say nothing).
+
+    NB: the node list is the one read not by name (cached: :meth:`registry.Checker.nodes`).
+    """
+    secrets, found = await pull_secrets.read()
+    problems = list(found)
     platforms: tuple[str, ...] = ()
     try:
         nodes = await checker.nodes(kube.list_nodes)
-        platforms = pulls.node_platforms(nodes, node_selector=pod_spec.get("nodeSelector"))
+        platforms = pulls.node_platforms(
+            nodes, node_selector=pull_secrets.pod_spec.get("nodeSelector")
+        )
     except kube.ConfigForbidden as exc:
         problems.append(_forbidden("the nodes", exc))
     if problems:
         return tuple(problems)
-    usable = [r for r in read if not isinstance(r, image_checks.Check)]
-    credentials = pulls.merged(checker.client.credentials, usable)
+    credentials = pulls.merged(checker.client.credentials, secrets)
     return await checker.check(desired.images, credentials=credentials, platforms=platforms)
 
 
 def _forbidden(what: str, exc: kube.ConfigForbidden) -> image_checks.Check:
-    """The verdict for something the registry check needs and may not read."""
+    """The verdict for something the registry check (or the verification of signatures)
+    needs and may not read."""
     if what.startswith("Secret "):
         return image_checks.Check(
             what,
@@ -473,6 +524,7 @@ def _forbidden(what: str, exc: kube.ConfigForbidden) -> image_checks.Check:
 async def _verify_signatures(
     checker: registry.SignatureChecker,
     *,
+    pull_secrets: _PullSecrets,
     policies: list[policy.Policy],
     subject: policy.Subject,
     create: policy.Verdict,
@@ -480,11 +532,13 @@ async def _verify_signatures(
     creating: bool,
 ) -> tuple[policy.Verdict, policy.Verdict, bool]:
     """The verdicts with the results of the policies' ``verifyImages`` entries added (the
-    spec's images, verified in their registries, cached); and whether one of them fails while
-    the revision is still to be created (it is then looked at again soon: a registry is not
-    watched).
+    spec's images, verified in their registries with the credentials the pods pull with,
+    cached); and whether one of them fails while the revision is still to be created (it is
+    then looked at again soon: a registry is not watched). Pull secrets that cannot be used
+    are each image's verdict (PullSecretMissing...): nothing is fetched without them.
 
-    NB: for a revision that exists, an unreachable registry says nothing new (it was verified
+    NB: for a revision that exists, a registry that could not be asked (unreachable, refusing
+    the credentials, or pull secrets that cannot be used) says nothing new (it was verified
     before it was created, or predates the policy): such verdicts are left out rather than
     reported as a violation by what already runs.
     """
@@ -495,9 +549,17 @@ async def _verify_signatures(
     wanted = [(r.image, r.keys, r.attestations) for found in required.values() for r in found]
     if not wanted:
         return create, promote, False
-    verified = await checker.verify(wanted)
+    secrets, problems = await pull_secrets.read()
+    if problems:
+        verified = {
+            attestations.verification_key(*w): signatures.not_fetched(w[0], problems)
+            for w in wanted
+        }
+    else:
+        credentials = pulls.merged(checker.client.credentials, secrets)
+        verified = await checker.verify(wanted, credentials=credentials)
     if not creating:
-        verified = {k: v for k, v in verified.items() if v.outcome != signatures.UNREACHABLE}
+        verified = {k: v for k, v in verified.items() if v.outcome not in signatures.NOT_ASKED}
         required = {s: tuple(r for r in rs if r.key in verified) for s, rs in required.items()}
     extra = {s: policy.signature_results(rs, verified) for s, rs in required.items()}
     failing = creating and any(r.outcome != "Pass" for rs in extra.values() for r in rs)
