@@ -550,6 +550,12 @@ async def _verify_signatures(
     if not wanted:
         return create, promote, False
     secrets, problems = await pull_secrets.read()
+    # NB: a ServiceAccount the operator may not read (permafrost-registry-check is not bound
+    # unless the registry check is on) leaves the operator-wide credentials, as before pull
+    # secrets were read: a signature verifies the same whoever fetched it, and holding every
+    # release of a default install for a grant it never needed would be a regression. A
+    # registry that refuses those credentials says so (RegistryUnauthorized).
+    problems = tuple(p for p in problems if p.outcome != image_checks.REGISTRY_CHECK_FORBIDDEN)
     if problems:
         verified = {
             attestations.verification_key(*w): signatures.not_fetched(w[0], problems)
