@@ -429,6 +429,19 @@ def test_a_bounded_cache_counts_its_bytes_as_entries_come_and_go() -> None:
     assert (len(cache), cache.bytes) == (2, 2)
 
 
+def test_a_bounded_cache_keeps_what_is_read_and_drops_the_least_recently_used() -> None:
+    from permafrost.artifacts import registry
+
+    cache: registry.Bounded[str, str] = registry.Bounded(
+        max_entries=2, max_bytes=100, size=lambda k, v: len(v)
+    )
+    cache.put("hot", "1")
+    cache.put("once", "1")
+    assert cache.get("hot") == "1"  # read: now the most recently used
+    cache.put("new", "1")
+    assert (cache.get("hot"), cache.get("once"), cache.get("new")) == ("1", None, "1")
+
+
 def _bundle(key: signatures.PrivateKey, digest: str, *, kind: str = signatures.IN_TOTO) -> bytes:
     """A sigstore bundle as cosign sign --new-bundle-format makes it (DSSE, in-toto)."""
     statement = json.dumps(

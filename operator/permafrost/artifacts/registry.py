@@ -474,9 +474,11 @@ V = TypeVar("V")
 
 
 class Bounded(Generic[K, V]):
-    """A cache bounded by entries *and* by bytes: the oldest go first when either bound is
-    passed. ``size`` says how many bytes an entry holds (an estimate: the text it keeps plus a
-    fixed overhead per entry); an entry larger than ``max_bytes`` alone is not kept.
+    """A cache bounded by entries *and* by bytes: the least recently used go first when either
+    bound is passed (a read counts as a use: the digests of the releases that keep being
+    reconciled stay, a burst of one-off lookups goes). ``size`` says how many bytes an entry
+    holds (an estimate: the text it keeps plus a fixed overhead per entry); an entry larger
+    than ``max_bytes`` alone is not kept.
 
     NB: an entries bound alone does not bound memory: what is kept holds text from outside
     (image references, which no schema bounds; messages quoting the registry), so one
@@ -495,10 +497,14 @@ class Bounded(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         found = self._entries.get(key)
-        return None if found is None else found[0]
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        return found[0]
 
     def put(self, key: K, value: V) -> None:
-        """Keep ``value`` as the newest entry, then drop the oldest until both bounds hold."""
+        """Keep ``value`` as the newest entry, then drop the least recently used until both
+        bounds hold."""
         self.pop(key)
         size = self._size(key, value)
         if size > self.max_bytes:
@@ -752,7 +758,7 @@ class SignatureChecker:
     verdict for 15 seconds (a signature or attestation may be pushed), a registry that could
     not be asked (unreachable, or refusing the credentials) never. At most
     :data:`MAX_VERIFICATIONS` verdicts are kept, holding at most
-    :data:`MAX_VERIFICATION_BYTES` (the oldest go first).
+    :data:`MAX_VERIFICATION_BYTES` (the least recently used go first).
     """
 
     def __init__(self, *, client: Client, clock: Callable[[], float] = time.monotonic) -> None:
