@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pathlib
 import socket
 import subprocess
@@ -21,26 +20,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from bench import builds
 
-
-def _versions() -> dict[str, str]:
-    pairs = {}
-    for line in (ROOT / "hack" / "versions.env").read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            pairs[key.strip()] = value.strip()
-    return pairs
-
-
-def _cache_root() -> pathlib.Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(pathlib.Path.home() / ".cache")
-    return pathlib.Path(base) / "permafrost"
-
-
-V = _versions()
-REGISTRY = _cache_root() / f"registry-{V['REGISTRY_VERSION']}" / "bin" / "registry"
-CRANE = _cache_root() / f"crane-{V['CRANE_VERSION']}" / "bin" / "crane"
+V = builds.versions()
+REGISTRY = builds.cache_root() / f"registry-{V['REGISTRY_VERSION']}" / "bin" / "registry"
+CRANE = builds.cache_root() / f"crane-{V['CRANE_VERSION']}" / "bin" / "crane"
 
 
 class Missing(RuntimeError):

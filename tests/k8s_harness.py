@@ -17,23 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import yaml
+from bench import builds
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def _versions() -> dict[str, str]:
-    pairs = {}
-    for line in (ROOT / "hack" / "versions.env").read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            pairs[key.strip()] = value.strip()
-    return pairs
-
-
-def cache_root() -> pathlib.Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(pathlib.Path.home() / ".cache")
-    return pathlib.Path(base) / "permafrost"
+_versions = builds.versions
+cache_root = builds.cache_root
 
 
 def bin_dirs() -> list[pathlib.Path]:

@@ -2424,6 +2424,20 @@ def trim(text: str) -> str:
     return text.strip(WHITESPACE)
 
 
+def admission_request(req: admission.Request) -> dict[str, Any]:
+    """``request`` as the apiserver's CEL sees it (policies and webhook match conditions)."""
+    review: dict[str, Any] = {
+        "kind": {"group": PLURALS[req.kind][0], "version": "v1", "kind": req.kind},
+        "namespace": req.namespace,
+        "name": req.name,
+        "operation": req.operation,
+        "userInfo": {"username": req.username, "groups": list(req.groups)},
+    }
+    if req.subresource:  # NB: absent, not "", for the main resource
+        review["subResource"] = req.subresource
+    return review
+
+
 class Apiserver:
     """Just enough of the apiserver to evaluate the policy and its bindings on a request.
 
@@ -2469,15 +2483,7 @@ class Apiserver:
     def denials(self, req: admission.Request, namespace: Mapping[str, str]) -> list[str]:
         if not (self._constrained(req) and self._bound(req, namespace)):
             return []
-        review: dict[str, Any] = {
-            "kind": {"group": PLURALS[req.kind][0], "version": "v1", "kind": req.kind},
-            "namespace": req.namespace,
-            "name": req.name,
-            "operation": req.operation,
-            "userInfo": {"username": req.username, "groups": list(req.groups)},
-        }
-        if req.subresource:  # NB: absent, not "", for the main resource
-            review["subResource"] = req.subresource
+        review = admission_request(req)
         context: dict[str, Any] = {
             "trim": trim,  # a callable in the context is a function for the cel library
             "request": review,
@@ -2830,15 +2836,7 @@ def sent(hook: Mapping[str, Any], req: admission.Request) -> bool:
     """Whether the apiserver sends ``req`` to ``hook``, by its match conditions (evaluated as
     the apiserver does: an error skips a webhook whose failurePolicy is Ignore)."""
     assert cel is not None
-    review: dict[str, Any] = {
-        "kind": {"group": PLURALS[req.kind][0], "version": "v1", "kind": req.kind},
-        "namespace": req.namespace,
-        "name": req.name,
-        "operation": req.operation,
-        "userInfo": {"username": req.username, "groups": list(req.groups)},
-    }
-    if req.subresource:  # NB: absent, not "", for the main resource
-        review["subResource"] = req.subresource
+    review = admission_request(req)
     context = {
         "request": review,
         "object": copy.deepcopy(req.new),
