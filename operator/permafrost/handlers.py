@@ -359,9 +359,9 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     ]
     served: webhooks.Runtime | None = memo.get("webhooks")
     if served is not None:
-        admission_options = served.options
+        webhook_runtime: webhooks.Runtime = served
         runtime.policies = workqueue.WorkQueue(
-            worker=lambda name: _sync_policy(runtime, admission_options, name), concurrency=2
+            worker=lambda name: _sync_policy(runtime, webhook_runtime, name), concurrency=2
         )
         tasks.append(asyncio.create_task(runtime.policies.run()))
     peering: Peering | None = memo.get("peering")
@@ -503,13 +503,23 @@ def _put_policy(name: str, spec: Any) -> None:
         logger.error("GuardrailPolicy %s does not compile; its rules fail closed: %s", name, error)
 
 
-async def _sync_policy(runtime: Runtime, options: webhooks.Options, name: str) -> float | None:
-    """Compile one policy into the apiserver (see :func:`webhooks.sync_compiled_policy`).
+async def _sync_policy(runtime: Runtime, served: webhooks.Runtime, name: str) -> float | None:
+    """Compile one policy into the apiserver (see :func:`webhooks.sync_compiled_policy`), and
+    keep the webhook's configuration following what stays on it (see
+    :func:`webhooks.follow_policies`).
 
     NB: writing its status makes the policy change again: a sync of the same spec, generation
     and options whose status is current is skipped.
     """
     await runtime.active.wait()
+    await webhooks.follow_policies(served)
+    try:
+        return await _compile_policy(runtime, served.options, name)
+    finally:
+        await webhooks.follow_policies(served)
+
+
+async def _compile_policy(runtime: Runtime, options: webhooks.Options, name: str) -> float | None:
     if name not in runtime.policy_bodies:
         return None
     body = runtime.policy_bodies[name]

@@ -9,6 +9,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import yaml
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from conftest import Operator, start_guarded, stop_guarded
+from conftest import Operator, free_port, start_guarded, stop_guarded
 from k8s_harness import ROOT, Cluster, to_yaml, wait_for
 
 LIBRARY = ROOT / "deploy" / "policies"
@@ -423,3 +424,131 @@ def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
     finally:
         for name in names.values():
             crds.kubectl("delete", "guardrailpolicy", name, "--ignore-not-found", check=False)
+
+
+def sent_to_the_enforced_webhook(port: int) -> float:
+    """How many requests the operator's enforced frozen-object webhook decided (its metric)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("permafrost_admission_decisions_total{")
+        and 'webhook="frozen-enforced"' in line
+    )
+
+
+def creation_kinds(cluster: Cluster) -> str | None:
+    """The enforced webhook's match condition on creations (None: it is sent them all)."""
+    config = cluster.get("validatingwebhookconfiguration", "permafrost-frozen-workloads") or {}
+    for hook in config.get("webhooks") or []:
+        if hook["name"] == "enforced.frozen.permafrost.dev":
+            for condition in hook.get("matchConditions") or []:
+                if condition["name"] == "could-be-refused-at-creation":
+                    return str(condition["expression"])
+    return None
+
+
+def test_the_webhook_leaves_clean_creations_to_the_apiserver_while_it_judges_their_policies(
+    crds: Cluster,
+    namespace: str,
+    operator_namespace: str,
+    operators: list[Operator],
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A policy compiled: the apiserver no longer sends the webhook the creations it judges
+    (counted by the webhook's own decisions). Edited so that it stays on the webhook: they are
+    sent again, and it judges them; deleted: left to the apiserver again."""
+    name = "vap-follow-test"
+    team = {
+        "name": "r",
+        "message": "label it with its team",
+        "expression": "has(object.metadata.labels) && 'team' in object.metadata.labels",
+    }
+    clocked = {**team, "expression": "now > timestamp('2000-01-01T00:00:00Z') && "
+               + team["expression"]}  # fmt: skip
+
+    def apply(rule: dict[str, str]) -> None:
+        crds.apply(
+            {
+                "apiVersion": "permafrost.dev/v1alpha1",
+                "kind": "GuardrailPolicy",
+                "metadata": {"name": name},
+                "spec": {"stages": ["create"], "match": {"kinds": ["Deployment"]},
+                         "rules": [rule]},
+            }
+        )  # fmt: skip
+
+    def deployment(deployment_name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": deployment_name, "labels": labels},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": deployment_name}},
+                "template": {
+                    "metadata": {"labels": {"app": deployment_name}},
+                    "spec": {"containers": [{"name": "web", "image": f"reg/web{DIGEST}"}]},
+                },
+            },
+        }
+
+    def create(body: dict[str, Any]) -> Any:
+        return crds.kubectl(
+            "create", "-f", "-", namespace=namespace, stdin=to_yaml(body), check=False
+        )
+
+    port = free_port()
+    try:
+        apply(team)
+        op = start_guarded(
+            crds, namespace, operator_namespace, tmp_path / "operator.log",
+            ["--metrics-port", str(port)],
+        )  # fmt: skip
+        operators.append(op)
+        request.node.operator_log = op.log
+        wait_for(
+            lambda: compiled_condition(crds, name).get("reason") == "CompiledToAdmissionPolicy",
+            timeout=90, interval=0.5, what="the policy to be compiled",
+        )  # fmt: skip
+        # NB: the webhook is left the kinds of the policies it judges: here none.
+        wait_for(
+            lambda: (creation_kinds(crds) or "").find("request.kind.kind in []") >= 0,
+            timeout=30, interval=0.5, what="the webhook to leave Deployments to the apiserver",
+        )  # fmt: skip
+        before = sent_to_the_enforced_webhook(port)
+        assert create(deployment("clean", {"team": "shop"})).returncode == 0
+        refused = create(deployment("unlabelled", {}))
+        assert refused.returncode != 0
+        assert "ValidatingAdmissionPolicy 'permafrost-policy-vap-follow-test'" in refused.stderr
+        # NB: each kubectl returned after the apiserver's admission: the count is final.
+        assert sent_to_the_enforced_webhook(port) == before
+
+        # Edited to read the clock: the apiserver cannot judge it, the webhook does.
+        apply(clocked)
+        wait_for(
+            lambda: compiled_condition(crds, name).get("reason") == "ReadsTheClock",
+            timeout=60, interval=0.5, what="the policy to stay on the webhook",
+        )  # fmt: skip
+        assert '"Deployment"' in (creation_kinds(crds) or "")
+        assert create(deployment("clean-again", {"team": "shop"})).returncode == 0
+        refused = create(deployment("unlabelled", {}))
+        assert refused.returncode != 0
+        assert f"{name}/r: label it with its team" in refused.stderr
+        assert "ValidatingAdmissionPolicy" not in refused.stderr
+        assert sent_to_the_enforced_webhook(port) == before + 2
+
+        crds.kubectl("delete", "guardrailpolicy", name)
+        wait_for(
+            lambda: (creation_kinds(crds) or "").find("request.kind.kind in []") >= 0,
+            timeout=30, interval=0.5, what="the webhook to be left no policy",
+        )  # fmt: skip
+    finally:
+        crds.kubectl("delete", "guardrailpolicy", name, "--ignore-not-found", check=False)
+        for deployment_name in ("clean", "clean-again", "unlabelled"):
+            crds.kubectl(
+                "delete", "deployment", deployment_name, "--ignore-not-found",
+                namespace=namespace, check=False,
+            )  # fmt: skip

@@ -2857,14 +2857,20 @@ def quiet(decision: admission.Decision) -> bool:
 
 
 @needs_cel
+@pytest.mark.parametrize("policy_kinds", [None, frozenset()], ids=["policies-on-webhook", "none"])
 @pytest.mark.parametrize("case", CASES)
-def test_a_request_the_webhook_is_not_sent_is_one_it_would_allow_silently(case: Case) -> None:
+def test_a_request_the_webhook_is_not_sent_is_one_it_would_allow_silently(
+    case: Case, policy_kinds: frozenset[str] | None
+) -> None:
+    """``policy_kinds=frozenset()``: every policy is compiled into the apiserver, so the webhook
+    judges none (the policies' own verdicts are the subject of test_compiled_policies)."""
     req = case.request
     if req.kind not in PLURALS:
         pytest.skip(f"{req.kind} is not routed to the frozen-object webhooks")
     config = admission.webhook_configuration(
-        name="x", client_config={"url": "https://h"}, settings=case.settings
-    )
+        name="x", client_config={"url": "https://h"}, settings=case.settings,
+        policy_kinds=policy_kinds,
+    )  # fmt: skip
     hook = webhooks_by_scope(config)[req.scope]
     if not sent(hook, req):
         assert quiet(admission.review(req, case.settings)), req
@@ -2947,3 +2953,37 @@ def test_pods_and_replicasets_are_sent_at_creation_only_when_they_could_forge_a_
             assert quiet(admission.review(plain, SETTINGS)), kind
     for kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob"):
         assert sent(hook, create(kind, scope)), kind
+
+
+@needs_cel
+def test_clean_creations_are_left_to_the_apiserver_when_it_judges_every_policy_of_their_kind() -> (
+    None
+):
+    everything = webhooks_by_scope(configuration())["enforced"]
+    assert "could-be-refused-at-creation" not in [c["name"] for c in everything["matchConditions"]]
+    compiled = webhooks_by_scope(configuration(policy_kinds=frozenset()))["enforced"]
+    deployments = webhooks_by_scope(configuration(policy_kinds=frozenset({"Deployment"})))[
+        "enforced"
+    ]
+    for kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job"):
+        clean = create(kind, "enforced")
+        assert quiet(admission.review(clean, SETTINGS)), kind
+        assert sent(everything, clean), kind
+        assert not sent(compiled, clean), kind
+        # A policy left on the webhook for its kind: sent, whatever the others.
+        assert sent(deployments, clean) == (kind == "Deployment"), kind
+        # What the webhook refuses is always sent (the fail-safe policy refuses it first; the
+        # webhook still judges it if that policy is gone).
+        for refused in (
+            create(kind, "enforced", image="registry.example/shop/web:1.2"),
+            create(kind, "enforced", init_image="registry.example/shop/migrate:latest"),
+            create(kind, "enforced", template_labels={models.LABEL_REVISION: REVISION}),
+        ):
+            assert not admission.review(refused, SETTINGS).allowed, kind
+            assert sent(compiled, refused), kind
+        assert not sent(compiled, create(kind, "enforced", user=OPERATOR)), kind
+    # Updates are judged as before (frozen fields), and the other webhooks do not change.
+    assert sent(compiled, update("Deployment", "enforced", SET_IMAGE))
+    managed = webhooks_by_scope(configuration(policy_kinds=frozenset()))
+    for scope in ("managed", "unenforced", "releases"):
+        assert managed[scope] == webhooks_by_scope(configuration())[scope], scope

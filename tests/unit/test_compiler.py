@@ -398,3 +398,37 @@ def test_the_webhook_leaves_policies_the_apiserver_judges() -> None:
     policies.enforced_in_apiserver("b", True)
     policies.forget_policy("b")
     assert policies.in_apiserver == frozenset()
+
+
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
+
+
+def test_the_webhook_is_sent_the_creations_of_the_kinds_its_own_policies_may_match() -> None:
+    policies = store.Store()
+    assert policies.webhook_kinds(WORKLOAD_KINDS) == frozenset()
+    policies.put_policy("any", spec().to_json())
+    policies.put_policy("sts", spec(match={"kinds": ["StatefulSet", "GuardedRelease"]}).to_json())
+    policies.put_policy("later", spec(stages=["promote"]).to_json())
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    verify = [{"name": "signed", "images": ["registry.example/**"], "keys": [key]}]
+    assert policies.put_policy("signed", spec(rules=[], verifyImages=verify).to_json()) is None
+    assert policies.webhook_kinds(WORKLOAD_KINDS) == WORKLOAD_KINDS
+    policies.enforced_in_apiserver("any", True)
+    assert policies.webhook_kinds(WORKLOAD_KINDS) == {"StatefulSet"}
+    policies.enforced_in_apiserver("sts", True)
+    # Neither a promote-stage policy nor one with signatures alone is judged at admission.
+    assert policies.webhook_kinds(WORKLOAD_KINDS) == frozenset()
+    # A broken policy fails closed: every kind.
+    assert policies.put_policy("broken", {"stages": ["create"], "rules": "no"}) is not None
+    assert policies.webhook_kinds(WORKLOAD_KINDS) == WORKLOAD_KINDS
+    policies.forget_policy("broken")
+    policies.enforced_in_apiserver("sts", False)  # edited: the webhook judges it at once
+    assert policies.webhook_kinds(WORKLOAD_KINDS) == {"StatefulSet"}

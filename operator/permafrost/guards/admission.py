@@ -36,7 +36,7 @@ import copy
 import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from permafrost import models
@@ -734,17 +734,53 @@ def create_matters(settings: Settings) -> dict[str, str]:
     }
 
 
+def creation_matters(policy_kinds: Collection[str]) -> dict[str, str]:
+    """The match condition that sends the enforced webhook the CREATE of a workload only when
+    it could refuse it: a GuardrailPolicy it judges (one not compiled into the apiserver)
+    matches its kind (``policy_kinds``), or :func:`review` could refuse it (a revision label
+    in its pod template, an image not pinned by digest). Other requests are all sent.
+
+    NB: the fail-safe policy refuses those two before any webhook is called (the apiserver runs
+    its policies first); they are still sent, so that the webhook judges them if the policy is
+    gone. A clean workload whose policies the apiserver judges is then never sent: the
+    operator's round trip leaves the hot path of every creation.
+    """
+    kinds = _cel_list(frozenset(policy_kinds))
+    labels = " || ".join(
+        f"{json.dumps(label)} in {_cel_pod_labels('object')}" for label in REVISION_LABELS
+    )
+    any_unpinned = f".exists(c, !has(c.image) || !c.image.matches({json.dumps(DIGEST.pattern)}))"
+    unpinned = " || ".join(
+        _cel_get(f"{spec}.{key}", "[]") + any_unpinned
+        for spec in ("object.spec.template.spec", "object.spec.jobTemplate.spec.template.spec")
+        for key in ("initContainers", "containers", "ephemeralContainers")
+    )
+    return {
+        "name": "could-be-refused-at-creation",
+        "expression": (
+            f"request.operation != 'CREATE' || "
+            f"!(request.kind.kind in {_cel_list(TOP_LEVEL_KINDS)}) || "
+            f"request.kind.kind in {kinds} || {labels} || {unpinned}"
+        ),
+    }
+
+
 def webhook_configuration(
     *,
     name: str,
     client_config: Mapping[str, Any],
     settings: Settings,
     timeout_seconds: int = 2,
+    policy_kinds: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The ValidatingWebhookConfiguration of the operator's admission webhooks.
 
     ``client_config`` is ``{"url": "https://host:port"}`` or ``{"service": {...}}`` plus
     ``caBundle``; each webhook appends its own path (a route of the webhook server).
+
+    ``policy_kinds``: the workload kinds some GuardrailPolicy judged by the webhook matches at
+    creation (``None``: any may be); the enforced webhook is sent no other clean creation
+    (:func:`creation_matters`).
 
     NB: ``failurePolicy: Ignore``: an unreachable operator must never stall the cluster
     (kyverno/kyverno#4686). The core rule does not depend on it: the ValidatingAdmissionPolicy
@@ -805,7 +841,10 @@ def webhook_configuration(
                     (*FROZEN_RULES, *CREATE_RULES, *RESERVED_RULES, *ENDPOINT_RULES),
                     enforced=True,
                 ),
-                "matchConditions": frozen_conditions,
+                "matchConditions": [
+                    *frozen_conditions,
+                    *([] if policy_kinds is None else [creation_matters(policy_kinds)]),
+                ],
             },
             # NB: where nothing is frozen, only what carries the revision labels is sent (so not
             # every pod and workload of the cluster); a managed object goes to the managed

@@ -359,6 +359,12 @@ class Runtime:
     dropped: int = 0
     # NB: tasks are spawned on the server's loop (reviews) and on Kopf's (renewals).
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # The TLS material the registered configuration trusts, and the workload kinds whose clean
+    # creations it sends the enforced webhook (see :func:`follow_policies`).
+    bundle: certs.Bundle | None = None
+    policy_kinds: frozenset[str] | None = None
+    # NB: registrations (renewals, policies) are made on Kopf's loop, one at a time.
+    registering: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background on the running loop, unless
@@ -493,14 +499,29 @@ def _write(directory: pathlib.Path, bundle: certs.Bundle) -> tuple[pathlib.Path,
     return certfile, pkeyfile
 
 
-async def _register(options: Options, bundle: certs.Bundle) -> None:
+def policy_kinds() -> frozenset[str]:
+    """The workload kinds whose creation a GuardrailPolicy the webhook judges may match (the
+    others' clean creations are left to the apiserver: :func:`admission.creation_matters`)."""
+    return store.STORE.webhook_kinds(_POLICY_KINDS)
+
+
+async def _register_webhooks(
+    options: Options, bundle: certs.Bundle, *, kinds: frozenset[str] | None
+) -> None:
     await kube.apply_cluster_object(
         admission.webhook_configuration(
             name=WEBHOOK_CONFIGURATION,
             client_config=options.client_config(bundle.ca_cert),
             settings=options.settings,
+            policy_kinds=kinds,
         )
     )
+
+
+async def _register(
+    options: Options, bundle: certs.Bundle, *, kinds: frozenset[str] | None
+) -> None:
+    await _register_webhooks(options, bundle, kinds=kinds)
     # NB: the operator switches Services' selectors itself: the guard must not put them back.
     # In-cluster it runs as its exempt ServiceAccount; run elsewhere (a kubeconfig's user), that
     # user is exempt from the guard too, and only from the guard.
@@ -547,8 +568,11 @@ async def setup(options: Options, settings: kopf.OperatorSettings) -> Runtime:
                 controller_users=options.settings.controller_users | {me},
             ),
         )
-    await _register(options, bundle)
-    runtime = Runtime(options=options, server=server, directory=directory)
+    kinds = policy_kinds()
+    await _register(options, bundle, kinds=kinds)
+    runtime = Runtime(
+        options=options, server=server, directory=directory, bundle=bundle, policy_kinds=kinds
+    )
     server.runtime = runtime
     runtime.spawn(_keep_renewed(runtime, bundle))
     return runtime
@@ -586,7 +610,9 @@ async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
                 renewed = runtime.directory / "renewed"
                 renewed.mkdir(mode=0o700, exist_ok=True)
                 runtime.server.reload(*_write(renewed, fresh))
-                await _register(runtime.options, fresh)
+                async with runtime.registering:
+                    await _register(runtime.options, fresh, kinds=runtime.policy_kinds)
+                    runtime.bundle = fresh
                 bundle = fresh
         except (kopf.PermanentError, certs.CertificateError) as exc:
             # NB: a Secret spoilt after start-up: said in one line; the certificate in use is
@@ -594,6 +620,27 @@ async def _keep_renewed(runtime: Runtime, bundle: certs.Bundle) -> None:
             logger.error("webhook certificate: %s; serving the current one, retrying later", exc)
         except Exception:
             logger.exception("webhook certificate renewal failed; retrying later")
+
+
+async def follow_policies(runtime: Runtime) -> None:
+    """Register the webhook configuration again when the kinds whose creations a policy on the
+    webhook may judge changed (:func:`policy_kinds`).
+
+    NB: called before and after each compilation, from the store as the policies' watch left
+    it: a policy leaves the apiserver (edited, removed from it) the moment it changes, and its
+    kinds are sent to the webhook again at once; they are left to the apiserver only once the
+    policy's status says its compiled version judges them (its bindings settled).
+    """
+    async with runtime.registering:
+        kinds = policy_kinds()
+        if kinds == runtime.policy_kinds or runtime.bundle is None:
+            return
+        await _register_webhooks(runtime.options, runtime.bundle, kinds=kinds)
+        logger.info(
+            "the webhook is sent the clean creations of %s",
+            ", ".join(sorted(kinds)) or "no workload kind (the apiserver judges every policy)",
+        )
+        runtime.policy_kinds = kinds
 
 
 async def teardown(runtime: Runtime | None) -> None:

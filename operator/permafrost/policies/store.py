@@ -95,6 +95,20 @@ class Store:
         skipped = self.in_apiserver
         return [p for p in self.policies() if p.name not in skipped]
 
+    def webhook_kinds(self, kinds: frozenset[str]) -> frozenset[str]:
+        """Which of ``kinds`` a create-stage policy with rules that the webhook judges (see
+        :meth:`admission_policies`) may match: their creation must reach the webhook.
+
+        NB: a superset: the policies' namespace and object selectors are not looked at (the
+        webhook's configuration is one for all namespaces). A broken policy matches every
+        kind (its rules fail closed).
+        """
+        found: set[str] = set()
+        for p in self.admission_policies():
+            if "create" in p.stages and p.rules:
+                found |= kinds & set(p.match.kinds) if p.match.kinds else kinds
+        return frozenset(found)
+
     def namespace(self, name: str) -> dict[str, Any]:
         return {"name": name, "labels": dict(self.namespaces.get(name, {}))}
 
