@@ -514,17 +514,18 @@ async def _sync_policy(runtime: Runtime, served: webhooks.Runtime, name: str) ->
     await runtime.active.wait()
     await webhooks.follow_policies(served)
     try:
-        return await _compile_policy(runtime, served.options, name)
+        return await _compile_policy(runtime, served, name)
     finally:
         await webhooks.follow_policies(served)
 
 
-async def _compile_policy(runtime: Runtime, options: webhooks.Options, name: str) -> float | None:
+async def _compile_policy(runtime: Runtime, served: webhooks.Runtime, name: str) -> float | None:
+    options = served.options
     if name not in runtime.policy_bodies:
         return None
     body = runtime.policy_bodies[name]
     if body is None:
-        await webhooks.sync_compiled_policy(options, name=name, body=None)
+        await webhooks.sync_compiled_policy(served, name=name, body=None)
         if runtime.policy_bodies.get(name, {}) is None:
             del runtime.policy_bodies[name]
         runtime.synced_policies.pop(name, None)
@@ -541,7 +542,7 @@ async def _compile_policy(runtime: Runtime, options: webhooks.Options, name: str
     current = (body.get("status") or {}).get("observedGeneration") == meta.get("generation")
     if runtime.synced_policies.get(name) == done and current:
         return None
-    await webhooks.sync_compiled_policy(options, name=name, body=body)
+    await webhooks.sync_compiled_policy(served, name=name, body=body)
     runtime.synced_policies[name] = done
     return None
 

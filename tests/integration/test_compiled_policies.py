@@ -188,6 +188,12 @@ def admission_verdicts(
     return verdicts
 
 
+def bundled_rules(cluster: Cluster, mode: str) -> str:
+    """The bundle of a mode (``enforce``, ``warn``), as text ("" if there is none)."""
+    body = cluster.get("validatingadmissionpolicy", f"permafrost-policies-{mode}") or {}
+    return json.dumps(body.get("spec") or {})
+
+
 def policy_status(cluster: Cluster, name: str) -> dict[str, Any]:
     body = cluster.get("guardrailpolicy", name) or {}
     return dict(body.get("status") or {})
@@ -248,14 +254,35 @@ def test_webhook_check_and_the_compiled_policies_alone_give_the_same_verdicts(
         )
 
     wait_for(all_compiled, timeout=90, interval=0.5, what="the library to be compiled")
+    bundles = {}
     for name in CREATE_STAGE:
         status = policy_status(crds, name)
         assert status["enforcedBy"] == "apiserver", (name, status)
+        mode = POLICIES[name]["spec"].get("enforcement", "Enforce")
+        assert status["admissionPolicy"] == f"permafrost-policies-{mode.lower()}", (name, status)
         vap = crds.get("validatingadmissionpolicy", f"permafrost-policy-{name}")
         assert vap is not None, name
         owner = vap["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"]) == ("GuardrailPolicy", name)
         assert not (vap.get("status") or {}).get("typeChecking", {}).get("expressionWarnings")
+        bundles.setdefault(status["admissionPolicy"], []).append(name)
+    # One bound policy per mode holds the rules of all the policies of that mode.
+    assert sorted(bundles) == ["permafrost-policies-enforce", "permafrost-policies-warn"]
+    for bundle, names in bundles.items():
+        body = crds.get("validatingadmissionpolicy", bundle)
+        assert body is not None, bundle
+        assert {o["name"] for o in body["metadata"]["ownerReferences"]} == set(names)
+        assert len(body["spec"]["validations"]) == sum(
+            len(POLICIES[n]["spec"]["rules"]) for n in names
+        )
+        assert not (body.get("status") or {}).get("typeChecking", {}).get("expressionWarnings")
+        for suffix in ("releases", "workloads"):
+            assert crds.get("validatingadmissionpolicybinding", f"{bundle}-{suffix}"), suffix
+        for name in names:
+            assert (
+                crds.get("validatingadmissionpolicybinding", f"permafrost-policy-{name}-workloads")
+                is None
+            )
     for name in set(POLICIES) - set(CREATE_STAGE):
         assert compiled_condition(crds, name).get("reason") == "NoCreateStage", name
         assert "enforcedBy" not in policy_status(crds, name)
@@ -277,7 +304,7 @@ def test_webhook_check_and_the_compiled_policies_alone_give_the_same_verdicts(
             compiled_condition(crds, n).get("reason") == "CompilationDisabled"
             and crds.get("validatingadmissionpolicy", f"permafrost-policy-{n}") is None
             for n in CREATE_STAGE
-        )
+        ) and all(crds.get("validatingadmissionpolicy", b) is None for b in bundles)
 
     wait_for(none_compiled, timeout=60, interval=0.5, what="the compiled policies to go")
     webhook = admission_verdicts(crds, documents, namespace)
@@ -302,7 +329,8 @@ def test_webhook_check_and_the_compiled_policies_alone_give_the_same_verdicts(
     assert {ok for ok, _ in offline} == {True, False}
     said = "\n".join(s for _, _, s in alone)
     for name in CREATE_STAGE:
-        assert f"permafrost-policy-{name}" in said, f"{name} never judged with the operator down"
+        assert f"{name}/" in said, f"{name} never judged with the operator down"
+    assert "ValidatingAdmissionPolicy 'permafrost-policies-enforce'" in said
 
 
 def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
@@ -359,11 +387,13 @@ def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
         }
         assert policy_status(crds, names["clock"])["enforcedBy"] == "webhook"
         assert crds.get("validatingadmissionpolicy", "permafrost-policy-vap-typed-test") is None
-        fine = crds.get(
-            "validatingadmissionpolicybinding", "permafrost-policy-vap-fine-test-workloads"
-        )
+        fine = crds.get("validatingadmissionpolicybinding", "permafrost-policies-enforce-workloads")
         assert fine is not None
         assert fine["spec"]["validationActions"] == ["Deny", "Audit"]
+        bundle = json.dumps(crds.get("validatingadmissionpolicy", "permafrost-policies-enforce"))
+        assert "vap-fine-test/r: " in bundle
+        assert "vap-typed-test/r: " not in bundle
+        assert "vap-clock-test/r: " not in bundle
 
         deployment = {
             "apiVersion": "apps/v1",
@@ -383,7 +413,7 @@ def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
         )  # fmt: skip
         assert proc.returncode != 0
         # The compiled one denies from the apiserver, the others from the webhook.
-        assert "ValidatingAdmissionPolicy 'permafrost-policy-vap-fine-test'" in proc.stderr
+        assert "ValidatingAdmissionPolicy 'permafrost-policies-enforce'" in proc.stderr
         assert "vap-fine-test/r: label it with its team" in proc.stderr
 
         labelled = {**deployment, "metadata": {"name": "web", "labels": {"team": "shop"}}}
@@ -393,7 +423,7 @@ def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
         )  # fmt: skip
         assert proc.returncode != 0
         assert f"{names['clock']}/r: no team label" in proc.stderr, proc.stderr
-        assert "permafrost-policy-vap-fine-test" not in proc.stderr
+        assert "permafrost-policies-enforce" not in proc.stderr
 
         # A change is compiled again; a deletion removes what was compiled.
         crds.kubectl(
@@ -403,23 +433,27 @@ def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
 
         def warns() -> bool:
             binding = crds.get(
-                "validatingadmissionpolicybinding", "permafrost-policy-vap-fine-test-workloads"
+                "validatingadmissionpolicybinding", "permafrost-policies-warn-workloads"
             )
             return (
                 binding is not None
                 and binding["spec"]["validationActions"] == ["Warn", "Audit"]
                 and compiled_condition(crds, names["fine"]).get("status") == "True"
+                and "vap-fine-test/r: " in bundled_rules(crds, "warn")
+                and "vap-fine-test/r: " not in bundled_rules(crds, "enforce")
             )
 
         wait_for(warns, timeout=60, interval=0.5, what="the changed policy to be compiled")
+        assert policy_status(crds, names["fine"])["admissionPolicy"] == "permafrost-policies-warn"
         crds.kubectl("delete", "guardrailpolicy", names["fine"])
         wait_for(
             lambda: (
                 crds.get("validatingadmissionpolicy", "permafrost-policy-vap-fine-test") is None
+                and "vap-fine-test/r: " not in bundled_rules(crds, "warn")
             ),
             timeout=60,
             interval=0.5,
-            what="the compiled policy to be deleted with its GuardrailPolicy",
+            what="the compiled policy and its bundle to be deleted with its GuardrailPolicy",
         )
     finally:
         for name in names.values():
@@ -522,7 +556,7 @@ def test_the_webhook_leaves_clean_creations_to_the_apiserver_while_it_judges_the
         assert create(deployment("clean", {"team": "shop"})).returncode == 0
         refused = create(deployment("unlabelled", {}))
         assert refused.returncode != 0
-        assert "ValidatingAdmissionPolicy 'permafrost-policy-vap-follow-test'" in refused.stderr
+        assert "ValidatingAdmissionPolicy 'permafrost-policies-enforce'" in refused.stderr
         # NB: each kubectl returned after the apiserver's admission: the count is final.
         assert sent_to_the_enforced_webhook(port) == before
 

@@ -530,8 +530,7 @@ def test_a_guarded_release_rolls_out_and_frozen_edits_are_denied_by_the_installe
     assert refused.returncode != 0, refused.stdout
     # NB: by the policy compiled into the apiserver, or by the webhook until it is compiled.
     assert (
-        "ValidatingAdmissionPolicy 'permafrost-policy-permafrost-trusted-registries'"
-        in refused.stderr
+        "ValidatingAdmissionPolicy 'permafrost-policies-enforce'" in refused.stderr
         or 'admission webhook "releases.permafrost.dev" denied the request' in refused.stderr
     ), refused.stderr
     assert "permafrost-trusted-registries/trusted-registry" in refused.stderr

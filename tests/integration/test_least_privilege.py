@@ -735,8 +735,8 @@ def test_the_log_scan_catches_a_refusal(tmp_path: pathlib.Path) -> None:
 def test_a_create_stage_policy_is_compiled_into_the_apiserver_by_the_operator_s_account(
     op: Deployed,
 ) -> None:
-    """The operator's account applies, reads back, binds and deletes a compiled policy, and
-    writes its status."""
+    """The operator's account applies, reads back, bundles, binds and deletes a compiled
+    policy, and writes its status."""
     c, name = op.cluster, "least-privilege-compiled"
     vap = f"permafrost-policy-{name}"
     policy = {
@@ -757,15 +757,23 @@ def test_a_create_stage_policy_is_compiled_into_the_apiserver_by_the_operator_s_
     try:
         c.apply(policy)
         wait_for(compiled, timeout=60, interval=0.5, what="the policy to be compiled")
-        assert c.get("validatingadmissionpolicybinding", f"{vap}-workloads") is not None
+        assert c.get("validatingadmissionpolicy", vap) is not None
+        bundle = c.get("validatingadmissionpolicy", BUNDLE) or {}
+        assert f"{name}/team: " in json.dumps(bundle.get("spec")), bundle
+        assert c.get("validatingadmissionpolicybinding", f"{BUNDLE}-workloads") is not None
     finally:
         c.kubectl("delete", "guardrailpolicy", name, "--ignore-not-found", check=False)
-    wait_for(
-        lambda: c.get("validatingadmissionpolicy", vap) is None,
-        timeout=60,
-        interval=0.5,
-        what="the compiled policy to be deleted",
-    )
+
+    def removed() -> bool:
+        bundle = c.get("validatingadmissionpolicy", BUNDLE) or {}
+        return c.get("validatingadmissionpolicy", vap) is None and f"{name}/team: " not in (
+            json.dumps(bundle.get("spec"))
+        )
+
+    wait_for(removed, timeout=60, interval=0.5, what="the compiled policy to be deleted")
+
+
+BUNDLE = "permafrost-policies-enforce"
 
 
 def test_every_permission_the_adapter_needs_was_exercised_by_the_scenarios(

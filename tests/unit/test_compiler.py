@@ -31,13 +31,7 @@ def spec(**fields: Any) -> models.GuardrailPolicySpec:
 
 
 def compiled(name: str = "p", **fields: Any) -> compiler.Compiled:
-    outcome = compiler.compile_policy(
-        name,
-        spec(**fields),
-        uid=UID,
-        exempt_users=["system:serviceaccount:permafrost-system:permafrost"],
-        excluded_namespaces=["kube-system", "permafrost-system"],
-    )
+    outcome = compiler.compile_policy(name, spec(**fields), uid=UID)
     assert isinstance(outcome, compiler.Compiled), outcome
     return outcome
 
@@ -82,29 +76,75 @@ def test_promote_only_policies_have_nothing_to_compile() -> None:
 # --- names, owner, modes, kinds --------------------------------------------------------------
 
 
-def test_names_labels_and_owner() -> None:
+EXEMPT = ["system:serviceaccount:permafrost-system:permafrost"]
+EXCLUDED = ["kube-system", "permafrost-system"]
+
+
+def bundled(enforcement: str, *members: compiler.Compiled) -> compiler.Compiled:
+    out = compiler.bundle(
+        enforcement,
+        [m.policy for m in members],
+        exempt_users=EXEMPT,
+        excluded_namespaces=EXCLUDED,
+    )
+    assert out is not None
+    return out
+
+
+def owner(name: str, *, controller: bool) -> dict[str, Any]:
+    return {
+        "apiVersion": "permafrost.dev/v1alpha1",
+        "kind": "GuardrailPolicy",
+        "name": name,
+        "uid": UID,
+        "controller": controller,
+    }
+
+
+def test_a_policy_compiles_alone_to_a_policy_bound_to_nothing() -> None:
     out = compiled("team-images")
     assert out.name == "permafrost-policy-team-images"
+    assert out.bindings == ()
+    meta = out.policy["metadata"]
+    assert meta["labels"] == {
+        "app.kubernetes.io/managed-by": "permafrost",
+        compiler.LABEL_POLICY: "team-images",
+        compiler.LABEL_ENFORCEMENT: "Enforce",
+    }
+    assert meta["ownerReferences"] == [owner("team-images", controller=True)]
+    assert "matchConditions" not in out.policy["spec"]  # NB: bound to nothing, never matched
+
+
+def test_a_bundle_holds_the_rules_of_every_policy_of_its_mode() -> None:
+    a = compiled("a", rules=[{"name": "r", "expression": "true"}])
+    b = compiled(
+        "b", rules=[{"name": "s", "expression": "false"}, {"name": "t", "expression": "1 == 1"}]
+    )
+    out = bundled("Enforce", b, a)
+    assert out.name == "permafrost-policies-enforce"
     assert [b["metadata"]["name"] for b in out.bindings] == [
-        "permafrost-policy-team-images-releases",
-        "permafrost-policy-team-images-workloads",
+        "permafrost-policies-enforce-releases",
+        "permafrost-policies-enforce-workloads",
     ]
+    assert all(b["spec"]["policyName"] == out.name for b in out.bindings)
+    # In the order of the policies' names; each message names its policy and rule.
+    assert [v["message"] for v in out.policy["spec"]["validations"]] == [
+        "a/r: rule r of policy a is not satisfied",
+        "b/s: rule s of policy b is not satisfied",
+        "b/t: rule t of policy b is not satisfied",
+    ]  # fmt: skip
+    assert out.policy["spec"]["variables"] == a.policy["spec"]["variables"]
     for body in out.manifests():
         meta = body["metadata"]
         assert meta["labels"] == {
             "app.kubernetes.io/managed-by": "permafrost",
-            compiler.LABEL_POLICY: "team-images",
+            compiler.LABEL_BUNDLE: "Enforce",
         }
+        # NB: the garbage collector removes it with the last of its policies.
         assert meta["ownerReferences"] == [
-            {
-                "apiVersion": "permafrost.dev/v1alpha1",
-                "kind": "GuardrailPolicy",
-                "name": "team-images",
-                "uid": UID,
-                "controller": True,
-            }
-        ]
-    assert all(b["spec"]["policyName"] == out.name for b in out.bindings)
+            owner("a", controller=False), owner("b", controller=False)
+        ]  # fmt: skip
+    assert compiler.bundle("Warn", []) is None
 
 
 @pytest.mark.parametrize(
@@ -112,24 +152,42 @@ def test_names_labels_and_owner() -> None:
     [("Enforce", ["Deny", "Audit"]), ("Warn", ["Warn", "Audit"]), ("Audit", ["Audit"])],
 )
 def test_modes_map_to_validation_actions(enforcement: str, actions: list[str]) -> None:
-    out = compiled(enforcement=enforcement)
+    member = compiled(enforcement=enforcement)
+    assert member.policy["metadata"]["labels"][compiler.LABEL_ENFORCEMENT] == enforcement
+    out = bundled(enforcement, member)
+    assert out.name == f"permafrost-policies-{enforcement.lower()}"
     assert [b["spec"]["validationActions"] for b in out.bindings] == [actions, actions]
 
 
-def test_kinds_choose_the_bindings() -> None:
-    releases = compiled(match={"kinds": ["GuardedRelease", "Pod"]})
-    assert [b["metadata"]["name"][-8:] for b in releases.bindings] == ["releases"]
+def test_kinds_choose_the_bindings_and_guard_the_rules() -> None:
+    releases = compiled("rel", match={"kinds": ["GuardedRelease", "Pod"]})
     assert releases.policy["spec"]["matchConstraints"]["resourceRules"] == [compiler.RELEASES]
-    workloads = compiled(match={"kinds": ["StatefulSet", "Deployment"]})
-    assert [b["metadata"]["name"][-9:] for b in workloads.bindings] == ["workloads"]
-    assert workloads.policy["spec"]["matchConstraints"]["resourceRules"] == [
-        {
-            "apiGroups": ["apps"],
-            "apiVersions": ["v1"],
-            "operations": ["CREATE"],
-            "resources": ["deployments", "statefulsets"],
-        }
+    out = bundled("Enforce", releases)
+    assert [b["metadata"]["name"][-8:] for b in out.bindings] == ["releases"]
+    [validation] = releases.policy["spec"]["validations"]
+    assert validation["expression"] == '!((request.kind.kind in ["GuardedRelease"])) || (true)'
+    workloads = compiled("wl", match={"kinds": ["StatefulSet", "Deployment"]})
+    resources = {
+        "apiGroups": ["apps"],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE"],
+        "resources": ["deployments", "statefulsets"],
+    }
+    assert workloads.policy["spec"]["matchConstraints"]["resourceRules"] == [resources]
+    out = bundled("Enforce", workloads)
+    assert [b["metadata"]["name"][-9:] for b in out.bindings] == ["workloads"]
+    both = bundled("Enforce", workloads, releases, compiled("ds", match={"kinds": ["DaemonSet"]}))
+    assert both.policy["spec"]["matchConstraints"]["resourceRules"] == [
+        compiler.RELEASES,
+        {**resources, "resources": ["daemonsets", "deployments", "statefulsets"]},
     ]
+    assert [b["spec"]["matchResources"]["resourceRules"] for b in both.bindings] == [
+        [compiler.RELEASES],
+        [{**resources, "resources": ["daemonsets", "deployments", "statefulsets"]}],
+    ]
+    # Every kind: no guard.
+    [plain] = compiled().policy["spec"]["validations"]
+    assert plain["expression"] == "true"
     assert not_compiled(match={"kinds": ["Pod"]}).reason == compiler.NOT_ADMITTED
     assert not_compiled(stages=["build", "promote"]).reason == compiler.NO_CREATE_STAGE
 
@@ -153,20 +211,19 @@ def test_a_policy_with_only_verify_images_has_nothing_to_compile() -> None:
 
 
 def test_where_the_webhook_judges_is_where_the_bindings_match() -> None:
-    out = compiled(match={"namespaceSelector": {"matchLabels": {"team": "pay"}}})
+    out = bundled(
+        "Enforce", compiled(match={"namespaceSelector": {"matchLabels": {"team": "pay"}}})
+    )
     releases, workloads = (b["spec"]["matchResources"] for b in out.bindings)
     excluded = {
         "key": "kubernetes.io/metadata.name",
         "operator": "NotIn",
         "values": ["kube-system", "permafrost-system"],
     }
-    assert releases["namespaceSelector"] == {
-        "matchLabels": {"team": "pay"},
-        "matchExpressions": [excluded],
-    }
+    # NB: the policy's own namespace selector guards its rules (below), not the bindings.
+    assert releases["namespaceSelector"] == {"matchExpressions": [excluded]}
     assert "objectSelector" not in releases
     assert workloads["namespaceSelector"] == {
-        "matchLabels": {"team": "pay"},
         "matchExpressions": [
             excluded,
             {"key": "permafrost.dev/enforce", "operator": "In", "values": ["true"]},
@@ -177,8 +234,8 @@ def test_where_the_webhook_judges_is_where_the_bindings_match() -> None:
     }
 
 
-def test_exempt_users_are_a_match_condition() -> None:
-    conditions = compiled().policy["spec"]["matchConditions"]
+def test_exempt_users_are_a_match_condition_of_the_bundle() -> None:
+    conditions = bundled("Enforce", compiled()).policy["spec"]["matchConditions"]
     assert conditions == [
         {
             "name": "not-exempt",
@@ -186,13 +243,9 @@ def test_exempt_users_are_a_match_condition() -> None:
             '["system:serviceaccount:permafrost-system:permafrost"])',
         }
     ]
-    assert "matchConditions" not in not_compiled_or_bare().policy["spec"]
-
-
-def not_compiled_or_bare() -> compiler.Compiled:
-    outcome = compiler.compile_policy("p", spec(), uid=UID)
-    assert isinstance(outcome, compiler.Compiled)
-    return outcome
+    bare = compiler.bundle("Enforce", [compiled().policy])
+    assert bare is not None
+    assert "matchConditions" not in bare.policy["spec"]
 
 
 SELECTORS = [
@@ -212,17 +265,25 @@ LABELS = [None, {}, {"tier": "web"}, {"tier": "db"}, {"tier": "api", "app": "sho
 
 
 @pytest.mark.parametrize("selector", SELECTORS)
-def test_the_object_selector_condition_matches_as_permafrost_does(
-    selector: dict[str, Any],
+@pytest.mark.parametrize("which", ["objectSelector", "namespaceSelector"])
+def test_the_selectors_guard_the_rules_as_permafrost_matches(
+    selector: dict[str, Any], which: str
 ) -> None:
-    out = compiled(match={"objectSelector": selector})
-    condition = out.policy["spec"]["matchConditions"][-1]
-    assert condition["name"] == "object-selector"
+    """A rule that always fails, guarded by the policy's selector: it fails exactly where
+    Permafrost would judge the policy."""
+    out = compiled(match={which: selector}, rules=[{"name": "r", "expression": "false"}])
+    [validation] = out.policy["spec"]["validations"]
     parsed = models.LabelSelector.model_validate(selector)
     for labels in LABELS:
         metadata = {"name": "x"} if labels is None else {"name": "x", "labels": labels}
-        got = run(condition["expression"], {"object": {"metadata": metadata}})
-        assert got is policy.selects(parsed, labels or {}), (selector, labels)
+        other = {"metadata": {"name": "y", "labels": {"tier": "zzz"}}}
+        context = (
+            {"object": {"metadata": metadata}, "namespaceObject": other}
+            if which == "objectSelector"
+            else {"object": other, "namespaceObject": {"metadata": metadata}}
+        )
+        got = run(validation["expression"], context)
+        assert got is not policy.selects(parsed, labels or {}), (selector, labels)
 
 
 # --- the rules -----------------------------------------------------------------------------
@@ -346,7 +407,7 @@ def test_status_says_where_the_policy_is_enforced() -> None:
     out = compiled("p")
     status = compiler.status(outcome=out, generation=3, previous=None, now=NOW)
     assert status["enforcedBy"] == "apiserver"
-    assert status["admissionPolicy"] == "permafrost-policy-p"
+    assert status["admissionPolicy"] == "permafrost-policies-enforce"
     assert status["observedGeneration"] == 3
     [condition] = status["conditions"]
     assert condition["type"] == "Compiled"

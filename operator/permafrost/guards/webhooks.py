@@ -365,6 +365,10 @@ class Runtime:
     policy_kinds: frozenset[str] | None = None
     # NB: registrations (renewals, policies) are made on Kopf's loop, one at a time.
     registering: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    # Policies are compiled one at a time (each rebuilds the bundles); the bundles as last
+    # applied (None: deleted; absent: not known yet in this process).
+    compiling: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    bundles: dict[str, list[dict[str, Any]] | None] = dataclasses.field(default_factory=dict)
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background on the running loop, unless
@@ -1148,13 +1152,7 @@ def compile_outcome(
         spec = models.GuardrailPolicySpec.model_validate(dict(body.get("spec") or {}))
     except ValueError as exc:
         return compiler.NotCompiled(compiler.DOES_NOT_COMPILE, f"policy {name!r}: {exc}")
-    outcome = compiler.compile_policy(
-        name,
-        spec,
-        uid=str(meta.get("uid") or ""),
-        exempt_users=options.settings.exempt_users,
-        excluded_namespaces=options.settings.excluded_namespaces,
-    )
+    outcome = compiler.compile_policy(name, spec, uid=str(meta.get("uid") or ""))
     if isinstance(outcome, compiler.Compiled) and not options.compile_policies:
         return compiler.NotCompiled(
             compiler.COMPILATION_DISABLED,
@@ -1164,19 +1162,24 @@ def compile_outcome(
     return outcome
 
 
-async def _remove_compiled(name: str, *, keep: Sequence[str] = ()) -> None:
-    """Delete what was compiled from the policy ``name`` (but the objects named in ``keep``)."""
-    for binding in compiler.binding_names(name):
-        if binding not in keep:
-            await kube.delete_cluster_object(kind="ValidatingAdmissionPolicyBinding", name=binding)
-    if compiler.policy_name(name) not in keep:
-        await kube.delete_cluster_object(
-            kind="ValidatingAdmissionPolicy", name=compiler.policy_name(name)
-        )
+async def _unbind_own(name: str) -> None:
+    """Delete the bindings of the policy ``name``'s own ValidatingAdmissionPolicy (earlier
+    versions bound each policy alone; its rules are now bound in its mode's bundle)."""
+    for binding in compiler.binding_names(compiler.policy_name(name)):
+        await kube.delete_cluster_object(kind="ValidatingAdmissionPolicyBinding", name=binding)
 
 
-async def _install(compiled: compiler.Compiled) -> compiler.Compiled | compiler.NotCompiled:
-    """Apply the compiled policy; bind it only once the apiserver type-checked it clean."""
+async def _remove_compiled(name: str) -> None:
+    """Delete the policy ``name``'s own ValidatingAdmissionPolicy (and any binding of it)."""
+    await _unbind_own(name)
+    await kube.delete_cluster_object(
+        kind="ValidatingAdmissionPolicy", name=compiler.policy_name(name)
+    )
+
+
+async def _type_check(compiled: compiler.Compiled) -> compiler.Compiled | compiler.NotCompiled:
+    """Apply the policy's own ValidatingAdmissionPolicy (bound to nothing) and read the
+    apiserver's type check of it back: clean, it may join its mode's bundle."""
     refused = await kube.apply_or_refusal(compiled.policy)
     if refused is not None:
         return compiler.NotCompiled(
@@ -1196,51 +1199,108 @@ async def _install(compiled: compiler.Compiled) -> compiler.Compiled | compiler.
             compiler.TYPE_CHECK_WARNINGS,
             f"the apiserver's type check of {compiled.name} warns: " + "; ".join(warnings),
         )
-    for binding in compiled.bindings:
-        refused = await kube.apply_or_refusal(binding)
-        if refused is not None:
-            return compiler.NotCompiled(
-                compiler.REJECTED_BY_APISERVER,
-                f"the apiserver refused {binding['metadata']['name']}: {refused}",
-            )
-    await _remove_compiled(
-        compiled.policy["metadata"]["labels"][compiler.LABEL_POLICY],
-        keep=[compiled.name, *(b["metadata"]["name"] for b in compiled.bindings)],
-    )
-    await asyncio.sleep(BINDING_SETTLE_SECONDS)
     return compiled
 
 
+async def _sync_bundles(runtime: Runtime) -> None:
+    """Bind, for each mode, one ValidatingAdmissionPolicy holding the rules of every policy
+    whose own ValidatingAdmissionPolicy the apiserver type-checked clean (read back, so that a
+    restarted operator rebuilds the same bundles); delete a mode's bundle when it has none.
+
+    NB: what was applied last is remembered, so an unchanged bundle costs reads only; after a
+    change the bindings are given a moment to settle before any status says so.
+    """
+    options = runtime.options
+    members: dict[str, list[dict[str, Any]]] = {e: [] for e in compiler.ENFORCEMENTS}
+    for name in sorted({p.name for p in store.STORE.policies()}):
+        vap = await kube.read_admission_policy(compiler.policy_name(name))
+        labels = ((vap or {}).get("metadata") or {}).get("labels") or {}
+        if compiler.clean(vap) and labels.get(compiler.LABEL_ENFORCEMENT) in members:
+            assert vap is not None
+            members[labels[compiler.LABEL_ENFORCEMENT]].append(vap)
+    changed = False
+    for enforcement, of_mode in members.items():
+        name = compiler.bundle_name(enforcement)
+        wanted = compiler.bundle(
+            enforcement,
+            of_mode,
+            exempt_users=options.settings.exempt_users,
+            excluded_namespaces=options.settings.excluded_namespaces,
+        )
+        manifests = wanted.manifests() if wanted is not None else None
+        if name in runtime.bundles and runtime.bundles[name] == manifests:
+            continue
+        if wanted is None:
+            for binding in compiler.binding_names(name):
+                await kube.delete_cluster_object(
+                    kind="ValidatingAdmissionPolicyBinding", name=binding
+                )
+            await kube.delete_cluster_object(kind="ValidatingAdmissionPolicy", name=name)
+            logger.info("no compiled %s policy left: %s deleted", enforcement, name)
+        else:
+            refused = await kube.apply_or_refusal(wanted.policy)
+            for manifest in wanted.bindings:
+                refused = refused or await kube.apply_or_refusal(manifest)
+            if refused is not None:
+                # NB: each rule was accepted in its own policy; a refused bundle (its size?)
+                # keeps the previous one, and the new policies stay on the webhook.
+                runtime.bundles.pop(name, None)
+                raise kopf.TemporaryError(f"the apiserver refused {name}: {refused}", delay=30)
+            bound = {b["metadata"]["name"] for b in wanted.bindings}
+            for binding in compiler.binding_names(name):
+                if binding not in bound:
+                    await kube.delete_cluster_object(
+                        kind="ValidatingAdmissionPolicyBinding", name=binding
+                    )
+            logger.info(
+                "%s judges the %s rules of %d policies",
+                name,
+                enforcement,
+                len(of_mode),
+            )
+        runtime.bundles[name] = manifests
+        changed = True
+    if changed:
+        await asyncio.sleep(BINDING_SETTLE_SECONDS)
+
+
 async def sync_compiled_policy(
-    options: Options, *, name: str, body: Mapping[str, Any] | None
+    runtime: Runtime, *, name: str, body: Mapping[str, Any] | None
 ) -> None:
     """Make the apiserver judge the GuardrailPolicy ``name`` (``body`` as last seen; ``None``:
     deleted) if it compiles, else remove what was compiled from it; then say so in its status.
 
-    NB: the compiled objects are owned by the policy (the garbage collector removes them too);
-    they are deleted here at once, so that a deleted policy stops judging immediately.
+    One policy at a time: its own ValidatingAdmissionPolicy is applied and type-checked (or
+    deleted), then the bundles are rebuilt from every policy's (:func:`_sync_bundles`).
+
+    NB: the compiled objects are owned by the policies (the garbage collector removes them
+    too); they are changed here at once, so that a deleted policy stops judging immediately.
     """
-    if body is None:
-        await _remove_compiled(name)
-        return
-    outcome = compile_outcome(options, body)
-    if isinstance(outcome, compiler.Compiled):
-        outcome = await _install(outcome)
-    if not isinstance(outcome, compiler.Compiled):
-        await _remove_compiled(name)
-        if outcome.reason not in (compiler.NO_CREATE_STAGE, compiler.NOT_ADMITTED):
+    async with runtime.compiling:
+        if body is None:
+            await _remove_compiled(name)
+            await _sync_bundles(runtime)
+            return
+        outcome = compile_outcome(runtime.options, body)
+        if isinstance(outcome, compiler.Compiled):
+            outcome = await _type_check(outcome)
+        if not isinstance(outcome, compiler.Compiled):
+            await _remove_compiled(name)
+        await _sync_bundles(runtime)
+        if isinstance(outcome, compiler.Compiled):
+            await _unbind_own(name)
+            logger.info("GuardrailPolicy %s is enforced by %s", name, compiler.enforced_by(outcome))
+        elif outcome.reason not in (compiler.NO_CREATE_STAGE, compiler.NOT_ADMITTED):
             logger.info("GuardrailPolicy %s stays on the webhook: %s", name, outcome.message)
-    else:
-        logger.info("GuardrailPolicy %s is enforced by %s", name, outcome.name)
-    current = body.get("status") or {}
-    wanted = compiler.status(
-        outcome=outcome,
-        generation=(body.get("metadata") or {}).get("generation"),
-        previous=current,
-        now=datetime.datetime.now(datetime.UTC),
-    )
-    if not compiler.same_status(current, wanted):
-        await kube.patch_policy_status(name=name, status=wanted)
+        current = body.get("status") or {}
+        wanted = compiler.status(
+            outcome=outcome,
+            generation=(body.get("metadata") or {}).get("generation"),
+            previous=current,
+            now=datetime.datetime.now(datetime.UTC),
+        )
+        if not compiler.same_status(current, wanted):
+            await kube.patch_policy_status(name=name, status=wanted)
 
 
 def _occurrence(request: admission.Request, decision: admission.Decision) -> str | None:

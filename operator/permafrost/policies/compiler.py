@@ -4,9 +4,13 @@ The admission webhook judges a create-stage policy on two kinds of request (see
 ``guards/webhooks.py``): a GuardedRelease created or changed in any namespace Permafrost guards,
 and a Deployment, StatefulSet or DaemonSet created in an enforced namespace
 (``permafrost.dev/enforce=true``) that Permafrost does not manage. :func:`compile_policy` turns a
-policy into a ValidatingAdmissionPolicy that judges exactly those requests inside the
-apiserver, with one binding per kind of request, or says precisely why it cannot
-(:class:`NotCompiled`): the webhook then keeps judging it.
+policy into a ValidatingAdmissionPolicy of its own (``permafrost-policy-<name>``, bound to
+nothing: the apiserver type-checks it), or says precisely why it cannot (:class:`NotCompiled`):
+the webhook then keeps judging it. :func:`bundle` then merges the policies of one mode
+(Enforce, Warn, Audit) that type-checked clean into one bound ValidatingAdmissionPolicy
+(``permafrost-policies-<mode>``), each rule guarded by its policy's match, with one binding per
+kind of request: the apiserver prepares its variables and converts the object once per mode,
+not once per policy (what each policy costs a request on its own, whatever its rules).
 
 The rules keep their CEL. What differs between the two engines is bridged here:
 
@@ -40,7 +44,10 @@ from permafrost.policies import policy
 from permafrost.releases import conditions
 
 PREFIX = "permafrost-policy-"
+BUNDLE_PREFIX = "permafrost-policies-"
 LABEL_POLICY = "permafrost.dev/guardrail-policy"
+LABEL_ENFORCEMENT = "permafrost.dev/enforcement"
+LABEL_BUNDLE = "permafrost.dev/policy-bundle"
 API = "admissionregistration.k8s.io/v1"
 CONDITION_COMPILED = "Compiled"
 ENFORCED_BY_APISERVER = "apiserver"
@@ -226,17 +233,27 @@ def policy_name(name: str) -> str:
 
 
 def binding_names(name: str) -> tuple[str, str]:
-    """The bindings a compiled policy may have: (GuardedReleases, workloads)."""
-    return f"{policy_name(name)}-releases", f"{policy_name(name)}-workloads"
+    """The bindings a ValidatingAdmissionPolicy ``name`` (a policy's own, as earlier versions
+    bound it, or a bundle) may have: (GuardedReleases, workloads)."""
+    return f"{name}-releases", f"{name}-workloads"
+
+
+def bundle_name(enforcement: str) -> str:
+    """The bound ValidatingAdmissionPolicy that judges the compiled policies of a mode."""
+    return f"{BUNDLE_PREFIX}{enforcement.lower()}"
+
+
+ENFORCEMENTS = ("Enforce", "Warn", "Audit")
 
 
 ACTIONS = {"Enforce": ["Deny", "Audit"], "Warn": ["Warn", "Audit"], "Audit": ["Audit"]}
 
 
-def _labels_cel(selector: models.LabelSelector) -> str:
-    """CEL: ``selector`` matches the labels of the object as admitted (the new object only, as
-    Permafrost matches it; an objectSelector would also match the old object of an update)."""
-    labels = "(has(object.metadata.labels) ? object.metadata.labels : {})"
+def _labels_cel(selector: models.LabelSelector, *, of: str = "object") -> str:
+    """CEL: ``selector`` matches the labels of ``of`` (``object``: the object as admitted, the
+    new one only, as Permafrost matches it (an objectSelector would also match the old object
+    of an update); ``namespaceObject``: its namespace)."""
+    labels = f"(has({of}.metadata.labels) ? {of}.metadata.labels : {{}})"
     terms = []
     for key, value in sorted((selector.match_labels or {}).items()):
         k = json.dumps(key)
@@ -282,13 +299,13 @@ def compile_policy(
     spec: models.GuardrailPolicySpec,
     *,
     uid: str,
-    exempt_users: Iterable[str] = (),
-    excluded_namespaces: Iterable[str] = ("kube-system",),
 ) -> Compiled | NotCompiled:
-    """The ValidatingAdmissionPolicy and bindings that judge what the webhook judges of the
-    create-stage policy ``name`` (owned by the GuardrailPolicy of ``uid``), or why not.
+    """The create-stage policy ``name``'s own ValidatingAdmissionPolicy (owned by the
+    GuardrailPolicy of ``uid``; no bindings), or why there is none.
 
-    ``exempt_users`` are never judged (a match condition); ``excluded_namespaces`` never matched.
+    Its rules judge what the webhook judges of the policy once :func:`bundle` binds them: each
+    is guarded by the policy's match (kinds, namespace and object selectors), so that rules of
+    policies that match differently can share one bound ValidatingAdmissionPolicy.
     """
     if "create" not in spec.stages:
         return NotCompiled(
@@ -330,8 +347,15 @@ def compile_policy(
             validations.append(validation)
     except NotCompilable as exc:
         return NotCompiled(exc.reason, str(exc))
-    vap = policy_name(name)
-    labels = {models.LABEL_MANAGED_BY: models.MANAGER, LABEL_POLICY: name}
+    guard = _guard(spec.match, admitted)
+    if guard:
+        for validation in validations:
+            validation["expression"] = f"!({guard}) || ({validation['expression']})"
+    labels = {
+        models.LABEL_MANAGED_BY: models.MANAGER,
+        LABEL_POLICY: name,
+        LABEL_ENFORCEMENT: spec.enforcement,
+    }
     owner = {
         "apiVersion": models.API_VERSION,
         "kind": models.POLICY_KIND,
@@ -339,90 +363,151 @@ def compile_policy(
         "uid": uid,
         "controller": True,
     }
-    metadata = {"labels": labels, "ownerReferences": [owner]}
     workloads = sorted(WORKLOAD_RESOURCES[k] for k in admitted if k in WORKLOAD_RESOURCES)
-    workload_rules = (
-        [
-            {
-                "apiGroups": ["apps"],
-                "apiVersions": ["v1"],
-                "operations": ["CREATE"],
-                "resources": workloads,
-            }
-        ]
-        if workloads
-        else []
-    )
-    release_rules = [dict(RELEASES)] if models.KIND in admitted else []
-    match_conditions = []
-    exempt = sorted(set(exempt_users))
-    if exempt:
-        match_conditions.append(
-            {
-                "name": "not-exempt",
-                "expression": f"!(request.userInfo.username in {json.dumps(exempt)})",
-            }
-        )
-    if spec.match.object_selector is not None:
-        match_conditions.append(
-            {"name": "object-selector", "expression": _labels_cel(spec.match.object_selector)}
-        )
     body: dict[str, Any] = {
         "apiVersion": API,
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": vap, **metadata},
+        "metadata": {"name": policy_name(name), "labels": labels, "ownerReferences": [owner]},
         "spec": {
             # NB: a rule that errors fails, as in Permafrost's engine; the binding's actions
             # then apply to it as to a failed rule.
             "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [*release_rules, *workload_rules]},
+            "matchConstraints": {"resourceRules": _resource_rules(
+                releases=models.KIND in admitted, workloads=workloads
+            )},
             "variables": [
                 {"name": variable, "expression": expression}
                 for variable, expression in VARIABLES.items()
             ],
             "validations": validations,
         },
+    }  # fmt: skip
+    return Compiled(policy=body, bindings=())
+
+
+def _guard(match: models.PolicyMatch, admitted: set[str]) -> str:
+    """CEL: the request is one ``match`` selects (kinds, namespace, object labels), as
+    Permafrost matches a policy; empty if every request of a bundle's bindings is."""
+    terms = []
+    if admitted != ADMITTED_KINDS:
+        terms.append(f"request.kind.kind in {json.dumps(sorted(admitted))}")
+    if match.namespace_selector is not None:
+        terms.append(_labels_cel(match.namespace_selector, of="namespaceObject"))
+    if match.object_selector is not None:
+        terms.append(_labels_cel(match.object_selector))
+    return " && ".join(f"({t})" for t in terms)
+
+
+def _resource_rules(*, releases: bool, workloads: Sequence[str]) -> list[dict[str, Any]]:
+    rules = [dict(RELEASES)] if releases else []
+    if workloads:
+        rules.append(
+            {
+                "apiGroups": ["apps"],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE"],
+                "resources": sorted(workloads),
+            }
+        )
+    return rules
+
+
+def bundle(
+    enforcement: str,
+    members: Sequence[Mapping[str, Any]],
+    *,
+    exempt_users: Iterable[str] = (),
+    excluded_namespaces: Iterable[str] = ("kube-system",),
+) -> Compiled | None:
+    """The bound ValidatingAdmissionPolicy that judges, in the apiserver, every rule of
+    ``members`` (policies' own ValidatingAdmissionPolicies of mode ``enforcement``, as
+    :func:`compile_policy` made them and the apiserver type-checked them clean); ``None``
+    without members.
+
+    Owned by every member's GuardrailPolicy (the garbage collector removes it with the last
+    one); ``exempt_users`` are never judged (a match condition), ``excluded_namespaces`` never
+    matched. NB: the variables are the same in every member, so each is computed once.
+    """
+    if not members:
+        return None
+    ordered = sorted(members, key=lambda m: str(m["metadata"]["labels"][LABEL_POLICY]))
+    releases = False
+    workloads: set[str] = set()
+    for member in ordered:
+        for rule in member["spec"]["matchConstraints"]["resourceRules"]:
+            if rule["apiGroups"] == [models.GROUP]:
+                releases = True
+            else:
+                workloads |= set(rule["resources"])
+    name = bundle_name(enforcement)
+    labels = {models.LABEL_MANAGED_BY: models.MANAGER, LABEL_BUNDLE: enforcement}
+    owners = [
+        {**ref, "controller": False}
+        for member in ordered
+        for ref in member["metadata"].get("ownerReferences") or []
+    ]
+    metadata = {"labels": labels, "ownerReferences": owners}
+    rules = _resource_rules(releases=releases, workloads=sorted(workloads))
+    body: dict[str, Any] = {
+        "apiVersion": API,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, **metadata},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": rules},
+            "variables": [
+                {"name": variable, "expression": expression}
+                for variable, expression in VARIABLES.items()
+            ],
+            "validations": [
+                dict(validation)
+                for member in ordered
+                for validation in member["spec"]["validations"]
+            ],
+        },
     }
-    if match_conditions:
-        body["spec"]["matchConditions"] = match_conditions
+    exempt = sorted(set(exempt_users))
+    if exempt:
+        body["spec"]["matchConditions"] = [
+            {
+                "name": "not-exempt",
+                "expression": f"!(request.userInfo.username in {json.dumps(exempt)})",
+            }
+        ]
     releases_binding, workloads_binding = binding_names(name)
     excluded = sorted(set(excluded_namespaces))
 
     def binding(
-        binding_name: str, rules: list[dict[str, Any]], resources: dict[str, Any]
+        binding_name: str, resource_rules: list[dict[str, Any]], resources: dict[str, Any]
     ) -> dict[str, Any]:
         return {
             "apiVersion": API,
             "kind": "ValidatingAdmissionPolicyBinding",
             "metadata": {"name": binding_name, **metadata},
             "spec": {
-                "policyName": vap,
-                "validationActions": list(ACTIONS[spec.enforcement]),
-                "matchResources": {"resourceRules": rules, **resources},
+                "policyName": name,
+                "validationActions": list(ACTIONS[enforcement]),
+                "matchResources": {"resourceRules": resource_rules, **resources},
             },
         }
 
     bindings = []
-    if release_rules:
+    if releases:
         bindings.append(
             binding(
                 releases_binding,
-                release_rules,
-                {
-                    "namespaceSelector": _namespaces(
-                        spec.match.namespace_selector, excluded=excluded
-                    )
-                },
+                [dict(RELEASES)],
+                {"namespaceSelector": _namespaces(None, excluded=excluded)},
             )
         )
-    if workload_rules:
+    if workloads:
         bindings.append(
             binding(
                 workloads_binding,
-                workload_rules,
+                [r for r in rules if r["apiGroups"] == ["apps"]],
                 {
                     "namespaceSelector": _namespaces(
-                        spec.match.namespace_selector,
+                        None,
                         excluded=excluded,
                         extra=[{"key": models.LABEL_ENFORCE, "operator": "In", "values": ["true"]}],
                     ),
@@ -437,6 +522,12 @@ def compile_policy(
             )
         )
     return Compiled(policy=body, bindings=tuple(bindings))
+
+
+def clean(vap: Mapping[str, Any] | None) -> bool:
+    """Whether a policy's own ValidatingAdmissionPolicy (as read back) may join its bundle: the
+    apiserver type-checked its current generation without a warning."""
+    return type_warnings(vap) == []
 
 
 def type_warnings(vap: Mapping[str, Any] | None) -> list[str] | None:
@@ -482,8 +573,8 @@ def status(
     """The GuardrailPolicy's ``status`` (Permafrost's fields) after a compilation.
 
     ``enforcedBy`` says what judges the policy's create stage at admission: ``apiserver`` (the
-    compiled ValidatingAdmissionPolicy, named in ``admissionPolicy``) or ``webhook``; a policy
-    without a create stage has none.
+    bundle of its mode, named in ``admissionPolicy``) or ``webhook``; a policy without a create
+    stage has none.
     """
     before = []
     for c in (previous or {}).get("conditions") or []:
@@ -497,13 +588,14 @@ def status(
             type_=CONDITION_COMPILED,
             status=models.ConditionStatus.TRUE,
             reason=COMPILED,
-            message=f"enforced by the ValidatingAdmissionPolicy {outcome.name}",
+            message=f"enforced by the ValidatingAdmissionPolicy {enforced_by(outcome)}, with "
+            f"the other compiled policies of its mode (type-checked as {outcome.name})",
             generation=generation,
             previous=before,
             now=now,
         )
-        enforced_by: str | None = ENFORCED_BY_APISERVER
-        admission_policy: str | None = outcome.name
+        by: str | None = ENFORCED_BY_APISERVER
+        admission_policy: str | None = enforced_by(outcome)
     else:
         condition = conditions.make(
             type_=CONDITION_COMPILED,
@@ -514,7 +606,7 @@ def status(
             previous=before,
             now=now,
         )
-        enforced_by = (
+        by = (
             None
             if outcome.reason in (NO_CREATE_STAGE, NOT_ADMITTED, NO_RULES)
             else (ENFORCED_BY_WEBHOOK)
@@ -522,10 +614,15 @@ def status(
         admission_policy = None
     return {
         "observedGeneration": generation,
-        "enforcedBy": enforced_by,
+        "enforcedBy": by,
         "admissionPolicy": admission_policy,
         "conditions": [condition.to_json()],
     }
+
+
+def enforced_by(compiled: Compiled) -> str:
+    """The bundle (bound ValidatingAdmissionPolicy) that judges a policy compiled alone."""
+    return bundle_name(str(compiled.policy["metadata"]["labels"][LABEL_ENFORCEMENT]))
 
 
 def same_status(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
