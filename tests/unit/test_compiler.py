@@ -133,7 +133,7 @@ def test_a_bundle_holds_the_rules_of_every_policy_of_its_mode() -> None:
         "b/s: rule s of policy b is not satisfied",
         "b/t: rule t of policy b is not satisfied",
     ]  # fmt: skip
-    assert out.policy["spec"]["variables"] == a.policy["spec"]["variables"]
+    assert out.policy["spec"]["variables"][:-1] == a.policy["spec"]["variables"]
     for body in out.manifests():
         meta = body["metadata"]
         assert meta["labels"] == {
@@ -234,18 +234,29 @@ def test_where_the_webhook_judges_is_where_the_bindings_match() -> None:
     }
 
 
-def test_exempt_users_are_a_match_condition_of_the_bundle() -> None:
-    conditions = bundled("Enforce", compiled()).policy["spec"]["matchConditions"]
-    assert conditions == [
-        {
-            "name": "not-exempt",
-            "expression": "!(request.userInfo.username in "
-            '["system:serviceaccount:permafrost-system:permafrost"])',
-        }
-    ]
-    bare = compiler.bundle("Enforce", [compiled().policy])
+def test_exempt_users_pass_every_rule_of_the_bundle() -> None:
+    """A variable every rule reads first, not a match condition (which would make the apiserver
+    convert the object once more for each bundle)."""
+    out = bundled("Enforce", compiled(rules=[{"name": "r", "expression": "false"}]))
+    assert "matchConditions" not in out.policy["spec"]
+    assert out.policy["spec"]["variables"][-1] == {
+        "name": "permafrostExempt",
+        "expression": "request.userInfo.username in "
+        '["system:serviceaccount:permafrost-system:permafrost"]',
+    }
+    [validation] = out.policy["spec"]["validations"]
+    assert validation["expression"] == "variables.permafrostExempt || (false)"
+    for user, passes in ((EXEMPT[0], True), ("alice", False)):
+        exempt = run(
+            out.policy["spec"]["variables"][-1]["expression"],
+            {"request": {"userInfo": {"username": user}}},
+        )
+        assert run(validation["expression"], {"variables": {"permafrostExempt": exempt}}) is passes
+    bare = compiler.bundle(
+        "Enforce", [compiled(rules=[{"name": "r", "expression": "false"}]).policy]
+    )
     assert bare is not None
-    assert "matchConditions" not in bare.policy["spec"]
+    assert [v["expression"] for v in bare.policy["spec"]["validations"]] == ["false"]
 
 
 SELECTORS = [

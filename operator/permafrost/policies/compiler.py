@@ -101,6 +101,9 @@ _WORDS = frozenset(
 _APISERVER_ONLY = frozenset({"request", "params", "authorizer", "variables"})
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
+# The bundles' own variable: the request is made by an exempt user (the operator).
+EXEMPT = "permafrostExempt"
+
 # Permafrost's variables as the compiled policy declares them (``variables.<name>``); object
 # is the apiserver's own. NB: dyn() keeps the rules as untyped as Permafrost's engine runs
 # them: a field a typed schema lacks is a runtime error (a failed rule) in both.
@@ -425,8 +428,8 @@ def bundle(
     without members.
 
     Owned by every member's GuardrailPolicy (the garbage collector removes it with the last
-    one); ``exempt_users`` are never judged (a match condition), ``excluded_namespaces`` never
-    matched. NB: the variables are the same in every member, so each is computed once.
+    one); ``exempt_users`` pass every rule, ``excluded_namespaces`` are never matched. NB: the
+    variables are the same in every member, so each is computed once.
     """
     if not members:
         return None
@@ -468,12 +471,17 @@ def bundle(
     }
     exempt = sorted(set(exempt_users))
     if exempt:
-        body["spec"]["matchConditions"] = [
+        # NB: a variable every rule reads first, not a match condition: the apiserver prepares
+        # the request for CEL once more for a policy's match conditions (the object converted
+        # again), and a variable is computed once with the rules.
+        body["spec"]["variables"].append(
             {
-                "name": "not-exempt",
-                "expression": f"!(request.userInfo.username in {json.dumps(exempt)})",
+                "name": EXEMPT,
+                "expression": f"request.userInfo.username in {json.dumps(exempt)}",
             }
-        ]
+        )
+        for validation in body["spec"]["validations"]:
+            validation["expression"] = f"variables.{EXEMPT} || ({validation['expression']})"
     releases_binding, workloads_binding = binding_names(name)
     excluded = sorted(set(excluded_namespaces))
 
