@@ -151,22 +151,42 @@ def _apiserver_round(
     return samples
 
 
-def _skip_webhook_in(api: common.Api) -> None:
+SKIP_TERM = {"key": "bench.permafrost.dev/webhook", "operator": "NotIn", "values": ["off"]}
+
+
+def _skip_webhook_in(api: common.Api, *, settle: float = 2.0, timeout: float = 60) -> None:
     """The operator's enforced webhooks skip namespaces labelled ``bench…/webhook=off`` (an extra
-    namespaceSelector term); the ValidatingAdmissionPolicies still apply there."""
-    configuration = api.admission.read_validating_webhook_configuration(
-        common.WEBHOOK_CONFIGURATION
-    )
-    for hook in configuration.webhooks:
-        if hook.name.startswith("enforced."):
-            hook.namespace_selector.match_expressions.append(
-                kubernetes.client.V1LabelSelectorRequirement(
-                    key="bench.permafrost.dev/webhook", operator="NotIn", values=["off"]
-                )
+    namespaceSelector term); the ValidatingAdmissionPolicies still apply there.
+
+    NB: the operator registers its configuration again as its policies move (a moment after
+    their status says where they are enforced), which replaces the term: it is added until it
+    stays for ``settle`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        configuration = api.admission.read_validating_webhook_configuration(
+            common.WEBHOOK_CONFIGURATION
+        )
+        missing = False
+        for hook in configuration.webhooks:
+            if not hook.name.startswith("enforced."):
+                continue
+            terms = hook.namespace_selector.match_expressions
+            if not any(t.key == SKIP_TERM["key"] for t in terms):
+                terms.append(kubernetes.client.V1LabelSelectorRequirement(**SKIP_TERM))
+                missing = True
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the webhooks did not keep the bench's term within {timeout}s")
+        try:
+            api.admission.replace_validating_webhook_configuration(
+                common.WEBHOOK_CONFIGURATION, configuration
             )
-    api.admission.replace_validating_webhook_configuration(
-        common.WEBHOOK_CONFIGURATION, configuration
-    )
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 409:  # NB: the operator wrote it meanwhile: read it again
+                raise
+        time.sleep(settle)
 
 
 def _apiserver_rounds(
