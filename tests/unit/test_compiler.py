@@ -192,9 +192,8 @@ def test_kinds_choose_the_bindings_and_guard_the_rules() -> None:
     assert not_compiled(stages=["build", "promote"]).reason == compiler.NO_CREATE_STAGE
 
 
-def test_a_policy_with_only_verify_images_has_nothing_to_compile() -> None:
-    """Signatures are verified by the operator (the registry is not reachable from CEL); a
-    policy with rules and verifyImages compiles its rules."""
+def verify_images() -> list[dict[str, Any]]:
+    """A ``verifyImages`` entry with a fresh ECDSA P-256 public key."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -204,7 +203,13 @@ def test_a_policy_with_only_verify_images_has_nothing_to_compile() -> None:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    verify = [{"name": "signed", "images": ["registry.example/**"], "keys": [key]}]
+    return [{"name": "signed", "images": ["registry.example/**"], "keys": [key]}]
+
+
+def test_a_policy_with_only_verify_images_has_nothing_to_compile() -> None:
+    """Signatures are verified by the operator (the registry is not reachable from CEL); a
+    policy with rules and verifyImages compiles its rules."""
+    verify = verify_images()
     assert not_compiled(rules=[], verifyImages=verify).reason == compiler.NO_RULES
     both = compiled(verifyImages=verify)
     assert [v["expression"] for v in both.policy["spec"]["validations"]] == ["true"]
@@ -481,16 +486,7 @@ def test_the_webhook_is_sent_the_creations_of_the_kinds_its_own_policies_may_mat
     policies.put_policy("any", spec().to_json())
     policies.put_policy("sts", spec(match={"kinds": ["StatefulSet", "GuardedRelease"]}).to_json())
     policies.put_policy("later", spec(stages=["promote"]).to_json())
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = (
-        ec.generate_private_key(ec.SECP256R1())
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    verify = [{"name": "signed", "images": ["registry.example/**"], "keys": [key]}]
+    verify = verify_images()
     assert policies.put_policy("signed", spec(rules=[], verifyImages=verify).to_json()) is None
     assert policies.webhook_kinds(WORKLOAD_KINDS) == WORKLOAD_KINDS
     policies.enforced_in_apiserver("any", True)
