@@ -276,6 +276,9 @@ def test_webhook_check_and_the_compiled_policies_alone_give_the_same_verdicts(
             len(POLICIES[n]["spec"]["rules"]) for n in names
         )
         assert not (body.get("status") or {}).get("typeChecking", {}).get("expressionWarnings")
+        # NB: a request no rule refuses stops at the match conditions (the verdicts below are
+        # judged through them).
+        assert [c["name"] for c in body["spec"]["matchConditions"]][-1] == "may-refuse"
         for suffix in ("releases", "workloads"):
             assert crds.get("validatingadmissionpolicybinding", f"{bundle}-{suffix}"), suffix
         for name in names:
@@ -345,6 +348,7 @@ def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
         "clock": "vap-clock-test",
         "typed": "vap-typed-test",
         "fine": "vap-fine-test",
+        "errs": "vap-priority-test",  # NB: after vap-fine-test: bundled second
     }
     rules = {
         # Permafrost's engine only: the apiserver's CEL has no clock.
@@ -356,6 +360,9 @@ def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
                   "object.spec.replicas != 'three'", "message": "three"},
         "fine": {"name": "r", "expression": "has(object.metadata.labels) && "
                  "'team' in object.metadata.labels", "message": "label it with its team"},
+        # Errors where the pod spec names no priority class (no has()): the rule fails.
+        "errs": {"name": "r", "expression": "podSpec.priorityClassName != 'system-node-critical'",
+                 "message": "not node-critical"},
     }  # fmt: skip
     try:
         for key, name in names.items():
@@ -384,6 +391,7 @@ def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
             "clock": "ReadsTheClock",
             "typed": "TypeCheckWarnings",
             "fine": "CompiledToAdmissionPolicy",
+            "errs": "CompiledToAdmissionPolicy",
         }
         assert policy_status(crds, names["clock"])["enforcedBy"] == "webhook"
         assert crds.get("validatingadmissionpolicy", "permafrost-policy-vap-typed-test") is None
@@ -416,10 +424,26 @@ def test_what_the_apiserver_cannot_run_stays_on_the_webhook(
         assert "ValidatingAdmissionPolicy 'permafrost-policies-enforce'" in proc.stderr
         assert "vap-fine-test/r: label it with its team" in proc.stderr
 
+        # The erring rule alone refuses: it errs in the bundle's may-refuse condition, and the
+        # request fails there as in the rule (docs/policies.md).
         labelled = {**deployment, "metadata": {"name": "web", "labels": {"team": "shop"}}}
         proc = crds.kubectl(
             "create", "--dry-run=server", "-f", "-",
             namespace=namespace, stdin=to_yaml(labelled), check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0
+        assert "ValidatingAdmissionPolicy 'permafrost-policies-enforce'" in proc.stderr
+        assert "resulted in error" in proc.stderr, proc.stderr
+
+        pod = {**deployment["spec"]["template"]["spec"], "priorityClassName": "batch"}
+        named = {
+            **labelled,
+            "spec": {**deployment["spec"], "template": {**deployment["spec"]["template"],
+                                                        "spec": pod}},
+        }  # fmt: skip
+        proc = crds.kubectl(
+            "create", "--dry-run=server", "-f", "-",
+            namespace=namespace, stdin=to_yaml(named), check=False,
         )  # fmt: skip
         assert proc.returncode != 0
         assert f"{names['clock']}/r: no team label" in proc.stderr, proc.stderr

@@ -6,8 +6,11 @@ import datetime
 import pathlib
 from typing import Any
 
+import cel
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from permafrost import models
 from permafrost.policies import compiler, policy, store
@@ -112,7 +115,10 @@ def test_a_policy_compiles_alone_to_a_policy_bound_to_nothing() -> None:
         compiler.LABEL_ENFORCEMENT: "Enforce",
     }
     assert meta["ownerReferences"] == [owner("team-images", controller=True)]
-    assert "matchConditions" not in out.policy["spec"]  # NB: bound to nothing, never matched
+    # NB: bound to nothing, never matched: the condition is compiled for its bundle.
+    assert out.policy["spec"]["matchConditions"] == [
+        {"name": "may-refuse", "expression": "!((true))"}
+    ]
 
 
 def test_a_bundle_holds_the_rules_of_every_policy_of_its_mode() -> None:
@@ -133,7 +139,12 @@ def test_a_bundle_holds_the_rules_of_every_policy_of_its_mode() -> None:
         "b/s: rule s of policy b is not satisfied",
         "b/t: rule t of policy b is not satisfied",
     ]  # fmt: skip
-    assert out.policy["spec"]["variables"][:-1] == a.policy["spec"]["variables"]
+    assert out.policy["spec"]["variables"] == a.policy["spec"]["variables"]
+    # Matched if a rule of a policy may refuse, in the same order.
+    assert out.policy["spec"]["matchConditions"][-1] == {
+        "name": "may-refuse",
+        "expression": "(!((true))) || (!((false) && (1 == 1)))",
+    }
     for body in out.manifests():
         meta = body["metadata"]
         assert meta["labels"] == {
@@ -239,17 +250,39 @@ def test_where_the_webhook_judges_is_where_the_bindings_match() -> None:
     }
 
 
-def test_exempt_users_pass_every_rule_of_the_bundle() -> None:
-    """A variable every rule reads first, not a match condition (which would make the apiserver
-    convert the object once more for each bundle)."""
+def test_exempt_users_are_not_matched_by_the_bundle() -> None:
+    """A match condition before the one that says a rule may refuse (one more condition costs
+    the apiserver no more preparation of the request)."""
     out = bundled("Enforce", compiled(rules=[{"name": "r", "expression": "false"}]))
+    exempt, may_refuse = out.policy["spec"]["matchConditions"]
+    assert exempt == {
+        "name": "not-exempt",
+        "expression": "!(request.userInfo.username in "
+        '["system:serviceaccount:permafrost-system:permafrost"])',
+    }
+    assert may_refuse["name"] == "may-refuse"
+    for user, matched in ((EXEMPT[0], False), ("alice", True)):
+        assert run(exempt["expression"], {"request": {"userInfo": {"username": user}}}) is matched
+    assert [v["expression"] for v in out.policy["spec"]["validations"]] == ["false"]
+    assert "permafrostExempt" not in {v["name"] for v in out.policy["spec"]["variables"]}
+
+
+def test_without_a_match_condition_exempt_users_pass_every_rule_of_the_bundle() -> None:
+    """A member whose rule reads the namespace has no condition: the bundle has none, and the
+    exempt users are a variable every rule reads first, not a match condition (which would
+    make the apiserver prepare the request once more)."""
+    out = bundled(
+        "Enforce",
+        compiled("a", rules=[{"name": "r", "expression": "false"}]),
+        compiled("b", rules=[{"name": "s", "expression": "namespaceObject.metadata.name != ''"}]),
+    )
     assert "matchConditions" not in out.policy["spec"]
     assert out.policy["spec"]["variables"][-1] == {
         "name": "permafrostExempt",
         "expression": "request.userInfo.username in "
         '["system:serviceaccount:permafrost-system:permafrost"]',
     }
-    [validation] = out.policy["spec"]["validations"]
+    validation, _ = out.policy["spec"]["validations"]
     assert validation["expression"] == "variables.permafrostExempt || (false)"
     for user, passes in ((EXEMPT[0], True), ("alice", False)):
         exempt = run(
@@ -261,6 +294,7 @@ def test_exempt_users_pass_every_rule_of_the_bundle() -> None:
         "Enforce", [compiled(rules=[{"name": "r", "expression": "false"}]).policy]
     )
     assert bare is not None
+    assert [c["name"] for c in bare.policy["spec"]["matchConditions"]] == ["may-refuse"]
     assert [v["expression"] for v in bare.policy["spec"]["validations"]] == ["false"]
 
 
@@ -414,6 +448,146 @@ def test_translated_rules_give_permafrosts_verdicts(name: str, obj: dict[str, An
         if "messageExpression" in validation and want is False:
             message = run(validation["messageExpression"], translated)
             assert message == f"{name}/{rule['name']}: " + run(rule["messageExpression"], original)
+
+
+# --- the bundle's match condition -------------------------------------------------------------
+
+DIGEST = "@sha256:" + "a" * 64
+IMAGES = st.sampled_from(
+    ["web", "web:latest", f"registry.example/web:1.0{DIGEST}", f"docker.io/x/y{DIGEST}",
+     f"registry.example.evil.io/web:1.0{DIGEST}", "registry.example/web:1.0"]
+)  # fmt: skip
+FLAGS = st.fixed_dictionaries(
+    {},
+    optional={k: st.booleans() for k in ("runAsNonRoot", "privileged", "readOnlyRootFilesystem")},
+)
+
+
+@st.composite
+def containers(draw: st.DrawFn) -> list[dict[str, Any]]:
+    out = []
+    for i in range(draw(st.integers(0, 2))):
+        c: dict[str, Any] = {"name": f"c{i}", "image": draw(IMAGES)}
+        if draw(st.booleans()):
+            c["securityContext"] = draw(FLAGS)
+        if draw(st.booleans()):
+            c["resources"] = {"limits": draw(st.fixed_dictionaries(
+                {}, optional={"cpu": st.just("1"), "memory": st.just("1Gi")}))}  # fmt: skip
+        out.append(c)
+    return out
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    kind = draw(st.sampled_from(sorted(compiler.ADMITTED_KINDS)))
+    pod: dict[str, Any] = {"containers": draw(containers())}
+    if draw(st.booleans()):
+        pod["initContainers"] = draw(containers())
+    if draw(st.booleans()):
+        pod["securityContext"] = draw(FLAGS)
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if draw(st.integers(0, 3)) == 0:
+            pod[flag] = True
+    if draw(st.integers(0, 3)) == 0:
+        pod["volumes"] = [{"name": "h", "hostPath": {"path": "/run"}}]
+    labels = draw(st.sampled_from(LABELS))
+    metadata = {"name": "x"} if labels is None else {"name": "x", "labels": labels}
+    return kind, {"metadata": metadata, "spec": {"template": {"spec": pod}}}
+
+
+def outcome(expression: str, variables: dict[str, Any]) -> Any:
+    """``expression``'s value with Permafrost's engine (any length), or ``"error"``."""
+    try:
+        program = cel.compile(expression.replace("dyn(", "("))
+        return program.execute(policy._prepared(variables))
+    except Exception:  # NB: an error is an outcome here
+        return "error"
+
+
+def matched_and_refused(
+    out: compiler.Compiled, kind: str, obj: dict[str, Any], namespace: dict[str, Any]
+) -> tuple[Any, bool]:
+    """The bundle's may-refuse condition on a request, and whether one of its rules refuses it
+    (fails or errors), both with Permafrost's engine."""
+    request = {"kind": {"kind": kind}, "userInfo": {"username": "alice"}}
+    condition = compiler._condition(out.policy, compiler.MAY_REFUSE)
+    assert condition is not None
+    matched = outcome(condition, {"object": obj, "request": request})
+    variables = _cluster_variables(obj, namespace)
+    refused = any(
+        outcome(v["expression"], {"object": obj, "request": request, "variables": variables})
+        is not True
+        for v in out.policy["spec"]["validations"]
+    )
+    return matched, refused
+
+
+LIBRARY_BUNDLES = {
+    mode: bundled(mode, *members)
+    for mode in ("Enforce", "Warn")
+    if (
+        members := [
+            c
+            for n in CREATE_STAGE
+            if LIBRARY[n]["spec"]["enforcement"] == mode
+            and isinstance(
+                c := compiler.compile_policy(
+                    n, models.GuardrailPolicySpec.model_validate(LIBRARY[n]["spec"]), uid=UID
+                ),
+                compiler.Compiled,
+            )
+        ]
+    )
+}
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(request=requests())
+def test_a_library_bundle_is_matched_exactly_when_one_of_its_rules_refuses(
+    request: tuple[str, dict[str, Any]],
+) -> None:
+    """The library's policies read no namespace: the condition is exact. Where a rule errors,
+    the condition errors or holds (the request fails either way)."""
+    kind, obj = request
+    assert set(LIBRARY_BUNDLES) == {"Enforce", "Warn"}
+    for out in LIBRARY_BUNDLES.values():
+        matched, refused = matched_and_refused(out, kind, obj, NAMESPACE)
+        assert matched in ((True, "error") if refused else (False,)), (out.name, kind, obj)
+
+
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_an_object_selector_guards_the_condition_as_it_guards_the_rules(
+    selector: dict[str, Any],
+) -> None:
+    out = bundled(
+        "Enforce",
+        compiled("a", match={"objectSelector": selector},
+                 rules=[{"name": "r", "expression": "podSpec.hostNetwork != true"}]),
+        compiled("b", match={"kinds": ["StatefulSet"]},
+                 rules=[{"name": "s", "expression": "!has(podSpec.hostPID)"}]),
+    )  # fmt: skip
+    for kind in ("Deployment", "StatefulSet"):
+        for host in ({}, {"hostNetwork": True}, {"hostNetwork": False}, {"hostPID": True}):
+            for labels in LABELS:
+                meta = {"name": "x"} if labels is None else {"name": "x", "labels": labels}
+                obj = {"metadata": meta, "spec": {"template": {"spec": host}}}
+                matched, refused = matched_and_refused(out, kind, obj, NAMESPACE)
+                assert matched in ((True, "error") if refused else (False,)), (kind, host, labels)
+
+
+def test_no_condition_where_the_namespace_matters_or_comprehensions_nest() -> None:
+    for expression in (
+        "namespaceObject.metadata.name != 'x'",
+        "podSpec.containers.all(c, podSpec.volumes.all(v, v.name != c.name))",
+    ):
+        out = compiled(
+            rules=[{"name": "r", "expression": "true"}, {"name": "s", "expression": expression}]
+        )
+        assert "matchConditions" not in out.policy["spec"], expression
+    selected = compiled(match={"namespaceSelector": {"matchLabels": {"tier": "web"}}})
+    assert "matchConditions" not in selected.policy["spec"]
+    nested_in_one = compiled(rules=[{"name": "r", "expression": "podSpec.containers.all(c, true)"}])
+    assert compiler._condition(nested_in_one.policy, compiler.MAY_REFUSE) is not None
 
 
 # --- status --------------------------------------------------------------------------------
