@@ -10,7 +10,9 @@ the webhook then keeps judging it. :func:`bundle` then merges the policies of on
 (Enforce, Warn, Audit) that type-checked clean into one bound ValidatingAdmissionPolicy
 (``permafrost-policies-<mode>``), each rule guarded by its policy's match, with one binding per
 kind of request: the apiserver prepares its variables and converts the object once per mode,
-not once per policy (what each policy costs a request on its own, whatever its rules).
+not once per policy (what each policy costs a request on its own, whatever its rules). A
+bundle's match condition (:func:`_may_refuse`, joined) lets through to its validations only a
+request one of its rules refuses: a clean one is prepared once, not three times.
 
 The rules keep their CEL. What differs between the two engines is bridged here:
 
@@ -425,9 +427,9 @@ def _may_refuse(
     match: models.PolicyMatch,
     admitted: set[str],
 ) -> str | None:
-    """CEL for a match condition: some rule of the policy refuses the request (as its guarded
-    validation does: false where one fails, an error where one errors and none fails, true
-    otherwise); ``None`` where it cannot be exact.
+    """CEL for a match condition: some rule of the policy refuses the request, as its guarded
+    validations say (true where one fails, an error where one errors and none fails, false
+    where all pass); ``None`` where it cannot be exact.
 
     NB: a match condition is given no namespace: a policy with a namespace selector, or a rule
     that reads ``namespaceObject``, has none (a rule that errors in a namespace its policy does
