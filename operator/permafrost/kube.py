@@ -357,11 +357,16 @@ async def _create(*, fn: Callable[..., Any], namespace: str, body: Mapping[str, 
 
 
 async def create_revision(*, namespace: str, action: planner.CreateRevision) -> None:
-    """Create the Deployment, then its snapshots owned by it (so they go when it goes)."""
+    """Create the Deployment (unless ``action.resume``: it exists), then its snapshots owned by
+    it (so they go when it goes); what exists already is left alone."""
     c = clients()
     name = action.deployment["metadata"]["name"]
-    created = await _create(
-        fn=c.apps.create_namespaced_deployment, namespace=namespace, body=action.deployment
+    created = (
+        None
+        if action.resume
+        else await _create(
+            fn=c.apps.create_namespaced_deployment, namespace=namespace, body=action.deployment
+        )
     )
     deployment = created or await _raw(c.apps.read_namespaced_deployment, name, namespace)
     owner = manifests.owner_reference(

@@ -1855,6 +1855,36 @@ def test_a_new_revision_deployment_gets_its_fingerprint_recorded() -> None:
     assert planner.plan(applied(s, plan)).actions == ()
 
 
+def test_a_new_revision_gets_its_snapshots_ensured_before_its_fingerprint() -> None:
+    """The operator may stop between a revision's Deployment and its snapshots (created after
+    it, to be owned by it): the first look at the revision creates what is missing, before the
+    fingerprint that marks it as seen is recorded."""
+    spec = make_spec("v1")
+    snapshot = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config-x"}}
+    wanted = dataclasses.replace(desired(spec), snapshots=(snapshot,))
+    fresh = dataclasses.replace(view(V1), recorded_fingerprint=None)
+    s = situation(
+        records=[stable(V1)],
+        stable_revision=V1,
+        views=[fresh],
+        service=routed_to(V1),
+        spec=spec,
+        desired_=wanted,
+    )
+    plan = planner.plan(s)
+    ensure = planner.CreateRevision(wanted.deployment, (snapshot,), resume=True)
+    annotate = planner.Annotate(name_of(V1), {models.ANNOTATION_FINGERPRINT: f"fp-{V1}"})
+    assert ensure in plan.actions
+    assert plan.actions.index(ensure) < plan.actions.index(annotate)
+    assert str(ensure) == f"ensure the snapshots web-config-x of revision {name_of(V1)}"
+    assert planner.plan(applied(s, plan)).actions == ()
+    # Once seen (its fingerprint recorded), and for a revision without snapshots: nothing.
+    assert not any(
+        isinstance(a, planner.CreateRevision)
+        for a in planner.plan(dataclasses.replace(s, desired=desired(spec))).actions
+    )
+
+
 def test_a_drifted_stable_revision_of_the_current_spec_is_deleted_to_be_recreated() -> None:
     s = situation(
         records=[stable(V1)],

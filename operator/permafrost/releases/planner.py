@@ -214,13 +214,20 @@ class Situation:
 
 @dataclasses.dataclass(frozen=True)
 class CreateRevision:
-    """Create the revision Deployment, then its config snapshots owned by it."""
+    """Create the revision Deployment, then its config snapshots owned by it.
+
+    ``resume``: the Deployment exists already; create what of it may be missing (its snapshots,
+    each left alone if it exists).
+    """
 
     deployment: Mapping[str, Any]
     snapshots: tuple[Mapping[str, Any], ...]
+    resume: bool = False
 
     def __str__(self) -> str:
         names = ", ".join(s["metadata"]["name"] for s in self.snapshots)
+        if self.resume:
+            return f"ensure the snapshots {names} of revision {self.deployment['metadata']['name']}"
         return f"create revision {self.deployment['metadata']['name']}" + (
             f" with snapshots {names}" if names else ""
         )
@@ -1720,6 +1727,14 @@ def _drift(w: _Work) -> bool:
     deleted = False
     for revision, view in s.revisions.items():
         if view.recorded_fingerprint is None:
+            if revision == spec_revision and isinstance(s.desired, Desired) and s.desired.snapshots:
+                # NB: the snapshots are created after the Deployment (to be owned by it): an
+                # operator stopped between the two leaves a revision without them, which no
+                # later pass would create. A revision is first seen without its fingerprint;
+                # they are ensured before it is recorded (the actions stop at a failure).
+                w.actions.append(
+                    CreateRevision(s.desired.deployment, s.desired.snapshots, resume=True)
+                )
             w.actions.append(Annotate(view.name, {models.ANNOTATION_FINGERPRINT: view.fingerprint}))
             continue
         if view.recorded_fingerprint == view.fingerprint:
