@@ -26,7 +26,7 @@ SECONDS: dict[str, float] = {
     "integration/test_bench_smoke.py": 125,
     "integration/test_bench_verification.py": 20,
     "integration/test_autoscaling.py": 161,
-    "integration/test_rollouts.py": 317,
+    "integration/test_rollouts.py": 325,
     "integration/test_zero_downtime.py": 117,
     "integration/test_demo.py": 75,
     "integration/test_policies.py": 214,

@@ -380,6 +380,53 @@ def test_an_operator_killed_mid_rollout_converges_after_restart(
     assert record(st, stable)["outcome"] == "Retired"
 
 
+def test_a_revision_left_without_its_snapshot_by_a_stopped_operator_gets_it(
+    crds: Cluster, namespace: str, operator: Operator
+) -> None:
+    """The snapshots are created after the Deployment (to be owned by it). An operator stopped
+    between the two leaves what this test makes by hand: the Deployment without its snapshot
+    and without the fingerprint of a revision already looked at. The next look creates it."""
+    crds.kubectl(
+        "create", "configmap", "shop-config", "--from-literal=mode=blue", namespace=namespace
+    )
+    config = [{"kind": "ConfigMap", "name": "shop-config"}]
+    first = first_release(crds, namespace, config=config)["stableRevision"]
+    fingerprint = "permafrost.dev/template-fingerprint"
+    wait_for(
+        lambda: (
+            fingerprint
+            in (crds.get("deployment", f"shop-{first}", namespace=namespace) or {})["metadata"].get(
+                "annotations", {}
+            )
+        ),
+        timeout=30,
+        what="the revision's fingerprint to be recorded",
+    )
+    operator.stop()
+    crds.kubectl("delete", "configmap", f"shop-config-{first}", namespace=namespace)
+    crds.kubectl("annotate", "deployment", f"shop-{first}", f"{fingerprint}-", namespace=namespace)
+    operator.start()
+    snapshot = wait_for(
+        lambda: crds.get("configmap", f"shop-config-{first}", namespace=namespace),
+        timeout=60,
+        what="the revision's snapshot to be created again",
+    )
+    assert snapshot["data"] == {"mode": "blue"}
+    assert snapshot["immutable"] is True
+    assert snapshot["metadata"]["ownerReferences"][0]["name"] == f"shop-{first}"
+    wait_for(
+        lambda: (
+            fingerprint
+            in (crds.get("deployment", f"shop-{first}", namespace=namespace) or {})["metadata"].get(
+                "annotations", {}
+            )
+        ),
+        timeout=30,
+        what="the fingerprint to be recorded after the snapshot",
+    )
+    assert status(crds, namespace, "shop")["stableRevision"] == first
+
+
 def test_manual_rollback_verifies_and_promotes_a_retained_revision(
     crds: Cluster, namespace: str, operator: Operator, sampler_factory: Any
 ) -> None:
