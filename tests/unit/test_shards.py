@@ -35,7 +35,7 @@ def test_a_group_stays_together_and_the_load_is_balanced() -> None:
         assert len({placed[m] for m in present}) <= 1, present
     loads = [0.0, 0.0]
     for module, shard in placed.items():
-        loads[shard - 1] += shards.SECONDS.get(module, shards.DEFAULT_SECONDS)
+        loads[shard - 1] += shards.SECONDS.get(module, shards.default_seconds(module))
     heaviest = max(shards.SECONDS.values())
     assert abs(loads[0] - loads[1]) <= heaviest, loads
 
