@@ -244,6 +244,10 @@ resolvConf: $STATE/etc/resolv.conf
 failSwapOn: false
 protectKernelDefaults: false
 serializeImagePulls: false
+# NB: how often the kubelet syncs each pod, and so refreshes its mounted Secrets and ConfigMaps
+# (1m by default, plus up to half of it in jitter): shorter on this one-node cluster, so that a
+# rotated certificate reaches its pods in seconds, not a minute and a half.
+syncFrequency: 10s
 maxPods: 60
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
 imageGCHighThresholdPercent: 99

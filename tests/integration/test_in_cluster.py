@@ -950,8 +950,9 @@ def test_a_mounted_cert_manager_secret_serves_instead_of_the_own_ca_and_rotates_
         with AdmissionProbe(cluster, namespace, edit) as probe:
             time.sleep(2)
             cluster.apply(tls_secret("webhook-cert", rotated))
-            # NB: the kubelet updates a mounted Secret when it next syncs the pod (about a
-            # minute, plus jitter); the replicas look at the files every 10 s.
+            # NB: the kubelet updates a mounted Secret when it next syncs the pod (every 10 to
+            # 15 s on the test node, hack/node.sh; a minute to a minute and a half by
+            # default); the replicas look at the files every 10 s.
             wait_for(
                 lambda: serving(cluster, first.ca_cert) == {new_serial},
                 timeout=180,
