@@ -392,16 +392,12 @@ def test_a_revision_left_without_its_snapshot_by_a_stopped_operator_gets_it(
     config = [{"kind": "ConfigMap", "name": "shop-config"}]
     first = first_release(crds, namespace, config=config)["stableRevision"]
     fingerprint = "permafrost.dev/template-fingerprint"
-    wait_for(
-        lambda: (
-            fingerprint
-            in (crds.get("deployment", f"shop-{first}", namespace=namespace) or {})["metadata"].get(
-                "annotations", {}
-            )
-        ),
-        timeout=30,
-        what="the revision's fingerprint to be recorded",
-    )
+
+    def fingerprint_recorded() -> bool:
+        revision = crds.get("deployment", f"shop-{first}", namespace=namespace) or {}
+        return fingerprint in revision.get("metadata", {}).get("annotations", {})
+
+    wait_for(fingerprint_recorded, timeout=30, what="the revision's fingerprint to be recorded")
     operator.stop()
     crds.kubectl("delete", "configmap", f"shop-config-{first}", namespace=namespace)
     crds.kubectl("annotate", "deployment", f"shop-{first}", f"{fingerprint}-", namespace=namespace)
@@ -415,14 +411,7 @@ def test_a_revision_left_without_its_snapshot_by_a_stopped_operator_gets_it(
     assert snapshot["immutable"] is True
     assert snapshot["metadata"]["ownerReferences"][0]["name"] == f"shop-{first}"
     wait_for(
-        lambda: (
-            fingerprint
-            in (crds.get("deployment", f"shop-{first}", namespace=namespace) or {})["metadata"].get(
-                "annotations", {}
-            )
-        ),
-        timeout=30,
-        what="the fingerprint to be recorded after the snapshot",
+        fingerprint_recorded, timeout=30, what="the fingerprint to be recorded after the snapshot"
     )
     assert status(crds, namespace, "shop")["stableRevision"] == first
 
